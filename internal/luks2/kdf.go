@@ -1,0 +1,191 @@
+package luks2
+
+import (
+	"crypto/aes"
+	"crypto/hmac"
+	"encoding/binary"
+	"fmt"
+	"hash"
+
+	"golang.org/x/crypto/argon2"
+	"golang.org/x/crypto/xts"
+)
+
+// Limits applied before running a KDF described by an untrusted header, so
+// that a crafted header cannot ask for unbounded memory. They match
+// cryptsetup's own maxima (crypt_pbkdf_get_limits).
+const (
+	maxArgon2MemoryKiB = 4 << 20 // 4 GiB
+	maxArgon2Lanes     = 255     // argon2 API takes a uint8; cryptsetup uses <= 4
+	// MinPBKDF2Iterations is cryptsetup's minimum for keyslots and digests.
+	MinPBKDF2Iterations = 1000
+	saltSize            = 32 // keyslot KDF and digest salts (LUKS_SALTSIZE)
+	afStripes           = 4000
+	sectorSize          = 512 // keyslot areas are always encrypted in 512-byte sectors
+)
+
+// pbkdf2Key implements PBKDF2 (RFC 8018) over HMAC. It exists because the
+// standard library and x/crypto take the password as a string, an immutable
+// copy that cannot be wiped; here the password stays in the caller's slice.
+// Intermediate blocks are zeroed; the HMAC's internal key pads are not
+// reachable (see the package documentation on key hygiene).
+func pbkdf2Key(newHash func() hash.Hash, password, salt []byte, iterations, keyLen int) []byte {
+	mac := hmac.New(newHash, password)
+	hLen := mac.Size()
+	blocks := (keyLen + hLen - 1) / hLen
+	out := make([]byte, 0, blocks*hLen)
+	var counter [4]byte
+	u := make([]byte, 0, hLen)
+	t := make([]byte, hLen)
+	for block := 1; block <= blocks; block++ {
+		mac.Reset()
+		mac.Write(salt)
+		binary.BigEndian.PutUint32(counter[:], uint32(block))
+		mac.Write(counter[:])
+		u = mac.Sum(u[:0])
+		copy(t, u)
+		for i := 1; i < iterations; i++ {
+			mac.Reset()
+			mac.Write(u)
+			u = mac.Sum(u[:0])
+			for j := range t {
+				t[j] ^= u[j]
+			}
+		}
+		out = append(out, t...)
+	}
+	clear(u[:hLen])
+	clear(t)
+	mac.Reset()
+	key := out[:keyLen]
+	clear(out[keyLen:cap(out)])
+	return key
+}
+
+// deriveKeyslotKey runs the keyslot KDF. The returned key is owned by the
+// caller, who must clear it.
+func deriveKeyslotKey(kdf KDF, passphrase []byte, keyLen uint32) ([]byte, error) {
+	if len(kdf.Salt) != saltSize {
+		return nil, fmt.Errorf("kdf salt: expected %d bytes, found %d", saltSize, len(kdf.Salt))
+	}
+	switch kdf.Type {
+	case KDFPBKDF2:
+		newH, err := newHash(kdf.Hash)
+		if err != nil {
+			return nil, fmt.Errorf("kdf hash: %w", err)
+		}
+		if kdf.Iterations < 1 {
+			return nil, fmt.Errorf("kdf iterations: expected >= 1, found %d", kdf.Iterations)
+		}
+		return pbkdf2Key(newH, passphrase, kdf.Salt, int(kdf.Iterations), int(keyLen)), nil
+	case KDFArgon2i, KDFArgon2id:
+		if kdf.Time < 1 {
+			return nil, fmt.Errorf("kdf time: expected >= 1, found %d", kdf.Time)
+		}
+		if kdf.Memory < 8 || kdf.Memory > maxArgon2MemoryKiB {
+			return nil, fmt.Errorf("kdf memory: expected 8..%d KiB, found %d", maxArgon2MemoryKiB, kdf.Memory)
+		}
+		if kdf.CPUs < 1 || kdf.CPUs > maxArgon2Lanes {
+			return nil, fmt.Errorf("kdf cpus: expected 1..%d, found %d", maxArgon2Lanes, kdf.CPUs)
+		}
+		if kdf.Type == KDFArgon2i {
+			return argon2.Key(passphrase, kdf.Salt, kdf.Time, kdf.Memory, uint8(kdf.CPUs), keyLen), nil
+		}
+		return argon2.IDKey(passphrase, kdf.Salt, kdf.Time, kdf.Memory, uint8(kdf.CPUs), keyLen), nil
+	}
+	return nil, fmt.Errorf("kdf type: expected pbkdf2, argon2i or argon2id, found %q", kdf.Type)
+}
+
+// afDiffuse is the LUKS1 AF diffusion: each digest-sized block is replaced by
+// H(be32(index) || block), the last partial block by a truncated hash.
+func afDiffuse(newHash func() hash.Hash, buf []byte) {
+	h := newHash()
+	ds := h.Size()
+	var idx [4]byte
+	sum := make([]byte, 0, ds)
+	for i, off := 0, 0; off < len(buf); i, off = i+1, off+ds {
+		end := min(off+ds, len(buf))
+		h.Reset()
+		binary.BigEndian.PutUint32(idx[:], uint32(i))
+		h.Write(idx[:])
+		h.Write(buf[off:end])
+		sum = h.Sum(sum[:0])
+		copy(buf[off:end], sum)
+	}
+	clear(sum[:ds])
+}
+
+func xorInto(dst, a, b []byte) {
+	for i := range dst {
+		dst[i] = a[i] ^ b[i]
+	}
+}
+
+// afSplit spreads key over stripes blocks: all but the last are random, the
+// last is key XOR the diffused XOR-chain of the others. dst must hold
+// len(key)*stripes bytes; random supplies the random stripes.
+func afSplit(newHash func() hash.Hash, key []byte, stripes int, dst []byte, random func([]byte) error) error {
+	n := len(key)
+	acc := make([]byte, n)
+	defer clear(acc)
+	for i := 0; i < stripes-1; i++ {
+		s := dst[i*n : (i+1)*n]
+		if err := random(s); err != nil {
+			return err
+		}
+		xorInto(acc, acc, s)
+		afDiffuse(newHash, acc)
+	}
+	xorInto(dst[(stripes-1)*n:stripes*n], key, acc)
+	return nil
+}
+
+// afMerge is the inverse of afSplit; it writes the key into dst.
+func afMerge(newHash func() hash.Hash, src []byte, stripes int, dst []byte) {
+	n := len(dst)
+	acc := make([]byte, n)
+	defer clear(acc)
+	for i := 0; i < stripes-1; i++ {
+		xorInto(acc, acc, src[i*n:(i+1)*n])
+		afDiffuse(newHash, acc)
+	}
+	xorInto(dst, src[(stripes-1)*n:stripes*n], acc)
+}
+
+// afMaterialSize is the encrypted keyslot material size: key*stripes rounded
+// up to whole 512-byte sectors (AF_split_sectors).
+func afMaterialSize(keySize, stripes uint64) uint64 {
+	return (keySize*stripes + sectorSize - 1) / sectorSize * sectorSize
+}
+
+// keyslotAreaSize is the area cryptsetup allocates for a key: the material
+// rounded up to 4 KiB.
+func keyslotAreaSize(keySize uint64) uint64 {
+	return (keySize*afStripes + 4095) / 4096 * 4096
+}
+
+// areaCipher returns the XTS cipher for a keyslot area. Only aes-xts-plain64
+// (and -plain, identical below 2^32 sectors) is supported: it is what
+// cryptsetup uses for LUKS2 keyslots unless told otherwise.
+func areaCipher(encryption string, key []byte) (*xts.Cipher, error) {
+	if encryption != "aes-xts-plain64" && encryption != "aes-xts-plain" {
+		return nil, fmt.Errorf("keyslot area encryption: expected aes-xts-plain64, found %q", encryption)
+	}
+	if len(key) != 32 && len(key) != 64 {
+		return nil, fmt.Errorf("keyslot area key_size: expected 32 or 64 bytes for aes-xts, found %d", len(key))
+	}
+	return xts.NewCipher(aes.NewCipher, key)
+}
+
+// cryptArea en- or decrypts buf in place, sector by sector, with the IV
+// (tweak) counting sectors from the start of the area.
+func cryptArea(c *xts.Cipher, buf []byte, encrypt bool) {
+	for off := 0; off < len(buf); off += sectorSize {
+		s := buf[off : off+sectorSize]
+		if encrypt {
+			c.Encrypt(s, s, uint64(off/sectorSize))
+		} else {
+			c.Decrypt(s, s, uint64(off/sectorSize))
+		}
+	}
+}
