@@ -1,0 +1,207 @@
+// Package boot is cvmboot's boot sequence: the ordered list of named stages that takes the
+// machine from the kernel's initramfs to the real init.
+//
+// Each stage is a plain function over the small interfaces below (mounts, modules, block
+// devices), so the whole sequence runs in unit tests with fakes and for real in the VM tests.
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/cvmboot/cvmboot/internal/cmdline"
+	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/stage"
+)
+
+// Stage names, in boot order.
+const (
+	StageEarlyMounts = "early-mounts"
+	StageModules     = "modules"
+	StageRoot        = "root"
+	StageAttest      = "attest"
+	StageStorage     = "storage"
+	StageOverlay     = "overlay"
+	StageHandoff     = "handoff"
+)
+
+// NewRoot is where the real root is assembled before the switch.
+const NewRoot = "/sysroot"
+
+// Mounts is what the stages need from the mount table.
+type Mounts interface {
+	// Early mounts /proc, /sys, /dev, /run and friends; it returns what it mounted.
+	Early() ([]string, error)
+	// Root mounts device read-only at target and returns the file system type used.
+	Root(device, fstype, target, options string) (string, error)
+	// SwitchRoot makes newRoot the root: it checks that init exists there, moves the API file
+	// systems, deletes the initramfs and chroots. Exec comes after, so the report can record
+	// the handoff before the process is replaced.
+	SwitchRoot(newRoot, init string) error
+}
+
+// Modules loads kernel modules with their dependencies.
+type Modules interface {
+	Load(ctx context.Context, names []string) (loaded []string, err error)
+}
+
+// Devices finds block devices by spec (/dev/…, PARTUUID=, PARTLABEL=, UUID=, LABEL=).
+type Devices interface {
+	// Wait returns the device node path for spec once it exists, or an error naming spec
+	// and what was seen when timeout passes.
+	Wait(ctx context.Context, spec string, timeout time.Duration) (string, error)
+}
+
+// Boot holds what the stages share.
+type Boot struct {
+	Config  *config.Config
+	Cmdline *cmdline.Cmdline
+	Log     *zap.Logger
+	Mounts  Mounts
+	Modules Modules
+	Devices Devices
+
+	// Decided by the stages, read by later ones.
+	rootDevice string
+	init       string
+}
+
+// Stages returns the boot sequence as PID 1 runs it.
+func (b *Boot) Stages() []stage.Stage {
+	return []stage.Stage{
+		{Name: StageEarlyMounts, Required: true, Run: b.earlyMounts},
+		{Name: StageModules, Required: true, Run: b.modules},
+		{Name: StageRoot, Required: true, Run: b.root},
+		{Name: StageAttest, Required: true, Run: b.attest},
+		{Name: StageStorage, Required: true, Run: b.storage},
+		{Name: StageOverlay, Required: true, Run: b.overlay},
+		{Name: StageHandoff, Required: true, Run: b.handoff},
+	}
+}
+
+// Init is the program the handoff executes, decided by the handoff stage.
+func (b *Boot) Init() string { return b.init }
+
+// InitArgs are the arguments for init: argv[0] and what followed `--` on the command line.
+func (b *Boot) InitArgs() []string {
+	return append([]string{b.init}, b.Cmdline.InitArgs()...)
+}
+
+func (b *Boot) earlyMounts(context.Context) (stage.Facts, error) {
+	mounted, err := b.Mounts.Early()
+	if err != nil {
+		return nil, err
+	}
+	if len(mounted) == 0 {
+		return nil, stage.Skip("all API file systems were already mounted")
+	}
+	return stage.Facts{"mounted": strings.Join(mounted, ",")}, nil
+}
+
+func (b *Boot) modules(ctx context.Context) (stage.Facts, error) {
+	names := b.Config.Modules
+	if len(names) == 0 {
+		return nil, stage.Skip("no kernel modules configured")
+	}
+	loaded, err := b.Modules.Load(ctx, names)
+	if err != nil {
+		return nil, err
+	}
+	return stage.Facts{"requested": strings.Join(names, ","), "loaded": strings.Join(loaded, ",")}, nil
+}
+
+// errNoRoot is returned when nothing names the root device.
+var errNoRoot = errors.New("no root device: the kernel command line has no root= and the config has no root.device")
+
+func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
+	if hash, ok := b.Cmdline.Lookup("roothash"); ok {
+		// Booting the data partition without verity would defeat the root hash the UKI
+		// measured: refuse rather than degrade.
+		return nil, fmt.Errorf("roothash=%s is on the kernel command line but this build cannot activate dm-verity yet; refusing to mount the root unverified", hash)
+	}
+	if b.Config.Verity.Required {
+		return nil, errors.New("verity.required is true but the kernel command line has no roothash=; refusing to mount an unverified root (set verity.required: false to allow a plain root=)")
+	}
+	spec, ok := b.Cmdline.Get("root")
+	if !ok || spec == "" {
+		spec = b.Config.Root.Device
+	}
+	if spec == "" {
+		return nil, errNoRoot
+	}
+	fstype := string(b.Config.Root.FSType)
+	if v, ok := b.Cmdline.Get("rootfstype"); ok && v != "" {
+		fstype = v
+	}
+	opts := joinOptions(b.Config.Root.Options, b.Cmdline.Value("rootflags"))
+	timeout := b.Config.Devices.Timeout.Std()
+	dev, err := b.Devices.Wait(ctx, spec, timeout)
+	if err != nil {
+		return nil, fmt.Errorf("root device: %w", err)
+	}
+	used, err := b.Mounts.Root(dev, fstype, NewRoot, opts)
+	if err != nil {
+		return nil, err
+	}
+	b.rootDevice = dev
+	facts := stage.Facts{"spec": spec, "device": dev, "fstype": used, "target": NewRoot, "mode": "ro"}
+	if opts != "" {
+		facts["options"] = opts
+	}
+	return facts, nil
+}
+
+// The capability stages below fail closed while their feature is enabled but not yet part
+// of this build: a boot that silently skipped attestation or encryption would look secure
+// and not be.
+
+func (b *Boot) attest(context.Context) (stage.Facts, error) {
+	if b.Config.Attest.Require == config.AttestNone {
+		return nil, stage.Skip("attest.require is none")
+	}
+	return nil, fmt.Errorf("attest.require is %s but this build cannot read TEE evidence yet; refusing to boot unattested (set attest.require: none to allow it)", b.Config.Attest.Require)
+}
+
+func (b *Boot) storage(context.Context) (stage.Facts, error) {
+	if !b.Config.Storage.Enabled {
+		return nil, stage.Skip("storage.enabled is false")
+	}
+	return nil, errors.New("storage.enabled is true but this build cannot set up encrypted storage yet; refusing to boot without it (set storage.enabled: false)")
+}
+
+func (b *Boot) overlay(context.Context) (stage.Facts, error) {
+	if !b.Config.Overlay.Enabled {
+		return nil, stage.Skip("overlay.enabled is false: the root stays read-only")
+	}
+	return nil, errors.New("overlay.enabled is true but this build cannot mount the overlay yet (set overlay.enabled: false to boot the read-only root)")
+}
+
+func (b *Boot) handoff(context.Context) (stage.Facts, error) {
+	if b.rootDevice == "" {
+		return nil, errors.New("no root was mounted at " + NewRoot)
+	}
+	init := b.Config.Root.Init
+	if v, ok := b.Cmdline.Get("init"); ok && v != "" {
+		init = v
+	}
+	if err := b.Mounts.SwitchRoot(NewRoot, init); err != nil {
+		return nil, err
+	}
+	b.init = init
+	return stage.Facts{"init": init, "root": b.rootDevice}, nil
+}
+
+func joinOptions(opts ...string) string {
+	var out []string
+	for _, o := range opts {
+		if o = strings.Trim(o, ", "); o != "" {
+			out = append(out, o)
+		}
+	}
+	return strings.Join(out, ",")
+}

@@ -1,0 +1,156 @@
+package boot
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cvmboot/cvmboot/internal/cmdline"
+	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/stage"
+	"github.com/cvmboot/cvmboot/pkg/report"
+)
+
+type fakeMachine struct {
+	calls       []string
+	devices     map[string]string // spec → node
+	mountErr    error
+	switchErr   error
+	loadedMods  []string
+	earlyMounts []string
+}
+
+func (f *fakeMachine) Early() ([]string, error) {
+	f.calls = append(f.calls, "early")
+	return f.earlyMounts, nil
+}
+func (f *fakeMachine) Root(dev, fstype, target, opts string) (string, error) {
+	f.calls = append(f.calls, "mount "+dev+" "+fstype+" "+target+" "+opts)
+	if fstype == "auto" {
+		fstype = "ext4"
+	}
+	return fstype, f.mountErr
+}
+func (f *fakeMachine) SwitchRoot(newRoot, init string) error {
+	f.calls = append(f.calls, "switch "+newRoot+" "+init)
+	return f.switchErr
+}
+func (f *fakeMachine) Load(_ context.Context, names []string) ([]string, error) {
+	f.calls = append(f.calls, "modules "+strings.Join(names, ","))
+	return f.loadedMods, nil
+}
+func (f *fakeMachine) Wait(_ context.Context, spec string, timeout time.Duration) (string, error) {
+	f.calls = append(f.calls, "wait "+spec+" "+timeout.String())
+	if dev, ok := f.devices[spec]; ok {
+		return dev, nil
+	}
+	return "", errors.New(spec + " did not appear within " + timeout.String())
+}
+
+// plainConfig is the config the e2e images use until verity, attestation, storage and the
+// overlay are part of the build.
+func plainConfig() *config.Config {
+	c := config.Default()
+	c.Verity.Required = false
+	c.Attest.Require = config.AttestNone
+	c.Storage.Enabled = false
+	c.Overlay.Enabled = false
+	return c
+}
+
+func run(t *testing.T, cfg *config.Config, line string, m *fakeMachine) (*Boot, *report.Report, error) {
+	t.Helper()
+	cl, err := cmdline.Parse(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m}
+	rep := &report.Report{}
+	err = (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages())
+	return b, rep, err
+}
+
+func TestPlainRootBoot(t *testing.T) {
+	m := &fakeMachine{devices: map[string]string{"PARTUUID=abc": "/dev/vda2"}, earlyMounts: []string{"/sys", "/run"}, loadedMods: []string{"virtio_blk"}}
+	cfg := plainConfig()
+	cfg.Modules = []string{"virtio_blk"}
+	b, rep, err := run(t, cfg, "console=ttyS0 root=PARTUUID=abc rootflags=noatime init=/bin/myinit -- single", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"early", "modules virtio_blk", "wait PARTUUID=abc 30s", "mount /dev/vda2 auto /sysroot noatime", "switch /sysroot /bin/myinit"}
+	if strings.Join(m.calls, "|") != strings.Join(want, "|") {
+		t.Fatalf("calls\n got %q\nwant %q", m.calls, want)
+	}
+	if b.Init() != "/bin/myinit" || strings.Join(b.InitArgs(), " ") != "/bin/myinit single" {
+		t.Errorf("init %q args %q", b.Init(), b.InitArgs())
+	}
+	statuses := map[string]report.Status{}
+	for _, s := range rep.Stages {
+		statuses[s.Name] = s.Status
+	}
+	wantStatus := map[string]report.Status{
+		StageEarlyMounts: report.StatusOK, StageModules: report.StatusOK, StageRoot: report.StatusOK,
+		StageAttest: report.StatusSkipped, StageStorage: report.StatusSkipped, StageOverlay: report.StatusSkipped,
+		StageHandoff: report.StatusOK,
+	}
+	for name, st := range wantStatus {
+		if statuses[name] != st {
+			t.Errorf("stage %s = %s, want %s", name, statuses[name], st)
+		}
+	}
+	root := rep.Stage(StageRoot)
+	if root.Facts["device"] != "/dev/vda2" || root.Facts["fstype"] != "ext4" || root.Facts["spec"] != "PARTUUID=abc" {
+		t.Errorf("root facts %v", root.Facts)
+	}
+}
+
+func TestRootFailsClosed(t *testing.T) {
+	cases := []struct {
+		name    string
+		cfg     func(*config.Config)
+		line    string
+		machine *fakeMachine
+		stage   string
+		errHas  string
+	}{
+		{"verity required without roothash", func(c *config.Config) { c.Verity.Required = true }, "root=/dev/vda2", &fakeMachine{}, StageRoot, "verity.required is true but the kernel command line has no roothash="},
+		{"roothash before verity support", nil, "roothash=abcd root=/dev/vda2", &fakeMachine{}, StageRoot, "roothash=abcd is on the kernel command line"},
+		{"no root at all", nil, "console=ttyS0", &fakeMachine{}, StageRoot, "no root device"},
+		{"device never appears", nil, "root=PARTUUID=dead", &fakeMachine{}, StageRoot, "root device: PARTUUID=dead did not appear within 30s"},
+		{"mount fails", nil, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}, mountErr: errors.New("mount /dev/vda2 on /sysroot: invalid argument")}, StageRoot, "invalid argument"},
+		{"attestation required", func(c *config.Config) { c.Attest.Require = config.AttestTEE }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageAttest, "attest.require is tee"},
+		{"storage enabled", func(c *config.Config) { c.Storage.Enabled = true }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageStorage, "storage.enabled is true"},
+		{"overlay enabled", func(c *config.Config) { c.Overlay.Enabled = true }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageOverlay, "overlay.enabled is true"},
+		{"missing init", nil, "root=/dev/vda2 init=/nope", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}, switchErr: errors.New(`init "/nope" not found in new root /sysroot`)}, StageHandoff, `init "/nope" not found`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := plainConfig()
+			if c.cfg != nil {
+				c.cfg(cfg)
+			}
+			_, rep, err := run(t, cfg, c.line, c.machine)
+			var se *stage.Error
+			if !errors.As(err, &se) || se.Stage != c.stage || !strings.Contains(err.Error(), c.errHas) {
+				t.Fatalf("err = %v, want stage %s error containing %q", err, c.stage, c.errHas)
+			}
+			if rep.Outcome != report.OutcomeFailed {
+				t.Errorf("outcome %s", rep.Outcome)
+			}
+			for _, call := range c.machine.calls {
+				if strings.HasPrefix(call, "switch") && c.stage != StageHandoff {
+					t.Errorf("switched root after a failure: %v", c.machine.calls)
+				}
+			}
+		})
+	}
+}
+
+func TestUnitStages(t *testing.T) {
+	if got := UnitStageNames(); got != "modules, attest, storage, overlay" {
+		t.Errorf("unit stages %q", got)
+	}
+}

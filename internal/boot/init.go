@@ -1,0 +1,200 @@
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/cvmboot/cvmboot/internal/cmdline"
+	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/failaction"
+	"github.com/cvmboot/cvmboot/internal/stage"
+	"github.com/cvmboot/cvmboot/internal/version"
+	"github.com/cvmboot/cvmboot/pkg/report"
+)
+
+// Env is what the PID 1 path needs from the machine. Real() gives the real one.
+type Env struct {
+	Mounts  Mounts
+	Modules Modules
+	Devices Devices
+	System  failaction.System
+	// Bootstrap mounts what reading the command line and logging need (/proc, /dev) before
+	// anything else runs; it returns what it mounted.
+	Bootstrap func() ([]string, error)
+	// Logger builds the boot's logger once the command line and config are known.
+	Logger func(level string) *zap.Logger
+	// Emergency prints a line at emergency priority to the console and the kernel log.
+	Emergency func(msg string)
+	// Exec replaces the process with the real init; it returns only on failure.
+	Exec func(path string, argv []string) error
+
+	CmdlinePath string
+	ConfigPath  string
+	ReportPath  string
+	Clock       stage.Clock
+}
+
+// RunInit is the PID 1 entry point. It does not return on success: the process becomes
+// the real init. On failure it runs the failure action; it returns an exit code only when
+// even that failed, and as PID 1 exiting then panics the kernel, which still stops the boot.
+func RunInit(env Env) int {
+	clock := env.Clock
+	if clock == nil {
+		clock = stage.WallClock
+	}
+	rep := &report.Report{
+		Schema:  report.Schema,
+		Version: version.Version,
+		Mode:    "initramfs",
+		Started: clock.Now(),
+		Uptime:  uptimeSeconds(),
+		Outcome: report.OutcomeRunning,
+	}
+	// Until the configuration is read, a failure uses the secure default action.
+	fail := func(log *zap.Logger, stageName string, err error, cfg *config.Config) int {
+		action := failaction.Poweroff
+		if cfg != nil {
+			action = failaction.Select(string(cfg.Failure.Action), cfg.Debug.Enabled)
+		}
+		rep.Outcome = report.OutcomeFailed
+		rep.Failure = &report.Failure{Stage: stageName, Error: err.Error(), Action: string(action)}
+		rep.Finished = clock.Now()
+		if werr := rep.WriteFile(env.ReportPath); werr != nil && log != nil {
+			log.Warn("cannot save the boot report", zap.Error(werr))
+		}
+		env.Emergency(fmt.Sprintf("cvmboot: FATAL: stage %s failed: %v", stageName, err))
+		env.Emergency(fmt.Sprintf("cvmboot: failure action: %s", action))
+		if log != nil {
+			_ = log.Sync()
+		}
+		aerr := failaction.Execute(action, env.System)
+		env.Emergency(fmt.Sprintf("cvmboot: FATAL: %v; stopping", aerr))
+		return 1
+	}
+
+	bootstrapped, err := env.Bootstrap()
+	if err != nil {
+		return fail(nil, "bootstrap", err, nil)
+	}
+	cl, err := readCmdline(env.CmdlinePath)
+	if err != nil {
+		return fail(nil, "config", err, nil)
+	}
+	rep.Cmdline = cl.String()
+	cfg, info, err := loadConfig(env.ConfigPath, cl)
+	if err != nil {
+		return fail(nil, "config", err, nil)
+	}
+	rep.Config = info
+	log := env.Logger(string(cfg.Log.Level))
+	log.Info("cvmboot starting as PID 1",
+		zap.String("version", version.Version),
+		zap.String("config", info.Path), zap.Bool("config_found", info.Found), zap.String("config_sha256", info.SHA256),
+		zap.Strings("overrides", info.Overrides), zap.Strings("bootstrap_mounted", bootstrapped))
+
+	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices}
+	runner := stage.Runner{
+		Log: log, Clock: clock, Report: rep,
+		Save: func(r *report.Report) error { return r.WriteFile(env.ReportPath) },
+	}
+	if err := runner.Run(context.Background(), b.Stages()); err != nil {
+		var se *stage.Error
+		name := "boot"
+		if errors.As(err, &se) {
+			name = se.Stage
+			err = se.Err
+		}
+		return fail(log, name, err, cfg)
+	}
+	log.Info("handing off to init", zap.String("init", b.Init()), zap.Strings("args", b.InitArgs()[1:]))
+	_ = log.Sync()
+	err = env.Exec(b.Init(), b.InitArgs())
+	// The root has been switched already: the report lives on under the new /run.
+	return fail(log, StageHandoff, fmt.Errorf("exec init %s: %w", b.Init(), err), cfg)
+}
+
+func readCmdline(path string) (*cmdline.Cmdline, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("kernel command line: %w", err)
+	}
+	return cmdline.Parse(string(raw))
+}
+
+// loadConfig reads the config file (defaults when absent) and applies the command line's
+// cvmboot.* overrides.
+func loadConfig(path string, cl *cmdline.Cmdline) (*config.Config, *report.Config, error) {
+	_, statErr := os.Stat(path)
+	cfg, err := config.LoadOrDefault(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	overrides := cl.WithPrefix(config.CmdlinePrefix)
+	if err := cfg.ApplyCmdline(overrides); err != nil {
+		return nil, nil, err
+	}
+	info := &report.Config{Path: path, Found: statErr == nil}
+	d := cfg.Digest()
+	info.SHA256 = fmt.Sprintf("%x", d[:])
+	for _, kv := range overrides {
+		info.Overrides = append(info.Overrides, kv.Key+"="+kv.Value)
+	}
+	return cfg, info, nil
+}
+
+// uptimeSeconds reads CLOCK_BOOTTIME: how long the kernel ran before cvmboot started.
+func uptimeSeconds() float64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return float64(ts.Sec) + float64(ts.Nsec)/1e9
+}
+
+// bootstrapMounts mounts /proc and /dev when they are not there yet: the command line and
+// the kernel log need them before the boot sequence can even be configured. The
+// early-mounts stage finds them mounted and does the rest.
+func bootstrapMounts() ([]string, error) {
+	var mounted []string
+	for _, m := range []struct{ fstype, target, check string }{
+		{"proc", "/proc", "/proc/self"},
+		{"devtmpfs", "/dev", "/dev/kmsg"},
+	} {
+		if _, err := os.Stat(m.check); err == nil {
+			continue
+		}
+		if err := os.MkdirAll(m.target, 0o755); err != nil {
+			return mounted, fmt.Errorf("bootstrap: %w", err)
+		}
+		if err := unix.Mount(m.fstype, m.target, m.fstype, unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755"); err != nil && !errors.Is(err, unix.EBUSY) {
+			return mounted, fmt.Errorf("bootstrap: mount %s on %s: %w", m.fstype, m.target, err)
+		}
+		mounted = append(mounted, m.target)
+	}
+	return mounted, nil
+}
+
+// emergency writes msg at priority 0 to the kernel log (which prints it on every console)
+// and straight to /dev/console, in case the kernel log is unwritable.
+func emergency(msg string) {
+	msg = strings.TrimRight(msg, "\n")
+	if f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+		for len(msg) > 0 {
+			n := min(len(msg), 900) // under the kernel's per-record limit
+			f.Write([]byte("<0>" + msg[:n] + "\n"))
+			msg = msg[n:]
+		}
+		f.Close()
+		return
+	}
+	if f, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
+		f.Write([]byte(msg + "\n"))
+		f.Close()
+	}
+}

@@ -1,0 +1,129 @@
+package boot
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+
+	"github.com/cvmboot/cvmboot/pkg/report"
+)
+
+type fakeSystem struct{ rebootCmd int }
+
+func (f *fakeSystem) Sync()                       {}
+func (f *fakeSystem) Reboot(cmd int) error        { f.rebootCmd = cmd; return os.ErrPermission }
+func (f *fakeSystem) Exit(int)                    {}
+func (f *fakeSystem) Exec(string, []string) error { return os.ErrNotExist }
+
+type initHarness struct {
+	env       Env
+	sys       *fakeSystem
+	emergency []string
+	execPath  string
+	execArgs  []string
+}
+
+func newInitHarness(t *testing.T, cmdline, configYAML string, m *fakeMachine) *initHarness {
+	dir := t.TempDir()
+	h := &initHarness{sys: &fakeSystem{}}
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	h.env = Env{
+		Mounts: m, Modules: m, Devices: m, System: h.sys,
+		Bootstrap: func() ([]string, error) { return []string{"/proc"}, nil },
+		Logger:    func(string) *zap.Logger { return zap.NewNop() },
+		Emergency: func(msg string) { h.emergency = append(h.emergency, msg) },
+		Exec: func(p string, argv []string) error {
+			h.execPath, h.execArgs = p, argv
+			return os.ErrPermission
+		},
+		CmdlinePath: write("cmdline", cmdline+"\n"),
+		ConfigPath:  filepath.Join(dir, "config.yaml"),
+		ReportPath:  filepath.Join(dir, "run", "report.json"),
+	}
+	if configYAML != "" {
+		write("config.yaml", configYAML)
+	}
+	return h
+}
+
+const plainYAML = `
+verity: {required: false}
+attest: {require: none}
+storage: {enabled: false}
+overlay: {enabled: false}
+`
+
+func TestRunInitHandsOff(t *testing.T) {
+	m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
+	h := newInitHarness(t, "root=/dev/vda2 -- --switched", plainYAML, m)
+	RunInit(h.env) // the fake exec fails, so it returns after the failure action
+	if h.execPath != "/sbin/init" || strings.Join(h.execArgs, " ") != "/sbin/init --switched" {
+		t.Fatalf("exec %q %q", h.execPath, h.execArgs)
+	}
+	rep, err := report.ReadFile(h.env.ReportPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The exec failure is the handoff's failure; every stage before it ran.
+	if rep.Outcome != report.OutcomeFailed || rep.Failure.Stage != StageHandoff || len(rep.Stages) != 7 {
+		t.Fatalf("report %+v", rep)
+	}
+	if rep.Config == nil || !rep.Config.Found || len(rep.Config.SHA256) != 64 || rep.Cmdline == "" {
+		t.Errorf("config info %+v cmdline %q", rep.Config, rep.Cmdline)
+	}
+}
+
+func TestRunInitFailureAction(t *testing.T) {
+	m := &fakeMachine{}
+	h := newInitHarness(t, "root=PARTUUID=0000 cvmboot.failure.action=reboot", plainYAML, m)
+	if code := RunInit(h.env); code == 0 {
+		t.Fatal("RunInit returned 0 after a failure")
+	}
+	if h.execPath != "" {
+		t.Fatal("init was executed after a failed stage")
+	}
+	if h.sys.rebootCmd != 0x01234567 { // LINUX_REBOOT_CMD_RESTART
+		t.Errorf("reboot cmd %#x, want restart", h.sys.rebootCmd)
+	}
+	got := strings.Join(h.emergency, "\n")
+	for _, want := range []string{"cvmboot: FATAL: stage root failed: root device: PARTUUID=0000 did not appear within 30s", "cvmboot: failure action: reboot"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("emergency output lacks %q:\n%s", want, got)
+		}
+	}
+	rep, err := report.ReadFile(h.env.ReportPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Failure == nil || rep.Failure.Action != "reboot" || rep.Failure.Stage != StageRoot {
+		t.Errorf("failure %+v", rep.Failure)
+	}
+}
+
+func TestRunInitBadConfigPowersOff(t *testing.T) {
+	h := newInitHarness(t, "root=/dev/vda2", "stroage: {}\n", &fakeMachine{})
+	RunInit(h.env)
+	if h.sys.rebootCmd != 0x4321fedc { // LINUX_REBOOT_CMD_POWER_OFF
+		t.Errorf("reboot cmd %#x, want power off", h.sys.rebootCmd)
+	}
+	if got := strings.Join(h.emergency, "\n"); !strings.Contains(got, `stage config failed: `+h.env.ConfigPath+`:1: unknown key "stroage"`) {
+		t.Errorf("emergency output:\n%s", got)
+	}
+}
+
+func TestRunInitBadOverrideNamesKey(t *testing.T) {
+	h := newInitHarness(t, "root=/dev/vda2 cvmboot.storage.integrity=x", plainYAML, &fakeMachine{})
+	RunInit(h.env)
+	if got := strings.Join(h.emergency, "\n"); !strings.Contains(got, `cvmboot.storage.integrity: "x" is not allowed`) {
+		t.Errorf("emergency output:\n%s", got)
+	}
+}

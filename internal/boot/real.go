@@ -1,0 +1,77 @@
+package boot
+
+import (
+	"context"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
+
+	"github.com/cvmboot/cvmboot/internal/blockdev"
+	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/failaction"
+	"github.com/cvmboot/cvmboot/internal/kmod"
+	"github.com/cvmboot/cvmboot/internal/logging"
+	"github.com/cvmboot/cvmboot/internal/mount"
+	"github.com/cvmboot/cvmboot/pkg/report"
+)
+
+// machine adapts the real packages to the stage interfaces. Its logger is set once the
+// configuration is known, before any stage runs.
+type machine struct {
+	log *zap.Logger
+}
+
+func (m *machine) Early() ([]string, error) { return (&mount.Mounter{Log: m.log}).Early() }
+
+func (m *machine) Root(dev, fstype, target, options string) (string, error) {
+	return mount.RootWithLog(m.log, dev, fstype, target, options)
+}
+
+func (m *machine) SwitchRoot(newRoot, init string) error {
+	return (&mount.Switcher{NewRoot: newRoot, Init: init, Log: m.log}).Enter()
+}
+
+func (m *machine) Load(ctx context.Context, names []string) ([]string, error) {
+	return (&kmod.Loader{Log: m.log}).LoadNames(ctx, names)
+}
+
+func (m *machine) Wait(ctx context.Context, spec string, timeout time.Duration) (string, error) {
+	d, err := blockdev.NewScanner(m.log).Wait(ctx, spec, timeout)
+	if err != nil {
+		return "", err
+	}
+	return d.Path, nil
+}
+
+// Real returns the environment of a real boot.
+func Real() Env {
+	m := &machine{log: zap.NewNop()}
+	pid1 := os.Getpid() == 1
+	return Env{
+		Mounts: m, Modules: m, Devices: m,
+		System:    failaction.Kernel{},
+		Bootstrap: bootstrapMounts,
+		Logger: func(level string) *zap.Logger {
+			lvl, err := zapcore.ParseLevel(level)
+			if err != nil {
+				lvl = zapcore.InfoLevel
+			}
+			if pid1 {
+				// Our own records must not be rate limited away during the boot.
+				_ = logging.LiftKmsgRateLimit("/proc")
+			}
+			m.log = logging.Auto(lvl, pid1)
+			return m.log
+		},
+		Emergency: emergency,
+		Exec: func(path string, argv []string) error {
+			return unix.Exec(path, argv, mount.DefaultEnv())
+		},
+		CmdlinePath: "/proc/cmdline",
+		ConfigPath:  config.DefaultPath,
+		ReportPath:  report.DefaultPath,
+	}
+}

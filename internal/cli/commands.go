@@ -1,0 +1,100 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/cvmboot/cvmboot/internal/boot"
+	"github.com/cvmboot/cvmboot/internal/luks2cli"
+	"github.com/cvmboot/cvmboot/internal/veritycli"
+	"github.com/cvmboot/cvmboot/internal/version"
+	"github.com/cvmboot/cvmboot/pkg/report"
+)
+
+// Commands returns every subcommand.
+func Commands() []Command {
+	return []Command{
+		{Name: "init", Summary: "boot the machine as PID 1 (the initramfs's /init)", Run: initCmd},
+		{Name: "run", Summary: "run named boot stages (from systemd units)", Run: runCmd},
+		{Name: "status", Summary: "show the current boot's report", Run: statusCmd},
+		{Name: "version", Summary: "print the version", Run: versionCmd},
+		{Name: "initramfs", Summary: "write an initramfs with cvmboot as /init (for image builders)", Run: initramfsCmd},
+		{Name: "verity", Summary: "format, verify and dump dm-verity hash trees (veritysetup-compatible)", Run: veritycli.Main},
+		{Name: "luks2", Summary: "format and dump LUKS2 headers", Run: luks2cli.Main},
+	}
+}
+
+func versionCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("version", "version", "Prints the version of this cvmboot build.", stderr)
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	fmt.Fprintf(stdout, "cvmboot %s\n", version.Version)
+	return ExitOK
+}
+
+func initCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("init", "init", `
+Boots the machine: the PID 1 entry point, run as /init in an initramfs. The binary enters it
+by itself when it runs as PID 1. It mounts the API file systems, loads kernel modules, mounts
+the verified root, runs the capability stages, switches into the new root and executes the
+real init. A failing stage runs the configured failure action (default: power off).`, stderr)
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if os.Getpid() != 1 {
+		fmt.Fprintln(stderr, "cvmboot init: refusing to run: not PID 1 (it would switch this machine's root)")
+		return ExitUsage
+	}
+	return boot.RunInit(boot.Real())
+}
+
+func runCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("run", "run STAGE...", `
+Runs the named stages of the boot sequence, for systemd units in a systemd-based initrd or in
+the booted system. The stages append to the boot report. Stages: `+boot.UnitStageNames(), stderr)
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return ExitUsage
+	}
+	return boot.RunUnits(boot.Real(), fs.Args(), stderr)
+}
+
+func statusCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("status", "status [--json] [--report PATH]", `
+Shows the current boot's report: every stage with its status, duration and the facts it
+established (devices, file systems, mount points). Exits 1 when the boot failed.`, stderr)
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	path := fs.String("report", report.DefaultPath, "report file")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	rep, err := report.ReadFile(*path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(stderr, "cvmboot status: no boot report at %s: this boot did not run cvmboot\n", *path)
+		} else {
+			fmt.Fprintf(stderr, "cvmboot status: %v\n", err)
+		}
+		return ExitIOError
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return ExitIOError
+		}
+	} else if err := rep.WriteTable(stdout); err != nil {
+		return ExitIOError
+	}
+	if rep.Outcome == report.OutcomeFailed {
+		return ExitFailed
+	}
+	return ExitOK
+}
