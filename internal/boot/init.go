@@ -162,9 +162,9 @@ func uptimeSeconds() float64 {
 // early-mounts stage finds them mounted and does the rest.
 func bootstrapMounts() ([]string, error) {
 	var mounted []string
-	for _, m := range []struct{ fstype, target, check string }{
-		{"proc", "/proc", "/proc/self"},
-		{"devtmpfs", "/dev", "/dev/kmsg"},
+	for _, m := range []struct{ fstype, target, check, data string }{
+		{"proc", "/proc", "/proc/self", ""},
+		{"devtmpfs", "/dev", "/dev/kmsg", "mode=0755"},
 	} {
 		if _, err := os.Stat(m.check); err == nil {
 			continue
@@ -172,7 +172,7 @@ func bootstrapMounts() ([]string, error) {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
 			return mounted, fmt.Errorf("bootstrap: %w", err)
 		}
-		if err := unix.Mount(m.fstype, m.target, m.fstype, unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755"); err != nil && !errors.Is(err, unix.EBUSY) {
+		if err := unix.Mount(m.fstype, m.target, m.fstype, unix.MS_NOSUID|unix.MS_NOEXEC, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
 			return mounted, fmt.Errorf("bootstrap: mount %s on %s: %w", m.fstype, m.target, err)
 		}
 		mounted = append(mounted, m.target)

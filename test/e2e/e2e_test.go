@@ -1,0 +1,527 @@
+// Package e2e boots real cvmboot images under qemu (OVMF, swtpm, UKI on a GPT
+// disk) and checks what the serial console shows. It only runs with
+// CVMBOOT_E2E=1 so that `go test ./...` stays a unit test run.
+//
+//	CVMBOOT_E2E=1 go test ./test/e2e -run 'TestE2E/plain-tiny-root' -v
+//
+// Environment:
+//
+//	CVMBOOT_E2E_INIT=cvmboot|standin  initramfs to use; default cvmboot when
+//	                                   ./cmd/cvmboot is a main package, else standin
+//	CVMBOOT_E2E_ACCEL=kvm|tcg          skip the KVM probe
+//	CVMBOOT_E2E_STREAM=1               copy every console line to the test log
+//	CVMBOOT_CACHE                      cache directory (kernel, root trees)
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cvmboot/cvmboot/test/e2e/harness"
+)
+
+// rootKind picks the root tree of a scenario.
+type rootKind string
+
+const (
+	rootTiny   rootKind = "tiny"   // rootcheck as /sbin/init
+	rootDebian rootKind = "debian" // debootstrap bookworm with systemd
+)
+
+// outcome is how a scenario must end.
+type outcome string
+
+const (
+	// bootedAndChecked: the root's init ran its checks and powered off.
+	bootedAndChecked outcome = "booted-and-checked"
+	// failureAction: the initramfs stopped with a FATAL line and ran its
+	// failure action (poweroff); the root's init never ran.
+	failureAction outcome = "failure-action"
+)
+
+// badPartUUID names a partition that exists on no disk.
+const badPartUUID = "0badc0de-0000-4000-8000-00000000dead"
+
+type scenario struct {
+	name string
+	root rootKind
+	// recipe adjusts the default disk recipe (nil: defaults).
+	recipe func(r *harness.DiskRecipe)
+	// cmdline is appended to "console=ttyS0"; {rootpartuuid} and
+	// {badpartuuid} are substituted.
+	cmdline string
+	// standinCmdline is appended only when the stand-in init is used, for
+	// settings cvmboot takes from its config file.
+	standinCmdline string
+	config         string   // cvmboot config YAML
+	modules        []string // harness.DefaultModules when nil
+	// expect and reject are regular expressions matched against the whole
+	// serial log ((?m) is implied); {fatal} becomes "cvmboot: FATAL" (or
+	// "standin: FATAL"), {rootpartuuid} and {badpartuuid} the quoted UUIDs.
+	expect    []string
+	reject    []string
+	outcome   outcome
+	timeLimit time.Duration
+	// initOverride forces an init kind regardless of CVMBOOT_E2E_INIT.
+	initOverride harness.InitKind
+}
+
+// plainConfig turns off what a plain qemu guest cannot provide (a verified
+// root) and what this build does not have yet (attestation, storage, the
+// overlay: their stages fail closed while enabled), keeping the secure
+// defaults otherwise.
+const plainConfig = `# cvmboot e2e: plain root, no verity
+modules: [virtio_pci, virtio_blk]
+verity:
+  required: false
+attest:
+  require: none
+storage:
+  enabled: false
+overlay:
+  enabled: false
+`
+
+// debianConfig is plainConfig for the Debian root: systemd remounts / read-write
+// itself until the overlay stage exists.
+const debianConfig = plainConfig
+
+var scenarios = []scenario{
+	{
+		name:         "uefi-tpm-chain",
+		root:         rootTiny,
+		cmdline:      "rootcheck.mode=initrd",
+		initOverride: harness.InitRootcheck,
+		expect: []string{`ROOTCHECK: ok uefi`, `ROOTCHECK: ok tpm-device`, `ROOTCHECK: ok tpm-eventlog`,
+			`ROOTCHECK: DONE pass=\d+ fail=0`},
+		reject:    []string{`ROOTCHECK: FAIL`, `Kernel panic`},
+		outcome:   bootedAndChecked,
+		timeLimit: 3 * time.Minute,
+	},
+	{
+		name:    "plain-tiny-root",
+		root:    rootTiny,
+		cmdline: "root=PARTUUID={rootpartuuid}",
+		config:  plainConfig,
+		expect: []string{`ROOTCHECK: ok pid1`, `ROOTCHECK: ok report`, `ROOTCHECK: REPORT BEGIN`,
+			`ROOTCHECK: ok initramfs-gone`, `ROOTCHECK: DONE pass=\d+ fail=0`},
+		reject:    []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
+		outcome:   bootedAndChecked,
+		timeLimit: 3 * time.Minute,
+	},
+	{
+		name:    "debian-multi-user",
+		root:    rootDebian,
+		cmdline: "root=PARTUUID={rootpartuuid}",
+		config:  debianConfig,
+		expect: []string{`E2E-CHECK: BEGIN`, `E2E-CHECK: system-state=(running|degraded)`,
+			`E2E-CHECK: report=present`, `E2E-CHECK: DONE`},
+		reject:    []string{`{fatal}`, `Kernel panic`},
+		outcome:   bootedAndChecked,
+		timeLimit: 5 * time.Minute,
+	},
+	{
+		name:           "root-never-appears",
+		root:           rootTiny,
+		cmdline:        "root=PARTUUID={badpartuuid}",
+		standinCmdline: "standin.timeout=5",
+		config:         plainConfig + "devices:\n  timeout: 5s\n",
+		expect:         []string{`(?i){fatal}.*PARTUUID={badpartuuid}`},
+		reject:         []string{`ROOTCHECK:`, `Kernel panic`},
+		outcome:        failureAction,
+		timeLimit:      3 * time.Minute,
+	},
+	{
+		name:      "missing-init",
+		root:      rootTiny,
+		cmdline:   "root=PARTUUID={rootpartuuid} init=/sbin/nonexistent",
+		config:    plainConfig,
+		expect:    []string{`{fatal}.*/sbin/nonexistent`},
+		reject:    []string{`ROOTCHECK:`, `Kernel panic`},
+		outcome:   failureAction,
+		timeLimit: 3 * time.Minute,
+	},
+}
+
+// env is built once per test process and shared by the scenarios.
+type env struct {
+	cache    *harness.Cache
+	kernel   *harness.Kernel
+	accel    harness.Accel
+	tools    *harness.Tools
+	init     harness.InitKind
+	tinyRoot string
+
+	debianOnce sync.Once
+	debian     *harness.DebianRoot
+	debianErr  error
+
+	cvmbootErr error // why cvmboot could not be built; scenarios needing it fail with it
+}
+
+var (
+	envOnce   sync.Once
+	sharedEnv *env
+	envErr    error
+)
+
+func setup(t *testing.T) *env {
+	t.Helper()
+	envOnce.Do(func() { sharedEnv, envErr = newEnv(t) })
+	if envErr != nil {
+		t.Fatalf("e2e setup: %v", envErr)
+	}
+	return sharedEnv
+}
+
+func newEnv(t *testing.T) (*env, error) {
+	ctx := context.Background()
+	logf := harness.Logf(t.Logf)
+	e := &env{}
+	var err error
+	if e.cache, err = harness.OpenCache(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	if e.kernel, err = e.cache.Kernel(ctx, logf); err != nil {
+		return nil, err
+	}
+	if e.accel, err = e.cache.DetectAccel(ctx, e.kernel, logf); err != nil {
+		return nil, err
+	}
+	if e.tools, err = e.cache.BuildTools(ctx, false); err != nil {
+		return nil, err
+	}
+	if err := e.chooseInit(ctx, t); err != nil {
+		return nil, err
+	}
+	if e.tinyRoot, err = e.cache.TinyRoot(ctx); err != nil {
+		return nil, err
+	}
+	t.Logf("e2e setup: kernel %s, accel %s, init %s, cache %s (%s)",
+		e.kernel.Version, e.accel, e.init, e.cache.Dir, time.Since(start).Round(time.Millisecond))
+	if ms, err := harness.LoadModules(e.kernel.ModulesDir); err == nil {
+		var builtin []string
+		for _, m := range []string{"virtio_pci", "virtio_blk", "dm_mod", "dm_verity", "dm_crypt", "dm_integrity", "overlay", "ext4", "tpm_crb"} {
+			if ms.Builtin(m) {
+				builtin = append(builtin, m)
+			}
+		}
+		t.Logf("e2e setup: built into %s: %s", e.kernel.Version, strings.Join(builtin, " "))
+	}
+	return e, nil
+}
+
+// chooseInit decides between cvmboot and the stand-in. Explicit
+// CVMBOOT_E2E_INIT wins. Otherwise cvmboot is used as soon as it is a main
+// package; a build failure then fails the scenarios that need it (scenarios
+// with their own init still run), and a build without the initramfs command
+// falls back to the stand-in, loudly.
+func (e *env) chooseInit(ctx context.Context, t *testing.T) error {
+	choice := os.Getenv("CVMBOOT_E2E_INIT")
+	switch choice {
+	case "standin":
+		e.init = harness.InitStandin
+		return nil
+	case "cvmboot", "":
+	default:
+		return fmt.Errorf("CVMBOOT_E2E_INIT=%q: want cvmboot or standin", choice)
+	}
+	if choice == "" && !harness.CvmbootAvailable(ctx) {
+		t.Logf("e2e setup: ./cmd/cvmboot is not a main package yet: using the stand-in init")
+		e.init = harness.InitStandin
+		return nil
+	}
+	e.init = harness.InitCvmboot
+	start := time.Now()
+	bin, err := harness.BuildCvmboot(ctx)
+	if err != nil {
+		e.cvmbootErr = err
+		t.Logf("e2e setup: cvmboot does not build; its scenarios will fail: %v", err)
+		return nil
+	}
+	e.tools.Cvmboot = bin
+	t.Logf("e2e setup: built %s (%s)", bin, time.Since(start).Round(time.Millisecond))
+	if choice == "" && !harness.CvmbootHasInitramfs(ctx, bin) {
+		t.Logf("e2e setup: %s has no initramfs command yet: using the stand-in init (CVMBOOT_E2E_INIT=cvmboot forces cvmboot)", bin)
+		e.init = harness.InitStandin
+	}
+	return nil
+}
+
+func (e *env) debianRoot(t *testing.T) (*harness.DebianRoot, error) {
+	e.debianOnce.Do(func() {
+		e.debian, e.debianErr = e.cache.DebianRoot(context.Background(), harness.DebianSpec{}, harness.Logf(t.Logf))
+		if e.debianErr == nil {
+			state := "built now"
+			if e.debian.Cached {
+				state = "cached"
+			}
+			t.Logf("debian root: %s, debootstrap+setup took %s when built, %d MiB", state,
+				e.debian.BuildTime.Round(time.Second), e.debian.SizeBytes/harness.MiB)
+		}
+	})
+	return e.debian, e.debianErr
+}
+
+// result is one scenario's line in the summary.
+type result struct {
+	name     string
+	status   string
+	reason   harness.ExitReason
+	duration time.Duration // the qemu boot only
+	total    time.Duration // including image build
+}
+
+func TestE2E(t *testing.T) {
+	if os.Getenv("CVMBOOT_E2E") != "1" {
+		t.Skip("set CVMBOOT_E2E=1 to boot images under qemu")
+	}
+	e := setup(t)
+	var (
+		mu      sync.Mutex
+		results []result
+	)
+	suiteStart := time.Now()
+	t.Cleanup(func() {
+		t.Logf("scenario summary (init %s, accel %s, %s total):", e.init, e.accel, time.Since(suiteStart).Round(time.Second))
+		for _, r := range results {
+			t.Logf("scenario %-22s %-5s %-12s boot %6.1fs  total %6.1fs", r.name, r.status, r.reason, r.duration.Seconds(), r.total.Seconds())
+		}
+	})
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) {
+			r := runScenario(t, e, sc)
+			mu.Lock()
+			results = append(results, r)
+			mu.Unlock()
+		})
+	}
+}
+
+func runScenario(t *testing.T, e *env, sc scenario) result {
+	start := time.Now()
+	res := result{name: sc.name, status: "FAIL"}
+	init := e.init
+	if sc.initOverride != "" {
+		init = sc.initOverride
+	}
+	ctx := context.Background()
+	if init == harness.InitCvmboot && e.cvmbootErr != nil {
+		t.Fatalf("scenario %s: cvmboot: %v", sc.name, e.cvmbootErr)
+	}
+	work := e.cache.Path("work", sc.name)
+	if err := os.RemoveAll(work); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	tree := e.tinyRoot
+	if sc.root == rootDebian {
+		deb, err := e.debianRoot(t)
+		if err != nil {
+			t.Fatalf("debian root: %v", err)
+		}
+		tree = filepath.Join(work, "root")
+		if err := harness.ExtractDebianRoot(ctx, deb, tree); err != nil {
+			t.Fatal(err)
+		}
+		if err := harness.InstallCheckUnit(tree, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	subst := func(s string, quote bool) string {
+		q := func(v string) string {
+			if quote {
+				return regexp.QuoteMeta(v)
+			}
+			return v
+		}
+		fatal := "cvmboot: FATAL"
+		if init == harness.InitStandin {
+			fatal = "standin: FATAL"
+		}
+		return strings.NewReplacer("{rootpartuuid}", q(harness.DefaultRootPartUID),
+			"{badpartuuid}", q(badPartUUID), "{fatal}", q(fatal)).Replace(s)
+	}
+	cmdline := "console=ttyS0 " + subst(sc.cmdline, false)
+	if init == harness.InitStandin && sc.standinCmdline != "" {
+		cmdline += " " + sc.standinCmdline
+	}
+	recipe := harness.DiskRecipe{
+		Root:       harness.RootSpec{Tree: tree},
+		VerityRoom: 64 * harness.MiB,
+		FreeSpace:  256 * harness.MiB,
+	}
+	if sc.recipe != nil {
+		sc.recipe(&recipe)
+	}
+	img, err := harness.BuildImage(ctx, harness.ImageSpec{
+		WorkDir: work, Kernel: e.kernel, Tools: e.tools, Init: init,
+		Modules: sc.modules, Config: sc.config, Cmdline: cmdline, Recipe: recipe,
+	})
+	if err != nil {
+		t.Fatalf("scenario %s: build image: %v", sc.name, err)
+	}
+	buildTime := time.Since(start)
+	if sc.root == rootDebian {
+		// The tree is in the image now; the extracted copy only costs disk.
+		_ = os.RemoveAll(tree)
+	}
+
+	var onLine func(string)
+	if os.Getenv("CVMBOOT_E2E_STREAM") == "1" {
+		onLine = func(l string) { t.Log(l) }
+	}
+	boot, err := harness.Boot(ctx, harness.BootSpec{
+		Name: sc.name, WorkDir: work, Disk: img.Disk.Path, Accel: e.accel,
+		Timeout: sc.timeLimit, OnLine: onLine,
+	})
+	if err != nil {
+		t.Fatalf("boot: %v", err)
+	}
+	res.reason = boot.Reason
+	res.duration = boot.Duration
+
+	problems := verify(sc, boot, subst)
+	res.total = time.Since(start)
+	if len(problems) == 0 {
+		res.status = "ok"
+		t.Logf("scenario %s: ok, %s (%s) boot %.1fs (%s), image build %.1fs, init %s",
+			sc.name, boot.Reason, boot.Detail, boot.Duration.Seconds(), boot.PhaseSummary(), buildTime.Seconds(), init)
+		return res
+	}
+	artifacts := filepath.Join(artifactsDir(t), sc.name)
+	notes := map[string]string{"kernel-cmdline.txt": cmdline + "\n", "problems.txt": strings.Join(problems, "\n") + "\n"}
+	if err := harness.WriteArtifacts(artifacts, boot, img.Disk.Path, notes); err != nil {
+		t.Errorf("artifacts: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("scenario %s: %s", sc.name, p)
+	}
+	t.Errorf("scenario %s: %s after %.1fs (init %s); serial log and qemu command line in %s; last console lines:\n%s",
+		sc.name, boot.Reason, boot.Duration.Seconds(), init, artifacts, lastLines(boot.Serial, 25))
+	return res
+}
+
+// verify returns what is wrong with a boot, empty when the scenario passed.
+func verify(sc scenario, boot *harness.BootResult, subst func(string, bool) string) []string {
+	var problems []string
+	if boot.Reason != harness.ExitPoweredOff {
+		problems = append(problems, fmt.Sprintf("exit: expected %s (outcome %s), found %s (%s)",
+			harness.ExitPoweredOff, sc.outcome, boot.Reason, boot.Detail))
+	}
+	expect := append([]string(nil), sc.expect...)
+	reject := append([]string(nil), sc.reject...)
+	switch sc.outcome {
+	case bootedAndChecked:
+		if sc.root == rootDebian {
+			expect = append(expect, `E2E-CHECK: DONE`)
+		} else {
+			expect = append(expect, `ROOTCHECK: DONE pass=\d+ fail=0`)
+		}
+	case failureAction:
+		expect = append(expect, `{fatal}`)
+		reject = append(reject, `ROOTCHECK: DONE`, `E2E-CHECK:`)
+	}
+	for _, pat := range expect {
+		re, err := regexp.Compile("(?m)" + subst(pat, true))
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("bad expect pattern %q: %v", pat, err))
+			continue
+		}
+		if !re.MatchString(boot.Serial) {
+			problems = append(problems, fmt.Sprintf("expected /%s/ in the serial log, not found", re))
+		}
+	}
+	for _, pat := range reject {
+		re, err := regexp.Compile("(?m)" + subst(pat, true))
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("bad reject pattern %q: %v", pat, err))
+			continue
+		}
+		if m := re.FindString(boot.Serial); m != "" {
+			problems = append(problems, fmt.Sprintf("unexpected /%s/ in the serial log: %q", re, m))
+		}
+	}
+	return problems
+}
+
+func artifactsDir(t *testing.T) string {
+	root, err := harness.RepoRoot()
+	if err != nil {
+		t.Fatalf("artifacts: %v", err)
+	}
+	return filepath.Join(root, "test", "e2e", "artifacts")
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(strings.ReplaceAll(s, "\r", ""), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return "  " + strings.Join(lines, "\n  ")
+}
+
+// TestVerify runs without qemu: it feeds made-up console logs to the scenario
+// checks so that expectations and outcomes are themselves tested.
+func TestVerify(t *testing.T) {
+	byName := map[string]scenario{}
+	for _, sc := range scenarios {
+		byName[sc.name] = sc
+	}
+	subst := func(init harness.InitKind) func(string, bool) string {
+		return func(s string, quote bool) string {
+			fatal := "cvmboot: FATAL"
+			if init == harness.InitStandin {
+				fatal = "standin: FATAL"
+			}
+			if quote {
+				fatal = regexp.QuoteMeta(fatal)
+			}
+			return strings.NewReplacer("{rootpartuuid}", harness.DefaultRootPartUID, "{badpartuuid}", badPartUUID, "{fatal}", fatal).Replace(s)
+		}
+	}
+	tinyOK := "ROOTCHECK: START pid=1\nROOTCHECK: ok pid1\nROOTCHECK: ok report\nROOTCHECK: REPORT BEGIN\n{}\nROOTCHECK: REPORT END\n" +
+		"ROOTCHECK: ok initramfs-gone\nROOTCHECK: DONE pass=3 fail=0\n"
+	tests := []struct {
+		scenario string
+		init     harness.InitKind
+		reason   harness.ExitReason
+		serial   string
+		problems int
+	}{
+		{"plain-tiny-root", harness.InitCvmboot, harness.ExitPoweredOff, tinyOK, 0},
+		{"plain-tiny-root", harness.InitCvmboot, harness.ExitTimeout, tinyOK, 1},
+		{"plain-tiny-root", harness.InitCvmboot, harness.ExitPoweredOff, tinyOK + "ROOTCHECK: FAIL root-ro: / is mounted rw\n", 1},
+		{"plain-tiny-root", harness.InitCvmboot, harness.ExitPoweredOff, strings.Replace(tinyOK, "fail=0", "fail=1", 1), 2},
+		{"root-never-appears", harness.InitCvmboot, harness.ExitPoweredOff, "[ 9.1] cvmboot: FATAL devices: PARTUUID=" + badPartUUID + " did not appear\n", 0},
+		{"root-never-appears", harness.InitStandin, harness.ExitPoweredOff, "standin: FATAL root device: root=PARTUUID=" + strings.ToUpper(badPartUUID) + "\n", 0},
+		{"root-never-appears", harness.InitCvmboot, harness.ExitPoweredOff, "cvmboot: FATAL devices: PARTUUID=" + badPartUUID + "\n" + tinyOK, 2},
+		{"root-never-appears", harness.InitCvmboot, harness.ExitRebooted, "Kernel panic - not syncing\n", 4},
+		{"missing-init", harness.InitCvmboot, harness.ExitPoweredOff, "cvmboot: FATAL switch-root: init /sbin/nonexistent not found\n", 0},
+		{"missing-init", harness.InitCvmboot, harness.ExitPoweredOff, "cvmboot: FATAL switch-root: init /sbin/init not found\n", 1},
+		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, "E2E-CHECK: BEGIN\nE2E-CHECK: system-state=running\nE2E-CHECK: report=present\nE2E-CHECK: DONE\n", 0},
+		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, "E2E-CHECK: BEGIN\nE2E-CHECK: system-state=maintenance\nE2E-CHECK: report=missing\nE2E-CHECK: DONE\n", 2},
+	}
+	for i, tt := range tests {
+		sc, ok := byName[tt.scenario]
+		if !ok {
+			t.Fatalf("no scenario %s", tt.scenario)
+		}
+		got := verify(sc, &harness.BootResult{Reason: tt.reason, Serial: tt.serial}, subst(tt.init))
+		if len(got) != tt.problems {
+			t.Errorf("case %d (%s, %s): %d problems, want %d:\n  %s", i, tt.scenario, tt.init, len(got), tt.problems, strings.Join(got, "\n  "))
+		}
+	}
+}

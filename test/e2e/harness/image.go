@@ -1,0 +1,181 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// InitKind selects what goes into the initramfs.
+type InitKind string
+
+const (
+	// InitCvmboot uses `cvmboot initramfs` (cvmboot as /init).
+	InitCvmboot InitKind = "cvmboot"
+	// InitStandin uses the harness's own switch_root stand-in as /init.
+	InitStandin InitKind = "standin"
+	// InitRootcheck runs rootcheck itself as /init (rootcheck.mode=initrd):
+	// proves firmware, UKI and TPM without any root file system.
+	InitRootcheck InitKind = "rootcheck"
+)
+
+// DefaultModules are the modules an initramfs needs to see the virtio disk
+// (both are modules, not built in, in Debian's 6.1 cloud kernel).
+var DefaultModules = []string{"virtio_pci", "virtio_blk"}
+
+// Tools are the binaries images are made from.
+type Tools struct {
+	Cvmboot   string // bin/cvmboot; empty when cvmboot has no main package yet
+	Standin   string
+	Rootcheck string
+}
+
+// CvmbootAvailable reports whether ./cmd/cvmboot is a buildable main package
+// (false while the PID 1 path has not landed).
+func CvmbootAvailable(ctx context.Context) bool {
+	root, err := RepoRoot()
+	if err != nil {
+		return false
+	}
+	out, err := runCmd(ctx, root, "go", "list", "-f", "{{.Name}}", "./cmd/cvmboot")
+	return err == nil && strings.TrimSpace(out) == "main"
+}
+
+// CvmbootHasInitramfs reports whether bin implements `cvmboot initramfs`
+// (its --help exits 0).
+func CvmbootHasInitramfs(ctx context.Context, bin string) bool {
+	_, err := runCmd(ctx, "", bin, "initramfs", "--help")
+	return err == nil
+}
+
+// BuildCvmboot runs `make build` when the Makefile has that target, else a
+// static go build, and returns bin/cvmboot.
+func BuildCvmboot(ctx context.Context) (string, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(root, "bin", "cvmboot")
+	if mk, err := os.ReadFile(filepath.Join(root, "Makefile")); err == nil && strings.Contains(string(mk), "\nbuild:") {
+		if o, err := runCmd(ctx, root, "make", "build"); err != nil {
+			return "", fmt.Errorf("make build: %w\n%s", err, tail(o, 3000))
+		}
+	} else if err := GoBuild(ctx, "./cmd/cvmboot", bin); err != nil {
+		return "", err
+	}
+	if !exists(bin) {
+		return "", fmt.Errorf("build finished but %s is missing", bin)
+	}
+	return bin, nil
+}
+
+// BuildTools builds the stand-in and rootcheck into cache/bin, and cvmboot
+// when withCvmboot is set.
+func (c *Cache) BuildTools(ctx context.Context, withCvmboot bool) (*Tools, error) {
+	dir := c.Path("bin")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	t := &Tools{Standin: filepath.Join(dir, "standin"), Rootcheck: filepath.Join(dir, "rootcheck")}
+	if err := GoBuild(ctx, "./test/e2e/standin", t.Standin); err != nil {
+		return nil, err
+	}
+	if err := GoBuild(ctx, "./test/e2e/rootcheck", t.Rootcheck); err != nil {
+		return nil, err
+	}
+	if withCvmboot {
+		bin, err := BuildCvmboot(ctx)
+		if err != nil {
+			return nil, err
+		}
+		t.Cvmboot = bin
+	}
+	return t, nil
+}
+
+// ImageSpec is everything needed to produce a bootable disk.
+type ImageSpec struct {
+	WorkDir string
+	Kernel  *Kernel
+	Tools   *Tools
+	Init    InitKind
+	Modules []string // DefaultModules when nil
+	Config  string   // cvmboot config YAML (InitCvmboot only)
+	Cmdline string   // full kernel command line baked into the UKI
+	Recipe  DiskRecipe
+}
+
+// Image is a built disk with the pieces that went into it.
+type Image struct {
+	Disk        *DiskImage
+	UKI         string
+	Initramfs   string
+	UKISections []UKISection
+	// StandinModules lists the module files packed by the harness (stand-in
+	// and rootcheck initramfs only).
+	StandinModules []string
+}
+
+// BuildImage makes the initramfs, wraps it with the kernel into
+// EFI/BOOT/BOOTX64.EFI and writes the disk (Recipe.Path defaults to
+// WorkDir/disk.raw).
+func BuildImage(ctx context.Context, spec ImageSpec) (*Image, error) {
+	if spec.Kernel == nil || spec.Tools == nil {
+		return nil, errors.New("image: Kernel and Tools are required")
+	}
+	if err := os.MkdirAll(spec.WorkDir, 0o755); err != nil {
+		return nil, err
+	}
+	modules := spec.Modules
+	if modules == nil {
+		modules = DefaultModules
+	}
+	img := &Image{Initramfs: filepath.Join(spec.WorkDir, "initramfs.img"), UKI: filepath.Join(spec.WorkDir, "BOOTX64.EFI")}
+	var err error
+	switch spec.Init {
+	case InitCvmboot:
+		if spec.Tools.Cvmboot == "" {
+			return nil, errors.New("image: cvmboot init requested but cvmboot was not built")
+		}
+		cfg := filepath.Join(spec.WorkDir, "config.yaml")
+		if err := os.WriteFile(cfg, []byte(spec.Config), 0o644); err != nil {
+			return nil, err
+		}
+		args := []string{"initramfs", "--kernel-modules", spec.Kernel.ModulesDir,
+			"--modules", strings.Join(modules, ","), "--config", cfg, "-o", img.Initramfs}
+		if o, err := runCmd(ctx, "", spec.Tools.Cvmboot, args...); err != nil {
+			return nil, fmt.Errorf("%s %s: %w\n%s", spec.Tools.Cvmboot, strings.Join(args, " "), err, tail(o, 3000))
+		}
+	case InitStandin:
+		img.StandinModules, err = BuildStandinInitramfs(ctx, StandinInitramfs{
+			Init: spec.Tools.Standin, Kernel: spec.Kernel, Modules: modules}, img.Initramfs)
+	case InitRootcheck:
+		img.StandinModules, err = BuildStandinInitramfs(ctx, StandinInitramfs{
+			Init: spec.Tools.Rootcheck, Kernel: spec.Kernel}, img.Initramfs)
+	default:
+		return nil, fmt.Errorf("image: unknown init kind %q", spec.Init)
+	}
+	if err != nil {
+		return nil, err
+	}
+	img.UKISections, err = BuildUKI(ctx, UKISpec{Kernel: spec.Kernel.Vmlinuz, Initrd: img.Initramfs, Cmdline: spec.Cmdline}, img.UKI)
+	if err != nil {
+		return nil, err
+	}
+	r := spec.Recipe
+	if r.Path == "" {
+		r.Path = filepath.Join(spec.WorkDir, "disk.raw")
+	}
+	files := map[string]string{"EFI/BOOT/BOOTX64.EFI": img.UKI}
+	for k, v := range r.ESPFiles {
+		files[k] = v
+	}
+	r.ESPFiles = files
+	if img.Disk, err = BuildDisk(ctx, r); err != nil {
+		return nil, err
+	}
+	return img, nil
+}

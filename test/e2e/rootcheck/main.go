@@ -1,0 +1,363 @@
+// Command rootcheck is the /sbin/init of the e2e tiny root. Running as PID 1
+// after cvmboot's switch_root, it checks what cvmboot promised (read-only root,
+// API file systems, /run/cvmboot/report.json, no initramfs leftovers), prints
+// one "ROOTCHECK:" line per check on the console and powers the machine off.
+//
+// With rootcheck.mode=initrd on the kernel command line it instead runs as the
+// initramfs /init and checks the boot chain (UEFI, TPM, event log).
+//
+// Extra checks come from rootcheck.expect=KIND:ARG[,KIND:ARG...] (see
+// parseExpectation); rootcheck.skip=NAME,... drops default checks.
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const reportPath = "/run/cvmboot/report.json"
+
+// checker runs checks and prints their outcome.
+type checker struct {
+	out        io.Writer
+	pass, fail int
+}
+
+func (c *checker) printf(format string, args ...any) {
+	fmt.Fprintf(c.out, "ROOTCHECK: "+format+"\n", args...)
+}
+
+// check records one result; err == nil means ok.
+func (c *checker) check(name string, err error) {
+	if err != nil {
+		c.fail++
+		c.printf("FAIL %s: %v", name, err)
+		return
+	}
+	c.pass++
+	c.printf("ok %s", name)
+}
+
+func main() {
+	out := consoleWriter()
+	c := &checker{out: out}
+	c.printf("START pid=%d", os.Getpid())
+
+	// The command line is needed to know what to check; if /proc is not
+	// mounted that is itself a failure, recorded by the mount checks.
+	cmdline, procMountedByUs := readCmdline()
+	opts := parseOptions(parseCmdline(cmdline))
+	for _, e := range opts.Errors {
+		c.check("options", errors.New(e))
+	}
+	if opts.Mode == "initrd" {
+		runInitrdChecks(c)
+	} else {
+		runRootChecks(c, opts, procMountedByUs)
+	}
+	runExpectations(c, opts.Expect, cmdline)
+	c.printf("DONE pass=%d fail=%d", c.pass, c.fail)
+	finish(c)
+}
+
+// consoleWriter writes to /dev/console when available (PID 1 may have been
+// started without usable stdio), else stdout.
+func consoleWriter() io.Writer {
+	if os.Getpid() == 1 {
+		if f, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0); err == nil {
+			return f
+		}
+	}
+	return os.Stdout
+}
+
+// readCmdline returns /proc/cmdline, mounting proc first if it is missing.
+func readCmdline() (string, bool) {
+	if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+		return string(b), false
+	}
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return "", false
+	}
+	b, _ := os.ReadFile("/proc/cmdline")
+	return string(b), true
+}
+
+func runRootChecks(c *checker, opts options, procMountedByUs bool) {
+	skip := opts.Skip
+	if !skip["pid1"] {
+		c.check("pid1", expectPID1())
+	}
+	rootMode := "ro"
+	for _, e := range opts.Expect {
+		if e.Kind == expectRoot {
+			rootMode = e.Arg
+		}
+	}
+	if !skip["root-"+rootMode] {
+		c.check("root-"+rootMode, checkRootMode(rootMode))
+	}
+	mounts := []struct {
+		path  string
+		magic int64
+	}{
+		{"/proc", unix.PROC_SUPER_MAGIC},
+		{"/sys", unix.SYSFS_MAGIC},
+		{"/dev", unix.TMPFS_MAGIC}, // devtmpfs reports the tmpfs magic
+		{"/run", unix.TMPFS_MAGIC},
+	}
+	for _, m := range mounts {
+		name := "mount:" + m.path
+		if skip[name] {
+			continue
+		}
+		if m.path == "/proc" && procMountedByUs {
+			c.check(name, errors.New("/proc was not mounted when init started"))
+			continue
+		}
+		c.check(name, checkMounted(m.path, m.magic))
+	}
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		if m, ok := findMount(parseMountinfo(string(mi)), "/"); ok {
+			c.printf("info root source=%s fstype=%s options=%s", m.Source, m.FSType, m.Options)
+		}
+	}
+	if !skip["report"] {
+		doc, err := readReport()
+		c.check("report", err)
+		if err == nil {
+			var compact bytes.Buffer
+			_ = json.Compact(&compact, doc)
+			c.printf("REPORT BEGIN")
+			fmt.Fprintf(c.out, "%s\n", compact.Bytes())
+			c.printf("REPORT END")
+		}
+	}
+	if !skip["initramfs-gone"] {
+		c.check("initramfs-gone", checkAbsent("/init"))
+	}
+}
+
+func expectPID1() error {
+	if pid := os.Getpid(); pid != 1 {
+		return fmt.Errorf("running as pid %d, expected 1", pid)
+	}
+	return nil
+}
+
+func checkRootMode(want string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/", &st); err != nil {
+		return fmt.Errorf("statfs /: %w", err)
+	}
+	got := "rw"
+	if st.Flags&unix.ST_RDONLY != 0 {
+		got = "ro"
+	}
+	if got != want {
+		return fmt.Errorf("/ is mounted %s, expected %s", got, want)
+	}
+	return nil
+}
+
+// checkMounted requires path to be a mount point (its device differs from its
+// parent's) of the file system with the given magic.
+func checkMounted(path string, magic int64) error {
+	var st, parent unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", path, err)
+	}
+	if err := unix.Stat(path+"/..", &parent); err != nil {
+		return fmt.Errorf("stat %s/..: %w", path, err)
+	}
+	if st.Dev == parent.Dev {
+		return fmt.Errorf("%s is not a mount point (same device as /)", path)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(path, &sfs); err != nil {
+		return fmt.Errorf("statfs %s: %w", path, err)
+	}
+	if int64(sfs.Type) != magic {
+		return fmt.Errorf("%s has file system magic %#x, expected %#x", path, sfs.Type, magic)
+	}
+	return nil
+}
+
+func readReport() ([]byte, error) {
+	doc, err := os.ReadFile(reportPath)
+	if err != nil {
+		return nil, err
+	}
+	if !json.Valid(doc) {
+		return nil, fmt.Errorf("%s (%d bytes) is not valid JSON", reportPath, len(doc))
+	}
+	return doc, nil
+}
+
+func checkAbsent(path string) error {
+	_, err := os.Lstat(path)
+	if err == nil {
+		return fmt.Errorf("%s exists, expected it removed before switching root", path)
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("lstat %s: %w", path, err)
+	}
+	return nil
+}
+
+// runInitrdChecks proves the firmware path: booted via UEFI, with a TPM whose
+// event log the firmware filled.
+func runInitrdChecks(c *checker) {
+	c.check("pid1", expectPID1())
+	for _, m := range []struct{ src, dst, fstype string }{
+		{"proc", "/proc", "proc"}, {"sysfs", "/sys", "sysfs"}, {"devtmpfs", "/dev", "devtmpfs"},
+		{"securityfs", "/sys/kernel/security", "securityfs"},
+	} {
+		err := unix.Mount(m.src, m.dst, m.fstype, 0, "")
+		if errors.Is(err, unix.EBUSY) {
+			err = nil
+		}
+		c.check("mount:"+m.dst, err)
+	}
+	c.check("uefi", checkExists("/sys/firmware/efi"))
+	c.check("tpm-device", waitExists("/dev/tpm0", 5*time.Second))
+	c.check("tpm-eventlog", checkNonEmpty("/sys/kernel/security/tpm0/binary_bios_measurements"))
+}
+
+func checkExists(path string) error {
+	if _, err := os.Stat(path); err != nil {
+		return err
+	}
+	return nil
+}
+
+func waitExists(path string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		err := checkExists(path)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func checkNonEmpty(path string) error {
+	// securityfs reports size 0, so read instead of stat.
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf := make([]byte, 64)
+	n, err := f.Read(buf)
+	if n == 0 {
+		return fmt.Errorf("%s is empty (%v)", path, err)
+	}
+	return nil
+}
+
+// runExpectations evaluates rootcheck.expect items (root:ro|rw is handled by
+// the default root check and skipped here).
+func runExpectations(c *checker, exps []expectation, cmdline string) {
+	var mounts []mount
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		mounts = parseMountinfo(string(mi))
+	}
+	var report any
+	var reportErr error
+	if doc, err := readReport(); err != nil {
+		reportErr = err
+	} else if err := json.Unmarshal(doc, &report); err != nil {
+		reportErr = err
+	}
+	for _, e := range exps {
+		if e.Kind == expectRoot {
+			continue
+		}
+		c.check(e.name(), evalExpectation(e, mounts, report, reportErr, cmdline))
+	}
+}
+
+// evalExpectation is pure so that it can be tested without a booted system,
+// except for the file kinds which stat the path.
+func evalExpectation(e expectation, mounts []mount, report any, reportErr error, cmdline string) error {
+	switch e.Kind {
+	case expectRootFS:
+		m, ok := findMount(mounts, "/")
+		if !ok {
+			return errors.New("no mount at / in /proc/self/mountinfo")
+		}
+		if m.FSType != e.Arg {
+			return fmt.Errorf("/ is %s (source %s), expected %s", m.FSType, m.Source, e.Arg)
+		}
+	case expectMount:
+		m, ok := findMount(mounts, e.Arg)
+		if !ok {
+			return fmt.Errorf("%s is not a mount point", e.Arg)
+		}
+		if e.HasValue && m.FSType != e.Value {
+			return fmt.Errorf("%s is %s (source %s), expected %s", e.Arg, m.FSType, m.Source, e.Value)
+		}
+	case expectFile:
+		if _, err := os.Lstat(e.Arg); err != nil {
+			return err
+		}
+	case expectNoFile:
+		if _, err := os.Lstat(e.Arg); err == nil {
+			return fmt.Errorf("%s exists, expected absent", e.Arg)
+		}
+	case expectReport:
+		if reportErr != nil {
+			return reportErr
+		}
+		v, err := lookupJSON(report, e.Arg)
+		if err != nil {
+			return fmt.Errorf("report %s: %w", e.Arg, err)
+		}
+		if e.HasValue {
+			if got := jsonScalarString(v); got != e.Value {
+				return fmt.Errorf("report %s = %q, expected %q", e.Arg, got, e.Value)
+			}
+		}
+	case expectCmdline:
+		for _, p := range parseCmdline(cmdline) {
+			w := p.Key
+			if p.HasValue {
+				w += "=" + p.Value
+			}
+			if w == e.Arg {
+				return nil
+			}
+		}
+		return fmt.Errorf("%q not on the kernel command line", e.Arg)
+	default:
+		return fmt.Errorf("unknown expectation kind %q", e.Kind)
+	}
+	return nil
+}
+
+// finish powers the machine off when running as PID 1 (returning would panic
+// the kernel); otherwise it exits non-zero on failures.
+func finish(c *checker) {
+	if os.Getpid() != 1 {
+		if c.fail > 0 {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	unix.Sync()
+	err := unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	c.printf("FAIL poweroff: %v", err)
+	for {
+		time.Sleep(time.Hour)
+	}
+}
