@@ -65,6 +65,9 @@ type Boot struct {
 	Mounts  Mounts
 	Modules Modules
 	Devices Devices
+	// PackedModules are the modules the initramfs was built to load
+	// (initramfs.ModulesLoadPath); the config's modules: list adds to them.
+	PackedModules []string
 
 	// Decided by the stages, read by later ones.
 	rootDevice string
@@ -104,7 +107,7 @@ func (b *Boot) earlyMounts(context.Context) (stage.Facts, error) {
 }
 
 func (b *Boot) modules(ctx context.Context) (stage.Facts, error) {
-	names := b.Config.Modules
+	names := unique(append(append([]string(nil), b.PackedModules...), b.Config.Modules...))
 	if len(names) == 0 {
 		return nil, stage.Skip("no kernel modules configured")
 	}
@@ -204,4 +207,16 @@ func joinOptions(opts ...string) string {
 		}
 	}
 	return strings.Join(out, ",")
+}
+
+func unique(names []string) []string {
+	seen := make(map[string]bool, len(names))
+	out := names[:0]
+	for _, n := range names {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out
 }

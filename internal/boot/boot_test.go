@@ -75,12 +75,16 @@ func run(t *testing.T, cfg *config.Config, line string, m *fakeMachine) (*Boot, 
 func TestPlainRootBoot(t *testing.T) {
 	m := &fakeMachine{devices: map[string]string{"PARTUUID=abc": "/dev/vda2"}, earlyMounts: []string{"/sys", "/run"}, loadedMods: []string{"virtio_blk"}}
 	cfg := plainConfig()
-	cfg.Modules = []string{"virtio_blk"}
-	b, rep, err := run(t, cfg, "console=ttyS0 root=PARTUUID=abc rootflags=noatime init=/bin/myinit -- single", m)
+	cfg.Modules = []string{"virtio_blk", "dm_mod"}
+	cl, _ := cmdline.Parse("console=ttyS0 root=PARTUUID=abc rootflags=noatime init=/bin/myinit -- single")
+	// The initramfs's list comes first; the config adds what it lacks.
+	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, PackedModules: []string{"virtio_pci", "virtio_blk"}}
+	rep := &report.Report{}
+	err := (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages())
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"early", "modules virtio_blk", "wait PARTUUID=abc 30s", "mount /dev/vda2 auto /sysroot noatime", "switch /sysroot /bin/myinit"}
+	want := []string{"early", "modules virtio_pci,virtio_blk,dm_mod", "wait PARTUUID=abc 30s", "mount /dev/vda2 auto /sysroot noatime", "switch /sysroot /bin/myinit"}
 	if strings.Join(m.calls, "|") != strings.Join(want, "|") {
 		t.Fatalf("calls\n got %q\nwant %q", m.calls, want)
 	}

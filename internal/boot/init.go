@@ -34,10 +34,11 @@ type Env struct {
 	// Exec replaces the process with the real init; it returns only on failure.
 	Exec func(path string, argv []string) error
 
-	CmdlinePath string
-	ConfigPath  string
-	ReportPath  string
-	Clock       stage.Clock
+	CmdlinePath     string
+	ConfigPath      string
+	ModulesLoadPath string // the initramfs's module list; absent means none
+	ReportPath      string
+	Clock           stage.Clock
 }
 
 // RunInit is the PID 1 entry point. It does not return on success: the process becomes
@@ -98,7 +99,11 @@ func RunInit(env Env) int {
 		zap.String("config", info.Path), zap.Bool("config_found", info.Found), zap.String("config_sha256", info.SHA256),
 		zap.Strings("overrides", info.Overrides), zap.Strings("bootstrap_mounted", bootstrapped))
 
-	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices}
+	packed, err := readModulesLoad(env.ModulesLoadPath)
+	if err != nil {
+		return fail(log, StageModules, err, cfg)
+	}
+	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices, PackedModules: packed}
 	runner := stage.Runner{
 		Log: log, Clock: clock, Report: rep,
 		Save: func(r *report.Report) error { return r.WriteFile(env.ReportPath) },
@@ -117,6 +122,28 @@ func RunInit(env Env) int {
 	err = env.Exec(b.Init(), b.InitArgs())
 	// The root has been switched already: the report lives on under the new /run.
 	return fail(log, StageHandoff, fmt.Errorf("exec init %s: %w", b.Init(), err), cfg)
+}
+
+// readModulesLoad reads the module list the initramfs builder wrote: one name per line,
+// '#' comments. A missing file means the initramfs carries no modules.
+func readModulesLoad(path string) ([]string, error) {
+	if path == "" {
+		return nil, nil
+	}
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("module list %s: %w", path, err)
+	}
+	var names []string
+	for _, line := range strings.Split(string(raw), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			names = append(names, line)
+		}
+	}
+	return names, nil
 }
 
 func readCmdline(path string) (*cmdline.Cmdline, error) {

@@ -65,7 +65,14 @@ overlay: {enabled: false}
 func TestRunInitHandsOff(t *testing.T) {
 	m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
 	h := newInitHarness(t, "root=/dev/vda2 -- --switched", plainYAML, m)
-	RunInit(h.env) // the fake exec fails, so it returns after the failure action
+	h.env.ModulesLoadPath = filepath.Join(t.TempDir(), "modules.load")
+	if err := os.WriteFile(h.env.ModulesLoadPath, []byte("# comment\nvirtio_pci\n\n virtio_blk \n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	RunInit(h.env)
+	if !strings.Contains(strings.Join(m.calls, "|"), "modules virtio_pci,virtio_blk") {
+		t.Errorf("the initramfs's module list was not loaded: %v", m.calls)
+	} // the fake exec fails, so it returns after the failure action
 	if h.execPath != "/sbin/init" || strings.Join(h.execArgs, " ") != "/sbin/init --switched" {
 		t.Fatalf("exec %q %q", h.execPath, h.execArgs)
 	}

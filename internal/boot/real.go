@@ -12,6 +12,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/blockdev"
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/failaction"
+	"github.com/cvmboot/cvmboot/internal/initramfs"
 	"github.com/cvmboot/cvmboot/internal/kmod"
 	"github.com/cvmboot/cvmboot/internal/logging"
 	"github.com/cvmboot/cvmboot/internal/mount"
@@ -70,8 +71,9 @@ func Real() Env {
 		Exec: func(path string, argv []string) error {
 			return unix.Exec(path, argv, mount.DefaultEnv())
 		},
-		CmdlinePath: "/proc/cmdline",
-		ConfigPath:  config.DefaultPath,
-		ReportPath:  report.DefaultPath,
+		CmdlinePath:     "/proc/cmdline",
+		ConfigPath:      config.DefaultPath,
+		ModulesLoadPath: initramfs.ModulesLoadPath,
+		ReportPath:      report.DefaultPath,
 	}
 }

@@ -13,12 +13,17 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/kmod"
 )
+
+// ModulesLoadPath lists, one per line, the modules the initramfs was built with; the
+// boot's modules stage loads them together with the config's "modules:" list.
+const ModulesLoadPath = "/etc/cvmboot/modules.load"
 
 // Compression names accepted in Options.Compression.
 const (
@@ -270,6 +275,15 @@ func addModules(a *Archive, modDir string, request, configModules []string, conf
 		if err := a.AddFileFrom(path.Join(base, name), 0o644, src); err != nil {
 			return fmt.Errorf("initramfs: %w", err)
 		}
+	}
+	// The boot loads what the image builder asked for, not only what the config lists.
+	var load strings.Builder
+	load.WriteString("# kernel modules cvmboot loads at boot (written by cvmboot initramfs)\n")
+	for _, m := range request {
+		load.WriteString(kmod.Normalize(m) + "\n")
+	}
+	if err := a.AddFile(ModulesLoadPath, 0o644, []byte(load.String())); err != nil {
+		return err
 	}
 	sum.Modules = r.Names()
 	sum.Builtin = r.Builtin

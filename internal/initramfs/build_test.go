@@ -153,6 +153,8 @@ func TestBuild(t *testing.T) {
 		{"lib/modules/6.1.0-test/modules.order", 0o100644, "kernel/drivers/md/dm-mod.ko\n"},
 		{"lib/modules/6.1.0-test/modules.builtin", 0o100644, "kernel/fs/ext4/ext4.ko\n"},
 		{"lib/modules/6.1.0-test/modules.softdep", 0o100644, "softdep dm_crypt pre: crc32c\n"},
+		// What the boot loads: the request as given, names normalized.
+		{"etc/cvmboot/modules.load", 0o100644, "# kernel modules cvmboot loads at boot (written by cvmboot initramfs)\nvirtio_blk\ndm_verity\ndm_crypt\noverlay\next4\n"},
 	}
 	for _, c := range checks {
 		m, ok := byName[c.name]

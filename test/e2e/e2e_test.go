@@ -78,7 +78,6 @@ type scenario struct {
 // overlay: their stages fail closed while enabled), keeping the secure
 // defaults otherwise.
 const plainConfig = `# cvmboot e2e: plain root, no verity
-modules: [virtio_pci, virtio_blk]
 verity:
   required: false
 attest:
