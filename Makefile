@@ -11,7 +11,7 @@ FUZZTIME   ?= 10s
 
 export CGO_ENABLED=0
 
-.PHONY: build test unit lint e2e demo fuzz clean
+.PHONY: build deps test unit lint e2e demo fuzz clean
 
 build:
 	@mkdir -p bin
@@ -23,9 +23,13 @@ build:
 	 if ! file -b $(BIN) 2>/dev/null | grep -q 'statically linked'; then \
 	   command -v file >/dev/null && { echo "bin/cvmboot is not statically linked" >&2; exit 1; } || true; fi
 
+# Debian packages for the interop tests, the VM boots and the demo (apt-get; root or sudo).
+deps:
+	@test/install-deps.sh
+
 # The README's test command: lint, unit tests (with the interop tests against the real
 # cryptsetup/veritysetup) and the VM boots.
-test: lint unit e2e
+test: deps lint unit e2e
 
 unit:
 	$(GO) test -count=1 ./...
@@ -36,10 +40,10 @@ lint:
 	$(GO) vet ./...
 
 # Boots real images under qemu. RUN=name runs one scenario.
-e2e: build
+e2e: deps build
 	CVMBOOT_E2E=1 $(GO) test -count=1 -timeout 40m -v ./test/e2e -run 'TestE2E$(if $(RUN),/$(RUN))' 2>&1 | tee /tmp/cvmboot-e2e.log | grep -E '^(=== RUN|--- |\s+--- |PASS|FAIL|ok|e2e:)|scenario' ; exit $${PIPESTATUS[0]}
 
-demo: build
+demo: deps build
 	$(GO) run ./test/e2e/cmd/demo
 
 # Runs every fuzz target for FUZZTIME each (CI: a short pass; `make fuzz FUZZTIME=10m` for real).

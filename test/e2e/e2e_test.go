@@ -373,6 +373,10 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 		t.Fatalf("scenario %s: build image: %v", sc.name, err)
 	}
 	buildTime := time.Since(start)
+	var initrdSize int64
+	if fi, err := os.Stat(img.Initramfs); err == nil {
+		initrdSize = fi.Size()
+	}
 	if sc.root == rootDebian {
 		// The tree is in the image now; the extracted copy only costs disk.
 		_ = os.RemoveAll(tree)
@@ -396,8 +400,8 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 	res.total = time.Since(start)
 	if len(problems) == 0 {
 		res.status = "ok"
-		t.Logf("scenario %s: ok, %s (%s) boot %.1fs (%s), image build %.1fs, init %s",
-			sc.name, boot.Reason, boot.Detail, boot.Duration.Seconds(), boot.PhaseSummary(), buildTime.Seconds(), init)
+		t.Logf("scenario %s: ok, %s (%s) boot %.1fs (%s), image build %.1fs, init %s, initramfs %d bytes",
+			sc.name, boot.Reason, boot.Detail, boot.Duration.Seconds(), boot.PhaseSummary(), buildTime.Seconds(), init, initrdSize)
 		return res
 	}
 	artifacts := filepath.Join(artifactsDir(t), sc.name)
