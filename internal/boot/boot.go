@@ -33,6 +33,10 @@ const (
 // NewRoot is where the real root is assembled before the switch.
 const NewRoot = "/sysroot"
 
+// OverlayStateDir holds the overlay's upper and work directories. It is below /run, so it
+// moves into the new root with /run and operators can see what was written to /.
+const OverlayStateDir = "/run/cvmboot/overlay"
+
 // Mounts is what the stages need from the mount table.
 type Mounts interface {
 	// Early mounts /proc, /sys, /dev, /run and friends; it returns what it mounted.
@@ -43,6 +47,10 @@ type Mounts interface {
 	// systems, deletes the initramfs and chroots. Exec comes after, so the report can record
 	// the handoff before the process is replaced.
 	SwitchRoot(newRoot, init string) error
+	// Overlay mounts an overlay over the read-only root at target, with upper and work
+	// directories in stateDir on a new tmpfs of tmpfsSize (or in stateDir as it is when
+	// tmpfsSize is empty).
+	Overlay(target, stateDir, tmpfsSize string) error
 }
 
 // Modules loads kernel modules with their dependencies.
@@ -178,10 +186,21 @@ func (b *Boot) storage(context.Context) (stage.Facts, error) {
 }
 
 func (b *Boot) overlay(context.Context) (stage.Facts, error) {
-	if !b.Config.Overlay.Enabled {
+	cfg := b.Config.Overlay
+	if !cfg.Enabled {
 		return nil, stage.Skip("overlay.enabled is false: the root stays read-only")
 	}
-	return nil, errors.New("overlay.enabled is true but this build cannot mount the overlay yet (set overlay.enabled: false to boot the read-only root)")
+	if b.rootDevice == "" {
+		return nil, errors.New("no root was mounted at " + NewRoot + " to put the overlay on")
+	}
+	if cfg.Upper != config.UpperTmpfs {
+		return nil, fmt.Errorf("overlay.upper is %s but this build can only put the upper layer on tmpfs (set overlay.upper: tmpfs)", cfg.Upper)
+	}
+	size := cfg.Size.TmpfsOption()
+	if err := b.Mounts.Overlay(NewRoot, OverlayStateDir, size); err != nil {
+		return nil, err
+	}
+	return stage.Facts{"lower": b.rootDevice, "upper": "tmpfs", "size": size, "state": OverlayStateDir, "target": NewRoot}, nil
 }
 
 func (b *Boot) handoff(context.Context) (stage.Facts, error) {

@@ -37,6 +37,10 @@ func (f *fakeMachine) SwitchRoot(newRoot, init string) error {
 	f.calls = append(f.calls, "switch "+newRoot+" "+init)
 	return f.switchErr
 }
+func (f *fakeMachine) Overlay(target, stateDir, size string) error {
+	f.calls = append(f.calls, "overlay "+target+" "+stateDir+" "+size)
+	return nil
+}
 func (f *fakeMachine) Load(_ context.Context, names []string) ([]string, error) {
 	f.calls = append(f.calls, "modules "+strings.Join(names, ","))
 	return f.loadedMods, nil
@@ -127,7 +131,7 @@ func TestRootFailsClosed(t *testing.T) {
 		{"mount fails", nil, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}, mountErr: errors.New("mount /dev/vda2 on /sysroot: invalid argument")}, StageRoot, "invalid argument"},
 		{"attestation required", func(c *config.Config) { c.Attest.Require = config.AttestTEE }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageAttest, "attest.require is tee"},
 		{"storage enabled", func(c *config.Config) { c.Storage.Enabled = true }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageStorage, "storage.enabled is true"},
-		{"overlay enabled", func(c *config.Config) { c.Overlay.Enabled = true }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageOverlay, "overlay.enabled is true"},
+		{"overlay upper on storage", func(c *config.Config) { c.Overlay.Enabled = true; c.Overlay.Upper = config.UpperStorage }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageOverlay, "overlay.upper is storage"},
 		{"missing init", nil, "root=/dev/vda2 init=/nope", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}, switchErr: errors.New(`init "/nope" not found in new root /sysroot`)}, StageHandoff, `init "/nope" not found`},
 	}
 	for _, c := range cases {
@@ -150,6 +154,24 @@ func TestRootFailsClosed(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestOverlayStage(t *testing.T) {
+	m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
+	cfg := plainConfig()
+	cfg.Overlay.Enabled = true
+	_, rep, err := run(t, cfg, "root=/dev/vda2", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := strings.Join(m.calls, "|")
+	// The overlay goes on after the root and before the switch.
+	if !strings.Contains(calls, "mount /dev/vda2 auto /sysroot |overlay /sysroot /run/cvmboot/overlay 50%|switch /sysroot /sbin/init") {
+		t.Errorf("calls %q", calls)
+	}
+	if f := rep.Stage(StageOverlay).Facts; f["upper"] != "tmpfs" || f["size"] != "50%" || f["lower"] != "/dev/vda2" {
+		t.Errorf("overlay facts %v", f)
 	}
 }
 

@@ -35,6 +35,10 @@ func (m *machine) SwitchRoot(newRoot, init string) error {
 	return (&mount.Switcher{NewRoot: newRoot, Init: init, Log: m.log}).Enter()
 }
 
+func (m *machine) Overlay(target, stateDir, tmpfsSize string) error {
+	return mount.Overlay(m.log, mount.OverlaySpec{Target: target, StateDir: stateDir, TmpfsSize: tmpfsSize})
+}
+
 func (m *machine) Load(ctx context.Context, names []string) ([]string, error) {
 	return (&kmod.Loader{Log: m.log}).LoadNames(ctx, names)
 }

@@ -290,3 +290,18 @@ func (d *decoder) decodeDocument(data []byte, cfg *Config) (err error) {
 	}
 	return d.value(doc.Content[0], reflectValue(cfg), "")
 }
+
+// FeatureModules lists the kernel modules the enabled features need. The initramfs builder
+// packs them (built-in ones are skipped) and the boot loads them.
+func (c *Config) FeatureModules() []string {
+	// dm-verity is always needed: a roothash= on the command line turns it on whatever the
+	// config says, and the command line is not known when the initramfs is built.
+	mods := []string{"dm_verity"}
+	if c.Storage.Enabled {
+		mods = append(mods, "dm_crypt", "dm_integrity")
+	}
+	if c.Overlay.Enabled {
+		mods = append(mods, "overlay")
+	}
+	return mods
+}

@@ -115,13 +115,15 @@ func Build(o Options, out io.Writer) (Summary, error) {
 	}
 
 	var configModules []string
+	// Without a config file the boot runs with the defaults, so their features count.
+	cfg := config.Default()
 	if o.Config != "" {
 		data, err := os.ReadFile(o.Config)
 		if err != nil {
 			return Summary{}, fmt.Errorf("initramfs config: %w", err)
 		}
 		// The agent's own strict parser: a config it would refuse at boot fails the build.
-		cfg, err := config.Parse(o.Config, data)
+		cfg, err = config.Parse(o.Config, data)
 		if err != nil {
 			return Summary{}, fmt.Errorf("initramfs config: %w", err)
 		}
@@ -160,12 +162,15 @@ func Build(o Options, out io.Writer) (Summary, error) {
 		return Summary{}, err
 	}
 
-	request := o.Modules
-	if len(request) == 0 {
-		request = configModules
+	// The boot loads what the image builder named, what the config lists and what the
+	// enabled features need (image builders should not have to know that the overlay or
+	// dm-verity are modules in their kernel), so all of it goes in.
+	request := appendMissing(o.Modules, configModules)
+	if o.KernelModulesDir != "" {
+		request = appendMissing(request, cfg.FeatureModules())
 	}
-	if len(request) > 0 || len(configModules) > 0 {
-		if err := addModules(a, o.KernelModulesDir, request, configModules, o.Config, &sum); err != nil {
+	if len(request) > 0 {
+		if err := addModules(a, o.KernelModulesDir, request, &sum); err != nil {
 			return Summary{}, err
 		}
 	}
@@ -224,10 +229,10 @@ func Build(o Options, out io.Writer) (Summary, error) {
 }
 
 // addModules adds the closure of request from modDir under /lib/modules/VERSION together
-// with generated index files, and checks that the config's modules are all available.
-func addModules(a *Archive, modDir string, request, configModules []string, configFile string, sum *Summary) error {
+// with generated index files and the boot's load list.
+func addModules(a *Archive, modDir string, request []string, sum *Summary) error {
 	if modDir == "" {
-		return fmt.Errorf("initramfs: modules %q requested but no kernel modules directory given", append(slices.Clone(request), configModules...))
+		return fmt.Errorf("initramfs: modules %q requested but no kernel modules directory given", request)
 	}
 	ix, err := kmod.OpenIndex(modDir)
 	if err != nil {
@@ -237,20 +242,6 @@ func addModules(a *Archive, modDir string, request, configModules []string, conf
 	if err != nil {
 		return fmt.Errorf("initramfs: %w", err)
 	}
-	included := map[string]bool{}
-	for _, m := range r.Modules {
-		included[m.Name] = true
-	}
-	for _, b := range r.Builtin {
-		included[b] = true
-	}
-	for _, m := range configModules {
-		if !included[kmod.Normalize(m)] {
-			return fmt.Errorf("initramfs: config %s lists kernel module %q, which is not in the module closure of %q from %s; add it to the module list",
-				configFile, m, request, modDir)
-		}
-	}
-
 	base := path.Join("/lib/modules", ix.Version)
 	for _, m := range r.Modules {
 		src := filepath.Join(modDir, filepath.FromSlash(m.Path))
@@ -349,3 +340,15 @@ func sourceDateEpoch() (uint32, error) {
 type nopCloser struct{ io.Writer }
 
 func (nopCloser) Close() error { return nil }
+
+// appendMissing appends the names of add that list lacks (module names compared
+// normalized).
+func appendMissing(list, add []string) []string {
+	out := slices.Clone(list)
+	for _, a := range add {
+		if !slices.ContainsFunc(out, func(m string) bool { return kmod.Normalize(m) == kmod.Normalize(a) }) {
+			out = append(out, a)
+		}
+	}
+	return out
+}

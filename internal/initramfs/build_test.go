@@ -56,6 +56,7 @@ var testModules = []kmodtest.Spec{
 	{Path: "kernel/drivers/md/dm-bufio.ko.zst", Depends: []string{"dm-mod"}},
 	{Path: "kernel/drivers/md/dm-verity.ko", Depends: []string{"dm-mod", "dm-bufio"}},
 	{Path: "kernel/drivers/md/dm-crypt.ko.gz", Depends: []string{"dm-mod"}, Extra: []string{"softdep=pre: crc32c"}},
+	{Path: "kernel/drivers/md/dm-integrity.ko", Depends: []string{"dm-mod", "dm-bufio"}},
 	{Path: "kernel/fs/overlayfs/overlay.ko"},
 	{Path: "kernel/unrelated/big_unused.ko"},
 }
@@ -110,7 +111,8 @@ func TestBuild(t *testing.T) {
 	if sum.UncompressedSize != int64(len(data)) {
 		t.Errorf("uncompressed size %d, archive is %d bytes", sum.UncompressedSize, len(data))
 	}
-	wantModules := []string{"virtio_ring", "virtio", "virtio_blk", "dm_mod", "dm_bufio", "dm_verity", "dm_crypt", "overlay"}
+	// The request, then what the default features need (storage: dm_integrity).
+	wantModules := []string{"virtio_ring", "virtio", "virtio_blk", "dm_mod", "dm_bufio", "dm_verity", "dm_crypt", "overlay", "dm_integrity"}
 	if !slices.Equal(sum.Modules, wantModules) {
 		t.Errorf("modules = %q\nwant      %q", sum.Modules, wantModules)
 	}
@@ -154,7 +156,7 @@ func TestBuild(t *testing.T) {
 		{"lib/modules/6.1.0-test/modules.builtin", 0o100644, "kernel/fs/ext4/ext4.ko\n"},
 		{"lib/modules/6.1.0-test/modules.softdep", 0o100644, "softdep dm_crypt pre: crc32c\n"},
 		// What the boot loads: the request as given, names normalized.
-		{"etc/cvmboot/modules.load", 0o100644, "# kernel modules cvmboot loads at boot (written by cvmboot initramfs)\nvirtio_blk\ndm_verity\ndm_crypt\noverlay\next4\n"},
+		{"etc/cvmboot/modules.load", 0o100644, "# kernel modules cvmboot loads at boot (written by cvmboot initramfs)\nvirtio_blk\ndm_verity\ndm_crypt\noverlay\next4\ndm_integrity\n"},
 	}
 	for _, c := range checks {
 		m, ok := byName[c.name]
@@ -200,7 +202,7 @@ func TestBuild(t *testing.T) {
 	if ix.Source != kmod.SourceModulesDep {
 		t.Errorf("image index source %q, want modules.dep", ix.Source)
 	}
-	r, err := ix.Resolve(o.Modules)
+	r, err := ix.Resolve(append(o.Modules, "dm_integrity"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,6 +218,17 @@ func TestBuildConfigModulesByDefault(t *testing.T) {
 	_, sum := buildBytes(t, Options{
 		Binary:           fakeBinary(t, 10, false),
 		Config:           writeConfig(t, "modules:\n  - dm_verity\n"),
+		KernelModulesDir: testModulesDir(t),
+		Compression:      CompressionNone,
+	})
+	// The config's list plus what its (default) features need.
+	if want := []string{"dm_mod", "dm_bufio", "dm_verity", "dm_crypt", "dm_integrity", "overlay"}; !slices.Equal(sum.Modules, want) {
+		t.Errorf("modules = %q, want %q", sum.Modules, want)
+	}
+	// Features turned off need nothing beyond dm-verity.
+	_, sum = buildBytes(t, Options{
+		Binary:           fakeBinary(t, 10, false),
+		Config:           writeConfig(t, "storage: {enabled: false}\noverlay: {enabled: false}\n"),
 		KernelModulesDir: testModulesDir(t),
 		Compression:      CompressionNone,
 	})
@@ -326,9 +339,6 @@ func TestBuildErrors(t *testing.T) {
 		{"missing config", Options{Binary: good, Config: "/nonexistent/config.yaml"}, "no such file"},
 		{"bad config", Options{Binary: good, Config: writeConfig(t, "modules: {a: b}\n")}, "modules: expected a list"},
 		{"unknown config key", Options{Binary: good, Config: writeConfig(t, "modulez: [a]\n")}, `unknown key "modulez"`},
-		{"config module not in closure", Options{Binary: good, KernelModulesDir: modDir, Modules: []string{"dm_verity"},
-			Config: writeConfig(t, "modules: [dm_verity, dm-crypt]\n")},
-			`lists kernel module "dm-crypt", which is not in the module closure of ["dm_verity"] from ` + modDir},
 		{"modules without directory", Options{Binary: good, Modules: []string{"dm_mod"}}, "no kernel modules directory given"},
 		{"missing module", Options{Binary: good, KernelModulesDir: modDir, Modules: []string{"dm_verity", "nvme"}},
 			`kernel module "nvme" not found in ` + modDir},

@@ -88,9 +88,18 @@ overlay:
   enabled: false
 `
 
-// debianConfig is plainConfig for the Debian root: systemd remounts / read-write
-// itself until the overlay stage exists.
-const debianConfig = plainConfig
+// debianConfig gives systemd a writable root: a tmpfs overlay over the read-only one.
+const debianConfig = `# cvmboot e2e: Debian root with a tmpfs overlay
+verity:
+  required: false
+attest:
+  require: none
+storage:
+  enabled: false
+overlay:
+  enabled: true
+  size: 256MiB
+`
 
 var scenarios = []scenario{
 	{
@@ -120,8 +129,8 @@ var scenarios = []scenario{
 		root:    rootDebian,
 		cmdline: "root=PARTUUID={rootpartuuid}",
 		config:  debianConfig,
-		expect: []string{`E2E-CHECK: BEGIN`, `E2E-CHECK: system-state=(running|degraded)`,
-			`E2E-CHECK: report=present`, `E2E-CHECK: DONE`},
+		expect: []string{`E2E-CHECK: BEGIN`, `E2E-CHECK: system-state=running`, `E2E-CHECK: failed-units=none`,
+			`E2E-CHECK: root=overlay overlay rw,.*upperdir=/run/cvmboot/overlay/upper`, `E2E-CHECK: write=ok`, `E2E-CHECK: report=present`, `E2E-CHECK: DONE`},
 		reject:    []string{`{fatal}`, `Kernel panic`},
 		outcome:   bootedAndChecked,
 		timeLimit: 5 * time.Minute,

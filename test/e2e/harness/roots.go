@@ -251,6 +251,7 @@ say "system-state=$state"
 failed=$(systemctl list-units --failed --plain --no-legend --no-pager 2>&1 | awk '{print $1}' | tr '\n' ' ')
 say "failed-units=${failed:-none}"
 say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
+say "write=$(touch /cvmboot-e2e-write 2>&1 && echo ok)"
 say "kernel=$(uname -r)"
 if [ -e /run/cvmboot/report.json ]; then
   say "report=present"
