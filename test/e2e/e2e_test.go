@@ -504,6 +504,9 @@ func TestVerify(t *testing.T) {
 			return strings.NewReplacer("{rootpartuuid}", harness.DefaultRootPartUID, "{badpartuuid}", badPartUUID, "{fatal}", fatal).Replace(s)
 		}
 	}
+	debianOK := "E2E-CHECK: BEGIN\nE2E-CHECK: system-state=running\nE2E-CHECK: failed-units=none\n" +
+		"E2E-CHECK: root=overlay overlay rw,relatime,lowerdir=/sysroot,upperdir=/run/cvmboot/overlay/upper,workdir=/run/cvmboot/overlay/work\n" +
+		"E2E-CHECK: write=ok\nE2E-CHECK: report=present\nE2E-CHECK: DONE\n"
 	tinyOK := "ROOTCHECK: START pid=1\nROOTCHECK: ok pid1\nROOTCHECK: ok report\nROOTCHECK: REPORT BEGIN\n{}\nROOTCHECK: REPORT END\n" +
 		"ROOTCHECK: ok initramfs-gone\nROOTCHECK: DONE pass=3 fail=0\n"
 	tests := []struct {
@@ -523,8 +526,9 @@ func TestVerify(t *testing.T) {
 		{"root-never-appears", harness.InitCvmboot, harness.ExitRebooted, "Kernel panic - not syncing\n", 4},
 		{"missing-init", harness.InitCvmboot, harness.ExitPoweredOff, "cvmboot: FATAL switch-root: init /sbin/nonexistent not found\n", 0},
 		{"missing-init", harness.InitCvmboot, harness.ExitPoweredOff, "cvmboot: FATAL switch-root: init /sbin/init not found\n", 1},
-		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, "E2E-CHECK: BEGIN\nE2E-CHECK: system-state=running\nE2E-CHECK: report=present\nE2E-CHECK: DONE\n", 0},
-		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, "E2E-CHECK: BEGIN\nE2E-CHECK: system-state=maintenance\nE2E-CHECK: report=missing\nE2E-CHECK: DONE\n", 2},
+		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, debianOK, 0},
+		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, strings.NewReplacer("running", "maintenance", "units=none", "units=foo.service", "report=present", "report=missing").Replace(debianOK), 3},
+		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, strings.Replace(debianOK, "root=overlay overlay rw", "root=/dev/vda2 ext4 ro", 1), 1},
 	}
 	for i, tt := range tests {
 		sc, ok := byName[tt.scenario]
