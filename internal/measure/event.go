@@ -1,0 +1,261 @@
+package measure
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+)
+
+// Event types cvmboot measures. Other "cvmboot." types are allowed; verifiers list them.
+const (
+	TypePhase   = "cvmboot.phase"
+	TypeVerity  = "cvmboot.verity"
+	TypeStorage = "cvmboot.storage"
+	TypeOverlay = "cvmboot.overlay"
+	TypeConfig  = "cvmboot.config"
+	TypeCmdline = "cvmboot.cmdline"
+)
+
+// ContentType is the content_type of every record cvmboot writes.
+const ContentType = "cvmboot"
+
+// Register indexes (see the package comment for why these).
+const (
+	PCRPhases = 11 // TPM PCR of cvmboot.phase events
+	PCRSystem = 15 // TPM PCR of every other event
+	RTMRIndex = 3  // TDX RTMR of every event
+)
+
+// QuotedPCRs are the PCRs a TPM quote covers, ascending (the order of the quote's digest).
+var QuotedPCRs = []int{PCRPhases, PCRSystem}
+
+// PCRFor returns the TPM PCR an event of type typ is extended into.
+func PCRFor(typ string) int {
+	if typ == TypePhase {
+		return PCRPhases
+	}
+	return PCRSystem
+}
+
+// Event is one decision to measure: a type and its data, a struct or map that encodes to a
+// JSON object.
+type Event struct {
+	Type string
+	Data any
+}
+
+var (
+	typePattern  = regexp.MustCompile(`^cvmboot\.[a-z0-9][a-z0-9_.-]{0,62}$`)
+	phasePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9:-]{0,62}$`)
+)
+
+// PhaseData is the data of a cvmboot.phase event.
+type PhaseData struct {
+	Phase string `json:"phase"`
+}
+
+// Phase returns the event for entering a boot phase. cvmboot measures "enter-initrd" when it
+// starts and "leave-initrd" before switching root, the words systemd-pcrphase uses.
+func Phase(name string) Event { return Event{Type: TypePhase, Data: PhaseData{Phase: name}} }
+
+// Verity is the data of a cvmboot.verity event: a file system is only readable through
+// dm-verity, checked against RootHash.
+type Verity struct {
+	Target        string `json:"target"`         // "root" or "usr"
+	RootHash      string `json:"roothash"`       // lowercase hex
+	HashAlgorithm string `json:"hash_algorithm"` // e.g. "sha256"
+	OnCorruption  string `json:"on_corruption"`  // panic, restart or ignore
+}
+
+// Event returns the cvmboot.verity event.
+func (v Verity) Event() Event { return Event{Type: TypeVerity, Data: v} }
+
+// Storage is the data of a cvmboot.storage event: what protects the scratch storage. It never
+// holds the key, which is random and exists only in the kernel.
+type Storage struct {
+	Encrypted  bool   `json:"encrypted"`
+	Cipher     string `json:"cipher,omitempty"`      // e.g. "aes-xts-plain64"
+	KeyBits    int    `json:"key_bits,omitempty"`    // encryption key size
+	Integrity  string `json:"integrity"`             // "hmac-sha256", "aead" or "none"
+	KeySource  string `json:"key_source,omitempty"`  // "random": generated at boot, never stored
+	SectorSize int    `json:"sector_size,omitempty"` // bytes
+	Filesystem string `json:"filesystem,omitempty"`
+	Mountpoint string `json:"mountpoint,omitempty"`
+}
+
+// Event returns the cvmboot.storage event.
+func (s Storage) Event() Event { return Event{Type: TypeStorage, Data: s} }
+
+// Overlay is the data of a cvmboot.overlay event: the writable layer over the read-only root.
+type Overlay struct {
+	Enabled bool   `json:"enabled"`
+	Upper   string `json:"upper,omitempty"` // "tmpfs"
+	Size    string `json:"size,omitempty"`  // e.g. "50%"
+}
+
+// Event returns the cvmboot.overlay event.
+func (o Overlay) Event() Event { return Event{Type: TypeOverlay, Data: o} }
+
+// Config is the data of a cvmboot.config event: the effective configuration, by digest.
+type Config struct {
+	SHA256    string   `json:"sha256"` // config.Config.Digest, hex
+	Path      string   `json:"path"`
+	Found     bool     `json:"found"`               // false: the file was absent, defaults applied
+	Overrides []string `json:"overrides,omitempty"` // cvmboot.* keys from the command line
+}
+
+// Event returns the cvmboot.config event.
+func (c Config) Event() Event { return Event{Type: TypeConfig, Data: c} }
+
+// Cmdline is the data of a cvmboot.cmdline event: the kernel command line the boot acted on.
+// Only its digest is measured, as the text may carry values that are nobody's business.
+type Cmdline struct {
+	SHA256 string `json:"sha256"` // SHA-256 of /proc/cmdline, hex
+}
+
+// Event returns the cvmboot.cmdline event.
+func (c Cmdline) Event() Event { return Event{Type: TypeCmdline, Data: c} }
+
+// secretNames are member names Canonical refuses anywhere in event data: a measured event is
+// public, and a key in the log would be published with it.
+var secretNames = []string{"key", "volume_key", "volumekey", "master_key", "private_key", "passphrase", "password", "secret"}
+
+func isSecretName(name string) bool {
+	n := strings.ToLower(name)
+	for _, s := range secretNames {
+		if n == s || strings.HasSuffix(n, "_"+s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Canonical returns the canonical JSON encoding of v, which must encode to an object: keys
+// sorted by byte value, no white space, strings escaped as encoding/json does without HTML
+// escaping, numbers as written. It refuses members named like key material.
+func Canonical(v any) ([]byte, error) {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return canonicalize(raw, true)
+}
+
+// canonicalize re-encodes raw JSON canonically; checkSecrets refuses secret-like names.
+func canonicalize(raw []byte, checkSecrets bool) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var tree any
+	if err := dec.Decode(&tree); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("trailing data after the JSON value")
+	}
+	if _, ok := tree.(map[string]any); !ok {
+		return nil, fmt.Errorf("expected a JSON object, found %s", jsonKind(tree))
+	}
+	if checkSecrets {
+		if path := findSecret(tree, ""); path != "" {
+			return nil, fmt.Errorf("member %q looks like key material, which is never measured", path)
+		}
+	}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(tree); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+func findSecret(v any, path string) string {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, sub := range x {
+			p := k
+			if path != "" {
+				p = path + "." + k
+			}
+			if isSecretName(k) {
+				return p
+			}
+			if found := findSecret(sub, p); found != "" {
+				return found
+			}
+		}
+	case []any:
+		for i, sub := range x {
+			if found := findSecret(sub, fmt.Sprintf("%s[%d]", path, i)); found != "" {
+				return found
+			}
+		}
+	}
+	return ""
+}
+
+func jsonKind(v any) string {
+	switch v.(type) {
+	case nil:
+		return "null"
+	case bool:
+		return "a boolean"
+	case json.Number:
+		return "a number"
+	case string:
+		return "a string"
+	case []any:
+		return "an array"
+	}
+	return "an object"
+}
+
+// content is the measured form of a cvmboot event; field order is the canonical key order.
+type content struct {
+	Data json.RawMessage `json:"data"`
+	Type string          `json:"type"`
+}
+
+// encode returns the record content and the bytes whose digests are extended.
+func (e Event) encode() (contentJSON, measured []byte, err error) {
+	if !typePattern.MatchString(e.Type) {
+		return nil, nil, fmt.Errorf("event type %q: expected \"cvmboot.\" and [a-z0-9_.-]", e.Type)
+	}
+	data, err := Canonical(e.Data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("event %s: %w", e.Type, err)
+	}
+	var phase string
+	if e.Type == TypePhase {
+		var p PhaseData
+		if err := json.Unmarshal(data, &p); err != nil || !phasePattern.MatchString(p.Phase) {
+			return nil, nil, fmt.Errorf("event %s: phase %q: expected a name of [a-z0-9:-] like \"enter-initrd\"", e.Type, p.Phase)
+		}
+		phase = p.Phase
+	}
+	contentJSON, err = canonicalize(mustMarshal(content{Data: data, Type: e.Type}), false)
+	if err != nil {
+		return nil, nil, fmt.Errorf("event %s: %w", e.Type, err)
+	}
+	return contentJSON, measuredBytes(e.Type, phase, contentJSON), nil
+}
+
+// measuredBytes is the digest input of an event (see the package comment).
+func measuredBytes(typ, phase string, contentJSON []byte) []byte {
+	if typ == TypePhase {
+		return []byte(phase)
+	}
+	return contentJSON
+}
+
+func mustMarshal(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic("measure: marshal: " + err.Error())
+	}
+	return b
+}

@@ -1,0 +1,142 @@
+package measure
+
+import (
+	"bytes"
+	"crypto"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultLogPath is where the boot writes its event log; /run survives the switch to the real root.
+const DefaultLogPath = "/run/cvmboot/eventlog"
+
+// Extender is a family of measurement registers events are extended into.
+type Extender interface {
+	// Kind is KindPCR or KindRTMR.
+	Kind() string
+	// Algorithms are the digests Extend needs.
+	Algorithms() []crypto.Hash
+	// Extend extends register index with the digests of one event.
+	Extend(index int, digests map[crypto.Hash][]byte) error
+}
+
+// Log is the event log plus the registers each event is extended into.
+type Log struct {
+	path      string
+	extenders []Extender
+}
+
+// Open opens the event log at path, creating it (and its directory) when missing. An existing
+// log must parse: cvmboot appends to a log only when the result stays verifiable. Events are
+// extended into every extender given; with none, the log is bound only by REPORT_DATA.
+func Open(path string, extenders ...Extender) (*Log, error) {
+	for _, e := range extenders {
+		if e.Kind() != KindPCR && e.Kind() != KindRTMR {
+			return nil, fmt.Errorf("measure: extender of kind %q, expected %q or %q", e.Kind(), KindPCR, KindRTMR)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("event log: %w", err)
+	}
+	l := &Log{path: path, extenders: extenders}
+	err := l.locked(func(f *os.File, data []byte) error {
+		_, err := ParseLog(data)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("event log %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// Path returns the log file.
+func (l *Log) Path() string { return l.path }
+
+// locked runs fn with the log open for appending, an exclusive lock held (other cvmboot
+// processes, such as systemd units, may measure too) and the current content read.
+func (l *Log) locked(fn func(f *os.File, data []byte) error) error {
+	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_APPEND|os.O_CREATE|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("lock %s: %w", l.path, err)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, int64(MaxRecords)*MaxRecordBytes+1))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", l.path, err)
+	}
+	return fn(f, data)
+}
+
+// Measure appends ev to the log and extends it into every register, under the log's lock so that
+// the log order is the extend order. The record is written before the registers are extended:
+// should an extend fail, the log holds an event the register lacks, which replay reports, and
+// the caller must stop the boot.
+func (l *Log) Measure(ev Event) (*Record, error) {
+	contentJSON, measured, err := ev.encode()
+	if err != nil {
+		return nil, err
+	}
+	algs := []crypto.Hash{crypto.SHA256}
+	var pcr, rtmr *int
+	for _, e := range l.extenders {
+		switch e.Kind() {
+		case KindPCR:
+			pcr = ptr(PCRFor(ev.Type))
+			algs = append(algs, e.Algorithms()...)
+		case KindRTMR:
+			rtmr = ptr(RTMRIndex)
+		}
+	}
+	rec := &Record{PCR: pcr, RTMR: rtmr, Digests: digestsFor(algs, measured), ContentType: ContentType, Content: contentJSON, measured: measured}
+	err = l.locked(func(f *os.File, data []byte) error {
+		if len(data) > 0 && data[len(data)-1] != '\n' {
+			return errors.New("the last record is not terminated by a newline (torn write?)")
+		}
+		rec.RecNum = bytes.Count(data, []byte("\n"))
+		line, err := json.Marshal(rec)
+		if err != nil {
+			return err
+		}
+		// One write of the whole line: with O_APPEND a reader never sees half a record.
+		if _, err := f.Write(append(line, '\n')); err != nil {
+			return fmt.Errorf("append: %w", err)
+		}
+		digests := map[crypto.Hash][]byte{}
+		for _, e := range l.extenders {
+			for _, alg := range e.Algorithms() {
+				digests[alg] = sum(alg, measured)
+			}
+		}
+		for _, e := range l.extenders {
+			index := RTMRIndex
+			if e.Kind() == KindPCR {
+				index = PCRFor(ev.Type)
+			}
+			if err := e.Extend(index, digests); err != nil {
+				return fmt.Errorf("record %d (%s) is logged but not measured: %w", rec.RecNum, ev.Type, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("event log %s: %w", l.path, err)
+	}
+	return rec, nil
+}
+
+// WithSnapshot runs fn with the log's bytes while holding its lock, so that no event is measured
+// between reading the log and taking the evidence that binds it.
+func (l *Log) WithSnapshot(fn func(eventLog []byte) error) error {
+	return l.locked(func(_ *os.File, data []byte) error { return fn(data) })
+}
+
+func ptr(i int) *int { return &i }

@@ -1,0 +1,276 @@
+package measure
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeRegisters records extends the way real registers compute them.
+type fakeRegisters struct {
+	kind string
+	algs []crypto.Hash
+	fail error
+
+	mu     sync.Mutex
+	values Values
+	calls  []int
+}
+
+func (f *fakeRegisters) Kind() string              { return f.kind }
+func (f *fakeRegisters) Algorithms() []crypto.Hash { return f.algs }
+func (f *fakeRegisters) Extend(index int, digests map[crypto.Hash][]byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return f.fail
+	}
+	if f.values == nil {
+		f.values = Values{}
+	}
+	f.calls = append(f.calls, index)
+	for _, alg := range f.algs {
+		r := PCR(index, alg)
+		if f.kind == KindRTMR {
+			r = RTMR(index)
+		}
+		cur, ok := f.values[r]
+		if !ok {
+			cur = make([]byte, alg.Size())
+		}
+		f.values[r] = sum(alg, append(append([]byte(nil), cur...), digests[alg]...))
+	}
+	return nil
+}
+
+func sampleEvents() []Event {
+	return []Event{
+		Phase("enter-initrd"),
+		Config{SHA256: strings.Repeat("c", 64), Path: "/etc/cvmboot/config.yaml", Found: true}.Event(),
+		Cmdline{SHA256: strings.Repeat("d", 64)}.Event(),
+		Verity{Target: "root", RootHash: strings.Repeat("ab", 32), HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
+		Storage{Encrypted: true, Cipher: "aes-xts-plain64", KeyBits: 512, Integrity: "hmac-sha256", KeySource: "random", SectorSize: 4096, Filesystem: "ext4", Mountpoint: "/run/kata-containers/image"}.Event(),
+		Overlay{Enabled: true, Upper: "tmpfs", Size: "50%"}.Event(),
+		Phase("leave-initrd"),
+	}
+}
+
+func TestMeasureWritesLogAndExtends(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "run", "cvmboot", "eventlog")
+	tpm := &fakeRegisters{kind: KindPCR, algs: []crypto.Hash{crypto.SHA1, crypto.SHA256}}
+	rtmr := &fakeRegisters{kind: KindRTMR, algs: []crypto.Hash{crypto.SHA384}}
+	log, err := Open(path, tpm, rtmr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range sampleEvents() {
+		if _, err := log.Measure(ev); err != nil {
+			t.Fatalf("Measure(%s): %v", ev.Type, err)
+		}
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := ParseLog(data)
+	if err != nil {
+		t.Fatalf("ParseLog of the written log: %v\n%s", err, data)
+	}
+	if len(recs) != 7 {
+		t.Fatalf("%d records, want 7", len(recs))
+	}
+	first := strings.SplitN(string(data), "\n", 2)[0]
+	enter := func(alg func([]byte) []byte) string { return hex.EncodeToString(alg([]byte("enter-initrd"))) }
+	wantFirst := `{"recnum":0,"pcr":11,"rtmr":3,"digests":[` +
+		`{"hashAlg":"sha1","digest":"` + enter(func(b []byte) []byte { return sum(crypto.SHA1, b) }) + `"},` +
+		`{"hashAlg":"sha256","digest":"` + enter(func(b []byte) []byte { s := sha256.Sum256(b); return s[:] }) + `"}],` +
+		`"content_type":"cvmboot","content":{"data":{"phase":"enter-initrd"},"type":"cvmboot.phase"}}`
+	if first != wantFirst {
+		t.Errorf("first record:\n got %s\nwant %s", first, wantFirst)
+	}
+	if got, want := tpm.calls, []int{11, 15, 15, 15, 15, 15, 11}; !equalInts(got, want) {
+		t.Errorf("TPM extends into PCRs %v, want %v", got, want)
+	}
+	if got, want := rtmr.calls, []int{3, 3, 3, 3, 3, 3, 3}; !equalInts(got, want) {
+		t.Errorf("RTMR extends %v, want %v", got, want)
+	}
+	replayed := Replay(recs)
+	for _, f := range []*fakeRegisters{tpm, rtmr} {
+		for r, v := range f.values {
+			if !bytes.Equal(replayed[r], v) {
+				t.Errorf("replay of %s = %x, register holds %x", r, replayed[r], v)
+			}
+		}
+	}
+	if len(replayed) != len(tpm.values)+len(rtmr.values) {
+		t.Errorf("replay produced %v, registers hold %d values", replayed.Registers(), len(tpm.values)+len(rtmr.values))
+	}
+
+	// Reopening continues the numbering.
+	log2, err := Open(path, tpm, rtmr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := log2.Measure(Phase("ready"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.RecNum != 7 {
+		t.Errorf("recnum after reopening = %d, want 7", rec.RecNum)
+	}
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestMeasureWithoutRegisters(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "eventlog")
+	log, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := log.Measure(Overlay{Enabled: false}.Event())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.PCR != nil || rec.RTMR != nil {
+		t.Errorf("record claims registers without any: pcr %v rtmr %v", rec.PCR, rec.RTMR)
+	}
+	if len(rec.Digests) != 1 || rec.Digests[0].HashAlg != "sha256" {
+		t.Errorf("digests = %+v, want only sha256", rec.Digests)
+	}
+	data, _ := os.ReadFile(path)
+	recs, err := ParseLog(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := Replay(recs); len(v) != 0 {
+		t.Errorf("replay without registers = %v, want nothing", v.Registers())
+	}
+}
+
+func TestMeasureExtendFailure(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "eventlog")
+	boom := errors.New("TPM is gone")
+	log, err := Open(path, &fakeRegisters{kind: KindPCR, algs: []crypto.Hash{crypto.SHA256}, fail: boom})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = log.Measure(Phase("enter-initrd"))
+	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "record 0 (cvmboot.phase) is logged but not measured") {
+		t.Fatalf("Measure error = %v, want the extend failure naming the record", err)
+	}
+}
+
+func TestMeasureRefusesBadEvents(t *testing.T) {
+	log, err := Open(filepath.Join(t.TempDir(), "eventlog"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := log.Measure(Event{Type: "cvmboot.storage", Data: map[string]string{"key": "00"}}); err == nil || !strings.Contains(err.Error(), "key material") {
+		t.Errorf("key material measured: err = %v", err)
+	}
+	if _, err := log.Measure(Event{Type: "bad", Data: map[string]string{}}); err == nil {
+		t.Error("event type without the cvmboot. prefix measured")
+	}
+	data, _ := os.ReadFile(log.Path())
+	if len(data) != 0 {
+		t.Errorf("refused events reached the log: %s", data)
+	}
+}
+
+func TestOpenRefusesCorruptLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "eventlog")
+	if err := os.WriteFile(path, []byte(`{"recnum":0`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(path); err == nil || !strings.Contains(err.Error(), path) {
+		t.Fatalf("Open of a torn log: err = %v, want an error naming %s", err, path)
+	}
+}
+
+func TestMeasureConcurrent(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "eventlog")
+	regs := &fakeRegisters{kind: KindPCR, algs: []crypto.Hash{crypto.SHA256}}
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		// Separate Log values stand for separate processes sharing the file.
+		log, err := Open(path, regs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 10; j++ {
+				if _, err := log.Measure(Overlay{Enabled: j%2 == 0}.Event()); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	data, _ := os.ReadFile(path)
+	recs, err := ParseLog(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 40 {
+		t.Fatalf("%d records, want 40", len(recs))
+	}
+	if got, want := Replay(recs)[PCR(15, crypto.SHA256)], regs.values[PCR(15, crypto.SHA256)]; !bytes.Equal(got, want) {
+		t.Errorf("concurrent measuring: replay %x, register %x (log order differs from extend order)", got, want)
+	}
+}
+
+func TestSnapshotHoldsTheLock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "eventlog")
+	log, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := log.Measure(Phase("enter-initrd")); err != nil {
+		t.Fatal(err)
+	}
+	other, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	measured := make(chan struct{})
+	err = log.WithSnapshot(func(data []byte) error {
+		go func() {
+			other.Measure(Phase("leave-initrd"))
+			close(measured)
+		}()
+		select {
+		case <-measured:
+			t.Error("an event was measured while the snapshot was held")
+		case <-time.After(100 * time.Millisecond):
+		}
+		if n := bytes.Count(data, []byte("\n")); n != 1 {
+			t.Errorf("snapshot has %d records, want 1", n)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-measured
+}

@@ -1,0 +1,128 @@
+package measure
+
+import (
+	"crypto"
+	"fmt"
+	"slices"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// TPMPCRs extends TPM PCRs in every active bank.
+type TPMPCRs struct {
+	tpm   transport.TPM
+	banks []tpm2.TPMAlgID
+	algs  []crypto.Hash
+}
+
+// tpmAlgs are the banks cvmboot can compute digests for.
+var tpmAlgs = map[tpm2.TPMAlgID]crypto.Hash{
+	tpm2.TPMAlgSHA1:   crypto.SHA1,
+	tpm2.TPMAlgSHA256: crypto.SHA256,
+	tpm2.TPMAlgSHA384: crypto.SHA384,
+	tpm2.TPMAlgSHA512: crypto.SHA512,
+}
+
+// NewTPM returns the extender for the TPM behind t, reading which PCR banks are active. An
+// active bank of an algorithm cvmboot cannot compute is an error: left unextended, anyone could
+// later extend it to any value the verifier expects.
+func NewTPM(t transport.TPM) (*TPMPCRs, error) {
+	banks, err := ActiveBanks(t)
+	if err != nil {
+		return nil, err
+	}
+	p := &TPMPCRs{tpm: t}
+	for _, b := range banks {
+		alg, ok := tpmAlgs[b]
+		if !ok {
+			return nil, fmt.Errorf("TPM PCR bank %v is active but cvmboot cannot compute its digests (supported: sha1, sha256, sha384, sha512); deactivate it", b)
+		}
+		p.banks = append(p.banks, b)
+		p.algs = append(p.algs, alg)
+	}
+	if !slices.Contains(p.algs, crypto.SHA256) {
+		return nil, fmt.Errorf("TPM has no active sha256 PCR bank (active: %v); cvmboot's log and quotes use it", banks)
+	}
+	return p, nil
+}
+
+// ActiveBanks returns the TPM's PCR banks that have at least one PCR allocated.
+func ActiveBanks(t transport.TPM) ([]tpm2.TPMAlgID, error) {
+	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapPCRs, PropertyCount: 1}.Execute(t)
+	if err != nil {
+		return nil, fmt.Errorf("TPM GetCapability(PCRs): %w", err)
+	}
+	sel, err := rsp.CapabilityData.Data.AssignedPCR()
+	if err != nil {
+		return nil, fmt.Errorf("TPM GetCapability(PCRs): %w", err)
+	}
+	var banks []tpm2.TPMAlgID
+	for _, s := range sel.PCRSelections {
+		for _, b := range s.PCRSelect {
+			if b != 0 {
+				banks = append(banks, tpm2.TPMAlgID(s.Hash))
+				break
+			}
+		}
+	}
+	return banks, nil
+}
+
+// Kind implements Extender.
+func (p *TPMPCRs) Kind() string { return KindPCR }
+
+// Algorithms implements Extender.
+func (p *TPMPCRs) Algorithms() []crypto.Hash { return p.algs }
+
+// Extend implements Extender: one TPM2_PCR_Extend with a digest for every active bank.
+func (p *TPMPCRs) Extend(index int, digests map[crypto.Hash][]byte) error {
+	if index < 0 || index > 23 {
+		return fmt.Errorf("TPM PCR %d: expected 0-23", index)
+	}
+	var vals tpm2.TPMLDigestValues
+	for i, b := range p.banks {
+		d, ok := digests[p.algs[i]]
+		if !ok || len(d) != p.algs[i].Size() {
+			return fmt.Errorf("TPM PCR %d: no %s digest to extend bank %v with", index, HashName(p.algs[i]), b)
+		}
+		vals.Digests = append(vals.Digests, tpm2.TPMTHA{HashAlg: tpm2.TPMIAlgHash(b), Digest: d})
+	}
+	_, err := tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(index), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   vals,
+	}.Execute(p.tpm)
+	if err != nil {
+		return fmt.Errorf("TPM PCR %d extend: %w", index, err)
+	}
+	return nil
+}
+
+// ReadPCRs reads the given PCRs of one bank, in the order given.
+func ReadPCRs(t transport.TPM, alg crypto.Hash, pcrs []int) (Values, error) {
+	var bank tpm2.TPMAlgID
+	for id, a := range tpmAlgs {
+		if a == alg {
+			bank = id
+		}
+	}
+	if bank == 0 {
+		return nil, fmt.Errorf("TPM PCR read: unsupported bank %v", alg)
+	}
+	out := Values{}
+	// PCR_Read returns at most 8 digests; cvmboot reads one at a time for simplicity.
+	for _, pcr := range pcrs {
+		sel := tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
+			Hash: tpm2.TPMIAlgHash(bank), PCRSelect: tpm2.PCClientCompatible.PCRs(uint(pcr)),
+		}}}
+		rsp, err := tpm2.PCRRead{PCRSelectionIn: sel}.Execute(t)
+		if err != nil {
+			return nil, fmt.Errorf("TPM PCR %d (%s) read: %w", pcr, HashName(alg), err)
+		}
+		if len(rsp.PCRValues.Digests) != 1 || len(rsp.PCRValues.Digests[0].Buffer) != alg.Size() {
+			return nil, fmt.Errorf("TPM PCR %d (%s) read: expected one %d-byte value, found %d values", pcr, HashName(alg), alg.Size(), len(rsp.PCRValues.Digests))
+		}
+		out[PCR(pcr, alg)] = rsp.PCRValues.Digests[0].Buffer
+	}
+	return out, nil
+}

@@ -1,0 +1,110 @@
+package tee
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	tdxabi "github.com/google/go-tdx-guest/client/linuxabi"
+
+	"github.com/cvmboot/cvmboot/internal/measure"
+	"github.com/cvmboot/cvmboot/pkg/evidence"
+)
+
+// TDX takes Intel TDX evidence: a quote through configfs-tsm, which needs the host's quoting
+// service; when none answers, the TDREPORT from /dev/tdx_guest. A TDREPORT is MAC'd with a key
+// only the local CPU holds, so a remote verifier can check its binding and registers but not
+// who made it; the evidence says why no quote was taken.
+type TDX struct {
+	TSM        *TSM                   // nil: no configfs-tsm with the tdx_guest provider
+	Open       func() (Device, error) // nil: no /dev/tdx_guest
+	DevicePath string
+}
+
+// Platform implements Source.
+func (t *TDX) Platform() evidence.Platform { return evidence.PlatformTDX }
+
+// Evidence implements Source.
+func (t *TDX) Evidence(ctx context.Context, reportData [64]byte) (*evidence.Attestation, error) {
+	var errs []error
+	if t.TSM != nil {
+		a, err := t.quote(reportData)
+		if err == nil {
+			return a, nil
+		}
+		errs = append(errs, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if t.Open != nil {
+		a, err := t.tdReport(reportData)
+		if err == nil {
+			if len(errs) > 0 {
+				a.Meta["quote_error"] = errs[0].Error()
+			} else {
+				a.Meta["quote_error"] = "configfs-tsm is not available (Linux 6.7 or later, tdx_guest provider)"
+			}
+			return a, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", t.DevicePath, err))
+	}
+	if len(errs) == 0 {
+		return nil, errors.New("tdx: neither configfs-tsm nor /dev/tdx_guest is available")
+	}
+	return nil, fmt.Errorf("tdx: no quote or TDREPORT: %w", errors.Join(errs...))
+}
+
+func (t *TDX) quote(reportData [64]byte) (*evidence.Attestation, error) {
+	rep, err := t.TSM.Report(reportData[:], ProviderTDX, false)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkReportData(evidence.KindTDXQuote, rep.OutBlob, reportData); err != nil {
+		return nil, fmt.Errorf("configfs-tsm: %w", err)
+	}
+	a, err := tdxAttestation(evidence.KindTDXQuote, "configfs-tsm", "tdx-quote.bin", rep.OutBlob)
+	if err != nil {
+		return nil, err
+	}
+	a.Meta["provider"] = rep.Provider
+	a.Meta["generation"] = fmt.Sprint(rep.Generation)
+	return a, nil
+}
+
+func (t *TDX) tdReport(reportData [64]byte) (*evidence.Attestation, error) {
+	d, err := t.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	req := &tdxabi.TdxReportReq{ReportData: reportData}
+	res, err := d.Ioctl(tdxabi.IocTdxGetReport, req)
+	if err != nil || res != 0 {
+		return nil, fmt.Errorf("TDX_CMD_GET_REPORT0: %w", ioctlError(err, res, 0))
+	}
+	raw := append([]byte(nil), req.TdReport[:]...)
+	if err := checkReportData(evidence.KindTDXReport, raw, reportData); err != nil {
+		return nil, err
+	}
+	return tdxAttestation(evidence.KindTDXReport, "ioctl", "tdx-report.bin", raw)
+}
+
+// tdxAttestation lists the RTMRs next to the report, so evidence.json shows them.
+func tdxAttestation(kind evidence.Kind, source, name string, raw []byte) (*evidence.Attestation, error) {
+	f, err := evidence.ParseReport(kind, raw)
+	if err != nil {
+		return nil, err
+	}
+	a := &evidence.Attestation{
+		Platform: evidence.PlatformTDX,
+		Kind:     kind,
+		Source:   source,
+		Report:   evidence.File{Name: name, Data: raw},
+		Meta:     map[string]string{},
+	}
+	for i, v := range f.RTMRs {
+		a.Registers = append(a.Registers, evidence.RegisterOf(measure.RTMR(i), v))
+	}
+	return a, nil
+}

@@ -1,0 +1,76 @@
+package evidence
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/cvmboot/cvmboot/internal/measure"
+)
+
+// fromEvents fills the claims from the event log. Where an event type occurs more than once the
+// last one counts, as each stage's final decision is measured last; a second verity event for
+// the same target is an error because two root hashes cannot both have been enforced.
+func (c *Claims) fromEvents(recs []measure.Record) error {
+	verityTargets := map[string]int{}
+	for i := range recs {
+		r := &recs[i]
+		typ, data := r.Type(), r.Data()
+		c.Events = append(c.Events, EventRef{RecNum: r.RecNum, Type: typ, Data: string(data)})
+		bad := func(err error) error {
+			return fail("event-log", "record %d (%s): %v", r.RecNum, typ, err)
+		}
+		switch typ {
+		case measure.TypePhase:
+			var p measure.PhaseData
+			if err := json.Unmarshal(data, &p); err != nil {
+				return bad(err)
+			}
+			c.Phases = append(c.Phases, p.Phase)
+		case measure.TypeVerity:
+			var v Verity
+			if err := json.Unmarshal(data, &v); err != nil {
+				return bad(err)
+			}
+			if prev, dup := verityTargets[v.Target]; dup {
+				return bad(fmt.Errorf("a second verity event for target %q (the first is record %d)", v.Target, prev))
+			}
+			verityTargets[v.Target] = r.RecNum
+			v.RootHash = strings.ToLower(v.RootHash)
+			if _, err := hex.DecodeString(v.RootHash); err != nil || v.RootHash == "" {
+				return bad(fmt.Errorf("roothash %q is not hex", v.RootHash))
+			}
+			c.Verity = append(c.Verity, v)
+			if v.Target == "root" {
+				c.RootHash = v.RootHash
+				c.RootHashEnforced = v.OnCorruption == "panic" || v.OnCorruption == "restart"
+			}
+		case measure.TypeStorage:
+			var s Storage
+			if err := json.Unmarshal(data, &s); err != nil {
+				return bad(err)
+			}
+			c.Storage = &s
+		case measure.TypeOverlay:
+			var o Overlay
+			if err := json.Unmarshal(data, &o); err != nil {
+				return bad(err)
+			}
+			c.Overlay = &o
+		case measure.TypeConfig:
+			var cf Config
+			if err := json.Unmarshal(data, &cf); err != nil {
+				return bad(err)
+			}
+			c.Config = &cf
+		case measure.TypeCmdline:
+			var cl Cmdline
+			if err := json.Unmarshal(data, &cl); err != nil {
+				return bad(err)
+			}
+			c.Cmdline = &cl
+		}
+	}
+	return nil
+}

@@ -1,0 +1,437 @@
+package evidence_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/cvmboot/cvmboot/internal/measure"
+	"github.com/cvmboot/cvmboot/internal/measure/swtpmtest"
+	"github.com/cvmboot/cvmboot/internal/tee"
+	"github.com/cvmboot/cvmboot/internal/tee/teetest"
+	"github.com/cvmboot/cvmboot/pkg/evidence"
+	"github.com/cvmboot/cvmboot/pkg/evidence/teeverify"
+)
+
+var (
+	rootHash  = strings.Repeat("ab", 32)
+	nonce     = []byte("relying party nonce")
+	otherHash = strings.Repeat("cd", 32)
+)
+
+// bootEvents are the decisions of a typical boot; rootHash is the verity root hash.
+func bootEvents(root string) []measure.Event {
+	return []measure.Event{
+		measure.Phase("enter-initrd"),
+		measure.Config{SHA256: strings.Repeat("c", 64), Path: "/etc/cvmboot/config.yaml", Found: true}.Event(),
+		measure.Cmdline{SHA256: strings.Repeat("d", 64)}.Event(),
+		measure.Verity{Target: "root", RootHash: root, HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
+		measure.Storage{Encrypted: true, Cipher: "aes-xts-plain64", KeyBits: 512, Integrity: "hmac-sha256", KeySource: "random", SectorSize: 4096, Filesystem: "ext4", Mountpoint: "/run/kata-containers/image"}.Event(),
+		measure.Overlay{Enabled: true, Upper: "tmpfs", Size: "50%"}.Event(),
+	}
+}
+
+// bootLog measures the boot events into a new log with the given registers.
+func bootLog(t *testing.T, root string, ext ...measure.Extender) *measure.Log {
+	t.Helper()
+	log, err := measure.Open(filepath.Join(t.TempDir(), "eventlog"), ext...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range bootEvents(root) {
+		if _, err := log.Measure(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return log
+}
+
+// shapeOnly is an extender that extends nothing, to rebuild a log with the digests a real
+// register family would have made.
+type shapeOnly struct {
+	kind string
+	algs []crypto.Hash
+}
+
+func (s shapeOnly) Kind() string                             { return s.kind }
+func (s shapeOnly) Algorithms() []crypto.Hash                { return s.algs }
+func (s shapeOnly) Extend(int, map[crypto.Hash][]byte) error { return nil }
+func (s shapeOnly) extenders() []measure.Extender            { return []measure.Extender{s} }
+func shapes(exts []measure.Extender) (out []measure.Extender) {
+	for _, e := range exts {
+		out = append(out, shapeOnly{e.Kind(), e.Algorithms()})
+	}
+	return out
+}
+
+// fakeRTMR computes RTMR values as the TDX module would.
+type fakeRTMR struct{ value []byte }
+
+func (f *fakeRTMR) Kind() string              { return measure.KindRTMR }
+func (f *fakeRTMR) Algorithms() []crypto.Hash { return []crypto.Hash{crypto.SHA384} }
+func (f *fakeRTMR) Extend(index int, d map[crypto.Hash][]byte) error {
+	if f.value == nil {
+		f.value = make([]byte, 48)
+	}
+	s := sha512.Sum384(append(append([]byte(nil), f.value...), d[crypto.SHA384]...))
+	f.value = s[:]
+	return nil
+}
+
+func logBytes(t *testing.T, log *measure.Log) []byte {
+	b, err := os.ReadFile(log.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// tamper copies the evidence directory and applies edit to the copy, rewriting evidence.json
+// so that its digests and sizes match the edited files, as a careful attacker would.
+func tamper(t *testing.T, dir string, edit func(ev *evidence.Evidence)) string {
+	t.Helper()
+	ev, err := evidence.Read(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edit(ev)
+	out := t.TempDir()
+	if err := ev.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// forgedLog replaces the event log with the same boot measured with another root hash, and
+// makes evidence.json's REPORT_DATA match it.
+func forgedLog(t *testing.T, exts []measure.Extender) func(ev *evidence.Evidence) {
+	return func(ev *evidence.Evidence) {
+		forged := bootLog(t, otherHash, shapes(exts)...)
+		ev.EventLog.Data = logBytes(t, forged)
+		n, _ := hex.DecodeString(ev.Nonce)
+		rd := measure.ReportData(ev.EventLog.Data, n)
+		ev.ReportData = hex.EncodeToString(rd[:])
+	}
+}
+
+type rejection struct {
+	name      string
+	dir       func(t *testing.T, good string) string
+	opts      func(o *evidence.Options)
+	wantCheck string
+	wantMsg   string
+}
+
+func expectRejections(t *testing.T, good string, base evidence.Options, cases []rejection) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := good
+			if c.dir != nil {
+				dir = c.dir(t, good)
+			}
+			opts := base
+			if c.opts != nil {
+				c.opts(&opts)
+			}
+			_, err := evidence.Verify(dir, opts)
+			var verr *evidence.Error
+			if !errors.As(err, &verr) {
+				t.Fatalf("Verify error = %v, want an *evidence.Error", err)
+			}
+			if verr.Check != c.wantCheck || !strings.Contains(verr.Msg, c.wantMsg) {
+				t.Fatalf("Verify error = %v\nwant check %q with %q", err, c.wantCheck, c.wantMsg)
+			}
+			t.Logf("rejected: %v", err)
+		})
+	}
+}
+
+// commonRejections apply to evidence of any platform.
+func commonRejections(exts []measure.Extender, platformBinding string) []rejection {
+	return []rejection{
+		{name: "edited event, evidence.json untouched", dir: func(t *testing.T, good string) string {
+			out := t.TempDir()
+			copyDir(t, good, out)
+			b, _ := os.ReadFile(filepath.Join(out, evidence.EventLogName))
+			os.WriteFile(filepath.Join(out, evidence.EventLogName), []byte(strings.Replace(string(b), rootHash, otherHash, 1)), 0o644)
+			return out
+		}, wantCheck: "file", wantMsg: "eventlog has SHA-256"},
+		{name: "edited event, evidence.json made consistent", dir: func(t *testing.T, good string) string {
+			return tamper(t, good, forgedLog(t, exts))
+		}, wantCheck: "report-data", wantMsg: platformBinding},
+		{name: "edited event, REPORT_DATA left", dir: func(t *testing.T, good string) string {
+			return tamper(t, good, func(ev *evidence.Evidence) {
+				saved := ev.ReportData
+				forgedLog(t, exts)(ev)
+				ev.ReportData = saved
+			})
+		}, wantCheck: "report-data", wantMsg: "evidence.json says REPORT_DATA"},
+		{name: "event dropped", dir: func(t *testing.T, good string) string {
+			return tamper(t, good, func(ev *evidence.Evidence) {
+				lines := strings.SplitAfter(string(ev.EventLog.Data), "\n")
+				ev.EventLog.Data = []byte(strings.Join(lines[:len(lines)-2], ""))
+				n, _ := hex.DecodeString(ev.Nonce)
+				rd := measure.ReportData(ev.EventLog.Data, n)
+				ev.ReportData = hex.EncodeToString(rd[:])
+			})
+		}, wantCheck: "report-data", wantMsg: platformBinding},
+		{name: "other nonce", opts: func(o *evidence.Options) { o.Nonce = []byte("another nonce") }, wantCheck: "nonce", wantMsg: `the evidence was made for nonce "72656c`},
+		{name: "other root hash", opts: func(o *evidence.Options) { o.ExpectRootHash = otherHash }, wantCheck: "root-hash", wantMsg: "the root was verified against root hash " + rootHash + ", expected " + otherHash},
+	}
+}
+
+func copyDir(t *testing.T, from, to string) {
+	entries, err := os.ReadDir(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(from, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, e.Name()), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func checkBootClaims(t *testing.T, c *evidence.Claims) {
+	t.Helper()
+	if !c.RootHashExpected || !c.RootHashEnforced || c.RootHash != rootHash {
+		t.Errorf("root claims: hash %s expected %v enforced %v", c.RootHash, c.RootHashExpected, c.RootHashEnforced)
+	}
+	if c.Storage == nil || !c.Storage.Encrypted || c.Storage.Cipher != "aes-xts-plain64" || c.Storage.Integrity != "hmac-sha256" {
+		t.Errorf("storage claims %+v", c.Storage)
+	}
+	if c.Overlay == nil || !c.Overlay.Enabled || c.Overlay.Upper != "tmpfs" {
+		t.Errorf("overlay claims %+v", c.Overlay)
+	}
+	if c.Config == nil || c.Config.SHA256 != strings.Repeat("c", 64) || c.Cmdline == nil {
+		t.Errorf("config %+v cmdline %+v", c.Config, c.Cmdline)
+	}
+	if strings.Join(c.Phases, ",") != "enter-initrd" || len(c.Events) != 6 || !c.NonceChecked {
+		t.Errorf("phases %v, %d events, nonce checked %v", c.Phases, len(c.Events), c.NonceChecked)
+	}
+}
+
+func TestEndToEndTPM(t *testing.T) {
+	tpm := swtpmtest.Start(t)
+	pcrs, err := measure.NewTPM(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exts := []measure.Extender{pcrs}
+	log := bootLog(t, rootHash, exts...)
+	src := &tee.TPM{Path: "swtpm", Open: func() (transport.TPMCloser, error) { return keepOpen{tpm}, nil }}
+	good := t.TempDir()
+	ev, err := tee.Collect(context.Background(), log, []tee.Source{src}, nonce, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak, err := evidence.ParseAK(ev.Attestations[0].AKPublic.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, _ := evidence.PublicKeyPEM(ak)
+	roots, err := evidence.ParseTrustedRoots([]byte(pem))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := evidence.Options{ExpectRootHash: rootHash, TrustedRoots: roots, Nonce: nonce}
+	claims, err := evidence.Verify(good, opts)
+	if err != nil {
+		t.Fatalf("Verify of genuine evidence: %v", err)
+	}
+	checkBootClaims(t, claims)
+	p := claims.Platforms[0]
+	if !p.Authenticated || len(p.Registers) != 2 || !p.Registers[1].Replayed || p.Registers[1].Register != "pcr15:sha256" {
+		t.Errorf("platform claims %+v", p)
+	}
+	t.Logf("claims:\n%s", claims)
+
+	cases := commonRejections(exts, "tpm: the quote's qualifying data is")
+	cases = append(cases,
+		rejection{name: "AK not pinned", opts: func(o *evidence.Options) { o.TrustedRoots = nil }, wantCheck: "signature", wantMsg: "the attestation key is not among the trusted keys"},
+		rejection{name: "PCR value changed", dir: func(t *testing.T, good string) string {
+			return tamper(t, good, func(ev *evidence.Evidence) { ev.Attestations[0].Registers[1].Value = strings.Repeat("00", 32) })
+		}, wantCheck: "registers", wantMsg: "digest to"},
+		rejection{name: "quote byte flipped", dir: func(t *testing.T, good string) string {
+			return tamper(t, good, func(ev *evidence.Evidence) {
+				ev.Attestations[0].Report.Data[len(ev.Attestations[0].Report.Data)-1] ^= 1
+			})
+		}, wantCheck: "signature", wantMsg: "the quote signature does not verify with the AK"},
+	)
+	expectRejections(t, good, opts, cases)
+
+	// Unpinned but accepted: the claims say the signer is unknown and show the key to pin.
+	unpinned := opts
+	unpinned.TrustedRoots, unpinned.AllowUnsigned = nil, true
+	c, err := evidence.Verify(good, unpinned)
+	if err != nil || c.Platforms[0].Authenticated || !strings.Contains(c.Platforms[0].Authenticity, "not established") || c.Platforms[0].AKPublicPEM != pem {
+		t.Errorf("unpinned verify: %v, %+v", err, c)
+	}
+
+	// A measurement extended behind the log's back: the quote no longer matches the log.
+	if _, err := (tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(15), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: make([]byte, 32)}}},
+	}).Execute(tpm); err != nil {
+		t.Fatal(err)
+	}
+	later := t.TempDir()
+	if _, err := tee.Collect(context.Background(), log, []tee.Source{src}, nonce, later); err != nil {
+		t.Fatal(err)
+	}
+	expectRejections(t, later, opts, []rejection{{name: "unlogged extend", wantCheck: "registers", wantMsg: "PCR 15 (sha256) is"}})
+}
+
+type keepOpen struct{ transport.TPMCloser }
+
+func (keepOpen) Close() error { return nil }
+
+func TestEndToEndSNP(t *testing.T) {
+	signer := teetest.SNPSigner(t)
+	certs := teetest.SNPCerts(t, signer)
+	roots, err := evidence.ParseTrustedRoots(teetest.SNPRoots(signer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed := func(in []byte) ([]byte, error) { return teetest.SNPReport(signer, in) }
+
+	for _, via := range []string{"configfs-tsm", "ioctl"} {
+		t.Run(via, func(t *testing.T) {
+			log := bootLog(t, rootHash) // SEV-SNP has no runtime register
+			snp := &tee.SNP{TSM: &tee.TSM{Client: teetest.TSM("sev_guest", signed, certs), ReportDir: "/sys/kernel/config/tsm/report"}}
+			if via == "ioctl" {
+				// go-sev-guest's fake device answers only REPORT_DATA it was told about.
+				d := teetest.SNPDevice(signer, certs, measure.ReportData(logBytes(t, log), nonce))
+				snp = &tee.SNP{Open: func() (tee.Device, error) { return d, d.Open("") }, DevicePath: "/dev/sev-guest"}
+			}
+			good := t.TempDir()
+			if _, err := tee.Collect(context.Background(), log, []tee.Source{snp}, nonce, good); err != nil {
+				t.Fatal(err)
+			}
+			opts := evidence.Options{ExpectRootHash: rootHash, TrustedRoots: roots, Nonce: nonce, Signatures: teeverify.Verifier{}}
+			claims, err := evidence.Verify(good, opts)
+			if err != nil {
+				t.Fatalf("Verify of genuine evidence: %v", err)
+			}
+			checkBootClaims(t, claims)
+			if p := claims.Platforms[0]; !p.Authenticated || p.Source != via || !strings.Contains(p.Authenticity, "VCEK, certified up to the trusted roots' ARK-Milan") {
+				t.Errorf("platform claims %+v", p)
+			}
+			cases := append(commonRejections(nil, "sev-snp: the snp-report binds REPORT_DATA"),
+				rejection{name: "AMD's real roots do not certify the fake chain", opts: func(o *evidence.Options) { o.TrustedRoots = nil }, wantCheck: "signature", wantMsg: "sev-snp: signature chain"},
+				rejection{name: "report byte flipped", dir: func(t *testing.T, good string) string {
+					return tamper(t, good, func(ev *evidence.Evidence) { ev.Attestations[0].Report.Data[0x90] ^= 1 })
+				}, wantCheck: "signature", wantMsg: "sev-snp: signature chain"},
+				rejection{name: "no verifier", opts: func(o *evidence.Options) { o.Signatures = nil }, wantCheck: "signature", wantMsg: "no signature verifier is configured"},
+				rejection{name: "no certificates", dir: func(t *testing.T, good string) string {
+					return tamper(t, good, func(ev *evidence.Evidence) { ev.Attestations[0].Certificates = nil })
+				}, wantCheck: "signature", wantMsg: "the host provided no SEV-SNP certificate table"},
+				rejection{name: "debug guest", dir: func(t *testing.T, good string) string {
+					return tamper(t, good, func(ev *evidence.Evidence) {
+						r := ev.Attestations[0].Report.Data
+						r[0x0a] |= 1 << 3 // policy bit 19: DEBUG
+						if err := teetest.SignSNPReport(signer, r); err != nil {
+							t.Fatal(err)
+						}
+					})
+				}, wantCheck: "policy", wantMsg: "sev-snp: the guest runs with debugging enabled"},
+			)
+			expectRejections(t, good, opts, cases)
+		})
+	}
+}
+
+func TestEndToEndTDX(t *testing.T) {
+	t.Run("TDREPORT", func(t *testing.T) {
+		rtmr := &fakeRTMR{}
+		exts := []measure.Extender{rtmr}
+		log := bootLog(t, rootHash, exts...)
+		rd := measure.ReportData(logBytes(t, log), nonce)
+		var rtmrs [4][48]byte
+		copy(rtmrs[3][:], rtmr.value)
+		dev := teetest.TDXDevice(t, rd, teetest.TDReport(rd, rtmrs))
+		src := &tee.TDX{Open: func() (tee.Device, error) { return dev, dev.Open("") }, DevicePath: "/dev/tdx_guest"}
+		good := t.TempDir()
+		if _, err := tee.Collect(context.Background(), log, []tee.Source{src}, nonce, good); err != nil {
+			t.Fatal(err)
+		}
+		opts := evidence.Options{ExpectRootHash: rootHash, Nonce: nonce, Signatures: teeverify.Verifier{}, AllowUnsigned: true}
+		claims, err := evidence.Verify(good, opts)
+		if err != nil {
+			t.Fatalf("Verify: %v", err)
+		}
+		checkBootClaims(t, claims)
+		p := claims.Platforms[0]
+		if p.Authenticated || !p.Registers[3].Replayed || p.Registers[3].Register != "rtmr3:sha384" {
+			t.Errorf("platform claims %+v", p)
+		}
+		cases := append(commonRejections(exts, "tdx: the tdx-report binds REPORT_DATA"),
+			rejection{name: "unsigned not allowed", opts: func(o *evidence.Options) { o.AllowUnsigned = false }, wantCheck: "signature", wantMsg: "the evidence holds a TDREPORT"},
+			rejection{name: "listed RTMR differs", dir: func(t *testing.T, good string) string {
+				return tamper(t, good, func(ev *evidence.Evidence) { ev.Attestations[0].Registers[3].Value = strings.Repeat("00", 48) })
+			}, wantCheck: "registers", wantMsg: "evidence.json lists rtmr3:sha384"},
+		)
+		expectRejections(t, good, opts, cases)
+
+		// RTMR 3 extended by something that did not log it.
+		rtmrs[3][0] ^= 1
+		dev2 := teetest.TDXDevice(t, rd, teetest.TDReport(rd, rtmrs))
+		src2 := &tee.TDX{Open: func() (tee.Device, error) { return dev2, dev2.Open("") }, DevicePath: "/dev/tdx_guest"}
+		bad := t.TempDir()
+		if _, err := tee.Collect(context.Background(), log, []tee.Source{src2}, nonce, bad); err != nil {
+			t.Fatal(err)
+		}
+		expectRejections(t, bad, opts, []rejection{{name: "unlogged extend", wantCheck: "registers", wantMsg: "tdx: RTMR 3 is"}})
+	})
+
+	t.Run("altered quote", func(t *testing.T) {
+		rtmr := &fakeRTMR{}
+		log := bootLog(t, rootHash, rtmr)
+		src := &tee.TDX{TSM: &tee.TSM{Client: teetest.TSM("tdx_guest", func(in []byte) ([]byte, error) { return teetest.TDXQuote(in, rtmr.value), nil }, nil), ReportDir: "/sys/kernel/config/tsm/report"}}
+		dir := t.TempDir()
+		if _, err := tee.Collect(context.Background(), log, []tee.Source{src}, nonce, dir); err != nil {
+			t.Fatal(err)
+		}
+		// Binding and registers are right, but the quote is not what Intel's enclave signed:
+		// refused even when unsigned evidence is accepted.
+		opts := evidence.Options{ExpectRootHash: rootHash, Nonce: nonce, Signatures: teeverify.Verifier{}, AllowUnsigned: true}
+		expectRejections(t, dir, opts, []rejection{{name: "signature", wantCheck: "signature", wantMsg: "tdx: signature chain"}})
+	})
+
+	t.Run("sample production quote", func(t *testing.T) {
+		quote, rd := teetest.SampleQuote()
+		a := &evidence.Attestation{Platform: evidence.PlatformTDX, Kind: evidence.KindTDXQuote, Source: "sample", Report: evidence.File{Name: "tdx-quote.bin", Data: quote}}
+		desc, err := teeverify.Verifier{Now: time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC)}.VerifySignature(a, nil)
+		if err != nil {
+			t.Fatalf("the sample quote's chain does not verify: %v", err)
+		}
+		t.Logf("sample quote: %s", desc)
+		// Its REPORT_DATA is not cvmboot's binding of any log: Verify names the mismatch.
+		log := bootLog(t, rootHash)
+		logData := logBytes(t, log)
+		want := measure.ReportData(logData, nonce)
+		ev := &evidence.Evidence{Nonce: hex.EncodeToString(nonce), ReportData: hex.EncodeToString(want[:]),
+			EventLog: evidence.File{Name: evidence.EventLogName, Data: logData}, Attestations: []evidence.Attestation{*a}}
+		dir := t.TempDir()
+		if err := ev.Write(dir); err != nil {
+			t.Fatal(err)
+		}
+		opts := evidence.Options{Nonce: nonce, Signatures: teeverify.Verifier{Now: time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC)}}
+		expectRejections(t, dir, opts, []rejection{{name: "binding", wantCheck: "report-data", wantMsg: "tdx: the tdx-quote binds REPORT_DATA " + hex.EncodeToString(rd[:])}})
+	})
+}

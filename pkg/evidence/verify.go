@@ -1,0 +1,343 @@
+package evidence
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cvmboot/cvmboot/internal/measure"
+)
+
+// ErrNoChainMaterial is wrapped by a SignatureVerifier when the evidence lacks what a signature
+// chain needs (an SEV-SNP report without the VCEK certificate, which the host did not provide).
+var ErrNoChainMaterial = errors.New("the evidence holds no certificate to check the signature with")
+
+// SignatureVerifier checks the signature chain of an SEV-SNP report or a TDX quote up to a
+// vendor root: the roots built into the vendor's library, or those in roots when it holds any.
+// It returns a description of the chain it verified.
+type SignatureVerifier interface {
+	VerifySignature(a *Attestation, roots *TrustedRoots) (string, error)
+}
+
+// Options are what a relying party expects.
+type Options struct {
+	// ExpectRootHash is the dm-verity root hash the root file system must have been checked
+	// against (hex); empty skips the check.
+	ExpectRootHash string
+	// TrustedRoots are extra vendor roots and the pinned TPM attestation keys.
+	TrustedRoots *TrustedRoots
+	// Nonce is the nonce the evidence must be bound to; nil takes the evidence's own nonce and
+	// says so in the claims (freshness is then not established).
+	Nonce []byte
+	// AllowUnsigned accepts attestations whose signer cannot be established (a TDREPORT, an
+	// SEV-SNP report without certificates, a TPM quote by an AK that is not pinned): their
+	// binding and registers are still checked, and the claims say the signer is unknown.
+	AllowUnsigned bool
+	// AllowDebug accepts a TEE guest running with debugging enabled, whose memory the host can
+	// read and change: only for development.
+	AllowDebug bool
+	// Signatures checks SEV-SNP and TDX signature chains (package teeverify); nil means they
+	// are not checked, which needs AllowUnsigned.
+	Signatures SignatureVerifier
+}
+
+// Claims are what verified evidence establishes.
+type Claims struct {
+	CvmbootVersion string    `json:"cvmboot_version"`
+	Created        time.Time `json:"created"`
+	Nonce          string    `json:"nonce"`
+	// NonceChecked is false when the verifier gave no nonce: the evidence may be a replay.
+	NonceChecked   bool             `json:"nonce_checked"`
+	ReportData     string           `json:"report_data"`
+	EventLogSHA256 string           `json:"event_log_sha256"`
+	Platforms      []PlatformClaims `json:"platforms"`
+
+	// RootHash is the root hash dm-verity checks the root file system against.
+	RootHash string `json:"root_hash,omitempty"`
+	// RootHashEnforced: the root is verified and a corrupted block stops the machine (panic
+	// or restart) rather than being let through.
+	RootHashEnforced bool `json:"root_hash_enforced"`
+	// RootHashExpected: RootHash is the one the verifier expected.
+	RootHashExpected bool       `json:"root_hash_expected"`
+	Verity           []Verity   `json:"verity,omitempty"`
+	Storage          *Storage   `json:"storage,omitempty"`
+	Overlay          *Overlay   `json:"overlay,omitempty"`
+	Config           *Config    `json:"config,omitempty"`
+	Cmdline          *Cmdline   `json:"cmdline,omitempty"`
+	Phases           []string   `json:"phases"`
+	Events           []EventRef `json:"events"`
+}
+
+// Event data types, as cvmboot measures them.
+type (
+	Verity  = measure.Verity
+	Storage = measure.Storage
+	Overlay = measure.Overlay
+	Config  = measure.Config
+	Cmdline = measure.Cmdline
+)
+
+// EventRef is one event of the log.
+type EventRef struct {
+	RecNum int    `json:"recnum"`
+	Type   string `json:"type"`
+	Data   string `json:"data"` // canonical JSON
+}
+
+// PlatformClaims are what one attestation establishes.
+type PlatformClaims struct {
+	Platform Platform `json:"platform"`
+	Kind     Kind     `json:"kind"`
+	Source   string   `json:"source"`
+	// Authenticated: the signer was traced to a trusted root or a pinned key; Authenticity says
+	// how, or why not.
+	Authenticated bool   `json:"authenticated"`
+	Authenticity  string `json:"authenticity"`
+	// Measurement is the launch measurement (SEV-SNP MEASUREMENT, TDX MRTD), hex.
+	Measurement string `json:"measurement,omitempty"`
+	// Debug: the TEE guest runs with debugging enabled (accepted only with AllowDebug).
+	Debug     bool            `json:"debug,omitempty"`
+	Registers []RegisterClaim `json:"registers,omitempty"`
+	// AKPublicPEM is the TPM attestation key, in the form trusted roots pin it.
+	AKPublicPEM string `json:"ak_public_pem,omitempty"`
+}
+
+// RegisterClaim is a register value an attestation vouches for.
+type RegisterClaim struct {
+	Register string `json:"register"`
+	Value    string `json:"value"`
+	// Replayed: the event log explains the value completely, from a zero register.
+	Replayed bool   `json:"replayed"`
+	Note     string `json:"note,omitempty"`
+}
+
+// Verify reads the evidence directory dir and checks it; it returns the claims, or the first
+// check that failed as an *Error naming what was expected and what was found (other errors are
+// I/O errors). The checks, in order:
+//
+//  1. every file's size and SHA-256 match evidence.json;
+//  2. the event log parses, its digests match its events;
+//  3. the nonce is the expected one;
+//  4. REPORT_DATA = SHA-512(domain ‖ SHA-256(event log) ‖ nonce) is what evidence.json says and
+//     what every attestation binds (SEV-SNP/TDX REPORT_DATA, TPM qualifying data);
+//  5. each attestation's signer is authenticated (vendor chain, pinned AK) unless AllowUnsigned;
+//  6. the registers the log extends replay to the attested values (TPM PCR 15, TDX RTMR 3);
+//  7. the root hash is the expected one.
+func Verify(dir string, opts Options) (*Claims, error) {
+	ev, err := Read(dir)
+	if err != nil {
+		return nil, err
+	}
+	return VerifyEvidence(ev, opts)
+}
+
+// VerifyEvidence is Verify on evidence already read.
+func VerifyEvidence(ev *Evidence, opts Options) (*Claims, error) {
+	recs, err := measure.ParseLog(ev.EventLog.Data)
+	if err != nil {
+		return nil, fail("event-log", "%s: %v", ev.EventLog.Name, err)
+	}
+	nonce, _ := hex.DecodeString(ev.Nonce) // validated by Parse
+	claims := &Claims{CvmbootVersion: ev.CvmbootVersion, Created: ev.Created, Nonce: ev.Nonce, Phases: []string{}, Events: []EventRef{}}
+	if opts.Nonce != nil {
+		if !bytes.Equal(opts.Nonce, nonce) {
+			return nil, fail("nonce", "the evidence was made for nonce %q, expected %q", ev.Nonce, hex.EncodeToString(opts.Nonce))
+		}
+		claims.NonceChecked = true
+	}
+	reportData := measure.ReportData(ev.EventLog.Data, nonce)
+	if got := hex.EncodeToString(reportData[:]); got != ev.ReportData {
+		return nil, fail("report-data", "evidence.json says REPORT_DATA %s, but the event log and nonce give %s", ev.ReportData, got)
+	}
+	claims.ReportData = ev.ReportData
+	logDigest := sha256.Sum256(ev.EventLog.Data)
+	claims.EventLogSHA256 = hex.EncodeToString(logDigest[:])
+	replayed := measure.Replay(recs)
+	for i := range ev.Attestations {
+		a := &ev.Attestations[i]
+		var pc *PlatformClaims
+		if a.Kind == KindTPMQuote {
+			pc, err = verifyTPM(a, reportData, replayed, &opts)
+		} else {
+			pc, err = verifyTEE(a, reportData, replayed, &opts)
+		}
+		if err != nil {
+			return nil, err
+		}
+		claims.Platforms = append(claims.Platforms, *pc)
+	}
+	if err := claims.fromEvents(recs); err != nil {
+		return nil, err
+	}
+	if err := claims.checkRootHash(opts.ExpectRootHash); err != nil {
+		return nil, err
+	}
+	return claims, nil
+}
+
+// verifyTEE checks an SEV-SNP report, a TDX quote or a TDREPORT.
+func verifyTEE(a *Attestation, reportData [64]byte, replayed measure.Values, opts *Options) (*PlatformClaims, error) {
+	f, err := ParseReport(a.Kind, a.Report.Data)
+	if err != nil {
+		return nil, fail("evidence.json", "%s: %s: %v", a.Platform, a.Report.Name, err)
+	}
+	if f.ReportData != reportData {
+		return nil, fail("report-data", "%s: the %s binds REPORT_DATA %x, expected %x: it was made for another event log or nonce", a.Platform, a.Kind, f.ReportData, reportData)
+	}
+	pc := &PlatformClaims{Platform: a.Platform, Kind: a.Kind, Source: a.Source, Measurement: hex.EncodeToString(f.Measurement), Debug: f.Debug}
+	if f.Debug && !opts.AllowDebug {
+		return nil, fail("policy", "%s: the guest runs with debugging enabled, so the host can read and change its memory; accept it with --allow-debug for development only", a.Platform)
+	}
+	switch {
+	case a.Kind == KindTDXReport:
+		if !opts.AllowUnsigned {
+			return nil, fail("signature", "tdx: the evidence holds a TDREPORT, which only the TD's own platform can check (no quoting service answered when it was taken); accept it unauthenticated with --allow-unsigned")
+		}
+		pc.Authenticity = "not established: a TDREPORT is MAC'd for the local platform, not signed"
+	case opts.Signatures == nil:
+		if !opts.AllowUnsigned {
+			return nil, fail("signature", "%s: no signature verifier is configured for %s", a.Platform, a.Kind)
+		}
+		pc.Authenticity = "not checked: no signature verifier configured"
+	default:
+		chain, err := opts.Signatures.VerifySignature(a, opts.TrustedRoots)
+		switch {
+		case err == nil:
+			pc.Authenticated, pc.Authenticity = true, chain
+		case errors.Is(err, ErrNoChainMaterial) && opts.AllowUnsigned:
+			pc.Authenticity = "not established: " + err.Error()
+		case errors.Is(err, ErrNoChainMaterial):
+			return nil, fail("signature", "%s: %v; accept it unauthenticated with --allow-unsigned", a.Platform, err)
+		default:
+			return nil, fail("signature", "%s: %v", a.Platform, err)
+		}
+	}
+	if a.Platform == PlatformTDX {
+		if err := checkRTMRs(a, f, replayed, pc); err != nil {
+			return nil, err
+		}
+	}
+	return pc, nil
+}
+
+// checkRTMRs checks that RTMR 3 is exactly what the event log replays to, and that the values
+// evidence.json lists are the report's.
+func checkRTMRs(a *Attestation, f *ReportFields, replayed measure.Values, pc *PlatformClaims) error {
+	listed := map[string]string{}
+	for _, r := range a.Registers {
+		listed[r.Register] = r.Value
+	}
+	for i, v := range f.RTMRs {
+		reg := measure.RTMR(i)
+		rc := RegisterClaim{Register: reg.String(), Value: hex.EncodeToString(v)}
+		if l, ok := listed[rc.Register]; ok && l != rc.Value {
+			return fail("registers", "tdx: evidence.json lists %s = %s, the %s holds %s", rc.Register, l, a.Kind, rc.Value)
+		}
+		want := replayed[reg]
+		if want == nil {
+			want = make([]byte, 48)
+		}
+		rc.Replayed = bytes.Equal(v, want)
+		switch {
+		case i == measure.RTMRIndex && !rc.Replayed:
+			return fail("registers", "tdx: RTMR %d is %x in the %s but the event log replays to %x: the log is not the complete record of what was measured", i, v, a.Kind, want)
+		case i != measure.RTMRIndex:
+			rc.Replayed = false
+			rc.Note = "firmware and boot loader measurements: compare with a reference value"
+		}
+		pc.Registers = append(pc.Registers, rc)
+	}
+	return nil
+}
+
+// checkRootHash compares the verified root hash with the expected one.
+func (c *Claims) checkRootHash(expect string) error {
+	if expect == "" {
+		return nil
+	}
+	expect = strings.ToLower(expect)
+	switch {
+	case c.RootHash == "":
+		return fail("root-hash", "expected root hash %s, but the event log has no cvmboot.verity event for the root: it was mounted unverified", expect)
+	case c.RootHash != expect:
+		return fail("root-hash", "the root was verified against root hash %s, expected %s", c.RootHash, expect)
+	case !c.RootHashEnforced:
+		return fail("root-hash", "the root hash is %s as expected, but dm-verity was told to let corrupted blocks through (on_corruption ignore)", c.RootHash)
+	}
+	c.RootHashExpected = true
+	return nil
+}
+
+func (c *Claims) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "cvmboot %s evidence of %s\n", c.CvmbootVersion, c.Created.Format(time.RFC3339))
+	for _, p := range c.Platforms {
+		fmt.Fprintf(&b, "platform %s (%s via %s): %s\n", p.Platform, p.Kind, p.Source, p.Authenticity)
+		if p.Measurement != "" {
+			fmt.Fprintf(&b, "  measurement %s\n", p.Measurement)
+		}
+		if p.Debug {
+			b.WriteString("  DEBUG guest: the host can read and change its memory\n")
+		}
+		for _, r := range p.Registers {
+			state := "replayed from the event log"
+			if !r.Replayed {
+				state = r.Note
+			}
+			fmt.Fprintf(&b, "  %s %s (%s)\n", r.Register, r.Value, state)
+		}
+		if p.AKPublicPEM != "" && !p.Authenticated {
+			fmt.Fprintf(&b, "  attestation key (pin it in --trusted-roots):\n%s", indent(p.AKPublicPEM, "    "))
+		}
+	}
+	nonce := "not checked (taken from the evidence: it may be a replay)"
+	if c.NonceChecked {
+		nonce = "as expected"
+	}
+	fmt.Fprintf(&b, "nonce %q: %s\n", c.Nonce, nonce)
+	switch {
+	case c.RootHash == "":
+		b.WriteString("root: NOT verified by dm-verity\n")
+	case c.RootHashExpected:
+		fmt.Fprintf(&b, "root: dm-verity root hash %s (as expected, enforced)\n", c.RootHash)
+	default:
+		fmt.Fprintf(&b, "root: dm-verity root hash %s (enforced: %t; no expected value given)\n", c.RootHash, c.RootHashEnforced)
+	}
+	if s := c.Storage; s != nil {
+		if s.Encrypted {
+			fmt.Fprintf(&b, "storage: encrypted with %s (%d-bit %s key), integrity %s\n", s.Cipher, s.KeyBits, s.KeySource, s.Integrity)
+		} else {
+			b.WriteString("storage: NOT encrypted\n")
+		}
+	}
+	if o := c.Overlay; o != nil {
+		if o.Enabled {
+			fmt.Fprintf(&b, "overlay: %s of size %s over the read-only root\n", o.Upper, o.Size)
+		} else {
+			b.WriteString("overlay: none, the root stays read-only\n")
+		}
+	}
+	if c.Config != nil {
+		fmt.Fprintf(&b, "config: sha256 %s (%s)\n", c.Config.SHA256, c.Config.Path)
+	}
+	if c.Cmdline != nil {
+		fmt.Fprintf(&b, "kernel command line: sha256 %s\n", c.Cmdline.SHA256)
+	}
+	fmt.Fprintf(&b, "phases: %s\n", strings.Join(c.Phases, ", "))
+	fmt.Fprintf(&b, "events: %d, event log sha256 %s\n", len(c.Events), c.EventLogSHA256)
+	return b.String()
+}
+
+func indent(s, prefix string) string {
+	lines := strings.SplitAfter(s, "\n")
+	for i, l := range lines {
+		if l != "" {
+			lines[i] = prefix + l
+		}
+	}
+	return strings.Join(lines, "")
+}
