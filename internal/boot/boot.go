@@ -16,7 +16,9 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/stage"
+	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
 // Stage names, in boot order.
@@ -73,6 +75,11 @@ type Boot struct {
 	Mounts  Mounts
 	Modules Modules
 	Devices Devices
+	Attest  Attestation
+	// CmdlineRaw is /proc/cmdline as read, measured by digest.
+	CmdlineRaw string
+	// ConfigInfo identifies the effective config, for its measurement.
+	ConfigInfo *report.Config
 	// PackedModules are the modules the initramfs was built to load
 	// (initramfs.ModulesLoadPath); the config's modules: list adds to them.
 	PackedModules []string
@@ -80,6 +87,7 @@ type Boot struct {
 	// Decided by the stages, read by later ones.
 	rootDevice string
 	init       string
+	measuring  bool // an event log is open on the platform's registers
 }
 
 // Stages returns the boot sequence as PID 1 runs it.
@@ -171,13 +179,6 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 // of this build: a boot that silently skipped attestation or encryption would look secure
 // and not be.
 
-func (b *Boot) attest(context.Context) (stage.Facts, error) {
-	if b.Config.Attest.Require == config.AttestNone {
-		return nil, stage.Skip("attest.require is none")
-	}
-	return nil, fmt.Errorf("attest.require is %s but this build cannot read TEE evidence yet; refusing to boot unattested (set attest.require: none to allow it)", b.Config.Attest.Require)
-}
-
 func (b *Boot) storage(context.Context) (stage.Facts, error) {
 	if !b.Config.Storage.Enabled {
 		return nil, stage.Skip("storage.enabled is false")
@@ -188,6 +189,10 @@ func (b *Boot) storage(context.Context) (stage.Facts, error) {
 func (b *Boot) overlay(context.Context) (stage.Facts, error) {
 	cfg := b.Config.Overlay
 	if !cfg.Enabled {
+		// A verifier must be able to tell a read-only root from a forgotten measurement.
+		if err := b.measure(measure.Overlay{Enabled: false}.Event()); err != nil {
+			return nil, err
+		}
 		return nil, stage.Skip("overlay.enabled is false: the root stays read-only")
 	}
 	if b.rootDevice == "" {
@@ -200,10 +205,13 @@ func (b *Boot) overlay(context.Context) (stage.Facts, error) {
 	if err := b.Mounts.Overlay(NewRoot, OverlayStateDir, size); err != nil {
 		return nil, err
 	}
+	if err := b.measure(measure.Overlay{Enabled: true, Upper: string(cfg.Upper), Size: size}.Event()); err != nil {
+		return nil, err
+	}
 	return stage.Facts{"lower": b.rootDevice, "upper": "tmpfs", "size": size, "state": OverlayStateDir, "target": NewRoot}, nil
 }
 
-func (b *Boot) handoff(context.Context) (stage.Facts, error) {
+func (b *Boot) handoff(ctx context.Context) (stage.Facts, error) {
 	if b.rootDevice == "" {
 		return nil, errors.New("no root was mounted at " + NewRoot)
 	}
@@ -211,11 +219,21 @@ func (b *Boot) handoff(context.Context) (stage.Facts, error) {
 	if v, ok := b.Cmdline.Get("init"); ok && v != "" {
 		init = v
 	}
+	// Evidence is taken last, when every decision of the initramfs is in the log; it lands in
+	// /run, which the switch carries into the new root.
+	facts, err := b.finishAttestation(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if facts == nil {
+		facts = stage.Facts{}
+	}
 	if err := b.Mounts.SwitchRoot(NewRoot, init); err != nil {
 		return nil, err
 	}
 	b.init = init
-	return stage.Facts{"init": init, "root": b.rootDevice}, nil
+	facts["init"], facts["root"] = init, b.rootDevice
+	return facts, nil
 }
 
 func joinOptions(opts ...string) string {

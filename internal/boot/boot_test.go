@@ -9,6 +9,7 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
@@ -53,6 +54,32 @@ func (f *fakeMachine) Wait(_ context.Context, spec string, timeout time.Duration
 	return "", errors.New(spec + " did not appear within " + timeout.String())
 }
 
+// fakeAttest records measurements; present says whether the machine has a TPM.
+type fakeAttest struct {
+	present  bool
+	measured []string
+	evidence bool
+}
+
+func (f *fakeAttest) Start(require config.AttestRequire) (stage.Facts, bool, error) {
+	if !f.present && require != config.AttestNone {
+		return nil, false, errors.New("attest.require is " + string(require) + " but this machine has no TPM")
+	}
+	return stage.Facts{"tpm": map[bool]string{true: "present", false: "absent"}[f.present]}, f.present, nil
+}
+func (f *fakeAttest) Measure(ev measure.Event) error {
+	name := ev.Type
+	if p, ok := ev.Data.(measure.PhaseData); ok {
+		name += ":" + p.Phase
+	}
+	f.measured = append(f.measured, name)
+	return nil
+}
+func (f *fakeAttest) Evidence(context.Context, []byte) (stage.Facts, error) {
+	f.evidence = true
+	return stage.Facts{"evidence": "/run/cvmboot/evidence"}, nil
+}
+
 // plainConfig is the config the e2e images use until verity, attestation, storage and the
 // overlay are part of the build.
 func plainConfig() *config.Config {
@@ -70,7 +97,7 @@ func run(t *testing.T, cfg *config.Config, line string, m *fakeMachine) (*Boot, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m}
+	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: &fakeAttest{}}
 	rep := &report.Report{}
 	err = (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages())
 	return b, rep, err
@@ -82,7 +109,7 @@ func TestPlainRootBoot(t *testing.T) {
 	cfg.Modules = []string{"virtio_blk", "dm_mod"}
 	cl, _ := cmdline.Parse("console=ttyS0 root=PARTUUID=abc rootflags=noatime init=/bin/myinit -- single")
 	// The initramfs's list comes first; the config adds what it lacks.
-	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, PackedModules: []string{"virtio_pci", "virtio_blk"}}
+	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: &fakeAttest{}, PackedModules: []string{"virtio_pci", "virtio_blk"}}
 	rep := &report.Report{}
 	err := (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages())
 	if err != nil {
@@ -129,7 +156,7 @@ func TestRootFailsClosed(t *testing.T) {
 		{"no root at all", nil, "console=ttyS0", &fakeMachine{}, StageRoot, "no root device"},
 		{"device never appears", nil, "root=PARTUUID=dead", &fakeMachine{}, StageRoot, "root device: PARTUUID=dead did not appear within 30s"},
 		{"mount fails", nil, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}, mountErr: errors.New("mount /dev/vda2 on /sysroot: invalid argument")}, StageRoot, "invalid argument"},
-		{"attestation required", func(c *config.Config) { c.Attest.Require = config.AttestTEE }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageAttest, "attest.require is tee"},
+		{"attestation required", func(c *config.Config) { c.Attest.Require = config.AttestTEE }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageAttest, "attest.require is tee but this machine has no TPM"},
 		{"storage enabled", func(c *config.Config) { c.Storage.Enabled = true }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageStorage, "storage.enabled is true"},
 		{"overlay upper on storage", func(c *config.Config) { c.Overlay.Enabled = true; c.Overlay.Upper = config.UpperStorage }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageOverlay, "overlay.upper is storage"},
 		{"missing init", nil, "root=/dev/vda2 init=/nope", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}, switchErr: errors.New(`init "/nope" not found in new root /sysroot`)}, StageHandoff, `init "/nope" not found`},
@@ -172,6 +199,34 @@ func TestOverlayStage(t *testing.T) {
 	}
 	if f := rep.Stage(StageOverlay).Facts; f["upper"] != "tmpfs" || f["size"] != "50%" || f["lower"] != "/dev/vda2" {
 		t.Errorf("overlay facts %v", f)
+	}
+}
+
+func TestMeasuredBoot(t *testing.T) {
+	m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
+	att := &fakeAttest{present: true}
+	cfg := plainConfig()
+	cfg.Attest.Require = config.AttestTPM
+	cfg.Overlay.Enabled = true
+	cl, _ := cmdline.Parse("root=/dev/vda2")
+	b := &Boot{Config: cfg, Cmdline: cl, CmdlineRaw: "root=/dev/vda2\n", Mounts: m, Modules: m, Devices: m, Attest: att}
+	rep := &report.Report{}
+	if err := (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages()); err != nil {
+		t.Fatal(err)
+	}
+	// Every decision is measured, in boot order, and evidence is taken before the switch.
+	want := "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.overlay,cvmboot.phase:leave-initrd"
+	if got := strings.Join(att.measured, ","); got != want {
+		t.Errorf("measured %s\nwant     %s", got, want)
+	}
+	if !att.evidence {
+		t.Error("no evidence collected")
+	}
+	if f := rep.Stage(StageHandoff).Facts; f["evidence"] == "" || f["init"] != "/sbin/init" {
+		t.Errorf("handoff facts %v", f)
+	}
+	if f := rep.Stage(StageAttest).Facts; f["measured"] != "3" || f["tpm"] != "present" {
+		t.Errorf("attest facts %v", f)
 	}
 }
 

@@ -23,6 +23,7 @@ type Env struct {
 	Mounts  Mounts
 	Modules Modules
 	Devices Devices
+	Attest  Attestation
 	System  failaction.System
 	// Bootstrap mounts what reading the command line and logging need (/proc, /dev) before
 	// anything else runs; it returns what it mounted.
@@ -83,7 +84,7 @@ func RunInit(env Env) int {
 	if err != nil {
 		return fail(nil, "bootstrap", err, nil)
 	}
-	cl, err := readCmdline(env.CmdlinePath)
+	cl, rawCmdline, err := readCmdline(env.CmdlinePath)
 	if err != nil {
 		return fail(nil, "config", err, nil)
 	}
@@ -103,7 +104,8 @@ func RunInit(env Env) int {
 	if err != nil {
 		return fail(log, StageModules, err, cfg)
 	}
-	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices, PackedModules: packed}
+	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
+		Attest: env.Attest, CmdlineRaw: rawCmdline, ConfigInfo: info, PackedModules: packed}
 	runner := stage.Runner{
 		Log: log, Clock: clock, Report: rep,
 		Save: func(r *report.Report) error { return r.WriteFile(env.ReportPath) },
@@ -146,12 +148,13 @@ func readModulesLoad(path string) ([]string, error) {
 	return names, nil
 }
 
-func readCmdline(path string) (*cmdline.Cmdline, error) {
+func readCmdline(path string) (*cmdline.Cmdline, string, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("kernel command line: %w", err)
+		return nil, "", fmt.Errorf("kernel command line: %w", err)
 	}
-	return cmdline.Parse(string(raw))
+	cl, err := cmdline.Parse(string(raw))
+	return cl, string(raw), err
 }
 
 // loadConfig reads the config file (defaults when absent) and applies the command line's

@@ -37,7 +37,7 @@ func newInitHarness(t *testing.T, cmdline, configYAML string, m *fakeMachine) *i
 		return p
 	}
 	h.env = Env{
-		Mounts: m, Modules: m, Devices: m, System: h.sys,
+		Mounts: m, Modules: m, Devices: m, Attest: &fakeAttest{}, System: h.sys,
 		Bootstrap: func() ([]string, error) { return []string{"/proc"}, nil },
 		Logger:    func(string) *zap.Logger { return zap.NewNop() },
 		Emergency: func(msg string) { h.emergency = append(h.emergency, msg) },

@@ -55,8 +55,9 @@ func (m *machine) Wait(ctx context.Context, spec string, timeout time.Duration) 
 func Real() Env {
 	m := &machine{log: zap.NewNop()}
 	pid1 := os.Getpid() == 1
+	att := &platformAttestation{log: zap.NewNop()}
 	return Env{
-		Mounts: m, Modules: m, Devices: m,
+		Mounts: m, Modules: m, Devices: m, Attest: att,
 		System:    failaction.Kernel{},
 		Bootstrap: bootstrapMounts,
 		Logger: func(level string) *zap.Logger {
@@ -69,6 +70,7 @@ func Real() Env {
 				_ = logging.LiftKmsgRateLimit("/proc")
 			}
 			m.log = logging.Auto(lvl, pid1)
+			att.log = m.log
 			return m.log
 		},
 		Emergency: emergency,

@@ -34,7 +34,7 @@ func UnitStageNames() string {
 // RunUnits runs the named stages for a systemd unit and appends them to the boot report. A
 // failure is returned as exit code 1: the unit's FailureAction= decides what happens then.
 func RunUnits(env Env, names []string, stderr io.Writer) int {
-	cl, err := readCmdline(env.CmdlinePath)
+	cl, raw, err := readCmdline(env.CmdlinePath)
 	if err != nil {
 		fmt.Fprintf(stderr, "cvmboot run: %v\n", err)
 		return 1
@@ -46,7 +46,8 @@ func RunUnits(env Env, names []string, stderr io.Writer) int {
 	}
 	log := env.Logger(string(cfg.Log.Level))
 	defer log.Sync()
-	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices}
+	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
+		Attest: env.Attest, CmdlineRaw: raw, ConfigInfo: info}
 	stages, err := stage.Select(b.UnitStages(), names)
 	if err != nil {
 		fmt.Fprintf(stderr, "cvmboot run: %v\n", err)

@@ -74,14 +74,14 @@ type scenario struct {
 }
 
 // plainConfig turns off what a plain qemu guest cannot provide (a verified
-// root) and what this build does not have yet (attestation, storage, the
-// overlay: their stages fail closed while enabled), keeping the secure
-// defaults otherwise.
-const plainConfig = `# cvmboot e2e: plain root, no verity
+// root, a TEE: the TPM is swtpm's) and what this build does not have yet
+// (storage: its stage fails closed while enabled); the overlay is off so the
+// read-only check means something.
+const plainConfig = `# cvmboot e2e: plain root, no verity, swtpm TPM
 verity:
   required: false
 attest:
-  require: none
+  require: tpm
 storage:
   enabled: false
 overlay:
@@ -93,7 +93,7 @@ const debianConfig = `# cvmboot e2e: Debian root with a tmpfs overlay
 verity:
   required: false
 attest:
-  require: none
+  require: tpm
 storage:
   enabled: false
 overlay:
@@ -114,12 +114,14 @@ var scenarios = []scenario{
 		timeLimit: 3 * time.Minute,
 	},
 	{
-		name:    "plain-tiny-root",
-		root:    rootTiny,
-		cmdline: "root=PARTUUID={rootpartuuid}",
+		name: "plain-tiny-root",
+		root: rootTiny,
+		// The boot measured into swtpm and left its event log and evidence in /run.
+		cmdline: "root=PARTUUID={rootpartuuid} rootcheck.expect=file:/run/cvmboot/eventlog,file:/run/cvmboot/evidence/evidence.json",
 		config:  plainConfig,
 		expect: []string{`ROOTCHECK: ok pid1`, `ROOTCHECK: ok report`, `ROOTCHECK: REPORT BEGIN`,
-			`ROOTCHECK: ok initramfs-gone`, `ROOTCHECK: DONE pass=\d+ fail=0`},
+			`ROOTCHECK: ok initramfs-gone`, `ROOTCHECK: ok expect:file:/run/cvmboot/evidence/evidence.json`,
+			`cvmboot\[1\]: measured event=cvmboot.phase .*pcr=11`, `cvmboot\[1\]: measured event=cvmboot.config .*pcr=15`, `ROOTCHECK: DONE pass=\d+ fail=0`},
 		reject:    []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
 		outcome:   bootedAndChecked,
 		timeLimit: 3 * time.Minute,
@@ -507,8 +509,9 @@ func TestVerify(t *testing.T) {
 	debianOK := "E2E-CHECK: BEGIN\nE2E-CHECK: system-state=running\nE2E-CHECK: failed-units=none\n" +
 		"E2E-CHECK: root=overlay overlay rw,relatime,lowerdir=/sysroot,upperdir=/run/cvmboot/overlay/upper,workdir=/run/cvmboot/overlay/work\n" +
 		"E2E-CHECK: write=ok\nE2E-CHECK: report=present\nE2E-CHECK: DONE\n"
-	tinyOK := "ROOTCHECK: START pid=1\nROOTCHECK: ok pid1\nROOTCHECK: ok report\nROOTCHECK: REPORT BEGIN\n{}\nROOTCHECK: REPORT END\n" +
-		"ROOTCHECK: ok initramfs-gone\nROOTCHECK: DONE pass=3 fail=0\n"
+	tinyOK := "[ 3.1] cvmboot[1]: measured event=cvmboot.phase recnum=0 pcr=11\n[ 3.2] cvmboot[1]: measured event=cvmboot.config recnum=1 pcr=15\n" +
+		"ROOTCHECK: START pid=1\nROOTCHECK: ok pid1\nROOTCHECK: ok report\nROOTCHECK: REPORT BEGIN\n{}\nROOTCHECK: REPORT END\n" +
+		"ROOTCHECK: ok initramfs-gone\nROOTCHECK: ok expect:file:/run/cvmboot/evidence/evidence.json\nROOTCHECK: DONE pass=3 fail=0\n"
 	tests := []struct {
 		scenario string
 		init     harness.InitKind

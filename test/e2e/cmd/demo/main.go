@@ -19,7 +19,7 @@ import (
 )
 
 // demoConfig is cvmboot's configuration for a plain qemu guest: no verified
-// root and no TEE to require; attestation, storage and the overlay are not in the build yet.
+// root and no TEE to require (the TPM is swtpm's); storage is not in the build yet.
 const demoConfig = `# cvmboot demo: plain root, swtpm TPM, no storage
 verity:
   required: false

@@ -1,0 +1,143 @@
+package boot
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+
+	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/measure"
+	"github.com/cvmboot/cvmboot/internal/stage"
+	"github.com/cvmboot/cvmboot/internal/tee"
+	"github.com/cvmboot/cvmboot/pkg/evidence"
+)
+
+// Attestation is the measured side of the boot: an event log on the platform's runtime
+// registers, and evidence bound to it at the handoff.
+type Attestation interface {
+	// Start finds the TEE or TPM, checks attest.require and opens the event log. active is
+	// false when the machine has nothing to measure into (and nothing was required).
+	Start(require config.AttestRequire) (facts stage.Facts, active bool, err error)
+	// Measure records a decision in the log and extends it into the registers.
+	Measure(ev measure.Event) error
+	// Evidence writes the platform's evidence, bound to the log and nonce, and releases
+	// the registers.
+	Evidence(ctx context.Context, nonce []byte) (stage.Facts, error)
+}
+
+func (b *Boot) attest(context.Context) (stage.Facts, error) {
+	facts, active, err := b.Attest.Start(b.Config.Attest.Require)
+	if err != nil {
+		return nil, err
+	}
+	if !active {
+		return nil, stage.Skip("no TEE or TPM found and attest.require is none: nothing is measured")
+	}
+	b.measuring = true
+	// The decisions taken before this stage: the phase, what configured the boot, and the
+	// command line (which carries roothash=).
+	sum := sha256.Sum256([]byte(b.CmdlineRaw))
+	events := []measure.Event{
+		measure.Phase("enter-initrd"),
+		b.configEvent(),
+		measure.Cmdline{SHA256: hex.EncodeToString(sum[:])}.Event(),
+	}
+	for _, ev := range events {
+		if err := b.Attest.Measure(ev); err != nil {
+			return nil, err
+		}
+	}
+	facts["measured"] = fmt.Sprint(len(events))
+	return facts, nil
+}
+
+func (b *Boot) configEvent() measure.Event {
+	c := measure.Config{SHA256: fmt.Sprintf("%x", b.Config.Digest())}
+	if b.ConfigInfo != nil {
+		c.Path, c.Found, c.Overrides = b.ConfigInfo.Path, b.ConfigInfo.Found, b.ConfigInfo.Overrides
+	}
+	return c.Event()
+}
+
+// measure records a decision when the boot is measuring; a failure fails the stage, since
+// evidence missing a decision would misrepresent the boot.
+func (b *Boot) measure(ev measure.Event) error {
+	if !b.measuring {
+		return nil
+	}
+	return b.Attest.Measure(ev)
+}
+
+// finishAttestation marks the end of the initramfs phase and writes the evidence.
+func (b *Boot) finishAttestation(ctx context.Context) (stage.Facts, error) {
+	if !b.measuring {
+		return nil, nil
+	}
+	if err := b.Attest.Measure(measure.Phase("leave-initrd")); err != nil {
+		return nil, err
+	}
+	return b.Attest.Evidence(ctx, b.Config.Attest.Nonce)
+}
+
+// platformAttestation is the real Attestation over internal/tee and internal/measure.
+type platformAttestation struct {
+	log      *zap.Logger
+	det      *tee.Detection
+	events   *measure.Log
+	closeTPM func() error
+}
+
+func (p *platformAttestation) Start(require config.AttestRequire) (stage.Facts, bool, error) {
+	if _, err := tee.MountConfigfs(tee.Options{}); err != nil && !errors.Is(err, tee.ErrNoConfigfs) {
+		return nil, false, err
+	}
+	p.det = tee.Detect(tee.Options{})
+	p.log.Info("attestation platform detected", zap.String("platforms", p.det.Summary()))
+	if err := p.det.Require(require); err != nil {
+		return nil, false, err
+	}
+	facts := stage.Facts(p.det.Facts())
+	if len(p.det.Sources()) == 0 {
+		return facts, false, nil
+	}
+	ext, closeTPM, err := p.det.Registers()
+	if err != nil {
+		return nil, false, err
+	}
+	p.closeTPM = closeTPM
+	if p.events, err = measure.Open(measure.DefaultLogPath, ext...); err != nil {
+		closeTPM()
+		return nil, false, err
+	}
+	facts["eventlog"] = measure.DefaultLogPath
+	return facts, true, nil
+}
+
+func (p *platformAttestation) Measure(ev measure.Event) error {
+	rec, err := p.events.Measure(ev)
+	if err != nil {
+		return fmt.Errorf("measuring %s: %w", ev.Type, err)
+	}
+	fields := []zap.Field{zap.String("event", ev.Type), zap.Int("recnum", rec.RecNum)}
+	if rec.PCR != nil {
+		fields = append(fields, zap.Int("pcr", *rec.PCR))
+	}
+	if rec.RTMR != nil {
+		fields = append(fields, zap.Int("rtmr", *rec.RTMR))
+	}
+	p.log.Info("measured", fields...)
+	return nil
+}
+
+func (p *platformAttestation) Evidence(ctx context.Context, nonce []byte) (stage.Facts, error) {
+	defer p.closeTPM()
+	ev, err := tee.Collect(ctx, p.events, p.det.Sources(), nonce, evidence.DefaultDir)
+	if err != nil {
+		return nil, err
+	}
+	return stage.Facts(tee.Facts(ev, evidence.DefaultDir)), nil
+}
