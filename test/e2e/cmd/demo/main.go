@@ -24,7 +24,7 @@ const demoConfig = `# cvmboot demo: plain root, swtpm TPM, no storage
 verity:
   required: false
 attest:
-  require: none
+  require: tpm
 storage:
   enabled: false
 overlay:
