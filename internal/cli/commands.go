@@ -23,6 +23,7 @@ func Commands() []Command {
 		{Name: "version", Summary: "print the version", Run: versionCmd},
 		{Name: "initramfs", Summary: "write an initramfs with cvmboot as /init (for image builders)", Run: initramfsCmd},
 		{Name: "verity", Summary: "format, verify and dump dm-verity hash trees (veritysetup-compatible)", Run: veritycli.Main},
+		evidenceCommand,
 		{Name: "luks2", Summary: "format and dump LUKS2 headers", Run: luks2cli.Main},
 	}
 }
