@@ -66,6 +66,20 @@ type ExtraPartition struct {
 
 // DiskRecipe describes a GPT disk image. Partitions are laid out in order ESP,
 // root, (VerityRoom gap), Extra..., then FreeSpace unallocated at the end.
+// VeritySpec protects the root with dm-verity: the root image is formatted by a real peer
+// tool and a root-verity partition holds the hash tree.
+type VeritySpec struct {
+	// Format writes the hash tree of data into hash and returns the root hash (hex). Nil:
+	// `veritysetup format` with its defaults (sha256, 4 KiB blocks, random salt, superblock).
+	Format func(ctx context.Context, data, hash string) (string, error)
+	// DataPartUUID and HashPartUUID override the PARTUUIDs; empty means derived from the root
+	// hash as systemd does (first and last 16 bytes), so `roothash=` alone finds them.
+	DataPartUUID, HashPartUUID string
+	// HashImage, when set, is used instead of formatting (e.g. another build's hash tree);
+	// RootHash must then be given too.
+	HashImage, RootHash string
+}
+
 type DiskRecipe struct {
 	Path       string            // output raw image; replaced if present
 	ESPSize    int64             // 64 MiB when 0
@@ -75,6 +89,7 @@ type DiskRecipe struct {
 	Extra      []ExtraPartition
 	FreeSpace  int64  // unallocated space at the end of the disk (sparse)
 	DiskGUID   string // DefaultDiskGUID when empty
+	Verity     *VeritySpec
 }
 
 // PartitionInfo is where a partition ended up.
@@ -101,6 +116,8 @@ type DiskImage struct {
 	// (length DiskRecipe.VerityRoom); FreeStart the start of trailing free space.
 	VerityRoomStart int64
 	FreeStart       int64
+	RootHash        string // hex, when the recipe asked for dm-verity
+	Verity          *PartitionInfo
 }
 
 // BuildDisk writes the image described by r. The root filesystem is built with
@@ -146,8 +163,34 @@ func BuildDisk(ctx context.Context, r DiskRecipe) (*DiskImage, error) {
 	if err != nil {
 		return nil, err
 	}
+	var rootHash string
+	extra := r.Extra
+	if v := r.Verity; v != nil {
+		hashImage := v.HashImage
+		rootHash = v.RootHash
+		if hashImage == "" {
+			hashImage = r.Path + ".roothash"
+			defer os.Remove(hashImage)
+			format := v.Format
+			if format == nil {
+				format = VeritysetupFormat
+			}
+			if rootHash, err = format(ctx, fsImage, hashImage); err != nil {
+				return nil, fmt.Errorf("disk %s: dm-verity format: %w", r.Path, err)
+			}
+		}
+		dataUUID, hashUUID := PartUUIDsFromRootHash(rootHash)
+		if v.DataPartUUID != "" {
+			dataUUID = v.DataPartUUID
+		}
+		if v.HashPartUUID != "" {
+			hashUUID = v.HashPartUUID
+		}
+		root.PartUUID = dataUUID
+		extra = append([]ExtraPartition{{Name: "root-verity", Type: TypeRootVerity, PartUUID: hashUUID, Contents: hashImage}}, extra...)
+	}
 
-	img := &DiskImage{Path: r.Path, DiskGUID: strings.ToLower(diskGUID), RootFSUUID: root.FSUUID, RootFSType: root.FSType}
+	img := &DiskImage{Path: r.Path, DiskGUID: strings.ToLower(diskGUID), RootFSUUID: root.FSUUID, RootFSType: root.FSType, RootHash: rootHash}
 	var parts []*gpt.Partition
 	offset := MiB // first usable aligned offset; the GPT fits in front of it
 	add := func(name, typ, partUUID string, size int64, attrs uint64) PartitionInfo {
@@ -166,7 +209,7 @@ func BuildDisk(ctx context.Context, r DiskRecipe) (*DiskImage, error) {
 	img.Root = add(root.PartName, TypeRoot, root.PartUUID, rootSize, 0)
 	img.VerityRoomStart = offset
 	offset += alignUp64(r.VerityRoom, MiB)
-	for _, x := range r.Extra {
+	for _, x := range extra {
 		size := x.Size
 		if x.Contents != "" {
 			st, err := os.Stat(x.Contents)
@@ -224,7 +267,10 @@ func BuildDisk(ctx context.Context, r DiskRecipe) (*DiskImage, error) {
 	if err := copyIntoImage(r.Path, img.Root.Start, img.Root.Size, fsImage); err != nil {
 		return nil, fmt.Errorf("disk %s root partition: %w", r.Path, err)
 	}
-	for i, x := range r.Extra {
+	if r.Verity != nil {
+		img.Verity = &img.Extra[0]
+	}
+	for i, x := range extra {
 		if x.Contents == "" {
 			continue
 		}
@@ -391,3 +437,31 @@ func copyIntoImage(image string, offset, limit int64, src string) error {
 }
 
 func alignUp64(v, a int64) int64 { return (v + a - 1) / a * a }
+
+// VeritysetupFormat formats with the real peer, `veritysetup format DATA HASH`, and returns
+// the root hash it printed.
+func VeritysetupFormat(ctx context.Context, data, hash string) (string, error) {
+	out, err := runCmd(ctx, "", "veritysetup", "format", data, hash)
+	if err != nil {
+		return "", fmt.Errorf("veritysetup format: %w\n%s", err, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Root hash" {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", fmt.Errorf("veritysetup format printed no root hash:\n%s", out)
+}
+
+// PartUUIDsFromRootHash derives the data and hash partition UUIDs from a root hash as
+// systemd's verity discovery does: the first and the last 16 bytes, printed in byte order.
+func PartUUIDsFromRootHash(rootHash string) (data, hash string) {
+	h := strings.ToLower(rootHash)
+	if len(h) < 64 {
+		return "", ""
+	}
+	f := func(x string) string {
+		return x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:32]
+	}
+	return f(h[:32]), f(h[len(h)-32:])
+}
