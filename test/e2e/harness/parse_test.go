@@ -393,3 +393,17 @@ func TestPhaseSummary(t *testing.T) {
 		t.Errorf("PhaseSummary without kernel = %q", got)
 	}
 }
+
+func TestExtractFiles(t *testing.T) {
+	serial := "ROOTCHECK: FILE BEGIN /run/x/a.json 10\r\nROOTCHECK: B64 eyJhIjogMX0K\n[    3.1] kernel noise\nROOTCHECK: B64 YQ==\nROOTCHECK: FILE END /run/x/a.json\n"
+	files, err := ExtractFiles(serial)
+	if err != nil || string(files["/run/x/a.json"]) != "{\"a\": 1}\na" {
+		t.Fatalf("files %q err %v", files, err)
+	}
+	if _, err := ExtractFiles("ROOTCHECK: FILE BEGIN /x 5\nROOTCHECK: B64 YQ==\nROOTCHECK: FILE END /x\n"); err == nil {
+		t.Error("size mismatch accepted")
+	}
+	if _, err := ExtractFiles("ROOTCHECK: FILE BEGIN /x 1\n"); err == nil {
+		t.Error("unfinished file accepted")
+	}
+}

@@ -2,6 +2,7 @@ package harness
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -117,4 +118,43 @@ func (r *BootResult) PhaseSummary() string {
 		return out + fmt.Sprintf(", kernel (no /init) %.1fs", (r.Duration-k.At).Seconds())
 	}
 	return out + fmt.Sprintf(", kernel %.1fs, /init to exit %.1fs", (i.At-k.At).Seconds(), (r.Duration-i.At).Seconds())
+}
+
+// ExtractFiles returns the files rootcheck printed with rootcheck.dump=DIR ("ROOTCHECK: FILE
+// BEGIN path size", base64 lines, "ROOTCHECK: FILE END path"), keyed by their guest path.
+// Interleaved kernel messages are skipped; a size mismatch is an error.
+func ExtractFiles(serial string) (map[string][]byte, error) {
+	files := map[string][]byte{}
+	var cur string
+	var size int
+	var b64 strings.Builder
+	for _, l := range strings.Split(strings.ReplaceAll(serial, "\r", ""), "\n") {
+		_, rest, ok := strings.Cut(l, "ROOTCHECK: ")
+		if !ok || kernelLine.MatchString(l) {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(rest, "FILE BEGIN "):
+			f := strings.Fields(strings.TrimPrefix(rest, "FILE BEGIN "))
+			if len(f) != 2 {
+				return nil, fmt.Errorf("serial log: bad line %q", l)
+			}
+			cur, b64 = f[0], strings.Builder{}
+			if _, err := fmt.Sscan(f[1], &size); err != nil {
+				return nil, fmt.Errorf("serial log: bad size in %q", l)
+			}
+		case strings.HasPrefix(rest, "B64 ") && cur != "":
+			b64.WriteString(strings.TrimPrefix(rest, "B64 "))
+		case strings.HasPrefix(rest, "FILE END ") && cur != "":
+			data, err := base64.StdEncoding.DecodeString(b64.String())
+			if err != nil || len(data) != size {
+				return nil, fmt.Errorf("serial log: file %s: %d bytes decoded (%v), %d announced", cur, len(data), err, size)
+			}
+			files[cur], cur = data, ""
+		}
+	}
+	if cur != "" {
+		return nil, fmt.Errorf("serial log: file %s not finished", cur)
+	}
+	return files, nil
 }

@@ -72,6 +72,7 @@ func (e expectation) name() string { return "expect:" + e.Raw }
 // options is what rootcheck reads from the command line.
 type options struct {
 	Mode   string          // "" (booted root) or "initrd"
+	Dump   []string        // directories printed file by file (rootcheck.dump=DIR)
 	Skip   map[string]bool // default checks to leave out (rootcheck.skip=a,b)
 	Expect []expectation
 	Errors []string // malformed rootcheck.* parameters, reported as failures
@@ -89,6 +90,10 @@ func parseOptions(params []param) options {
 				o.Mode = p.Value
 			default:
 				o.Errors = append(o.Errors, fmt.Sprintf("rootcheck.mode=%q: want root or initrd", p.Value))
+			}
+		case "rootcheck.dump":
+			if p.Value != "" {
+				o.Dump = append(o.Dump, p.Value)
 			}
 		case "rootcheck.skip":
 			for _, s := range strings.Split(p.Value, ",") {

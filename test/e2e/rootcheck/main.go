@@ -12,12 +12,14 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -64,6 +66,9 @@ func main() {
 		runRootChecks(c, opts, procMountedByUs)
 	}
 	runExpectations(c, opts.Expect, cmdline)
+	for _, dir := range opts.Dump {
+		dumpDir(c, dir)
+	}
 	c.printf("DONE pass=%d fail=%d", c.pass, c.fail)
 	finish(c)
 }
@@ -360,4 +365,28 @@ func finish(c *checker) {
 	for {
 		time.Sleep(time.Hour)
 	}
+}
+
+// dumpDir prints every regular file below dir in base64 between FILE markers, so the host can
+// take files out of the guest's tmpfs (the evidence) through the serial console.
+func dumpDir(c *checker, dir string) {
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		c.printf("FILE BEGIN %s %d", p, len(data))
+		enc := base64.StdEncoding.EncodeToString(data)
+		for len(enc) > 0 {
+			n := min(len(enc), 76)
+			c.printf("B64 %s", enc[:n])
+			enc = enc[n:]
+		}
+		c.printf("FILE END %s", p)
+		return nil
+	})
+	c.check("dump:"+dir, err)
 }
