@@ -1,0 +1,390 @@
+package verity
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+	"unicode/utf16"
+
+	"go.uber.org/zap"
+
+	"github.com/cvmboot/cvmboot/internal/blockdev"
+)
+
+// Partition type GUIDs of the Discoverable Partitions Specification for x86-64, the
+// architecture of the confidential VMs cvmboot boots.
+const (
+	TypeRoot          = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+	TypeRootVerity    = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
+	TypeRootVeritySig = "41092b05-9fc8-4523-994f-2def0408b176"
+	TypeUsr           = "8484680c-9521-48c6-9c11-b0720656f69e"
+	TypeUsrVerity     = "77ff5f63-e7b6-4633-acf4-1565b864c0e6"
+	TypeUsrVeritySig  = "e7bb33fb-06cf-4e81-8273-e543b413e2e2"
+)
+
+// partitionTypes returns the data, hash and signature partition types of a volume.
+func partitionTypes(volume string) (data, hash, sig string) {
+	if volume == "usr" {
+		return TypeUsr, TypeUsrVerity, TypeUsrVeritySig
+	}
+	return TypeRoot, TypeRootVerity, TypeRootVeritySig
+}
+
+// loaderDevicePartUUID is the EFI variable in which systemd-boot and systemd-stub record
+// the PARTUUID of the ESP they were loaded from, i.e. which disk booted.
+const loaderDevicePartUUID = "LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+
+// locate finds the data and hash devices and checks them against the root hash.
+//
+// Devices named on the command line are waited for. Derived PARTUUID= specs are looked up
+// on every scan; when they do not match (yet), the partitions with the volume's type GUIDs
+// on the boot disk (every disk when the firmware did not say) are tried, every data/hash
+// pair being checked against the root hash: only a pair whose digest chain matches is
+// used, so picking by type cannot pick another build's partitions. A PARTUUID match wins
+// over the type fallback, and its check result is final.
+func (a *activation) locate(ctx context.Context) (*pair, error) {
+	if a.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, a.Timeout)
+		defer cancel()
+	}
+	v := a.vol
+	var data, hash *blockdev.Device
+	var err error
+	if !v.DataDerived {
+		if data, err = a.Devices.Wait(ctx, v.DataSpec, 0); err != nil {
+			return nil, fmt.Errorf("verity %s data device (%s): %w", v.Name, v.Params["data"], err)
+		}
+	}
+	if !v.HashDerived {
+		if hash, err = a.Devices.Wait(ctx, v.HashSpec, 0); err != nil {
+			return nil, fmt.Errorf("verity %s hash device (%s): %w", v.Name, v.Params["hash device"], err)
+		}
+	}
+	if data != nil && hash != nil {
+		p, err := a.checkPair(data, hash)
+		if err != nil {
+			return nil, err
+		}
+		p.dataSrc, p.hashSrc = "command line "+v.DataSpec, "command line "+v.HashSpec
+		return p, nil
+	}
+
+	start := time.Now()
+	var lastDevs []*blockdev.Device
+	var rejected []string
+	for scans := 1; ; scans++ {
+		devs, err := a.Devices.Scan()
+		if err != nil {
+			return nil, fmt.Errorf("verity %s: scanning block devices: %w", v.Name, err)
+		}
+		lastDevs = devs
+		d, h := data, hash
+		if d == nil {
+			if d, err = resolve(v.DataSpec, devs); err != nil {
+				return nil, fmt.Errorf("verity %s data partition: %w", v.Name, err)
+			}
+		}
+		if h == nil {
+			if h, err = resolve(v.HashSpec, devs); err != nil {
+				return nil, fmt.Errorf("verity %s hash partition: %w", v.Name, err)
+			}
+		}
+		if d != nil && h != nil {
+			p, err := a.checkPair(d, h)
+			if err != nil {
+				return nil, err
+			}
+			p.dataSrc, p.hashSrc = a.source(v.DataDerived, v.DataSpec), a.source(v.HashDerived, v.HashSpec)
+			a.log.Info("verity partitions found by PARTUUID", zap.Duration("after", time.Since(start)), zap.Int("scans", scans))
+			return p, nil
+		}
+		p, rej, err := a.byPartitionType(devs, data, hash)
+		if err != nil {
+			return nil, err
+		}
+		rejected = rej
+		if p != nil {
+			a.log.Warn("verity partitions found by GPT type, not by the PARTUUIDs the root hash gives",
+				zap.String("expected_data", v.DataSpec), zap.String("expected_hash", v.HashSpec),
+				zap.String("data", p.data.Path), zap.String("hash", p.hash.Path))
+			return p, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, a.notFound(ctx, data, hash, lastDevs, rejected)
+		case <-time.After(a.PollInterval):
+		}
+	}
+}
+
+func (a *activation) source(derived bool, spec string) string {
+	if derived {
+		return "partuuid " + strings.TrimPrefix(spec, "PARTUUID=") + " from the root hash"
+	}
+	return "command line " + spec
+}
+
+// resolve finds spec among devs: nil when absent, an error when ambiguous.
+func resolve(spec string, devs []*blockdev.Device) (*blockdev.Device, error) {
+	sp, err := blockdev.ParseSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	d, err := blockdev.Resolve(sp, devs)
+	if errors.Is(err, blockdev.ErrNotFound) {
+		return nil, nil
+	}
+	return d, err
+}
+
+// byPartitionType tries the partitions of the volume's GPT types. fixedData/fixedHash are
+// devices the command line named; the others are picked among the candidates.
+func (a *activation) byPartitionType(devs []*blockdev.Device, fixedData, fixedHash *blockdev.Device) (*pair, []string, error) {
+	dataType, hashType, _ := partitionTypes(a.vol.Name)
+	disk := a.bootDisk(devs)
+	candidates := func(fixed *blockdev.Device, typ string) []*blockdev.Device {
+		if fixed != nil {
+			return []*blockdev.Device{fixed}
+		}
+		var out []*blockdev.Device
+		for _, d := range devs {
+			if d.IsPartition && d.Size > 0 && d.PartTypeGUID == typ && (disk == "" || d.Parent == disk) {
+				out = append(out, d)
+			}
+		}
+		return out
+	}
+	var ok []*pair
+	var rejected []string
+	for _, h := range candidates(fixedHash, hashType) {
+		for _, d := range candidates(fixedData, dataType) {
+			if fixedData == nil && fixedHash == nil && d.Parent != h.Parent {
+				continue // a volume's partitions are on one disk
+			}
+			key := d.Path + "|" + h.Path
+			err, seen := a.checked[key]
+			var p *pair
+			if !seen || err == nil {
+				p, err = a.checkPair(d, h)
+				a.checked[key] = err
+			}
+			if err != nil {
+				rejected = append(rejected, fmt.Sprintf("%s + %s: %v", d.Name, h.Name, err))
+				continue
+			}
+			p.dataSrc, p.hashSrc = "gpt-type "+dataType, "gpt-type "+hashType
+			if fixedData != nil {
+				p.dataSrc = "command line " + a.vol.DataSpec
+			}
+			if fixedHash != nil {
+				p.hashSrc = "command line " + a.vol.HashSpec
+			}
+			ok = append(ok, p)
+		}
+	}
+	switch len(ok) {
+	case 0:
+		return nil, rejected, nil
+	case 1:
+		return ok[0], rejected, nil
+	}
+	var names []string
+	for _, p := range ok {
+		names = append(names, p.data.Path+" + "+p.hash.Path)
+	}
+	return nil, nil, fmt.Errorf("verity %s: %d partition pairs of the GPT types match the root hash (%s): refusing to choose", a.vol.Name, len(ok), strings.Join(names, "; "))
+}
+
+// bootDisk returns the kernel name of the disk the firmware booted from, by the ESP
+// PARTUUID in LoaderDevicePartUUID, or "" when unknown.
+func (a *activation) bootDisk(devs []*blockdev.Device) string {
+	u, err := readLoaderDevicePartUUID(filepath.Join(a.EFIVarsDir, loaderDevicePartUUID))
+	if err != nil || u == "" {
+		return ""
+	}
+	for _, d := range devs {
+		if d.IsPartition && d.PartUUID == u {
+			return d.Parent
+		}
+	}
+	return ""
+}
+
+// readLoaderDevicePartUUID reads the EFI variable: 4 bytes of attributes, then a UTF-16LE
+// UUID string, possibly NUL-terminated. It returns the lower-case UUID.
+func readLoaderDevicePartUUID(path string) (string, error) {
+	b, err := readLimited(path, 4096)
+	if err != nil {
+		return "", err
+	}
+	return parseLoaderDevicePartUUID(b)
+}
+
+func parseLoaderDevicePartUUID(b []byte) (string, error) {
+	if len(b) < 4 || (len(b)-4)%2 != 0 {
+		return "", fmt.Errorf("EFI variable %s: %d bytes: expected attributes and a UTF-16 string", loaderDevicePartUUID, len(b))
+	}
+	u16 := make([]uint16, 0, (len(b)-4)/2)
+	for i := 4; i+1 < len(b); i += 2 {
+		c := uint16(b[i]) | uint16(b[i+1])<<8
+		if c == 0 {
+			break
+		}
+		u16 = append(u16, c)
+	}
+	s := strings.ToLower(string(utf16.Decode(u16)))
+	if _, err := parseID128(s); err != nil || len(s) != 36 {
+		return "", fmt.Errorf("EFI variable %s is %q: expected a UUID", loaderDevicePartUUID, s)
+	}
+	return s, nil
+}
+
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := openFile(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.NewSectionReader(f, 0, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+	}
+	return b, nil
+}
+
+// notFound explains a discovery that ran out of time.
+func (a *activation) notFound(ctx context.Context, data, hash *blockdev.Device, devs []*blockdev.Device, rejected []string) error {
+	v := a.vol
+	var b strings.Builder
+	fmt.Fprintf(&b, "verity %s: ", v.Name)
+	var missing []string
+	if data == nil {
+		missing = append(missing, "data partition "+v.DataSpec)
+	}
+	if hash == nil {
+		missing = append(missing, "hash partition "+v.HashSpec)
+	}
+	fmt.Fprintf(&b, "no %s", strings.Join(missing, " and no "))
+	if a.Timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		fmt.Fprintf(&b, " within %s", a.Timeout)
+	} else {
+		fmt.Fprintf(&b, " (%v)", ctx.Err())
+	}
+	dataType, hashType, _ := partitionTypes(v.Name)
+	fmt.Fprintf(&b, ", and no pair of partitions of GPT types %s (data) and %s (hash) matches the root hash", dataType, hashType)
+	if disk := a.bootDisk(devs); disk != "" {
+		fmt.Fprintf(&b, " on boot disk %s", disk)
+	}
+	if len(rejected) > 0 {
+		sort.Strings(rejected)
+		fmt.Fprintf(&b, "; rejected: %s", strings.Join(rejected, "; "))
+	}
+	var seen []string
+	for _, d := range devs {
+		if d.Size > 0 {
+			seen = append(seen, d.Summary()+typeNote(d))
+		}
+	}
+	if len(seen) == 0 {
+		b.WriteString("; no block devices seen")
+	} else {
+		fmt.Fprintf(&b, "; block devices seen: %s", strings.Join(seen, ", "))
+	}
+	return errors.New(b.String())
+}
+
+func typeNote(d *blockdev.Device) string {
+	if d.PartTypeGUID == "" {
+		return ""
+	}
+	return " TYPE-GUID=" + d.PartTypeGUID
+}
+
+// signature loads root-hash-signature=: base64:…, an absolute path, or "auto" for the
+// signature partition next to the hash partition. It returns nil without the option.
+func (a *activation) signature(p *pair) ([]byte, string, error) {
+	s := a.vol.Options.RootHashSignature
+	name := a.vol.Name
+	switch {
+	case s == "":
+		return nil, "none", nil
+	case strings.HasPrefix(s, "base64:"):
+		sig, err := decodeBase64(strings.TrimPrefix(s, "base64:"))
+		if err == nil {
+			err = checkPKCS7(sig)
+		}
+		if err != nil {
+			return nil, "", fmt.Errorf("verity %s: root-hash-signature=base64:…: %v", name, err)
+		}
+		return sig, "base64 option", nil
+	case s == "auto":
+		return a.signatureFromPartition(p)
+	}
+	sig, err := a.ReadFile(s)
+	if err != nil {
+		return nil, "", fmt.Errorf("verity %s: root-hash-signature=%s: %w", name, s, err)
+	}
+	if err := checkPKCS7(sig); err != nil {
+		return nil, "", fmt.Errorf("verity %s: root-hash-signature=%s: %v", name, s, err)
+	}
+	return sig, "file " + s, nil
+}
+
+// signatureFromPartition reads the signature partitions on the hash partition's disk and
+// takes the one whose rootHash is the volume's.
+func (a *activation) signatureFromPartition(p *pair) ([]byte, string, error) {
+	_, _, sigType := partitionTypes(a.vol.Name)
+	devs, err := a.Devices.Scan()
+	if err != nil {
+		return nil, "", err
+	}
+	var tried []string
+	for _, d := range devs {
+		if !d.IsPartition || d.PartTypeGUID != sigType || d.Parent != p.hash.Parent || d.Size == 0 {
+			continue
+		}
+		if err := a.Devices.EnsureNode(d); err != nil {
+			return nil, "", err
+		}
+		sp, err := a.readSigPartition(d)
+		if err != nil {
+			tried = append(tried, fmt.Sprintf("%s: %v", d.Path, err))
+			continue
+		}
+		if !bytes.Equal(sp.RootHash, a.vol.RootHash) {
+			tried = append(tried, fmt.Sprintf("%s: signs root hash %s", d.Path, shortHex(sp.RootHash)))
+			continue
+		}
+		return sp.Signature, "partition " + d.Path, nil
+	}
+	if len(tried) == 0 {
+		tried = append(tried, "none found")
+	}
+	return nil, "", fmt.Errorf("verity %s: root-hash-signature=auto: no partition of type %s on %s holds a signature of %s (%s)", a.vol.Name, sigType, p.hash.Parent, a.rootWhat, strings.Join(tried, "; "))
+}
+
+func (a *activation) readSigPartition(d *blockdev.Device) (*SigPartition, error) {
+	f, err := a.Open(d.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	n := min(d.Size, MaxSigPartitionRead)
+	b := make([]byte, n)
+	if got, err := f.ReadAt(b, 0); int64(got) < n && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("reading %d bytes: %w", n, err)
+	} else {
+		b = b[:got]
+	}
+	return ParseSigPartition(b)
+}
