@@ -46,6 +46,10 @@ func (b *Boot) attest(context.Context) (stage.Facts, error) {
 		b.configEvent(),
 		measure.Cmdline{SHA256: hex.EncodeToString(sum[:])}.Event(),
 	}
+	if v := b.rootVerity; v != nil {
+		events = append(events, measure.Verity{Target: v.Name, RootHash: v.RootHash,
+			HashAlgorithm: v.Facts["algorithm"], OnCorruption: v.Facts["corruption"]}.Event())
+	}
 	for _, ev := range events {
 		if err := b.Attest.Measure(ev); err != nil {
 			return nil, err

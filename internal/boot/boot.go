@@ -18,6 +18,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/stage"
+	"github.com/cvmboot/cvmboot/internal/verity"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -60,6 +61,11 @@ type Modules interface {
 	Load(ctx context.Context, names []string) (loaded []string, err error)
 }
 
+// Verity activates a dm-verity volume; it refuses any mismatch before the device exists.
+type Verity interface {
+	Activate(ctx context.Context, vol *verity.Volume) (*verity.Result, error)
+}
+
 // Devices finds block devices by spec (/dev/…, PARTUUID=, PARTLABEL=, UUID=, LABEL=).
 type Devices interface {
 	// Wait returns the device node path for spec once it exists, or an error naming spec
@@ -76,6 +82,7 @@ type Boot struct {
 	Modules Modules
 	Devices Devices
 	Attest  Attestation
+	Verity  Verity
 	// CmdlineRaw is /proc/cmdline as read, measured by digest.
 	CmdlineRaw string
 	// ConfigInfo identifies the effective config, for its measurement.
@@ -86,6 +93,7 @@ type Boot struct {
 
 	// Decided by the stages, read by later ones.
 	rootDevice string
+	rootVerity *verity.Result // the verity volume the root is mounted from, if any
 	init       string
 	measuring  bool // an event log is open on the platform's registers
 }
@@ -135,40 +143,57 @@ func (b *Boot) modules(ctx context.Context) (stage.Facts, error) {
 }
 
 // errNoRoot is returned when nothing names the root device.
-var errNoRoot = errors.New("no root device: the kernel command line has no root= and the config has no root.device")
+var errNoRoot = errors.New("no root device: the kernel command line has neither roothash= nor root= and the config has no root.device")
 
 func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
-	if hash, ok := b.Cmdline.Lookup("roothash"); ok {
-		// Booting the data partition without verity would defeat the root hash the UKI
-		// measured: refuse rather than degrade.
-		return nil, fmt.Errorf("roothash=%s is on the kernel command line but this build cannot activate dm-verity yet; refusing to mount the root unverified", hash)
+	vc, err := verity.ParseCmdline(b.Cmdline)
+	if err != nil {
+		return nil, err
 	}
-	if b.Config.Verity.Required {
-		return nil, errors.New("verity.required is true but the kernel command line has no roothash=; refusing to mount an unverified root (set verity.required: false to allow a plain root=)")
+	for _, w := range vc.Warnings {
+		b.log().Warn("kernel command line: " + w)
 	}
-	spec, ok := b.Cmdline.Get("root")
-	if !ok || spec == "" {
-		spec = b.Config.Root.Device
-	}
-	if spec == "" {
-		return nil, errNoRoot
+	vol, err := vc.RootVolume(b.Config.Verity.Required)
+	if err != nil {
+		return nil, err
 	}
 	fstype := string(b.Config.Root.FSType)
 	if v, ok := b.Cmdline.Get("rootfstype"); ok && v != "" {
 		fstype = v
 	}
 	opts := joinOptions(b.Config.Root.Options, b.Cmdline.Value("rootflags"))
-	timeout := b.Config.Devices.Timeout.Std()
-	dev, err := b.Devices.Wait(ctx, spec, timeout)
-	if err != nil {
-		return nil, fmt.Errorf("root device: %w", err)
+	facts := stage.Facts{}
+	var dev string
+	if vol != nil {
+		res, err := b.Verity.Activate(ctx, vol)
+		if err != nil {
+			return nil, err
+		}
+		b.rootVerity = res
+		for k, v := range res.Facts {
+			facts["verity_"+k] = v
+		}
+		dev = res.DevicePath
+		facts["spec"] = "roothash=" + res.RootHash
+	} else {
+		spec, ok := b.Cmdline.Get("root")
+		if !ok || spec == "" {
+			spec = b.Config.Root.Device
+		}
+		if spec == "" {
+			return nil, errNoRoot
+		}
+		if dev, err = b.Devices.Wait(ctx, spec, b.Config.Devices.Timeout.Std()); err != nil {
+			return nil, fmt.Errorf("root device: %w", err)
+		}
+		facts["spec"] = spec
 	}
 	used, err := b.Mounts.Root(dev, fstype, NewRoot, opts)
 	if err != nil {
 		return nil, err
 	}
 	b.rootDevice = dev
-	facts := stage.Facts{"spec": spec, "device": dev, "fstype": used, "target": NewRoot, "mode": "ro"}
+	facts["device"], facts["fstype"], facts["target"], facts["mode"] = dev, used, NewRoot, "ro"
 	if opts != "" {
 		facts["options"] = opts
 	}
@@ -176,8 +201,7 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 }
 
 // The capability stages below fail closed while their feature is enabled but not yet part
-// of this build: a boot that silently skipped attestation or encryption would look secure
-// and not be.
+// of this build: a boot that silently skipped encryption would look secure and not be.
 
 func (b *Boot) storage(context.Context) (stage.Facts, error) {
 	if !b.Config.Storage.Enabled {
@@ -256,4 +280,11 @@ func unique(names []string) []string {
 		}
 	}
 	return out
+}
+
+func (b *Boot) log() *zap.Logger {
+	if b.Log == nil {
+		return zap.NewNop()
+	}
+	return b.Log
 }

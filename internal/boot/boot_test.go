@@ -2,6 +2,7 @@ package boot
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/stage"
+	"github.com/cvmboot/cvmboot/internal/verity"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -52,6 +54,19 @@ func (f *fakeMachine) Wait(_ context.Context, spec string, timeout time.Duration
 		return dev, nil
 	}
 	return "", errors.New(spec + " did not appear within " + timeout.String())
+}
+
+// fakeVerity activates any volume whose root hash is "good…" as /dev/mapper/root.
+type fakeVerity struct{ activated []string }
+
+func (f *fakeVerity) Activate(_ context.Context, vol *verity.Volume) (*verity.Result, error) {
+	h := hex.EncodeToString(vol.RootHash)
+	f.activated = append(f.activated, vol.Name+" "+h)
+	if !strings.HasPrefix(h, "00") {
+		return nil, errors.New("dm-verity root: hash device /dev/vda3: root hash " + h + " expected, found 00ff…")
+	}
+	return &verity.Result{Name: vol.Name, DevicePath: "/dev/mapper/root", RootHash: h,
+		Facts: map[string]string{"algorithm": "sha256", "corruption": "panic", "data_device": "/dev/vda2"}}, nil
 }
 
 // fakeAttest records measurements; present says whether the machine has a TPM.
@@ -97,7 +112,7 @@ func run(t *testing.T, cfg *config.Config, line string, m *fakeMachine) (*Boot, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: &fakeAttest{}}
+	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: &fakeAttest{}, Verity: &fakeVerity{}}
 	rep := &report.Report{}
 	err = (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages())
 	return b, rep, err
@@ -152,7 +167,8 @@ func TestRootFailsClosed(t *testing.T) {
 		errHas  string
 	}{
 		{"verity required without roothash", func(c *config.Config) { c.Verity.Required = true }, "root=/dev/vda2", &fakeMachine{}, StageRoot, "verity.required is true but the kernel command line has no roothash="},
-		{"roothash before verity support", nil, "roothash=abcd root=/dev/vda2", &fakeMachine{}, StageRoot, "roothash=abcd is on the kernel command line"},
+		{"verity mismatch", nil, "roothash=" + strings.Repeat("ab", 32), &fakeMachine{}, StageRoot, "root hash " + strings.Repeat("ab", 32) + " expected, found 00ff"},
+		{"verity disabled but required", func(c *config.Config) { c.Verity.Required = true }, "roothash=" + strings.Repeat("00", 32) + " systemd.verity=0", &fakeMachine{}, StageRoot, "disables verity but verity.required is true"},
 		{"no root at all", nil, "console=ttyS0", &fakeMachine{}, StageRoot, "no root device"},
 		{"device never appears", nil, "root=PARTUUID=dead", &fakeMachine{}, StageRoot, "root device: PARTUUID=dead did not appear within 30s"},
 		{"mount fails", nil, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}, mountErr: errors.New("mount /dev/vda2 on /sysroot: invalid argument")}, StageRoot, "invalid argument"},
@@ -181,6 +197,37 @@ func TestRootFailsClosed(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestVerityRoot(t *testing.T) {
+	m := &fakeMachine{}
+	att := &fakeAttest{present: true}
+	v := &fakeVerity{}
+	cfg := plainConfig()
+	cfg.Verity.Required = true
+	cfg.Attest.Require = config.AttestTPM
+	hash := strings.Repeat("00", 31) + "11"
+	cl, _ := cmdline.Parse("roothash=" + hash + " root=/dev/ignored")
+	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: att, Verity: v}
+	rep := &report.Report{}
+	if err := (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages()); err != nil {
+		t.Fatal(err)
+	}
+	// roothash= wins over root=: the root is mounted from the verity device only.
+	if len(v.activated) != 1 || v.activated[0] != "root "+hash {
+		t.Errorf("activated %v", v.activated)
+	}
+	calls := strings.Join(m.calls, "|")
+	if !strings.Contains(calls, "mount /dev/mapper/root auto /sysroot") || strings.Contains(calls, "wait") {
+		t.Errorf("calls %q", calls)
+	}
+	f := rep.Stage(StageRoot).Facts
+	if f["device"] != "/dev/mapper/root" || f["verity_data_device"] != "/dev/vda2" || f["spec"] != "roothash="+hash {
+		t.Errorf("root facts %v", f)
+	}
+	if !strings.Contains(strings.Join(att.measured, ","), "cvmboot.verity") {
+		t.Errorf("verity decision not measured: %v", att.measured)
 	}
 }
 

@@ -24,12 +24,14 @@ type Env struct {
 	Modules Modules
 	Devices Devices
 	Attest  Attestation
+	Verity  Verity
 	System  failaction.System
 	// Bootstrap mounts what reading the command line and logging need (/proc, /dev) before
 	// anything else runs; it returns what it mounted.
 	Bootstrap func() ([]string, error)
-	// Logger builds the boot's logger once the command line and config are known.
-	Logger func(level string) *zap.Logger
+	// Setup builds the boot's logger and hands the effective config to the machine, once
+	// the command line and config are known.
+	Setup func(cfg *config.Config) *zap.Logger
 	// Emergency prints a line at emergency priority to the console and the kernel log.
 	Emergency func(msg string)
 	// Exec replaces the process with the real init; it returns only on failure.
@@ -94,7 +96,7 @@ func RunInit(env Env) int {
 		return fail(nil, "config", err, nil)
 	}
 	rep.Config = info
-	log := env.Logger(string(cfg.Log.Level))
+	log := env.Setup(cfg)
 	log.Info("cvmboot starting as PID 1",
 		zap.String("version", version.Version),
 		zap.String("config", info.Path), zap.Bool("config_found", info.Found), zap.String("config_sha256", info.SHA256),
@@ -105,7 +107,7 @@ func RunInit(env Env) int {
 		return fail(log, StageModules, err, cfg)
 	}
 	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
-		Attest: env.Attest, CmdlineRaw: rawCmdline, ConfigInfo: info, PackedModules: packed}
+		Attest: env.Attest, Verity: env.Verity, CmdlineRaw: rawCmdline, ConfigInfo: info, PackedModules: packed}
 	runner := stage.Runner{
 		Log: log, Clock: clock, Report: rep,
 		Save: func(r *report.Report) error { return r.WriteFile(env.ReportPath) },

@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -39,7 +40,7 @@ func newInitHarness(t *testing.T, cmdline, configYAML string, m *fakeMachine) *i
 	h.env = Env{
 		Mounts: m, Modules: m, Devices: m, Attest: &fakeAttest{}, System: h.sys,
 		Bootstrap: func() ([]string, error) { return []string{"/proc"}, nil },
-		Logger:    func(string) *zap.Logger { return zap.NewNop() },
+		Setup:     func(*config.Config) *zap.Logger { return zap.NewNop() },
 		Emergency: func(msg string) { h.emergency = append(h.emergency, msg) },
 		Exec: func(p string, argv []string) error {
 			h.execPath, h.execArgs = p, argv

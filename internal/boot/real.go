@@ -2,6 +2,7 @@ package boot
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"time"
 
@@ -11,11 +12,13 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/blockdev"
 	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/dm"
 	"github.com/cvmboot/cvmboot/internal/failaction"
 	"github.com/cvmboot/cvmboot/internal/initramfs"
 	"github.com/cvmboot/cvmboot/internal/kmod"
 	"github.com/cvmboot/cvmboot/internal/logging"
 	"github.com/cvmboot/cvmboot/internal/mount"
+	"github.com/cvmboot/cvmboot/internal/verity"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -23,6 +26,7 @@ import (
 // configuration is known, before any stage runs.
 type machine struct {
 	log *zap.Logger
+	cfg *config.Config
 }
 
 func (m *machine) Early() ([]string, error) { return (&mount.Mounter{Log: m.log}).Early() }
@@ -37,6 +41,18 @@ func (m *machine) SwitchRoot(newRoot, init string) error {
 
 func (m *machine) Overlay(target, stateDir, tmpfsSize string) error {
 	return mount.Overlay(m.log, mount.OverlaySpec{Target: target, StateDir: stateDir, TmpfsSize: tmpfsSize})
+}
+
+func (m *machine) Activate(ctx context.Context, vol *verity.Volume) (*verity.Result, error) {
+	ctl, err := dm.Open()
+	if err != nil {
+		return nil, fmt.Errorf("dm-verity for %s: %w", vol.Name, err)
+	}
+	defer ctl.Close()
+	return verity.Activate(ctx, verity.Options{
+		Volume: vol, OnCorruption: m.cfg.Verity.OnCorruption, Debug: m.cfg.Debug.Enabled,
+		Timeout: m.cfg.Devices.Timeout.Std(), DM: ctl, Devices: blockdev.NewScanner(m.log), Log: m.log,
+	})
 }
 
 func (m *machine) Load(ctx context.Context, names []string) ([]string, error) {
@@ -57,11 +73,12 @@ func Real() Env {
 	pid1 := os.Getpid() == 1
 	att := &platformAttestation{log: zap.NewNop()}
 	return Env{
-		Mounts: m, Modules: m, Devices: m, Attest: att,
+		Mounts: m, Modules: m, Devices: m, Attest: att, Verity: m,
 		System:    failaction.Kernel{},
 		Bootstrap: bootstrapMounts,
-		Logger: func(level string) *zap.Logger {
-			lvl, err := zapcore.ParseLevel(level)
+		Setup: func(cfg *config.Config) *zap.Logger {
+			m.cfg = cfg
+			lvl, err := zapcore.ParseLevel(string(cfg.Log.Level))
 			if err != nil {
 				lvl = zapcore.InfoLevel
 			}

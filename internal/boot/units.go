@@ -44,10 +44,10 @@ func RunUnits(env Env, names []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cvmboot run: %v\n", err)
 		return 1
 	}
-	log := env.Logger(string(cfg.Log.Level))
+	log := env.Setup(cfg)
 	defer log.Sync()
 	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
-		Attest: env.Attest, CmdlineRaw: raw, ConfigInfo: info}
+		Attest: env.Attest, Verity: env.Verity, CmdlineRaw: raw, ConfigInfo: info}
 	stages, err := stage.Select(b.UnitStages(), names)
 	if err != nil {
 		fmt.Fprintf(stderr, "cvmboot run: %v\n", err)

@@ -52,6 +52,9 @@ type RootSpec struct {
 	Label    string // "root" when empty; ext4 only (mkfs.erofs 1.5 cannot set one)
 	PartUUID string // DefaultRootPartUID when empty
 	PartName string // GPT name, "root" when empty
+	// Image is a file system image made before (PrepareVerity does, to learn the root hash
+	// the UKI's command line needs); Tree is not used then.
+	Image string
 }
 
 // ExtraPartition is any further partition, e.g. a root-verity hash partition.
@@ -78,6 +81,9 @@ type VeritySpec struct {
 	// HashImage, when set, is used instead of formatting (e.g. another build's hash tree);
 	// RootHash must then be given too.
 	HashImage, RootHash string
+	// Tamper changes the formatted data or hash image before they go on the disk
+	// (PrepareVerity only).
+	Tamper func(ctx context.Context, data, hash string) error
 }
 
 type DiskRecipe struct {
@@ -127,7 +133,7 @@ func BuildDisk(ctx context.Context, r DiskRecipe) (*DiskImage, error) {
 		return nil, errors.New("disk recipe: Path is empty")
 	}
 	root := r.Root
-	if root.Tree == "" {
+	if root.Tree == "" && root.Image == "" {
 		return nil, errors.New("disk recipe: Root.Tree is empty")
 	}
 	if root.FSType == "" {
@@ -157,12 +163,23 @@ func BuildDisk(ctx context.Context, r DiskRecipe) (*DiskImage, error) {
 	if err := os.Remove(r.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	fsImage := r.Path + ".rootfs"
-	defer os.Remove(fsImage)
-	rootSize, err := makeRootFS(ctx, root, fsImage)
-	if err != nil {
-		return nil, err
+	fsImage := root.Image
+	var rootSize int64
+	if fsImage != "" {
+		st, err := os.Stat(fsImage)
+		if err != nil {
+			return nil, fmt.Errorf("disk %s root image: %w", r.Path, err)
+		}
+		rootSize = st.Size()
+	} else {
+		fsImage = r.Path + ".rootfs"
+		defer os.Remove(fsImage)
+		var err error
+		if rootSize, err = makeRootFS(ctx, root, fsImage); err != nil {
+			return nil, err
+		}
 	}
+	var err error
 	var rootHash string
 	extra := r.Extra
 	if v := r.Verity; v != nil {
@@ -343,7 +360,9 @@ func makeRootFS(ctx context.Context, root RootSpec, out string) (int64, error) {
 			return 0, err
 		}
 		f.Close()
-		args := []string{"-q", "-F", "-t", "ext4", "-d", root.Tree, "-U", root.FSUUID, "-L", root.Label, out}
+		// 4 KiB blocks as real images have: mke2fs picks 1 KiB for small file systems, which
+		// a dm-verity device (4 KiB logical blocks) cannot mount.
+		args := []string{"-q", "-F", "-t", "ext4", "-b", "4096", "-d", root.Tree, "-U", root.FSUUID, "-L", root.Label, out}
 		if o, err := runCmd(ctx, "", "mkfs.ext4", args...); err != nil {
 			return 0, fmt.Errorf("mkfs.ext4 %s: %w\n%s", strings.Join(args, " "), err, o)
 		}
@@ -464,4 +483,61 @@ func PartUUIDsFromRootHash(rootHash string) (data, hash string) {
 		return x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:32]
 	}
 	return f(h[:32]), f(h[len(h)-32:])
+}
+
+// PrepareVerity makes the root file system image and its dm-verity hash tree ahead of the
+// disk, so that the root hash is known when the UKI's command line is written. It fills in
+// r.Root.Image, r.Verity.HashImage and r.Verity.RootHash (files in dir) and returns the root hash.
+// Tamper, when set, may change the data or hash image after formatting (another build's hash
+// tree, a flipped byte).
+func PrepareVerity(ctx context.Context, r *DiskRecipe, dir string) (string, error) {
+	v := r.Verity
+	if v == nil || v.RootHash != "" {
+		return "", nil
+	}
+	root := r.Root
+	if root.FSType == "" {
+		root.FSType = FSExt4
+	}
+	if root.FSUUID == "" {
+		root.FSUUID = DefaultRootFSUUID
+	}
+	if root.Label == "" {
+		root.Label = "root"
+	}
+	data, hash := filepath.Join(dir, "rootfs.img"), filepath.Join(dir, "roothash.img")
+	if _, err := makeRootFS(ctx, root, data); err != nil {
+		return "", err
+	}
+	format := v.Format
+	if format == nil {
+		format = VeritysetupFormat
+	}
+	rootHash, err := format(ctx, data, hash)
+	if err != nil {
+		return "", fmt.Errorf("dm-verity format: %w", err)
+	}
+	if v.Tamper != nil {
+		if err := v.Tamper(ctx, data, hash); err != nil {
+			return "", fmt.Errorf("tampering: %w", err)
+		}
+	}
+	r.Root.Image, v.HashImage, v.RootHash = data, hash, rootHash
+	return rootHash, nil
+}
+
+// FlipByte inverts the bits of one byte of a file, as an attacker on the host would.
+func FlipByte(path string, off int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		return fmt.Errorf("%s at %d: %w", path, off, err)
+	}
+	b[0] ^= 0xff
+	_, err = f.WriteAt(b, off)
+	return err
 }

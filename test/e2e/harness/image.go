@@ -117,6 +117,8 @@ type Image struct {
 	// StandinModules lists the module files packed by the harness (stand-in
 	// and rootcheck initramfs only).
 	StandinModules []string
+	RootHash       string // hex, for a verity root
+	Cmdline        string // the command line in the UKI, placeholders substituted
 }
 
 // BuildImage makes the initramfs, wraps it with the kernel into
@@ -134,7 +136,24 @@ func BuildImage(ctx context.Context, spec ImageSpec) (*Image, error) {
 		modules = DefaultModules
 	}
 	img := &Image{Initramfs: filepath.Join(spec.WorkDir, "initramfs.img"), UKI: filepath.Join(spec.WorkDir, "BOOTX64.EFI")}
-	var err error
+	// A verity root's hash goes on the command line the UKI measures: format it first.
+	rootHash, err := PrepareVerity(ctx, &spec.Recipe, spec.WorkDir)
+	if err != nil {
+		return nil, err
+	}
+	img.RootHash = rootHash
+	if rootHash != "" {
+		// {roothashflip}: the same hash with its first nibble changed, as a tampered
+		// command line would carry.
+		flipped := string("0123456789abcdef"[(strings.IndexByte("0123456789abcdef", rootHash[0])+1)%16]) + rootHash[1:]
+		spec.Cmdline = strings.ReplaceAll(spec.Cmdline, "{roothashflip}", flipped)
+	}
+	spec.Cmdline = strings.ReplaceAll(spec.Cmdline, "{roothash}", rootHash)
+	if spec.Recipe.Verity != nil {
+		data, hash := PartUUIDsFromRootHash(rootHash)
+		spec.Cmdline = strings.NewReplacer("{datapartuuid}", data, "{hashpartuuid}", hash).Replace(spec.Cmdline)
+	}
+	img.Cmdline = spec.Cmdline
 	switch spec.Init {
 	case InitCvmboot:
 		if spec.Tools.Cvmboot == "" {

@@ -1,0 +1,162 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cvmboot/cvmboot/test/e2e/harness"
+)
+
+// verityConfig keeps the secure defaults for the root: verity required, panic on corruption.
+const verityConfig = `# cvmboot e2e: dm-verity root, swtpm TPM
+attest:
+  require: tpm
+storage:
+  enabled: false
+overlay:
+  enabled: false
+`
+
+// withVerity asks for a root formatted by veritysetup (not by cvmboot), with the partition
+// UUIDs derived from the root hash unless set.
+func withVerity(v harness.VeritySpec) func(*harness.DiskRecipe) {
+	return func(r *harness.DiskRecipe) { r.Verity = &v }
+}
+
+// flipAt returns a Tamper hook flipping one byte of the data or the hash image.
+func flipAt(hashImage bool, off int64) func(context.Context, string, string) error {
+	return func(_ context.Context, data, hash string) error {
+		if hashImage {
+			return harness.FlipByte(hash, off)
+		}
+		return harness.FlipByte(data, off)
+	}
+}
+
+// flipFileBlock flips the first byte of a file's first block inside the ext4 image: a block the
+// boot reads only when it executes that file.
+func flipFileBlock(path string) func(context.Context, string, string) error {
+	return func(ctx context.Context, data, _ string) error {
+		out, err := exec.CommandContext(ctx, "debugfs", "-R", "bmap "+path+" 0", data).Output()
+		if err != nil {
+			return fmt.Errorf("debugfs bmap %s: %w", path, err)
+		}
+		blk, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+		if err != nil {
+			return fmt.Errorf("debugfs bmap %s: %q", path, out)
+		}
+		bs, err := exec.CommandContext(ctx, "dumpe2fs", "-h", data).Output()
+		if err != nil {
+			return err
+		}
+		size := int64(1024)
+		for _, l := range strings.Split(string(bs), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && k == "Block size" {
+				size, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			}
+		}
+		return harness.FlipByte(data, blk*size+100)
+	}
+}
+
+// otherBuild replaces the hash partition with the hash tree of another build: the same tree
+// with one file changed, formatted again (new salt, new UUID).
+func otherBuild(ctx context.Context, data, hash string) error {
+	other := data + ".other"
+	b, err := os.ReadFile(data)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(other, b, 0o644); err != nil {
+		return err
+	}
+	defer os.Remove(other)
+	if err := flipFileBlock("/sbin/init")(ctx, other, ""); err != nil {
+		return err
+	}
+	_, err = harness.VeritysetupFormat(ctx, other, hash)
+	return err
+}
+
+func init() {
+	refuse := []string{`ROOTCHECK:`, `Kernel panic`, `stage ok stage=root`}
+	scenarios = append(scenarios,
+		scenario{
+			// A root formatted by veritysetup boots with only roothash= on the command line: the
+			// partitions are found by the PARTUUIDs derived from the root hash.
+			name: "verity-partuuid", root: rootTiny, config: verityConfig,
+			recipe:  withVerity(harness.VeritySpec{}),
+			cmdline: "roothash={roothash} rootcheck.expect=rootfs:ext4",
+			expect: []string{`stage ok stage=root .*device=/dev/mapper/root`, `verity_data_source="?partuuid`,
+				`verity_status=V`, `measured event=cvmboot.verity`, `ROOTCHECK: DONE pass=\d+ fail=0`},
+			reject:  []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
+			outcome: bootedAndChecked, timeLimit: 3 * time.Minute,
+		},
+		scenario{
+			// Explicit devices: PARTUUIDs that are not derived from the hash, named on the command line.
+			name: "verity-explicit-devices", root: rootTiny, config: verityConfig,
+			recipe: withVerity(harness.VeritySpec{DataPartUUID: "5d3a0c6e-7f1b-4c2d-9e8f-0a1b2c3d4e5f", HashPartUUID: "6e4b1d7f-8a2c-4d3e-8f90-1b2c3d4e5f60"}),
+			cmdline: "roothash={roothash} systemd.verity_root_data=PARTUUID=5d3a0c6e-7f1b-4c2d-9e8f-0a1b2c3d4e5f " +
+				"systemd.verity_root_hash=PARTLABEL=root-verity",
+			expect: []string{`stage ok stage=root .*device=/dev/mapper/root`, `verity_data_source="command line PARTUUID=5d3a0c6e`,
+				`verity_hash_source="command line PARTLABEL=root-verity"`, `ROOTCHECK: DONE pass=\d+ fail=0`},
+			reject:  []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
+			outcome: bootedAndChecked, timeLimit: 3 * time.Minute,
+		},
+		scenario{
+			// One byte of data block 0 (the ext4 superblock, read at mount) flipped on the host.
+			name: "verity-tamper-data", root: rootTiny, config: verityConfig,
+			recipe:  withVerity(harness.VeritySpec{Tamper: flipAt(false, 1024+0x78)}),
+			cmdline: "roothash={roothash}",
+			expect:  []string{`{fatal}: stage root failed: .*/dev/vda2.*does not match.*expects [0-9a-f]{64}`},
+			reject:  refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
+		},
+		scenario{
+			// One byte of /sbin/init's first block flipped: nothing reads it before the kernel
+			// executes it after the switch, where dm-verity's panic policy stops the machine.
+			name: "verity-tamper-init", root: rootTiny, config: verityConfig,
+			recipe:  withVerity(harness.VeritySpec{Tamper: flipFileBlock("/sbin/init")}),
+			cmdline: "roothash={roothash} panic=-1",
+			expect:  []string{`stage ok stage=root .*device=/dev/mapper/root`, `device-mapper: verity: .*data block \d+ is corrupted`},
+			reject:  []string{`ROOTCHECK:`}, outcome: kernelPanic, timeLimit: 3 * time.Minute,
+		},
+		scenario{
+			// One byte of the hash tree's top block flipped.
+			name: "verity-tamper-hash", root: rootTiny, config: verityConfig,
+			recipe:  withVerity(harness.VeritySpec{Tamper: flipAt(true, 4096+17)}),
+			cmdline: "roothash={roothash}",
+			expect:  []string{`{fatal}: stage root failed: .*/dev/vda3.*does not match`},
+			reject:  refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
+		},
+		scenario{
+			// One byte of the verity superblock's salt flipped.
+			name: "verity-tamper-superblock", root: rootTiny, config: verityConfig,
+			recipe:  withVerity(harness.VeritySpec{Tamper: flipAt(true, 88)}),
+			cmdline: "roothash={roothash}",
+			expect:  []string{`{fatal}: stage root failed: .*/dev/vda3`},
+			reject:  refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
+		},
+		scenario{
+			// roothash= differing in one nibble: the derived PARTUUIDs find nothing, the
+			// partition types find the pair, and the digests refuse it.
+			name: "verity-roothash-nibble", root: rootTiny, config: verityConfig,
+			recipe:  withVerity(harness.VeritySpec{}),
+			cmdline: "roothash={roothashflip}",
+			expect:  []string{`{fatal}: stage root failed: .*does not match`},
+			reject:  refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
+		},
+		scenario{
+			// The hash partition of another build swapped in.
+			name: "verity-swapped-hash", root: rootTiny, config: verityConfig,
+			recipe:  withVerity(harness.VeritySpec{Tamper: otherBuild}),
+			cmdline: "roothash={roothash}",
+			expect:  []string{`{fatal}: stage root failed: .*/dev/vda3.*does not match.*found .*salt`},
+			reject:  refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
+		},
+	)
+}
