@@ -160,3 +160,27 @@ func init() {
 		},
 	)
 }
+
+func init() {
+	scenarios = append(scenarios, scenario{
+		// The Debian root on dm-verity with the tmpfs overlay: systemd sees the device cvmboot
+		// created as ready (udev database entry) and starts with nothing failed.
+		name: "debian-verity", root: rootDebian,
+		config: `# cvmboot e2e: Debian on a dm-verity root with a tmpfs overlay
+attest:
+  require: tpm
+storage:
+  enabled: false
+overlay:
+  enabled: true
+  size: 256MiB
+`,
+		recipe:  withVerity(harness.VeritySpec{}),
+		cmdline: "roothash={roothash}",
+		expect: []string{`stage ok stage=root .*device=/dev/mapper/root`, `E2E-CHECK: system-state=running`,
+			`E2E-CHECK: failed-units=none`, `E2E-CHECK: root=overlay overlay rw`, `E2E-CHECK: write=ok`,
+			`E2E-CHECK: dm-root=active`},
+		reject:  []string{`{fatal}`, `Kernel panic`},
+		outcome: bootedAndChecked, timeLimit: 5 * time.Minute,
+	})
+}
