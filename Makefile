@@ -11,7 +11,7 @@ FUZZTIME   ?= 10s
 
 export CGO_ENABLED=0
 
-.PHONY: build deps test unit lint e2e demo fuzz clean
+.PHONY: build deps test unit lint e2e demo fuzz bench clean
 
 build:
 	@mkdir -p bin
@@ -49,6 +49,11 @@ e2e: deps build
 
 demo: deps build
 	$(GO) run ./test/e2e/cmd/demo
+
+# Benchmarks against the peers, measured in the same run (ratios first). BENCHTIME=3x.
+BENCHTIME ?= 3x
+bench: deps
+	$(GO) test -run '^$$' -bench '1GiB' -benchtime $(BENCHTIME) -timeout 60m ./pkg/verity | tee /tmp/cvmboot-bench.log
 
 # Runs every fuzz target for FUZZTIME each (CI: a short pass; `make fuzz FUZZTIME=10m` for real).
 fuzz:
