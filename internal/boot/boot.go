@@ -205,6 +205,10 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 
 func (b *Boot) storage(context.Context) (stage.Facts, error) {
 	if !b.Config.Storage.Enabled {
+		// Measured too: a verifier must tell "no encrypted storage" from a missed measurement.
+		if err := b.measure(measure.Storage{Encrypted: false, Integrity: "none"}.Event()); err != nil {
+			return nil, err
+		}
 		return nil, stage.Skip("storage.enabled is false")
 	}
 	return nil, errors.New("storage.enabled is true but this build cannot set up encrypted storage yet; refusing to boot without it (set storage.enabled: false)")

@@ -142,8 +142,9 @@ var scenarios = []scenario{
 		// real verifier; an edited event or a wrong nonce is rejected, naming the mismatch.
 		name:      "evidence-verify",
 		root:      rootTiny,
-		cmdline:   "root=PARTUUID={rootpartuuid} rootcheck.dump=/run/cvmboot/evidence",
-		config:    plainConfig,
+		recipe:    func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{} },
+		cmdline:   "roothash={roothash} rootcheck.dump=/run/cvmboot/evidence",
+		config:    "attest:\n  require: tpm\nstorage:\n  enabled: false\noverlay:\n  enabled: false\n",
 		expect:    []string{`ROOTCHECK: FILE END /run/cvmboot/evidence/evidence.json`, `ROOTCHECK: DONE pass=\d+ fail=0`},
 		reject:    []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
 		outcome:   bootedAndChecked,
@@ -581,7 +582,7 @@ func TestVerify(t *testing.T) {
 
 // verifyEvidence writes the evidence the guest printed into a directory and runs the host
 // build's `cvmboot evidence verify` on it, then on tampered copies.
-func verifyEvidence(t *testing.T, e *env, boot *harness.BootResult, _ *harness.Image) []string {
+func verifyEvidence(t *testing.T, e *env, boot *harness.BootResult, img *harness.Image) []string {
 	files, err := harness.ExtractFiles(boot.Serial)
 	if err != nil {
 		return []string{err.Error()}
@@ -619,10 +620,21 @@ func verifyEvidence(t *testing.T, e *env, boot *harness.BootResult, _ *harness.I
 		return cmd.ProcessState.ExitCode(), string(out)
 	}
 	var problems []string
-	code, out := run(write(nil))
-	t.Logf("evidence verify (untouched): exit %d\n%s", code, out)
+	code, out := run(write(nil), "--expect-roothash", img.RootHash)
+	t.Logf("evidence verify (untouched, --expect-roothash %s): exit %d\n%s", img.RootHash, code, out)
 	if code != 0 {
 		problems = append(problems, fmt.Sprintf("untouched evidence rejected (exit %d): %s", code, out))
+	}
+	for _, claim := range []string{"root: dm-verity root hash " + img.RootHash + " (as expected, enforced)", "storage: NOT encrypted"} {
+		if !strings.Contains(out, claim) {
+			problems = append(problems, fmt.Sprintf("verifier output lacks the claim %q", claim))
+		}
+	}
+	other := strings.Repeat("0", 64)
+	if code, out := run(write(nil), "--expect-roothash", other); code != 1 {
+		problems = append(problems, fmt.Sprintf("evidence checked against another root hash: exit %d, want 1: %s", code, out))
+	} else {
+		t.Logf("evidence verify (another root hash): exit 1: %s", strings.TrimSpace(out))
 	}
 	// The forger's edit: one hex digit of the measured config digest changes (same length),
 	// and evidence.json is made consistent with the edited log, so only the binding to the
