@@ -45,7 +45,8 @@ lint:
 
 # Boots real images under qemu. RUN=name runs one scenario.
 e2e: deps build
-	CVMBOOT_E2E=1 $(GO) test -count=1 -timeout 40m -v ./test/e2e -run 'TestE2E$(if $(RUN),/$(RUN))' 2>&1 | tee /tmp/cvmboot-e2e.log | grep -E '^(=== RUN|--- |\s+--- |PASS|FAIL|ok|e2e:)|scenario' ; exit $${PIPESTATUS[0]}
+	@mkdir -p test/e2e/artifacts
+	CVMBOOT_E2E=1 $(GO) test -count=1 -timeout 40m -v ./test/e2e -run 'TestE2E$(if $(RUN),/$(RUN))' 2>&1 | tee test/e2e/artifacts/e2e.log | grep -E '^(=== RUN|--- |\s+--- |PASS|FAIL|ok|e2e:)|scenario' ; exit $${PIPESTATUS[0]}
 
 demo: deps build
 	$(GO) run ./test/e2e/cmd/demo
@@ -53,7 +54,7 @@ demo: deps build
 # Benchmarks against the peers, measured in the same run (ratios first). BENCHTIME=3x.
 BENCHTIME ?= 3x
 bench: deps
-	$(GO) test -run '^$$' -bench '1GiB' -benchtime $(BENCHTIME) -timeout 60m ./pkg/verity | tee /tmp/cvmboot-bench.log
+	$(GO) test -run '^$$' -bench '1GiB' -benchtime $(BENCHTIME) -timeout 60m ./pkg/verity | tee test/bench-verity.log
 
 # Runs every fuzz target for FUZZTIME each (CI: a short pass; `make fuzz FUZZTIME=10m` for real).
 fuzz:
