@@ -9,6 +9,7 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/boot"
 	"github.com/cvmboot/cvmboot/internal/luks2cli"
+	"github.com/cvmboot/cvmboot/internal/serve"
 	"github.com/cvmboot/cvmboot/internal/veritycli"
 	"github.com/cvmboot/cvmboot/internal/version"
 	"github.com/cvmboot/cvmboot/pkg/report"
@@ -24,6 +25,7 @@ func Commands() []Command {
 		{Name: "initramfs", Summary: "write an initramfs with cvmboot as /init (for image builders)", Run: initramfsCmd},
 		{Name: "verity", Summary: "format, verify and dump dm-verity hash trees (veritysetup-compatible)", Run: veritycli.Main},
 		evidenceCommand,
+		{Name: "serve", Summary: "serve the boot report, event log and fresh evidence on a local socket; watch dm-verity", Run: serve.Main},
 		{Name: "luks2", Summary: "format and dump LUKS2 headers", Run: luks2cli.Main},
 	}
 }
