@@ -601,16 +601,9 @@ func verifyEvidence(t *testing.T, e *env, boot *harness.BootResult, img *harness
 		}
 		return dir
 	}
-	repo, err := harness.RepoRoot()
+	host, err := hostVerifier()
 	if err != nil {
 		return []string{err.Error()}
-	}
-	host := filepath.Join(t.TempDir(), "cvmboot-host")
-	build := exec.Command("go", "build", "-tags", "verifier", "-o", host, "./cmd/cvmboot")
-	build.Dir = repo
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return []string{fmt.Sprintf("building the host verifier: %v\n%s", err, out)}
 	}
 	// swtpm's attestation key is new every run, so it cannot be pinned ahead: the signature
 	// is checked against the key in the evidence (--allow-unsigned), everything else fully.
@@ -668,4 +661,35 @@ func verifyEvidence(t *testing.T, e *env, boot *harness.BootResult, img *harness
 		t.Logf("evidence verify (other nonce): exit 1: %s", strings.TrimSpace(out))
 	}
 	return problems
+}
+
+var hostVerifierOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+// hostVerifier builds the host build of cvmboot (with `evidence verify`) once per test run.
+func hostVerifier() (string, error) {
+	v := &hostVerifierOnce
+	v.Do(func() {
+		repo, err := harness.RepoRoot()
+		if err != nil {
+			v.err = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "cvmboot-host-")
+		if err != nil {
+			v.err = err
+			return
+		}
+		v.path = filepath.Join(dir, "cvmboot-host")
+		build := exec.Command("go", "build", "-tags", "verifier", "-o", v.path, "./cmd/cvmboot")
+		build.Dir = repo
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			v.err = fmt.Errorf("building the host verifier: %v\n%s", err, out)
+		}
+	})
+	return v.path, v.err
 }

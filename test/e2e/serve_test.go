@@ -180,16 +180,9 @@ func verifyServedEvidence(t *testing.T, _ *env, boot *harness.BootResult, _ *har
 	if err := serve.UnpackBundle(bytes.NewReader(data), dir); err != nil {
 		return []string{fmt.Sprintf("unpacking the served bundle: %v", err)}
 	}
-	repo, err := harness.RepoRoot()
+	host, err := hostVerifier()
 	if err != nil {
 		return []string{err.Error()}
-	}
-	host := filepath.Join(t.TempDir(), "cvmboot-host")
-	build := exec.Command("go", "build", "-tags", "verifier", "-o", host, "./cmd/cvmboot")
-	build.Dir = repo
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return []string{fmt.Sprintf("building the host verifier: %v\n%s", err, out)}
 	}
 	// swtpm's attestation key is new every run: it cannot be pinned, so --allow-unsigned (the
 	// quote signature is still checked against the key in the evidence).
