@@ -13,6 +13,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/tee"
+	"github.com/cvmboot/cvmboot/internal/verity"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 )
 
@@ -46,9 +47,11 @@ func (b *Boot) attest(context.Context) (stage.Facts, error) {
 		b.configEvent(),
 		measure.Cmdline{SHA256: hex.EncodeToString(sum[:])}.Event(),
 	}
-	if v := b.rootVerity; v != nil {
-		events = append(events, measure.Verity{Target: v.Name, RootHash: v.RootHash,
-			HashAlgorithm: v.Facts["algorithm"], OnCorruption: v.Facts["corruption"]}.Event())
+	for _, v := range []*verity.Result{b.rootVerity, b.usrVerity} {
+		if v != nil {
+			events = append(events, measure.Verity{Target: v.Name, RootHash: v.RootHash,
+				HashAlgorithm: v.Facts["algorithm"], OnCorruption: v.Facts["corruption"]}.Event())
+		}
 	}
 	for _, ev := range events {
 		if err := b.Attest.Measure(ev); err != nil {

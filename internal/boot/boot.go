@@ -94,6 +94,7 @@ type Boot struct {
 	// Decided by the stages, read by later ones.
 	rootDevice string
 	rootVerity *verity.Result // the verity volume the root is mounted from, if any
+	usrVerity  *verity.Result // the /usr verity volume, if any
 	init       string
 	measuring  bool // an event log is open on the platform's registers
 }
@@ -196,6 +197,19 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 	facts["device"], facts["fstype"], facts["target"], facts["mode"] = dev, used, NewRoot, "ro"
 	if opts != "" {
 		facts["options"] = opts
+	}
+	// usrhash=: a separate /usr volume under the same rules, mounted read-only on the root.
+	if vc.Usr != nil && vc.Enabled {
+		res, err := b.Verity.Activate(ctx, vc.Usr)
+		if err != nil {
+			return nil, err
+		}
+		b.usrVerity = res
+		usrType, err := b.Mounts.Root(res.DevicePath, "auto", NewRoot+"/usr", "")
+		if err != nil {
+			return nil, err
+		}
+		facts["usr_device"], facts["usr_fstype"], facts["usr_root_hash"] = res.DevicePath, usrType, res.RootHash
 	}
 	return facts, nil
 }

@@ -231,6 +231,30 @@ func TestVerityRoot(t *testing.T) {
 	}
 }
 
+func TestVerityUsr(t *testing.T) {
+	m := &fakeMachine{}
+	att := &fakeAttest{present: true}
+	v := &fakeVerity{}
+	cfg := plainConfig()
+	cfg.Attest.Require = config.AttestTPM
+	root, usr := strings.Repeat("00", 31)+"11", strings.Repeat("00", 31)+"22"
+	cl, _ := cmdline.Parse("roothash=" + root + " usrhash=" + usr)
+	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: att, Verity: v}
+	rep := &report.Report{}
+	if err := (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages()); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(v.activated, ",") != "root "+root+",usr "+usr {
+		t.Errorf("activated %v", v.activated)
+	}
+	if !strings.Contains(strings.Join(m.calls, "|"), "mount /dev/mapper/root auto /sysroot/usr") {
+		t.Errorf("calls %v", m.calls)
+	}
+	if n := strings.Count(strings.Join(att.measured, ","), "cvmboot.verity"); n != 2 {
+		t.Errorf("verity events measured %d, want 2: %v", n, att.measured)
+	}
+}
+
 func TestOverlayStage(t *testing.T) {
 	m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
 	cfg := plainConfig()
