@@ -36,6 +36,9 @@ type Env struct {
 	Emergency func(msg string)
 	// Exec replaces the process with the real init; it returns only on failure.
 	Exec func(path string, argv []string) error
+	// HandoffArgs returns extra arguments for init after the switch (systemd's
+	// --switched-root and state); nil for an init that needs none.
+	HandoffArgs func(init string, start initrdStart) ([]string, error)
 
 	CmdlinePath     string
 	ConfigPath      string
@@ -52,6 +55,7 @@ func RunInit(env Env) int {
 	if clock == nil {
 		clock = stage.WallClock
 	}
+	start := nowInitrdStart()
 	rep := &report.Report{
 		Schema:  report.Schema,
 		Version: version.Version,
@@ -121,9 +125,17 @@ func RunInit(env Env) int {
 		}
 		return fail(log, name, err, cfg)
 	}
-	log.Info("handing off to init", zap.String("init", b.Init()), zap.Strings("args", b.InitArgs()[1:]))
+	argv := b.InitArgs()
+	if env.HandoffArgs != nil {
+		extra, err := env.HandoffArgs(b.Init(), start)
+		if err != nil {
+			return fail(log, StageHandoff, err, cfg)
+		}
+		argv = append(append([]string{argv[0]}, extra...), argv[1:]...)
+	}
+	log.Info("handing off to init", zap.String("init", b.Init()), zap.Strings("args", argv[1:]))
 	_ = log.Sync()
-	err = env.Exec(b.Init(), b.InitArgs())
+	err = env.Exec(b.Init(), argv)
 	// The root has been switched already: the report lives on under the new /run.
 	return fail(log, StageHandoff, fmt.Errorf("exec init %s: %w", b.Init(), err), cfg)
 }

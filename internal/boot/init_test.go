@@ -135,3 +135,35 @@ func TestRunInitBadOverrideNamesKey(t *testing.T) {
 		t.Errorf("emergency output:\n%s", got)
 	}
 }
+
+func TestSystemdHandoff(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "lib", "systemd", "systemd")
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	init := filepath.Join(dir, "init")
+	if err := os.Symlink(bin, init); err != nil {
+		t.Fatal(err)
+	}
+	args, err := systemdHandoffArgs(init, initrdStart{realtime: 1700000000123456, monotonic: 3141592})
+	if err != nil || len(args) != 3 || args[0] != "--switched-root" || args[1] != "--system" || !strings.HasPrefix(args[2], "--deserialize=") {
+		t.Fatalf("args %q err %v", args, err)
+	}
+	fd := strings.TrimPrefix(args[2], "--deserialize=")
+	state, err := os.ReadFile("/proc/self/fd/" + fd)
+	if err != nil || string(state) != "initrd-timestamp=1700000000123456 3141592\n\n" {
+		t.Errorf("state %q err %v", state, err)
+	}
+	// Any other init gets nothing.
+	other := filepath.Join(dir, "rootcheck")
+	if err := os.WriteFile(other, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if args, err := systemdHandoffArgs(other, initrdStart{}); args != nil || err != nil {
+		t.Errorf("non-systemd init: %q %v", args, err)
+	}
+}

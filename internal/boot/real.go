@@ -90,7 +90,8 @@ func Real() Env {
 			att.log = m.log
 			return m.log
 		},
-		Emergency: emergency,
+		Emergency:   emergency,
+		HandoffArgs: systemdHandoffArgs,
 		Exec: func(path string, argv []string) error {
 			return unix.Exec(path, argv, mount.DefaultEnv())
 		},

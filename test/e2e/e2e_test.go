@@ -157,7 +157,8 @@ var scenarios = []scenario{
 		cmdline: "root=PARTUUID={rootpartuuid}",
 		config:  debianConfig,
 		expect: []string{`E2E-CHECK: BEGIN`, `E2E-CHECK: system-state=running`, `E2E-CHECK: failed-units=none`,
-			`E2E-CHECK: root=overlay overlay rw,.*upperdir=/run/cvmboot/overlay/upper`, `E2E-CHECK: write=ok`, `E2E-CHECK: report=present`, `E2E-CHECK: DONE`},
+			`E2E-CHECK: root=overlay overlay rw,.*upperdir=/run/cvmboot/overlay/upper`, `E2E-CHECK: write=ok`, `E2E-CHECK: report=present`,
+			`E2E-CHECK: analyze=Startup finished in .* \(kernel\) \+ .* \(initrd\) \+ .* \(userspace\)`, `E2E-CHECK: DONE`},
 		reject:    []string{`{fatal}`, `Kernel panic`},
 		outcome:   bootedAndChecked,
 		timeLimit: 5 * time.Minute,
@@ -543,7 +544,8 @@ func TestVerify(t *testing.T) {
 	}
 	debianOK := "E2E-CHECK: BEGIN\nE2E-CHECK: system-state=running\nE2E-CHECK: failed-units=none\n" +
 		"E2E-CHECK: root=overlay overlay rw,relatime,lowerdir=/sysroot,upperdir=/run/cvmboot/overlay/upper,workdir=/run/cvmboot/overlay/work\n" +
-		"E2E-CHECK: write=ok\nE2E-CHECK: report=present\nE2E-CHECK: DONE\n"
+		"E2E-CHECK: write=ok\nE2E-CHECK: analyze=Startup finished in 2.7s (kernel) + 7.1s (initrd) + 9.4s (userspace) = 19.2s\n" +
+		"E2E-CHECK: report=present\nE2E-CHECK: DONE\n"
 	tinyOK := "[ 3.1] cvmboot[1]: measured event=cvmboot.phase recnum=0 pcr=11\n[ 3.2] cvmboot[1]: measured event=cvmboot.config recnum=1 pcr=15\n" +
 		"ROOTCHECK: START pid=1\nROOTCHECK: ok pid1\nROOTCHECK: ok report\nROOTCHECK: REPORT BEGIN\n{}\nROOTCHECK: REPORT END\n" +
 		"ROOTCHECK: ok initramfs-gone\nROOTCHECK: ok expect:file:/run/cvmboot/evidence/evidence.json\nROOTCHECK: DONE pass=3 fail=0\n"

@@ -253,6 +253,7 @@ say "failed-units=${failed:-none}"
 say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
 say "write=$(touch /cvmboot-e2e-write 2>&1 && echo ok)"
 say "dm-root=$(systemctl is-active dev-mapper-root.device 2>&1)"
+say "analyze=$(systemd-analyze time 2>&1 | head -1)"
 say "lower=$(findmnt -n -o SOURCE /sysroot 2>/dev/null || grep -o 'lowerdir=[^,]*' /proc/self/mountinfo | head -1)"
 say "kernel=$(uname -r)"
 if [ -e /run/cvmboot/report.json ]; then
