@@ -18,6 +18,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/stage"
+	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/verity"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
@@ -73,6 +74,15 @@ type Devices interface {
 	Wait(ctx context.Context, spec string, timeout time.Duration) (string, error)
 }
 
+// StorageSetup is the encrypted storage stage (*storage.Stage): Setup mounts what lies
+// under /run, MountIntoRoot the rest once the root with its overlay is assembled, Abort
+// undoes both.
+type StorageSetup interface {
+	Setup(ctx context.Context) (*storage.Result, error)
+	MountIntoRoot(res *storage.Result) error
+	Abort(res *storage.Result)
+}
+
 // Boot holds what the stages share.
 type Boot struct {
 	Config  *config.Config
@@ -83,6 +93,8 @@ type Boot struct {
 	Devices Devices
 	Attest  Attestation
 	Verity  Verity
+	// Storage returns the storage stage for the config and the mounted root device.
+	Storage func(cfg config.Storage, rootDevice string) StorageSetup
 	// CmdlineRaw is /proc/cmdline as read, measured by digest.
 	CmdlineRaw string
 	// ConfigInfo identifies the effective config, for its measurement.
@@ -97,6 +109,8 @@ type Boot struct {
 	usrVerity  *verity.Result // the /usr verity volume, if any
 	init       string
 	measuring  bool // an event log is open on the platform's registers
+	storage    StorageSetup
+	storageRes *storage.Result // set up, its mounts inside the root still to make
 }
 
 // Stages returns the boot sequence as PID 1 runs it.
@@ -106,7 +120,7 @@ func (b *Boot) Stages() []stage.Stage {
 		{Name: StageModules, Required: true, Run: b.modules},
 		{Name: StageRoot, Required: true, Run: b.root},
 		{Name: StageAttest, Required: true, Run: b.attest},
-		{Name: StageStorage, Required: true, Run: b.storage},
+		{Name: StageStorage, Required: true, Run: b.storageStage},
 		{Name: StageOverlay, Required: true, Run: b.overlay},
 		{Name: StageHandoff, Required: true, Run: b.handoff},
 	}
@@ -214,18 +228,51 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 	return facts, nil
 }
 
-// The capability stages below fail closed while their feature is enabled but not yet part
-// of this build: a boot that silently skipped encryption would look secure and not be.
-
-func (b *Boot) storage(context.Context) (stage.Facts, error) {
-	if !b.Config.Storage.Enabled {
+func (b *Boot) storageStage(ctx context.Context) (stage.Facts, error) {
+	cfg := b.Config.Storage
+	if !cfg.Enabled {
 		// Measured too: a verifier must tell "no encrypted storage" from a missed measurement.
 		if err := b.measure(measure.Storage{Encrypted: false, Integrity: "none"}.Event()); err != nil {
 			return nil, err
 		}
 		return nil, stage.Skip("storage.enabled is false")
 	}
-	return nil, errors.New("storage.enabled is true but this build cannot set up encrypted storage yet; refusing to boot without it (set storage.enabled: false)")
+	if b.rootDevice == "" {
+		return nil, errors.New("no root device is mounted: the storage partition goes on the root's disk")
+	}
+	if b.Storage == nil {
+		return nil, errors.New("storage.enabled is true but this environment cannot set up storage")
+	}
+	st := b.Storage(cfg, b.rootDevice)
+	res, err := st.Setup(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ev := measure.Storage{Encrypted: res.Encrypted, Integrity: res.Integrity, Filesystem: res.Filesystem,
+		Mountpoint: res.Mountpoint, PartUUID: res.PartUUID, LUKSUUID: res.LUKSUUID}
+	if res.Encrypted {
+		ev.Cipher, ev.KeyBits, ev.KeySource, ev.SectorSize = res.Cipher, res.KeyBits, "random", res.SectorSize
+	}
+	if err := b.measure(ev.Event()); err != nil {
+		st.Abort(res)
+		return nil, err
+	}
+	b.storage, b.storageRes = st, res
+	return res.Facts, nil
+}
+
+// storageIntoRoot makes the storage mounts inside the assembled root (binds such as
+// /var/lib/containers): after the overlay, which would hide them, before the switch.
+func (b *Boot) storageIntoRoot() error {
+	if b.storage == nil {
+		return nil
+	}
+	if err := b.storage.MountIntoRoot(b.storageRes); err != nil {
+		b.storage.Abort(b.storageRes)
+		return fmt.Errorf("storage mounts inside the root: %w", err)
+	}
+	b.storage = nil
+	return nil
 }
 
 func (b *Boot) overlay(context.Context) (stage.Facts, error) {
@@ -260,6 +307,9 @@ func (b *Boot) handoff(ctx context.Context) (stage.Facts, error) {
 	init := b.Config.Root.Init
 	if v, ok := b.Cmdline.Get("init"); ok && v != "" {
 		init = v
+	}
+	if err := b.storageIntoRoot(); err != nil {
+		return nil, err
 	}
 	// Evidence is taken last, when every decision of the initramfs is in the log; it lands in
 	// /run, which the switch carries into the new root.

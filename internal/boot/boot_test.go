@@ -12,6 +12,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/stage"
+	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/verity"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
@@ -173,7 +174,7 @@ func TestRootFailsClosed(t *testing.T) {
 		{"device never appears", nil, "root=PARTUUID=dead", &fakeMachine{}, StageRoot, "root device: PARTUUID=dead did not appear within 30s"},
 		{"mount fails", nil, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}, mountErr: errors.New("mount /dev/vda2 on /sysroot: invalid argument")}, StageRoot, "invalid argument"},
 		{"attestation required", func(c *config.Config) { c.Attest.Require = config.AttestTEE }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageAttest, "attest.require is tee but this machine has no TPM"},
-		{"storage enabled", func(c *config.Config) { c.Storage.Enabled = true }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageStorage, "storage.enabled is true"},
+		{"storage enabled without a storage stage", func(c *config.Config) { c.Storage.Enabled = true }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageStorage, "storage.enabled is true but this environment cannot set up storage"},
 		{"overlay upper on storage", func(c *config.Config) { c.Overlay.Enabled = true; c.Overlay.Upper = config.UpperStorage }, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}, StageOverlay, "overlay.upper is storage"},
 		{"missing init", nil, "root=/dev/vda2 init=/nope", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}, switchErr: errors.New(`init "/nope" not found in new root /sysroot`)}, StageHandoff, `init "/nope" not found`},
 	}
@@ -305,4 +306,84 @@ func TestUnitStages(t *testing.T) {
 	if got := UnitStageNames(); got != "modules, attest, storage, overlay" {
 		t.Errorf("unit stages %q", got)
 	}
+}
+
+// fakeStorage records the storage stage's calls into the machine's call list.
+type fakeStorage struct {
+	m          *fakeMachine
+	rootDevice string
+	setupErr   error
+	intoErr    error
+}
+
+func (f *fakeStorage) Setup(context.Context) (*storage.Result, error) {
+	f.m.calls = append(f.m.calls, "storage setup "+f.rootDevice)
+	if f.setupErr != nil {
+		return nil, f.setupErr
+	}
+	return &storage.Result{Facts: stage.Facts{"device": "/dev/mapper/cvmboot-storage"}, Encrypted: true,
+		Cipher: "aes-xts-plain64", KeyBits: 768, Integrity: "hmac-sha256", SectorSize: 4096, Filesystem: "ext4",
+		Mountpoint: "/run/kata-containers/image", PartUUID: "11111111-2222-4333-8444-555555555555", LUKSUUID: "l"}, nil
+}
+func (f *fakeStorage) MountIntoRoot(*storage.Result) error {
+	f.m.calls = append(f.m.calls, "storage into-root")
+	return f.intoErr
+}
+func (f *fakeStorage) Abort(*storage.Result) { f.m.calls = append(f.m.calls, "storage abort") }
+
+func TestStorageStage(t *testing.T) {
+	boot := func(t *testing.T, fs *fakeStorage) (*fakeAttest, error) {
+		m := fs.m
+		att := &fakeAttest{present: true}
+		cfg := plainConfig()
+		cfg.Attest.Require = config.AttestTPM
+		cfg.Storage.Enabled = true
+		cfg.Overlay.Enabled = true
+		cl, _ := cmdline.Parse("root=/dev/vda2")
+		b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: att,
+			Storage: func(c config.Storage, root string) StorageSetup { fs.rootDevice = root; return fs }}
+		return att, (&stage.Runner{Report: &report.Report{}}).Run(context.Background(), b.Stages())
+	}
+	t.Run("order and measurement", func(t *testing.T) {
+		m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
+		att, err := boot(t, &fakeStorage{m: m})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var order []string
+		for _, c := range m.calls {
+			if strings.HasPrefix(c, "storage") || strings.HasPrefix(c, "overlay") || strings.HasPrefix(c, "switch") {
+				order = append(order, strings.Fields(c)[0]+" "+strings.Fields(c)[1])
+			}
+		}
+		// The binds inside the root come after the overlay (which would hide them), before the switch.
+		if got := strings.Join(order, "|"); got != "storage setup|overlay /sysroot|storage into-root|switch /sysroot" {
+			t.Errorf("order %q (calls %v)", got, m.calls)
+		}
+		if !strings.Contains(strings.Join(att.measured, ","), measure.TypeStorage) {
+			t.Errorf("storage not measured: %v", att.measured)
+		}
+	})
+	t.Run("setup fails closed", func(t *testing.T) {
+		m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
+		_, err := boot(t, &fakeStorage{m: m, setupErr: errors.New("disk /dev/vda: GPT entry 2 overlaps entry 1")})
+		var se *stage.Error
+		if !errors.As(err, &se) || se.Stage != StageStorage || !strings.Contains(err.Error(), "overlaps") {
+			t.Fatalf("err %v", err)
+		}
+		if strings.Contains(strings.Join(m.calls, "|"), "switch") {
+			t.Errorf("switched after a storage failure: %v", m.calls)
+		}
+	})
+	t.Run("mounts inside the root fail closed", func(t *testing.T) {
+		m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
+		_, err := boot(t, &fakeStorage{m: m, intoErr: errors.New("mount /sysroot/var/lib/containers: read-only file system")})
+		if err == nil || !strings.Contains(err.Error(), "storage mounts inside the root: mount /sysroot/var/lib/containers") {
+			t.Fatalf("err %v", err)
+		}
+		calls := strings.Join(m.calls, "|")
+		if !strings.Contains(calls, "storage abort") || strings.Contains(calls, "switch") {
+			t.Errorf("calls %v", m.calls)
+		}
+	})
 }

@@ -25,6 +25,8 @@ type Env struct {
 	Devices Devices
 	Attest  Attestation
 	Verity  Verity
+	// Storage builds the storage stage for the config and the root device.
+	Storage func(cfg config.Storage, rootDevice string) StorageSetup
 	System  failaction.System
 	// Bootstrap mounts what reading the command line and logging need (/proc, /dev) before
 	// anything else runs; it returns what it mounted.
@@ -111,7 +113,7 @@ func RunInit(env Env) int {
 		return fail(log, StageModules, err, cfg)
 	}
 	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
-		Attest: env.Attest, Verity: env.Verity, CmdlineRaw: rawCmdline, ConfigInfo: info, PackedModules: packed}
+		Attest: env.Attest, Verity: env.Verity, Storage: env.Storage, CmdlineRaw: rawCmdline, ConfigInfo: info, PackedModules: packed}
 	runner := stage.Runner{
 		Log: log, Clock: clock, Report: rep,
 		Save: func(r *report.Report) error { return r.WriteFile(env.ReportPath) },

@@ -18,6 +18,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/kmod"
 	"github.com/cvmboot/cvmboot/internal/logging"
 	"github.com/cvmboot/cvmboot/internal/mount"
+	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/verity"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
@@ -55,6 +56,10 @@ func (m *machine) Activate(ctx context.Context, vol *verity.Volume) (*verity.Res
 	})
 }
 
+func (m *machine) storage(cfg config.Storage, rootDevice string) StorageSetup {
+	return storage.New(cfg, m.log, func() string { return rootDevice }, NewRoot)
+}
+
 func (m *machine) Load(ctx context.Context, names []string) ([]string, error) {
 	return (&kmod.Loader{Log: m.log}).LoadNames(ctx, names)
 }
@@ -73,7 +78,7 @@ func Real() Env {
 	pid1 := os.Getpid() == 1
 	att := &platformAttestation{log: zap.NewNop()}
 	return Env{
-		Mounts: m, Modules: m, Devices: m, Attest: att, Verity: m,
+		Mounts: m, Modules: m, Devices: m, Attest: att, Verity: m, Storage: m.storage,
 		System:    failaction.Kernel{},
 		Bootstrap: bootstrapMounts,
 		Setup: func(cfg *config.Config) *zap.Logger {

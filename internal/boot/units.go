@@ -47,7 +47,7 @@ func RunUnits(env Env, names []string, stderr io.Writer) int {
 	log := env.Setup(cfg)
 	defer log.Sync()
 	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
-		Attest: env.Attest, Verity: env.Verity, CmdlineRaw: raw, ConfigInfo: info}
+		Attest: env.Attest, Verity: env.Verity, Storage: env.Storage, CmdlineRaw: raw, ConfigInfo: info}
 	stages, err := stage.Select(b.UnitStages(), names)
 	if err != nil {
 		fmt.Fprintf(stderr, "cvmboot run: %v\n", err)

@@ -55,6 +55,10 @@ type Options struct {
 	Modules []string
 	// Compression is "gzip" (default), "zstd" or "none".
 	Compression string
+	// ToolsRoot is the file system tree the programs the enabled features run (mke2fs for
+	// storage) and their shared libraries are taken from; "" means "/", the build host.
+	// It should match the image's userland (e.g. the root tree the image is built from).
+	ToolsRoot string
 	// ExtraFiles maps archive paths to files on the host to copy there.
 	ExtraFiles map[string]string
 	// VersionID is VERSION_ID in /etc/initrd-release; empty means "devel".
@@ -71,6 +75,8 @@ type Summary struct {
 	Builtin []string
 	// MissingSoft are optional soft dependencies not found (usually aliases).
 	MissingSoft []string
+	// Programs are the helper programs, their libraries and data files, by archive path.
+	Programs []string
 	// KernelVersion is the base name of KernelModulesDir, "" without modules.
 	KernelVersion string
 	// Compression is the compression used.
@@ -166,11 +172,19 @@ func Build(o Options, out io.Writer) (Summary, error) {
 	// enabled features need (image builders should not have to know that the overlay or
 	// dm-verity are modules in their kernel), so all of it goes in.
 	request := appendMissing(o.Modules, configModules)
+	var optional []string
 	if o.KernelModulesDir != "" {
 		request = appendMissing(request, cfg.FeatureModules())
+		optional = cfg.AcceleratedModules()
 	}
 	if len(request) > 0 {
-		if err := addModules(a, o.KernelModulesDir, request, &sum); err != nil {
+		if err := addModules(a, o.KernelModulesDir, request, optional, &sum); err != nil {
+			return Summary{}, err
+		}
+	}
+
+	if progs := FeaturePrograms(cfg); len(progs) > 0 {
+		if sum.Programs, err = addPrograms(a, o.ToolsRoot, progs); err != nil {
 			return Summary{}, err
 		}
 	}
@@ -230,13 +244,21 @@ func Build(o Options, out io.Writer) (Summary, error) {
 
 // addModules adds the closure of request from modDir under /lib/modules/VERSION together
 // with generated index files and the boot's load list.
-func addModules(a *Archive, modDir string, request []string, sum *Summary) error {
+//
+// optional modules join the request only where this kernel has them (CPU-specific
+// implementations another architecture lacks).
+func addModules(a *Archive, modDir string, request, optional []string, sum *Summary) error {
 	if modDir == "" {
 		return fmt.Errorf("initramfs: modules %q requested but no kernel modules directory given", request)
 	}
 	ix, err := kmod.OpenIndex(modDir)
 	if err != nil {
 		return fmt.Errorf("initramfs: %w", err)
+	}
+	for _, m := range optional {
+		if _, ok := ix.Module(m); ok || ix.IsBuiltin(m) {
+			request = appendMissing(request, []string{m})
+		}
 	}
 	r, err := ix.Resolve(request)
 	if err != nil {

@@ -58,12 +58,18 @@ var testModules = []kmodtest.Spec{
 	{Path: "kernel/drivers/md/dm-crypt.ko.gz", Depends: []string{"dm-mod"}, Extra: []string{"softdep=pre: crc32c"}},
 	{Path: "kernel/drivers/md/dm-integrity.ko", Depends: []string{"dm-mod", "dm-bufio"}},
 	{Path: "kernel/fs/overlayfs/overlay.ko"},
+	{Path: "kernel/crypto/xts.ko"},
+	{Path: "kernel/crypto/ecb.ko"},
+	{Path: "kernel/crypto/authenc.ko"},
+	// An accelerated cipher this kernel has (sha256_ssse3, the other one, it lacks).
+	{Path: "kernel/arch/x86/crypto/aesni-intel.ko"},
 	{Path: "kernel/unrelated/big_unused.ko"},
 }
 
 func testModulesDir(t testing.TB) string {
 	t.Helper()
-	dir := kmodtest.Tree(t, t.TempDir(), "6.1.0-test", testModules, []string{"kernel/fs/ext4/ext4.ko"})
+	dir := kmodtest.Tree(t, t.TempDir(), "6.1.0-test", testModules,
+		[]string{"kernel/fs/ext4/ext4.ko", "kernel/crypto/hmac.ko", "kernel/crypto/sha256_generic.ko"})
 	if err := os.WriteFile(filepath.Join(dir, "modules.order"), []byte("kernel/drivers/md/dm-mod.ko\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -111,12 +117,14 @@ func TestBuild(t *testing.T) {
 	if sum.UncompressedSize != int64(len(data)) {
 		t.Errorf("uncompressed size %d, archive is %d bytes", sum.UncompressedSize, len(data))
 	}
-	// The request, then what the default features need (storage: dm_integrity).
-	wantModules := []string{"virtio_ring", "virtio", "virtio_blk", "dm_mod", "dm_bufio", "dm_verity", "dm_crypt", "overlay", "dm_integrity"}
+	// The request, then what the default features need (storage: the cipher templates and
+	// dm_integrity), then the accelerated cipher this kernel has.
+	wantModules := []string{"virtio_ring", "virtio", "virtio_blk", "dm_mod", "dm_bufio", "dm_verity", "dm_crypt", "overlay",
+		"xts", "ecb", "dm_integrity", "authenc", "aesni_intel"}
 	if !slices.Equal(sum.Modules, wantModules) {
 		t.Errorf("modules = %q\nwant      %q", sum.Modules, wantModules)
 	}
-	if !slices.Equal(sum.Builtin, []string{"ext4"}) || !slices.Equal(sum.MissingSoft, []string{"crc32c (softdep of dm_crypt)"}) || sum.KernelVersion != "6.1.0-test" {
+	if !slices.Equal(sum.Builtin, []string{"ext4", "hmac", "sha256_generic"}) || !slices.Equal(sum.MissingSoft, []string{"crc32c (softdep of dm_crypt)"}) || sum.KernelVersion != "6.1.0-test" {
 		t.Errorf("summary builtin %q missing soft %q version %q", sum.Builtin, sum.MissingSoft, sum.KernelVersion)
 	}
 
@@ -153,10 +161,10 @@ func TestBuild(t *testing.T) {
 		{"sysroot", 0o040755, ""},
 		{"usr/bin/tool", 0o100750, "extra"},
 		{"lib/modules/6.1.0-test/modules.order", 0o100644, "kernel/drivers/md/dm-mod.ko\n"},
-		{"lib/modules/6.1.0-test/modules.builtin", 0o100644, "kernel/fs/ext4/ext4.ko\n"},
+		{"lib/modules/6.1.0-test/modules.builtin", 0o100644, "kernel/fs/ext4/ext4.ko\nkernel/crypto/hmac.ko\nkernel/crypto/sha256_generic.ko\n"},
 		{"lib/modules/6.1.0-test/modules.softdep", 0o100644, "softdep dm_crypt pre: crc32c\n"},
 		// What the boot loads: the request as given, names normalized.
-		{"etc/cvmboot/modules.load", 0o100644, "# kernel modules cvmboot loads at boot (written by cvmboot initramfs)\nvirtio_blk\ndm_verity\ndm_crypt\noverlay\next4\ndm_integrity\n"},
+		{"etc/cvmboot/modules.load", 0o100644, "# kernel modules cvmboot loads at boot (written by cvmboot initramfs)\nvirtio_blk\ndm_verity\ndm_crypt\noverlay\next4\nxts\necb\ndm_integrity\nauthenc\nhmac\nsha256_generic\naesni_intel\n"},
 	}
 	for _, c := range checks {
 		m, ok := byName[c.name]
@@ -202,11 +210,11 @@ func TestBuild(t *testing.T) {
 	if ix.Source != kmod.SourceModulesDep {
 		t.Errorf("image index source %q, want modules.dep", ix.Source)
 	}
-	r, err := ix.Resolve(append(o.Modules, "dm_integrity"))
+	r, err := ix.Resolve(append(o.Modules, "xts", "ecb", "dm_integrity", "authenc", "hmac", "sha256_generic", "aesni_intel"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(r.Names(), wantModules) || !slices.Equal(r.Builtin, []string{"ext4"}) {
+	if !slices.Equal(r.Names(), wantModules) || !slices.Equal(r.Builtin, []string{"ext4", "hmac", "sha256_generic"}) {
 		t.Errorf("image resolves %q (builtin %q), want %q", r.Names(), r.Builtin, wantModules)
 	}
 	if _, err := ix.Resolve([]string{"dm-verity", "overlay", "ext4"}); err != nil {
@@ -222,7 +230,7 @@ func TestBuildConfigModulesByDefault(t *testing.T) {
 		Compression:      CompressionNone,
 	})
 	// The config's list plus what its (default) features need.
-	if want := []string{"dm_mod", "dm_bufio", "dm_verity", "dm_crypt", "dm_integrity", "overlay"}; !slices.Equal(sum.Modules, want) {
+	if want := []string{"dm_mod", "dm_bufio", "dm_verity", "dm_crypt", "xts", "ecb", "dm_integrity", "authenc", "overlay", "aesni_intel"}; !slices.Equal(sum.Modules, want) {
 		t.Errorf("modules = %q, want %q", sum.Modules, want)
 	}
 	// Features turned off need nothing beyond dm-verity.
@@ -236,7 +244,8 @@ func TestBuildConfigModulesByDefault(t *testing.T) {
 		t.Errorf("modules = %q, want %q", sum.Modules, want)
 	}
 	// Without modules there is no /lib/modules at all.
-	_, sum = buildBytes(t, Options{Binary: fakeBinary(t, 10, false), Compression: CompressionNone})
+	_, sum = buildBytes(t, Options{Binary: fakeBinary(t, 10, false), Compression: CompressionNone,
+		Config: writeConfig(t, "storage: {enabled: false}\n")})
 	if slices.ContainsFunc(sum.Files, func(f string) bool { return strings.HasPrefix(f, "/lib") }) || len(sum.Modules) != 0 {
 		t.Errorf("files %q, modules %q: want no modules", sum.Files, sum.Modules)
 	}

@@ -38,6 +38,7 @@ const (
 	StatusLoaded        = "loaded"
 	StatusAlreadyLoaded = "already loaded"
 	StatusBuiltin       = "built in"
+	StatusNoDevice      = "no device" // the kernel refused it with ENODEV
 )
 
 // How a module image reached the kernel.
@@ -51,7 +52,7 @@ const (
 type LoadResult struct {
 	Name     string
 	Path     string // file that was loaded, empty when nothing was
-	Status   string // StatusLoaded, StatusAlreadyLoaded or StatusBuiltin
+	Status   string // StatusLoaded, StatusAlreadyLoaded, StatusBuiltin or StatusNoDevice
 	Method   string // Method* when Status is StatusLoaded
 	Duration time.Duration
 }
@@ -134,6 +135,13 @@ func (l *Loader) Load(ctx context.Context, mods []Module) ([]LoadResult, error) 
 			// Loaded meanwhile (udev, a racing load) or built in without a sysfs entry.
 			results = append(results, LoadResult{Name: name, Path: file, Status: StatusAlreadyLoaded, Duration: took})
 			log.Debug("kernel module already loaded", zap.String("module", name), zap.String("path", file))
+			continue
+		}
+		if errors.Is(err, unix.ENODEV) {
+			// The module's hardware is absent (a CPU-specific cipher on a CPU without the
+			// instructions): nothing to drive, and whatever needed it fails on its own.
+			results = append(results, LoadResult{Name: name, Path: file, Status: StatusNoDevice, Duration: took})
+			log.Warn("kernel module has no device to drive", zap.String("module", name), zap.String("path", file), zap.Error(err))
 			continue
 		}
 		if err != nil {

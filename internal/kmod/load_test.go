@@ -261,3 +261,29 @@ func TestLoadNames(t *testing.T) {
 		t.Errorf("error = %v, want not found", err)
 	}
 }
+
+// TestLoadNoDevice: a module the kernel refuses with ENODEV (a CPU-specific cipher on a CPU
+// without the instructions) is recorded and skipped; the load goes on.
+func TestLoadNoDevice(t *testing.T) {
+	l, ix := loaderFixture(t)
+	r, err := ix.Resolve([]string{"racy", "plain"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	l.Sys, l.Log = &fakeSys{fail: map[string]error{"racy": unix.ENODEV}}, zap.New(core)
+	results, err := l.Load(context.Background(), r.Modules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, res := range results {
+		got = append(got, res.Name+":"+res.Status)
+	}
+	if want := []string{"racy:no device", "plain:loaded"}; !slices.Equal(got, want) {
+		t.Errorf("results %q, want %q", got, want)
+	}
+	if logs.FilterMessage("kernel module has no device to drive").FilterLevelExact(zap.WarnLevel).Len() != 1 {
+		t.Errorf("no warning for the ENODEV module")
+	}
+}

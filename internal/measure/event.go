@@ -85,6 +85,8 @@ type Storage struct {
 	SectorSize int    `json:"sector_size,omitempty"` // bytes
 	Filesystem string `json:"filesystem,omitempty"`
 	Mountpoint string `json:"mountpoint,omitempty"`
+	PartUUID   string `json:"partuuid,omitempty"`  // the storage partition
+	LUKSUUID   string `json:"luks_uuid,omitempty"` // new every boot: the header is rewritten
 }
 
 // Event returns the cvmboot.storage event.

@@ -84,6 +84,8 @@ type Stage struct {
 	Random    Random
 	Keyring   Keyring
 	Now       func() time.Time
+
+	vol *volume // the activated stack after Setup, for Abort
 }
 
 // New returns the stage on the real system for cfg.
@@ -138,8 +140,53 @@ type volume struct {
 	removes  []string // device-mapper names to remove on failure, top first
 }
 
-// Run runs the stage.
+// Result is what a finished setup reports: the facts for the boot report and the
+// decisions the boot measures. It never holds the key.
+type Result struct {
+	Facts stage.Facts
+	// Encrypted is false for the tmpfs fallback (storage.on_no_space: tmpfs).
+	Encrypted  bool
+	Cipher     string
+	KeyBits    int
+	Integrity  string // "hmac-sha256", "aead" or "none" (storage.integrity off, or tmpfs)
+	SectorSize int
+	Filesystem string
+	Mountpoint string
+	PartUUID   string
+	LUKSUUID   string
+
+	// rootMounts are the mounts that go inside TargetRoot, made by MountIntoRoot once the
+	// root is assembled (the overlay would hide anything mounted there before it).
+	rootMounts []pendingMount
+	mounted    []string // targets mounted so far, in order
+	source     string   // what the mount point is mounted from
+	fstype     string
+}
+
+// pendingMount is a mount inside TargetRoot not made yet.
+type pendingMount struct {
+	target string
+	bind   bool
+}
+
+// Run runs the whole stage: Setup, then MountIntoRoot. The boot calls the two apart, with
+// the overlay between them.
 func (s *Stage) Run(ctx context.Context) (stage.Facts, error) {
+	res, err := s.Setup(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.MountIntoRoot(res); err != nil {
+		s.Abort(res)
+		return nil, err
+	}
+	return res.Facts, nil
+}
+
+// Setup finds or makes the partition, formats and activates the encrypted volume, creates
+// its file system and mounts it where the targets are under /run (which moves into the
+// real root at the switch). Targets inside TargetRoot are left to MountIntoRoot.
+func (s *Stage) Setup(ctx context.Context) (*Result, error) {
 	cfg := s.Config
 	if !cfg.Enabled {
 		return nil, stage.Skip("storage.enabled is false")
@@ -184,15 +231,11 @@ func (s *Stage) Run(ctx context.Context) (stage.Facts, error) {
 	facts["partition_reused"] = strconv.FormatBool(part.Reused)
 	facts["table_repaired"] = strconv.FormatBool(part.Repaired)
 
-	dmc := s.DM
-	if dmc == nil {
-		c, err := dm.Open()
-		if err != nil {
-			return nil, err
-		}
-		defer c.Close()
-		dmc = c
+	dmc, closeDM, err := s.control()
+	if err != nil {
+		return nil, err
 	}
+	defer closeDM()
 	vol, err := s.activate(dmc, part, layout)
 	if err != nil {
 		return nil, err
@@ -215,13 +258,16 @@ func (s *Stage) Run(ctx context.Context) (stage.Facts, error) {
 		return nil, fmt.Errorf("creating the %s file system on %s: %w", cmp.Or(string(cfg.Filesystem), "ext4"), vol.path, err)
 	}
 	t = lap("mkfs_ms", t)
-	target, err := s.mount(vol.path, string(cmp.Or(cfg.Filesystem, config.StorageExt4)))
-	if err != nil {
+	fsName := string(cmp.Or(cfg.Filesystem, config.StorageExt4))
+	res := &Result{Facts: facts, source: vol.path, fstype: fsName}
+	if err := s.mountRun(res); err != nil {
 		return nil, err
 	}
 	lap("mount_ms", t)
 	lap("ready_ms", start)
 	ok = true
+	s.vol = vol
+	target := res.Mountpoint
 
 	facts["device"] = vol.path
 	facts["luks_uuid"] = vol.luksUUID
@@ -232,15 +278,63 @@ func (s *Stage) Run(ctx context.Context) (stage.Facts, error) {
 		facts["integrity_journal"] = "none"
 	}
 	facts["sector_size"] = strconv.Itoa(EncryptionSectorSize)
-	facts["filesystem"] = string(cmp.Or(cfg.Filesystem, config.StorageExt4))
+	facts["filesystem"] = fsName
 	facts["size_bytes"] = strconv.FormatInt(vol.size, 10)
 	facts["mountpoint"] = target
 	if len(cfg.Binds) > 0 {
 		facts["binds"] = strings.Join(cfg.Binds, ",")
 	}
+	res.Encrypted, res.Cipher, res.KeyBits = true, layout.Cipher, layout.KeySize*8
+	res.Integrity, res.SectorSize, res.Filesystem = integrityName(cfg.Integrity), EncryptionSectorSize, fsName
+	res.PartUUID, res.LUKSUUID = part.PartUUID, vol.luksUUID
 	s.log().Info("encrypted storage ready", zap.String("device", vol.path), zap.String("mountpoint", target),
 		zap.Int64("bytes", vol.size), zap.String("integrity", facts["integrity"]), zap.Bool("reused", part.Reused))
-	return facts, nil
+	return res, nil
+}
+
+// integrityName is storage.integrity as the measurement names it.
+func integrityName(i config.Integrity) string {
+	switch i {
+	case config.IntegrityOff:
+		return "none"
+	case "":
+		return string(config.IntegrityHMACSHA256)
+	}
+	return string(i)
+}
+
+// Abort undoes a Setup whose mounts inside the root failed: it unmounts what Setup mounted
+// and removes the device-mapper stack, so nothing is left holding the volume.
+func (s *Stage) Abort(res *Result) {
+	if res == nil {
+		return
+	}
+	s.unmountAll(res.mounted)
+	res.mounted = nil
+	if s.vol == nil {
+		return
+	}
+	dmc, closeDM, err := s.control()
+	if err != nil {
+		s.log().Warn("could not remove the storage devices after a failed mount", zap.Error(err))
+		return
+	}
+	defer closeDM()
+	s.teardown(dmc, s.vol)
+	s.vol = nil
+}
+
+// control returns the device-mapper to use and how to release it: s.DM as it is, or
+// /dev/mapper/control opened now (dm_mod is only loaded by the modules stage).
+func (s *Stage) control() (DeviceMapper, func(), error) {
+	if s.DM != nil {
+		return s.DM, func() {}, nil
+	}
+	c, err := dm.Open()
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, func() { c.Close() }, nil
 }
 
 // activate writes the LUKS2 header with a fresh random key and builds the
@@ -390,66 +484,115 @@ func (s *Stage) teardown(dmc DeviceMapper, vol *volume) {
 	vol.removes = nil
 }
 
-// resolve places a mount point: under /run as it is (it moves into the real
-// root at the switch), elsewhere inside TargetRoot.
+// inRun reports whether p is under /run, which moves into the real root at the switch, so
+// mounts there can be made before the root is assembled.
+func (s *Stage) inRun(p string) bool {
+	return p == "/run" || strings.HasPrefix(p, "/run/") || s.TargetRoot == ""
+}
+
+// resolve places a mount point: under /run as it is, elsewhere inside TargetRoot.
 func (s *Stage) resolve(p string) string {
-	if p == "/run" || strings.HasPrefix(p, "/run/") || s.TargetRoot == "" {
+	if s.inRun(p) {
 		return p
 	}
 	return filepath.Join(s.TargetRoot, p)
 }
 
-// mount mounts source at the configured mount point and binds it to the
-// configured targets, all nodev,nosuid, and returns the mount point. On
-// failure whatever it mounted is unmounted again.
-func (s *Stage) mount(source, fstype string) (string, error) {
-	target := s.resolve(s.Config.Mountpoint)
-	if err := s.Mounter.MkdirAll(target); err != nil {
-		return "", err
-	}
-	data := ""
-	if fstype == "tmpfs" {
-		data = "mode=0755"
-	}
-	if err := s.Mounter.Mount(source, target, fstype, mountFlags, data); err != nil {
-		return "", err
-	}
-	mounted := []string{target}
-	for _, b := range s.Config.Binds {
-		dst := s.resolve(b)
-		err := s.Mounter.MkdirAll(dst)
-		if err == nil {
-			err = s.Mounter.Mount(target, dst, "", unix.MS_BIND, "")
-			if err == nil {
-				mounted = append(mounted, dst)
-				// A bind ignores nodev,nosuid; a remount applies them.
-				err = s.Mounter.Mount("", dst, "", unix.MS_REMOUNT|unix.MS_BIND|mountFlags, "")
-			}
+// mountRun mounts the volume at the mount point and binds it to the bind targets, all
+// nodev,nosuid, as far as they are under /run; the others are recorded for MountIntoRoot.
+// A mount point inside the root defers everything (the binds come from it). On failure
+// whatever it mounted is unmounted again.
+func (s *Stage) mountRun(res *Result) error {
+	cfg := s.Config
+	res.Mountpoint = s.resolve(cfg.Mountpoint)
+	if !s.inRun(cfg.Mountpoint) {
+		res.rootMounts = append(res.rootMounts, pendingMount{target: res.Mountpoint})
+		for _, b := range cfg.Binds {
+			res.rootMounts = append(res.rootMounts, pendingMount{target: s.resolve(b), bind: true})
 		}
-		if err != nil {
-			for i := len(mounted) - 1; i >= 0; i-- {
-				if uerr := s.Mounter.Unmount(mounted[i]); uerr != nil {
-					s.log().Warn("could not unmount after a failed storage mount", zap.String("target", mounted[i]), zap.Error(uerr))
-				}
-			}
-			return "", err
+		return nil
+	}
+	if err := s.mountOne(res, pendingMount{target: res.Mountpoint}); err != nil {
+		return err
+	}
+	for _, b := range cfg.Binds {
+		pm := pendingMount{target: s.resolve(b), bind: true}
+		if !s.inRun(b) {
+			res.rootMounts = append(res.rootMounts, pm)
+			continue
+		}
+		if err := s.mountOne(res, pm); err != nil {
+			s.unmountAll(res.mounted)
+			res.mounted = nil
+			return err
 		}
 	}
-	return target, nil
+	return nil
+}
+
+// MountIntoRoot makes the mounts inside TargetRoot that Setup left, once the root (with
+// its overlay) is in place. On failure it unmounts what it mounted; Abort undoes the rest.
+func (s *Stage) MountIntoRoot(res *Result) error {
+	if res == nil {
+		return nil
+	}
+	done := len(res.mounted)
+	for _, pm := range res.rootMounts {
+		if err := s.mountOne(res, pm); err != nil {
+			s.unmountAll(res.mounted[done:])
+			res.mounted = res.mounted[:done]
+			return err
+		}
+	}
+	res.rootMounts = nil
+	return nil
+}
+
+// mountOne mounts the volume (or binds the mount point) at pm.target, nodev,nosuid.
+func (s *Stage) mountOne(res *Result, pm pendingMount) error {
+	if err := s.Mounter.MkdirAll(pm.target); err != nil {
+		return err
+	}
+	if !pm.bind {
+		data := ""
+		if res.fstype == "tmpfs" {
+			data = "mode=0755"
+		}
+		if err := s.Mounter.Mount(res.source, pm.target, res.fstype, mountFlags, data); err != nil {
+			return err
+		}
+		res.mounted = append(res.mounted, pm.target)
+		return nil
+	}
+	if err := s.Mounter.Mount(res.Mountpoint, pm.target, "", unix.MS_BIND, ""); err != nil {
+		return err
+	}
+	res.mounted = append(res.mounted, pm.target)
+	// A bind ignores nodev,nosuid; a remount applies them.
+	return s.Mounter.Mount("", pm.target, "", unix.MS_REMOUNT|unix.MS_BIND|mountFlags, "")
+}
+
+// unmountAll unmounts targets, last first.
+func (s *Stage) unmountAll(targets []string) {
+	for i := len(targets) - 1; i >= 0; i-- {
+		if err := s.Mounter.Unmount(targets[i]); err != nil {
+			s.log().Warn("could not unmount after a failed storage mount", zap.String("target", targets[i]), zap.Error(err))
+		}
+	}
 }
 
 // tmpfsFallback mounts a tmpfs where the storage would be, for
 // storage.on_no_space: tmpfs. Container storage then lives in RAM.
-func (s *Stage) tmpfsFallback(cause error) (stage.Facts, error) {
-	target, err := s.mount("tmpfs", "tmpfs")
-	if err != nil {
+func (s *Stage) tmpfsFallback(cause error) (*Result, error) {
+	res := &Result{source: "tmpfs", fstype: "tmpfs", Integrity: "none", Filesystem: "tmpfs"}
+	if err := s.mountRun(res); err != nil {
 		return nil, err
 	}
 	s.log().Warn("no room for encrypted storage on the boot disk: container storage is a tmpfs in RAM (storage.on_no_space is tmpfs)",
-		zap.String("mountpoint", target), zap.Error(cause))
-	facts := stage.Facts{"backing": "tmpfs", "mountpoint": target, "reason": cause.Error()}
+		zap.String("mountpoint", res.Mountpoint), zap.Error(cause))
+	res.Facts = stage.Facts{"backing": "tmpfs", "mountpoint": res.Mountpoint, "reason": cause.Error()}
 	if len(s.Config.Binds) > 0 {
-		facts["binds"] = strings.Join(s.Config.Binds, ",")
+		res.Facts["binds"] = strings.Join(s.Config.Binds, ",")
 	}
-	return facts, nil
+	return res, nil
 }

@@ -271,10 +271,11 @@ func TestStageNoSpace(t *testing.T) {
 		}
 		want := []mountCall{
 			{"tmpfs", "/run/kata-containers/image", "tmpfs", unix.MS_NODEV | unix.MS_NOSUID, "mode=0755"},
-			{"/run/kata-containers/image", "/sysroot/var/lib/containers", "", unix.MS_BIND, ""},
-			{"", "/sysroot/var/lib/containers", "", unix.MS_REMOUNT | unix.MS_BIND | unix.MS_NODEV | unix.MS_NOSUID, ""},
 			{"/run/kata-containers/image", "/run/containerd/io", "", unix.MS_BIND, ""},
 			{"", "/run/containerd/io", "", unix.MS_REMOUNT | unix.MS_BIND | unix.MS_NODEV | unix.MS_NOSUID, ""},
+			// Inside the root only after the /run mounts: the boot makes these after the overlay.
+			{"/run/kata-containers/image", "/sysroot/var/lib/containers", "", unix.MS_BIND, ""},
+			{"", "/sysroot/var/lib/containers", "", unix.MS_REMOUNT | unix.MS_BIND | unix.MS_NODEV | unix.MS_NOSUID, ""},
 		}
 		if fmt.Sprint(r.mounter.mounts) != fmt.Sprint(want) {
 			t.Errorf("mounts\n got %+v\nwant %+v", r.mounter.mounts, want)
@@ -360,5 +361,47 @@ func TestStageBinds(t *testing.T) {
 	}
 	if fmt.Sprint(r.mounter.dirs) != "[/sysroot/var/lib/cvmboot-storage /sysroot/var/lib/containers]" {
 		t.Errorf("mkdirs %v", r.mounter.dirs)
+	}
+}
+
+// TestStageSetupLeavesRootMounts: Setup mounts only under /run; the mounts inside the root
+// wait for MountIntoRoot (the boot makes them after the overlay), and Abort undoes all.
+func TestStageSetupLeavesRootMounts(t *testing.T) {
+	r := runStage(t, setup{cfg: func(c *config.Storage) { c.Enabled = false }}) // only for the fakes
+	s := r.stage
+	s.Config = config.Default().Storage
+	s.Config.Binds = []string{"/var/lib/containers", "/run/containerd/io"}
+	res, err := s.Setup(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets := func() []string {
+		var out []string
+		for _, m := range r.mounter.mounts {
+			if m.source != "" {
+				out = append(out, m.target)
+			}
+		}
+		return out
+	}
+	if got := fmt.Sprint(targets()); got != "[/run/kata-containers/image /run/containerd/io]" {
+		t.Fatalf("Setup mounted %s", got)
+	}
+	if !res.Encrypted || res.Cipher != "aes-xts-plain64" || res.KeyBits != 768 || res.Integrity != "hmac-sha256" ||
+		res.PartUUID != "11111111-2222-4333-8444-555555555555" || res.LUKSUUID == "" || res.Mountpoint != "/run/kata-containers/image" {
+		t.Errorf("result %+v", res)
+	}
+	if err := s.MountIntoRoot(res); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(targets()); got != "[/run/kata-containers/image /run/containerd/io /sysroot/var/lib/containers]" {
+		t.Fatalf("after MountIntoRoot: %s", got)
+	}
+	s.Abort(res)
+	if got := fmt.Sprint(r.mounter.unmounted); got != "[/sysroot/var/lib/containers /run/containerd/io /run/kata-containers/image]" {
+		t.Errorf("Abort unmounted %s", got)
+	}
+	if got := fmt.Sprint(r.dm.removed[len(r.dm.removed)-2:]); got != "[cvmboot-storage cvmboot-storage_dif]" {
+		t.Errorf("Abort removed %s", got)
 	}
 }
