@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -25,6 +27,9 @@ type Devices interface {
 	ReadDirect(path string, off int64, b []byte) error
 	// ZeroDirect writes n zero bytes at off, bypassing the page cache.
 	ZeroDirect(path string, off, n int64) error
+	// Written returns the bytes written to a block device since it appeared, from the
+	// kernel's I/O counters.
+	Written(path string) (int64, error)
 }
 
 // Device is an opened block device.
@@ -191,4 +196,26 @@ func (BlockDevices) ZeroDirect(path string, off, n int64) error {
 		return fmt.Errorf("syncing %s: %w", path, err)
 	}
 	return nil
+}
+
+// Written implements Devices: sectors written (field 7 of /sys/dev/block/M:m/stat, in
+// 512-byte units whatever the device's sector size).
+func (d BlockDevices) Written(path string) (int64, error) {
+	maj, min, err := d.Number(path)
+	if err != nil {
+		return 0, err
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/stat", maj, min))
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 7 {
+		return 0, fmt.Errorf("/sys/dev/block/%d:%d/stat has %d fields, want at least 7", maj, min, len(f))
+	}
+	n, err := strconv.ParseInt(f[6], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/sys/dev/block/%d:%d/stat: sectors written %q: %w", maj, min, f[6], err)
+	}
+	return n * 512, nil
 }

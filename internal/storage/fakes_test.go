@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -74,6 +75,15 @@ func (f *fakeDevices) ReadDirect(path string, off int64, b []byte) error {
 func (f *fakeDevices) ZeroDirect(path string, off, n int64) error {
 	f.zeroed = append(f.zeroed, [3]any{path, off, n})
 	return nil
+}
+
+// Written counts the partition file's allocated bytes, as the kernel counts writes.
+func (f *fakeDevices) Written(path string) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, err
+	}
+	return st.Blocks * 512, nil
 }
 
 // fakeDM records tables. Loading an integrity table of 8 sectors writes a

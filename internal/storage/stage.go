@@ -265,6 +265,10 @@ func (s *Stage) Setup(ctx context.Context) (*Result, error) {
 	}
 	lap("mount_ms", t)
 	lap("ready_ms", start)
+	// What the setup cost the disk: header, dm-integrity superblock, probe regions, mkfs.
+	if n, err := s.Devices.Written(part.Path); err == nil {
+		facts["written_bytes"] = strconv.FormatInt(n, 10)
+	}
 	ok = true
 	s.vol = vol
 	target := res.Mountpoint

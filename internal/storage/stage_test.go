@@ -240,7 +240,7 @@ func TestStageEncryptedStorage(t *testing.T) {
 					t.Errorf("fact %s = %q, want %q", k, r.facts[k], v)
 				}
 			}
-			for _, k := range []string{"device", "partition", "partuuid", "luks_uuid", "size_bytes", "mountpoint", "ready_ms", "mkfs_ms", "activate_ms", "partition_ms"} {
+			for _, k := range []string{"device", "partition", "partuuid", "luks_uuid", "size_bytes", "mountpoint", "ready_ms", "mkfs_ms", "activate_ms", "partition_ms", "written_bytes"} {
 				if r.facts[k] == "" {
 					t.Errorf("fact %s missing (facts %v)", k, r.facts)
 				}

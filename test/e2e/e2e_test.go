@@ -82,6 +82,13 @@ type scenario struct {
 	// after runs host-side checks on a boot that passed the serial checks (e.g. verifying
 	// the evidence the guest printed); it returns problems.
 	after func(t *testing.T, e *env, boot *harness.BootResult, img *harness.Image) []string
+	// onLine sees every console line while the guest runs (the host's side of a scenario,
+	// such as tampering with the disk image when the guest says where).
+	onLine func(t *testing.T, line string, img *harness.Image)
+	// testhook boots a cvmboot built with the cvmboot_testhook tag, which reveals the
+	// storage volume key in /run/cvmboot-test so the scenario can search for it.
+	testhook bool
+	memoryMiB int // 1024 when 0
 }
 
 // plainConfig turns off what a plain qemu guest cannot provide (a verified
@@ -200,6 +207,19 @@ type env struct {
 	debianErr  error
 
 	cvmbootErr error // why cvmboot could not be built; scenarios needing it fail with it
+
+	testhookOnce sync.Once
+	testhook     string // cvmboot built with the cvmboot_testhook tag
+	testhookErr  error
+}
+
+// testhookCvmboot builds cvmboot with the cvmboot_testhook tag once per test process.
+func (e *env) testhookCvmboot() (string, error) {
+	e.testhookOnce.Do(func() {
+		e.testhook = e.cache.Path("bin", "cvmboot-testhook")
+		e.testhookErr = harness.GoBuild(context.Background(), "./cmd/cvmboot", e.testhook, "cvmboot_testhook")
+	})
+	return e.testhook, e.testhookErr
 }
 
 var (
@@ -402,8 +422,18 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 	if sc.recipe != nil {
 		sc.recipe(&recipe)
 	}
+	tools := e.tools
+	if sc.testhook {
+		bin, err := e.testhookCvmboot()
+		if err != nil {
+			t.Fatalf("scenario %s: %v", sc.name, err)
+		}
+		th := *e.tools
+		th.Cvmboot = bin
+		tools = &th
+	}
 	img, err := harness.BuildImage(ctx, harness.ImageSpec{
-		WorkDir: work, Kernel: e.kernel, Tools: e.tools, Init: init,
+		WorkDir: work, Kernel: e.kernel, Tools: tools, Init: init,
 		Modules: sc.modules, Config: sc.config, Cmdline: cmdline, Recipe: recipe,
 	})
 	if err != nil {
@@ -419,14 +449,7 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 		_ = os.RemoveAll(tree)
 	}
 
-	var onLine func(string)
-	if os.Getenv("CVMBOOT_E2E_STREAM") == "1" {
-		onLine = func(l string) { t.Log(l) }
-	}
-	boot, err := harness.Boot(ctx, harness.BootSpec{
-		Name: sc.name, WorkDir: work, Disk: img.Disk.Path, Accel: e.accel,
-		Timeout: sc.timeLimit, OnLine: onLine,
-	})
+	boot, err := harness.Boot(ctx, bootSpec(t, e, sc, work, img))
 	if err != nil {
 		t.Fatalf("boot: %v", err)
 	}
@@ -455,6 +478,23 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 	t.Errorf("scenario %s: %s after %.1fs (init %s); serial log and qemu command line in %s; last console lines:\n%s",
 		sc.name, boot.Reason, boot.Duration.Seconds(), init, artifacts, lastLines(boot.Serial, 25))
 	return res
+}
+
+// bootSpec is the qemu run of a scenario's image (again, for scenarios that reboot it).
+func bootSpec(t *testing.T, e *env, sc scenario, work string, img *harness.Image) harness.BootSpec {
+	stream := os.Getenv("CVMBOOT_E2E_STREAM") == "1"
+	return harness.BootSpec{
+		Name: sc.name, WorkDir: work, Disk: img.Disk.Path, Accel: e.accel,
+		Timeout: sc.timeLimit, MemoryMiB: sc.memoryMiB,
+		OnLine: func(l string) {
+			if stream {
+				t.Log(l)
+			}
+			if sc.onLine != nil {
+				sc.onLine(t, l, img)
+			}
+		},
+	}
 }
 
 // verify returns what is wrong with a boot, empty when the scenario passed.

@@ -16,12 +16,16 @@ import (
 
 // GoBuild builds a static binary of pkg (a path relative to the repository
 // root, e.g. ./test/e2e/rootcheck) into out.
-func GoBuild(ctx context.Context, pkg, out string) error {
+func GoBuild(ctx context.Context, pkg, out string, tags ...string) error {
 	root, err := RepoRoot()
 	if err != nil {
 		return err
 	}
-	args := []string{"build", "-trimpath", "-ldflags", "-s -w", "-o", out, pkg}
+	args := []string{"build", "-trimpath", "-ldflags", "-s -w", "-o", out}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	args = append(args, pkg)
 	cmd := execCommand(ctx, root, "go", args...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if o, err := cmd.CombinedOutput(); err != nil {
