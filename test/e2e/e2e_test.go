@@ -87,7 +87,7 @@ type scenario struct {
 	onLine func(t *testing.T, line string, img *harness.Image)
 	// testhook boots a cvmboot built with the cvmboot_testhook tag, which reveals the
 	// storage volume key in /run/cvmboot-test so the scenario can search for it.
-	testhook bool
+	testhook  bool
 	memoryMiB int // 1024 when 0
 }
 
