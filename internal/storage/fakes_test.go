@@ -153,12 +153,15 @@ type fakeFormatter struct {
 	dev  string
 	size int64
 	err  error
+	data string
 }
 
 func (f *fakeFormatter) Format(_ context.Context, dev string, size int64) error {
 	f.dev, f.size = dev, size
 	return f.err
 }
+
+func (f *fakeFormatter) MountData() string { return f.data }
 
 type mountCall struct {
 	source, target, fstype string

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -16,18 +17,29 @@ import (
 // Formatter creates the file system on the opened volume.
 type Formatter interface {
 	Format(ctx context.Context, dev string, size int64) error
+	// MountData are the file system's mount options the format relies on.
+	MountData() string
 }
 
 // Defaults of the ext4 geometry (see the package documentation for the
 // measurements behind them).
 const (
-	// DefaultBytesPerInode: one inode per 64 KiB. With integrity every
-	// inode table block is written at format time (256 bytes per inode), so
-	// the inode count is the format cost: 100 GiB get 1.6 M inodes and
-	// 400 MiB of tables instead of mke2fs's 6.5 M and 1.6 GiB.
+	// DefaultBytesPerInode: one inode per 64 KiB without integrity.
 	DefaultBytesPerInode = 64 << 10
+	// IntegrityBytesPerInode: one inode per 128 KiB with integrity, where an
+	// inode takes a whole 4 KiB block (IntegrityInodeSize): 3.1% of the
+	// volume is reserved for inode tables (none of it written at format
+	// time), 800 Ki inodes per 100 GiB.
+	IntegrityBytesPerInode = 128 << 10
+	// IntegrityInodeSize is the ext4 inode size with integrity: one inode
+	// per inode table block, so that no inode table block is ever read
+	// before it was written (see Mkfs).
+	IntegrityInodeSize = 4096
 	// MinInodes keeps small volumes usable for images of many small files.
 	MinInodes = 128 << 10
+	// MinIntegrityBytesPerInode bounds the inode tables of small volumes
+	// with integrity to an eighth of the volume.
+	MinIntegrityBytesPerInode = 32 << 10
 )
 
 // Mkfs formats with the e2fsprogs or xfsprogs binaries shipped in the
@@ -36,10 +48,20 @@ const (
 // With Integrity, no sector may be read before it is written (it has no
 // valid tag). The stage writes the probe regions at both ends of the volume
 // first (ProbeHead, ProbeTail); mke2fs then runs with:
-//   - lazy_itable_init=0: all inode tables written now. With lazy init the
-//     kernel reads never-written inode table blocks as soon as inodes are
-//     allocated in parallel (measured: EIO and a corrupt tree within
-//     seconds of four parallel tar extractions).
+//   - 4 KiB inodes (-I 4096), one per inode table block, and
+//     lazy_itable_init=1: the inode tables are not written at format time,
+//     so formatting costs the same on 2 GiB and 2 TiB. The kernel reads an
+//     inode table block only for an inode below the group's high-water mark
+//     (bg_itable_unused), which it wrote when it allocated that inode; a new
+//     inode alone in its block is built in memory without a read. With
+//     several inodes per block that last rule breaks under parallel
+//     allocation (measured with 256-byte inodes: "INTEGRITY AEAD ERROR",
+//     "unable to read itable block", a corrupt tree within seconds of four
+//     parallel tar extractions). The mount options (MountData) turn off the
+//     two kernel paths that would touch the rest: inode table readahead
+//     (inode_readahead_blks=0; it reads one block past the high-water mark)
+//     and the background zeroing thread (noinit_itable; it would write every
+//     table, 4 KiB per inode, while the volume is in use).
 //   - lazy_journal_init=1: the journal is not zeroed; jbd2 only reads it
 //     for recovery, and the volume is never recovered (its key dies with
 //     the boot).
@@ -102,25 +124,37 @@ func (m *Mkfs) Args(dev string, size int64) ([]string, error) {
 }
 
 func (m *Mkfs) ext4Args(dev string, size int64) []string {
-	ratio := m.BytesPerInode
-	if ratio <= 0 {
+	ratio, floor := m.BytesPerInode, int64(4096)
+	if m.Integrity {
+		ratio, floor = cmp.Or(ratio, IntegrityBytesPerInode), MinIntegrityBytesPerInode
+	} else if ratio <= 0 {
 		ratio = DefaultBytesPerInode
 	}
-	// Small volumes keep MinInodes (bounded by mke2fs's densest ratio of
-	// one inode per 4 KiB block).
+	// Small volumes keep MinInodes, as far as the floor allows (one inode
+	// per 4 KiB block; with 4 KiB inodes, tables of an eighth of the volume).
 	if size/ratio < MinInodes {
-		ratio = max(4096, size/MinInodes/4096*4096)
+		ratio = max(floor, size/MinInodes/4096*4096)
 	}
 	args := []string{"-t", "ext4", "-F", "-q", "-b", "4096", "-m", "0", "-i", strconv.FormatInt(ratio, 10)}
 	if l := truncateLabel(m.Label, 16); l != "" {
 		args = append(args, "-L", l)
 	}
 	if m.Integrity {
-		args = append(args, "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=1,num_backup_sb=0", "-O", "sparse_super2")
+		args = append(args, "-I", strconv.Itoa(IntegrityInodeSize),
+			"-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1,num_backup_sb=0", "-O", "sparse_super2")
 	} else {
 		args = append(args, "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1")
 	}
 	return append(args, dev)
+}
+
+// MountData implements Formatter: an ext4 made for integrity must never have
+// its unwritten inode tables read or zeroed (see Mkfs).
+func (m *Mkfs) MountData() string {
+	if m.Integrity && m.FS != config.StorageXFS {
+		return "noinit_itable,inode_readahead_blks=0"
+	}
+	return ""
 }
 
 // truncateLabel cuts a label to n bytes without splitting a UTF-8 sequence.

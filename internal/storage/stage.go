@@ -161,6 +161,7 @@ type Result struct {
 	mounted    []string // targets mounted so far, in order
 	source     string   // what the mount point is mounted from
 	fstype     string
+	mountData  string
 }
 
 // pendingMount is a mount inside TargetRoot not made yet.
@@ -259,7 +260,7 @@ func (s *Stage) Setup(ctx context.Context) (*Result, error) {
 	}
 	t = lap("mkfs_ms", t)
 	fsName := string(cmp.Or(cfg.Filesystem, config.StorageExt4))
-	res := &Result{Facts: facts, source: vol.path, fstype: fsName}
+	res := &Result{Facts: facts, source: vol.path, fstype: fsName, mountData: s.Formatter.MountData()}
 	if err := s.mountRun(res); err != nil {
 		return nil, err
 	}
@@ -558,7 +559,7 @@ func (s *Stage) mountOne(res *Result, pm pendingMount) error {
 		return err
 	}
 	if !pm.bind {
-		data := ""
+		data := res.mountData
 		if res.fstype == "tmpfs" {
 			data = "mode=0755"
 		}
