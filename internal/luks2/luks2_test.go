@@ -200,6 +200,29 @@ func TestFormatLayout(t *testing.T) {
 	}
 }
 
+// TestFormatSparseKeyslotsArea: without keyslots, only the probed start of the keyslots
+// area is zeroed; the rest keeps what was there. With a keyslot the option is refused.
+func TestFormatSparseKeyslotsArea(t *testing.T) {
+	dev := newMemDev(17 << 20)
+	copy(dev.b, bytes.Repeat([]byte{0xAA}, len(dev.b)))
+	if _, err := Format(dev, int64(len(dev.b)), Options{VolumeKey: randomKey(t, 64), SparseKeyslotsArea: true}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(dev.b[32768:32768+ProbedKeyslotsArea], make([]byte, ProbedKeyslotsArea)) {
+		t.Error("the probed start of the keyslots area is not zero")
+	}
+	if !bytes.Equal(dev.b[32768+ProbedKeyslotsArea:16<<20], bytes.Repeat([]byte{0xAA}, 16<<20-32768-ProbedKeyslotsArea)) {
+		t.Error("the rest of the keyslots area was written")
+	}
+	if _, err := Read(bytes.NewReader(dev.b)); err != nil {
+		t.Errorf("reading the header back: %v", err)
+	}
+	_, err := Format(dev, int64(len(dev.b)), Options{VolumeKey: randomKey(t, 64), SparseKeyslotsArea: true, Keyslots: []KeyslotSpec{fastPBKDF2("p")}})
+	if err == nil || !strings.Contains(err.Error(), "expected a header without keyslots, found 1 keyslots") {
+		t.Errorf("sparse area with a keyslot: %v", err)
+	}
+}
+
 func TestFormatNoKeyslotJSON(t *testing.T) {
 	dev := newMemDev(17 << 20)
 	_, err := Format(dev, int64(len(dev.b)), Options{VolumeKey: randomKey(t, 96), Integrity: IntegrityHMACSHA256, SectorSize: 512})

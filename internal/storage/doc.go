@@ -54,39 +54,50 @@
 //     ("Input/output error while writing out and closing file system"; 100
 //     GiB: 36.6 s and 1078 MiB written before failing, 167 s and 4394 MiB
 //     with lazy_itable_init=0, still failing).
-//   - lazy_itable_init=1 fails under load: "INTEGRITY AEAD ERROR" and
-//     "unable to read itable block" within a second of the parallel
-//     extractions, trees corrupted, e2fsck exit 8.
-//   - The Mkfs options (see Mkfs) with the probe regions written first:
-//     zero integrity errors and zero I/O errors through mkfs, mount,
-//     stress and read-back, trees identical, e2fsck -fn clean. A replay of
-//     strace logs (mke2fs, e2fsck -fn, blkid -p on a 4 KiB-sector loop
-//     device) finds no read of a never-written block and no partial write
-//     onto one. e2fsck on the raw device still logs integrity errors
-//     through the kernel's read-ahead unless it is off (blockdev --setra 0);
-//     only offline checks read the raw device.
-//   - Cost is the inode tables: on 100 GiB, 16 KiB per inode (mke2fs's
-//     default) writes 1605 MiB in 74.8 s, 64 KiB 401 MiB in 26.4 s, 256 KiB
-//     103 MiB in 10.9 s (TCG); mkfs.xfs -K 65 MiB in 3.8 s (inodes are
-//     allocated on demand). The dm-integrity superblock costs 136 KiB with
-//     a one-section journal (formatted with journal_sectors:8) instead of
-//     64 MiB with the default journal. Reference on the same disk:
-//     cryptsetup luksFormat with its default argon2id 18.2 s, open 3.5 s.
-//   - xfs_repair -n reads 128 KiB at every allocation group start, beyond
-//     what mkfs.xfs writes; Mkfs zeroes those heads first (see Mkfs).
+//   - lazy_itable_init=1 with mke2fs's 256-byte inodes fails under load:
+//     "INTEGRITY AEAD ERROR" and "unable to read itable block" within a
+//     second of the parallel extractions, trees corrupted, e2fsck exit 8
+//     (the kernel reads an inode table block when another inode of that
+//     block was allocated meanwhile; see Mkfs).
+//   - Writing every inode table instead (lazy_itable_init=0) is correct but
+//     costs in proportion to the inode count: on 100 GiB, 16 KiB per inode
+//     (mke2fs's default) writes 1605 MiB in 74.8 s, 64 KiB 401 MiB in
+//     26.4 s, 256 KiB 103 MiB in 10.9 s (TCG). With 64 KiB the stage was
+//     ready in 20.9 s on 100 GiB, the reference script below in 19.4 s.
+//   - 4 KiB inodes (one per table block) with lazy tables and the mount
+//     options noinit_itable,inode_readahead_blks=0 (see Mkfs): mke2fs writes
+//     2.2 MiB on 4 GiB and about as much on 100 GiB. Zero integrity errors
+//     and zero I/O errors through mkfs, mount, stress and read-back, trees
+//     identical, e2fsck -fn clean (e2e storage-debian). The price is
+//     reserved space: 4 KiB per inode, so one inode per 128 KiB (3.1%;
+//     small volumes keep 128 Ki inodes, in at most an eighth of the volume).
+//   - With the probe regions written first, a replay of strace logs
+//     (mke2fs, e2fsck -fn, blkid -p on a 4 KiB-sector loop device) finds no
+//     read of a never-written block and no partial write onto one. e2fsck
+//     on the raw device still logs integrity errors through the kernel's
+//     read-ahead unless it is off (blockdev --setra 0); only offline checks
+//     read the raw device.
+//   - mkfs.xfs -K writes 65 MiB in 3.8 s on 100 GiB (inodes are allocated
+//     on demand). xfs_repair -n reads 128 KiB at every allocation group
+//     start, beyond what mkfs.xfs writes; Mkfs zeroes those heads first.
+//   - The dm-integrity superblock costs 136 KiB with a one-section journal
+//     (formatted with journal_sectors:8) instead of 64 MiB with the default
+//     journal.
 //   - mke2fs runs from the initramfs (0.14 MB plus 3.1 MB of libraries
-//     shared with mkfs.xfs): an in-binary formatter writes the same inode
-//     tables, so it would save no time, only e2fsprogs' correctness.
-//   - The stage itself, built with the test hook and run in the VM on a
-//     4 GiB disk: ready in 3.4 s (partition 67 ms, LUKS2 + dm 784 ms, probe
-//     regions 443 ms, mke2fs 2.1 s, mount 79 ms); the stress as above with
-//     zero errors and e2fsck clean for hmac-sha256 and aead on ext4 and
-//     hmac-sha256 on xfs (xfs_repair clean); cryptsetup 2.6.1 status and
-//     luksDump and blkid describe the volume; a second boot reuses the
-//     partition with a new key and the first boot's file is gone; neither
-//     key nor a written plaintext marker is found in the disk image; bytes
-//     changed on the raw partition make the file read fail with EIO.
+//     shared with mkfs.xfs): an in-binary formatter would write the same
+//     blocks, so it would save no time, only e2fsprogs' correctness.
+//   - Reference on a second 100 GiB sparse disk in the same VM (make bench):
+//     what the CoCo peer-pod image's script does (cryptsetup luksFormat
+//     --integrity hmac-sha256 --integrity-no-wipe with its default argon2id
+//     KDF, open, a dry-run mkfs.ext4 to find the backup superblocks, zero
+//     those blocks, mkfs.ext4 -E lazy_journal_init, mount): 17.4 s, 102 MiB
+//     written, 10 integrity errors in the kernel log while it formats. The
+//     stage: 1.75 s, 28 MiB written (16 MiB of it the LUKS2 metadata area).
+//   - Earlier runs of the stage alone (test hook build, 4 GiB disk, ext4
+//     then with written inode tables): the stress with zero errors and
+//     e2fsck clean for hmac-sha256 and aead on ext4 and hmac-sha256 on xfs
+//     (xfs_repair clean). The e2e scenario covers hmac-sha256 on ext4.
 //
-// The default is ext4 at 64 KiB per inode (at least 128 Ki inodes), 1.6 M
-// inodes on 100 GiB.
+// The default is ext4 with 4 KiB inodes and lazy inode tables, one inode per
+// 128 KiB (at least 128 Ki inodes): 800 Ki inodes on 100 GiB.
 package storage

@@ -8,8 +8,10 @@ import (
 	"golang.org/x/sys/unix"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cvmboot/cvmboot/internal/disk"
@@ -36,7 +38,8 @@ func (d *fakeDisk) Prepare(_ context.Context, root string, req disk.Request) (*d
 // fakeDevices maps device paths to files; numbers identify them in tables.
 type fakeDevices struct {
 	numbers map[string]string // path → MAJOR:MINOR
-	zeroed  [][3]any          // path, offset, length of ZeroDirect calls
+	mu      sync.Mutex
+	zeroed  [][3]any // path, offset, length of ZeroDirect calls
 }
 
 func (f *fakeDevices) Number(path string) (uint32, uint32, error) {
@@ -73,7 +76,11 @@ func (f *fakeDevices) ReadDirect(path string, off int64, b []byte) error {
 }
 
 func (f *fakeDevices) ZeroDirect(path string, off, n int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.zeroed = append(f.zeroed, [3]any{path, off, n})
+	// In offset order: the stage writes both probe regions at once.
+	sort.Slice(f.zeroed, func(i, j int) bool { return f.zeroed[i][1].(int64) < f.zeroed[j][1].(int64) })
 	return nil
 }
 

@@ -142,7 +142,8 @@ ms() { echo $(( ($2 - $1) / 1000000 )); }
 written() { awk '{print $7}' /sys/block/vdb/stat; }
 timeout 240 systemctl is-system-running --wait >/dev/null 2>&1
 r=/run/cvmboot/report.json
-say "ours ready_ms=$(grep -o '"ready_ms": *"[0-9]*"' $r | grep -o '[0-9]*') written_bytes=$(grep -o '"written_bytes": *"[0-9]*"' $r | grep -o '[0-9]*') steps=partition:$(grep -o '"partition_ms": *"[0-9]*"' $r | grep -o '[0-9]*'),activate:$(grep -o '"activate_ms": *"[0-9]*"' $r | grep -o '[0-9]*'),probe:$(grep -o '"probe_regions_ms": *"[0-9]*"' $r | grep -o '[0-9]*'),mkfs:$(grep -o '"mkfs_ms": *"[0-9]*"' $r | grep -o '[0-9]*'),mount:$(grep -o '"mount_ms": *"[0-9]*"' $r | grep -o '[0-9]*')"
+fact() { grep -o "\"$1\": *\"[0-9]*\"" $r | grep -o '[0-9]*"$' | tr -d '"'; }
+say "ours ready_ms=$(fact ready_ms) written_bytes=$(fact written_bytes) steps=partition:$(fact partition_ms),activate:$(fact activate_ms)(header:$(fact luks2_header_ms),integrity:$(fact integrity_setup_ms)),probe:$(fact probe_regions_ms),mkfs:$(fact mkfs_ms),mount:$(fact mount_ms)"
 dmesg -c >/dev/null
 w0=$(written)
 head -c 32 /dev/urandom > /run/reference.key
