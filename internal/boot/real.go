@@ -77,6 +77,11 @@ func Real() Env {
 	m := &machine{log: zap.NewNop()}
 	pid1 := os.Getpid() == 1
 	att := &platformAttestation{log: zap.NewNop()}
+	// PID 1 keeps its records, with their fields, for the journal of the booted system.
+	var spool *logging.Spool
+	if pid1 {
+		spool = logging.NewSpool()
+	}
 	return Env{
 		Mounts: m, Modules: m, Devices: m, Attest: att, Verity: m, Storage: m.storage,
 		System:    failaction.Kernel{},
@@ -91,13 +96,20 @@ func Real() Env {
 				// Our own records must not be rate limited away during the boot.
 				_ = logging.LiftKmsgRateLimit("/proc")
 			}
-			m.log = logging.Auto(lvl, pid1)
+			m.log = logging.AutoSpooled(lvl, pid1, spool)
 			att.log = m.log
 			return m.log
 		},
 		Emergency:   emergency,
 		HandoffArgs: systemdHandoffArgs,
 		Exec: func(path string, argv []string) error {
+			// After the switch /run is the real root's: `cvmboot journal-import` (a unit of
+			// the booted system) sends the spool to journald.
+			if spool != nil {
+				if err := spool.WriteFile(logging.SpoolPath); err != nil {
+					m.log.Warn("initramfs log records not kept for the journal", zap.Error(err))
+				}
+			}
 			return unix.Exec(path, argv, mount.DefaultEnv())
 		},
 		CmdlinePath:     "/proc/cmdline",

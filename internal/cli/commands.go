@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/cvmboot/cvmboot/internal/boot"
+	"github.com/cvmboot/cvmboot/internal/logging"
 	"github.com/cvmboot/cvmboot/internal/luks2cli"
 	"github.com/cvmboot/cvmboot/internal/serve"
 	"github.com/cvmboot/cvmboot/internal/veritycli"
@@ -21,6 +22,7 @@ func Commands() []Command {
 		{Name: "init", Summary: "boot the machine as PID 1 (the initramfs's /init)", Run: initCmd},
 		{Name: "run", Summary: "run named boot stages (from systemd units)", Run: runCmd},
 		{Name: "status", Summary: "show the current boot's report", Run: statusCmd},
+		{Name: "journal-import", Summary: "send the initramfs's log records to the journal (a unit of the booted system)", Run: journalImportCmd},
 		{Name: "version", Summary: "print the version", Run: versionCmd},
 		{Name: "initramfs", Summary: "write an initramfs with cvmboot as /init (for image builders)", Run: initramfsCmd},
 		{Name: "verity", Summary: "format, verify and dump dm-verity hash trees (veritysetup-compatible)", Run: veritycli.Main},
@@ -99,5 +101,33 @@ established (devices, file systems, mount points). Exits 1 when the boot failed.
 	if rep.Outcome == report.OutcomeFailed {
 		return ExitFailed
 	}
+	return ExitOK
+}
+
+func journalImportCmd(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("journal-import", "journal-import [--spool PATH] [--journal SOCKET]", `
+Sends the log records cvmboot kept as PID 1 in the initramfs (where no journal runs) to
+journald, with all their CVMBOOT_* fields and CVMBOOT_SOURCE=initramfs; the time each was
+logged is in CVMBOOT_LOGGED_AT. The spool is renamed to PATH.imported afterwards, so a second
+run sends nothing twice. cvmboot-journal-import.service runs it early in the booted system.`, stderr)
+	spool := fs.String("spool", logging.SpoolPath, "spool file the initramfs left")
+	journal := fs.String("journal", logging.DefaultJournalPath, "journald's native socket")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return ExitUsage
+	}
+	n, err := logging.ImportSpool(*spool, *journal)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) && n == 0 {
+			fmt.Fprintf(stderr, "cvmboot journal-import: no spool at %s: this boot did not run cvmboot as PID 1, or it was imported already\n", *spool)
+			return ExitIOError
+		}
+		fmt.Fprintf(stderr, "cvmboot journal-import: %v (%d records sent)\n", err, n)
+		return ExitFailed
+	}
+	fmt.Fprintf(stdout, "cvmboot journal-import: %d records from %s sent to %s\n", n, *spool, *journal)
 	return ExitOK
 }

@@ -54,6 +54,10 @@ type Options struct {
 	// Identifier is SYSLOG_IDENTIFIER and the kmsg tag; default "cvmboot".
 	Identifier string
 
+	// Spool, when set, keeps every entry as a journal record for later import
+	// (PID 1: the initramfs has no journal).
+	Spool *Spool
+
 	// Stats, when set, receives the sinks' counters.
 	Stats *Stats
 
@@ -135,6 +139,9 @@ func New(o Options) (*zap.Logger, error) {
 			off:     &stats.KmsgOff,
 		})
 	}
+	if o.Spool != nil {
+		cores = append(cores, &spoolCore{LevelEnabler: enab, spool: o.Spool, ident: ident})
+	}
 	if o.Console != nil {
 		cfg := zap.NewDevelopmentEncoderConfig()
 		cores = append(cores, &guardCore{
@@ -156,8 +163,13 @@ func New(o Options) (*zap.Logger, error) {
 // exists; /dev/kmsg when running as PID 1; stderr unless running as PID 1 or
 // stderr already goes to the journal (a systemd service), so that CLI tools
 // stay readable in a terminal.
-func Auto(level zapcore.Level, pid1 bool) *zap.Logger {
-	l, err := New(autoOptions(level, pid1, stderrIsJournal()))
+func Auto(level zapcore.Level, pid1 bool) *zap.Logger { return AutoSpooled(level, pid1, nil) }
+
+// AutoSpooled is Auto that also keeps every entry in spool (when not nil).
+func AutoSpooled(level zapcore.Level, pid1 bool, spool *Spool) *zap.Logger {
+	o := autoOptions(level, pid1, stderrIsJournal())
+	o.Spool = spool
+	l, err := New(o)
 	if err != nil { // only invalid options fail, and these are fixed
 		return zap.NewNop()
 	}

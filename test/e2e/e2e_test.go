@@ -165,7 +165,8 @@ var scenarios = []scenario{
 		config:  debianConfig,
 		expect: []string{`E2E-CHECK: BEGIN`, `E2E-CHECK: system-state=running`, `E2E-CHECK: failed-units=none`,
 			`E2E-CHECK: root=overlay overlay rw,.*upperdir=/run/cvmboot/overlay/upper`, `E2E-CHECK: write=ok`, `E2E-CHECK: report=present`,
-			`E2E-CHECK: analyze=Startup finished in .* \(kernel\) \+ .* \(initrd\) \+ .* \(userspace\)`, `E2E-CHECK: DONE`},
+			`E2E-CHECK: analyze=Startup finished in .* \(kernel\) \+ .* \(initrd\) \+ .* \(userspace\)`,
+			`E2E-CHECK: fill=No space left on device`, `E2E-CHECK: after-fill=running`, `E2E-CHECK: DONE`},
 		reject:    []string{`{fatal}`, `Kernel panic`},
 		outcome:   bootedAndChecked,
 		timeLimit: 5 * time.Minute,
@@ -585,7 +586,7 @@ func TestVerify(t *testing.T) {
 	debianOK := "E2E-CHECK: BEGIN\nE2E-CHECK: system-state=running\nE2E-CHECK: failed-units=none\n" +
 		"E2E-CHECK: root=overlay overlay rw,relatime,lowerdir=/sysroot,upperdir=/run/cvmboot/overlay/upper,workdir=/run/cvmboot/overlay/work\n" +
 		"E2E-CHECK: write=ok\nE2E-CHECK: analyze=Startup finished in 2.7s (kernel) + 7.1s (initrd) + 9.4s (userspace) = 19.2s\n" +
-		"E2E-CHECK: report=present\nE2E-CHECK: DONE\n"
+		"E2E-CHECK: fill=No space left on device\nE2E-CHECK: after-fill=running\nE2E-CHECK: report=present\nE2E-CHECK: DONE\n"
 	tinyOK := "[ 3.1] cvmboot[1]: measured event=cvmboot.phase recnum=0 pcr=11\n[ 3.2] cvmboot[1]: measured event=cvmboot.config recnum=1 pcr=15\n" +
 		"ROOTCHECK: START pid=1\nROOTCHECK: ok pid1\nROOTCHECK: ok report\nROOTCHECK: REPORT BEGIN\n{}\nROOTCHECK: REPORT END\n" +
 		"ROOTCHECK: ok initramfs-gone\nROOTCHECK: ok expect:file:/run/cvmboot/evidence/evidence.json\nROOTCHECK: DONE pass=3 fail=0\n"
@@ -607,7 +608,7 @@ func TestVerify(t *testing.T) {
 		{"missing-init", harness.InitCvmboot, harness.ExitPoweredOff, "cvmboot: FATAL switch-root: init /sbin/nonexistent not found\n", 0},
 		{"missing-init", harness.InitCvmboot, harness.ExitPoweredOff, "cvmboot: FATAL switch-root: init /sbin/init not found\n", 1},
 		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, debianOK, 0},
-		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, strings.NewReplacer("running", "maintenance", "units=none", "units=foo.service", "report=present", "report=missing").Replace(debianOK), 3},
+		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, strings.NewReplacer("running", "maintenance", "units=none", "units=foo.service", "report=present", "report=missing").Replace(debianOK), 4},
 		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, strings.Replace(debianOK, "root=overlay overlay rw", "root=/dev/vda2 ext4 ro", 1), 1},
 	}
 	for i, tt := range tests {

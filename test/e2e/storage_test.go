@@ -70,6 +70,10 @@ cryptsetup status cvmboot-storage | sed 's/^ */E2E-CHECK: status: /'
 cryptsetup isLuks /dev/$part && say "isLuks=yes"
 cryptsetup luksDump /dev/$part | sed -n '1,40p' | sed 's/^/E2E-CHECK: dump: /'
 say "blkid=$(blkid -p -o export /dev/$part | grep -E '^(TYPE|VERSION|UUID|LABEL)=' | tr '\n' ' ')"
+cvmboot status > /tmp/status 2>&1
+say "cvmboot-status=exit $? $(awk '$2=="ok"{n++} END{print n+0}' /tmp/status) stages ok, $(awk '$2=="failed"||$2=="skipped"{n++} END{print n+0}' /tmp/status) failed or skipped"
+say "journal-import=$(systemctl show -p Result --value cvmboot-journal-import.service) $(journalctl -b SYSLOG_IDENTIFIER=cvmboot CVMBOOT_SOURCE=initramfs -o export --no-pager | grep -ac '^CVMBOOT_STAGE=') records with CVMBOOT_STAGE"
+journalctl -b SYSLOG_IDENTIFIER=cvmboot CVMBOOT_SOURCE=initramfs CVMBOOT_STAGE=storage -o verbose --no-pager | grep -E '^ +(MESSAGE|CVMBOOT_STAGE|CVMBOOT_DEVICE|CVMBOOT_LOGGED_AT)=' | head -8 | sed 's/^ */E2E-CHECK: journal: /'
 key=$(cat /run/cvmboot-test/volume-key-*.hex 2>/dev/null)
 say "testhook-key=$key"
 say "key-in-proc-keys=$(grep -c cvmboot /proc/keys)"
@@ -78,6 +82,7 @@ say "key-in-run=$(grep -rlis "$key" /run --exclude-dir=cvmboot-test 2>/dev/null 
 marker=$(printf 'CVMBOOT-%s-%s' PLAINTEXT MARKER)
 dmesg -c >/dev/null
 if [ $boot = first ]; then
+  echo "written to / in the first boot" > /cvmboot-e2e-root-write
   s=$(date +%s)
   for i in 1 2 3 4; do (mkdir -p $M/tree$i && tar -C /usr -cf - share | tar -C $M/tree$i -xf -) & done
   for i in 1 2; do (head -c 157286400 /dev/urandom | tee $M/big$i | sha256sum | cut -d' ' -f1 > /tmp/big$i.sum) & done
@@ -103,6 +108,7 @@ if [ $boot = first ]; then
   say "kernel-errors-after-fsck integrity=$(dmesg | grep -c 'INTEGRITY AEAD ERROR')"
 else
   say "marker=$([ -e $M/marker ] && echo present || echo absent) entries=$(ls -A $M | grep -v lost+found | wc -l)"
+  say "root-write=$([ -e /cvmboot-e2e-root-write ] && echo survived || echo gone)"
   T=$M/tamper
   head -c 1048576 /dev/urandom > $T; sync; echo 3 > /proc/sys/vm/drop_caches
   blk=$(filefrag -v -b4096 $T | awk '$1=="0:"{print $4}' | tr -d '.')
@@ -143,6 +149,9 @@ var storageExpectFirst = []string{
 	`E2E-CHECK: status: keysize:\s+\d+ bits`, `E2E-CHECK: status: key location:\s+keyring`,
 	`E2E-CHECK: status: integrity:\s+hmac\(sha256\)`,
 	`E2E-CHECK: status: integrity keysize:\s+256 bits`, `E2E-CHECK: status: sector size:\s+4096`,
+	`E2E-CHECK: cvmboot-status=exit 0 7 stages ok, 0 failed or skipped`,
+	`E2E-CHECK: journal-import=success [1-9]\d* records with CVMBOOT_STAGE`,
+	`E2E-CHECK: journal: CVMBOOT_STAGE=storage`, `E2E-CHECK: journal: MESSAGE=stage ok`,
 	`E2E-CHECK: isLuks=yes`, `E2E-CHECK: dump: Version:\s+2`, `E2E-CHECK: dump: Label:\s+cvmboot-storage`,
 	`E2E-CHECK: dump: Subsystem:\s+cvmboot`, `E2E-CHECK: dump:\s+cipher: aes-xts-plain64`,
 	`E2E-CHECK: dump:\s+integrity: hmac\(sha256\)`, `E2E-CHECK: dump: Keyslots:`,
@@ -160,7 +169,8 @@ var storageExpectFirst = []string{
 var storageExpectSecond = []string{
 	`E2E-CHECK: system-state=running`, `E2E-CHECK: failed-units=none`, `E2E-CHECK: boot=second`,
 	`E2E-CHECK: stack=cvmboot-storage crypt cvmboot-storage_dif \w+ vda\d+ part vda disk`,
-	`E2E-CHECK: marker=absent entries=0`,
+	`E2E-CHECK: marker=absent entries=0`, `E2E-CHECK: root-write=gone`,
+	`E2E-CHECK: cvmboot-status=exit 0 7 stages ok`,
 	`E2E-CHECK: testhook-key=[0-9a-f]{192}\r?$`, `E2E-CHECK: key-in-journal=0`,
 	`E2E-CHECK: tamper-seen=yes`, `E2E-CHECK: tamper-read=exit 1 cat: .*: Input/output error`,
 	`E2E-CHECK: tamper-kernel integrity=[1-9]`, `E2E-CHECK: DONE`,
@@ -177,7 +187,22 @@ func init() {
 		config:  storageConfig,
 		recipe: func(r *harness.DiskRecipe) {
 			r.FreeSpace = 2 << 30
-			if err := harness.InstallCheckUnit(r.Root.Tree, storageCheckScript); err != nil {
+			repo, err := harness.RepoRoot()
+			if err == nil {
+				// The product build, for cvmboot status in the booted system.
+				err = harness.InstallFile(r.Root.Tree, "/usr/bin/cvmboot", filepath.Join(repo, "bin", "cvmboot"), 0o755)
+			}
+			if err == nil {
+				err = harness.InstallFile(r.Root.Tree, "/etc/systemd/system/cvmboot-journal-import.service",
+					filepath.Join(repo, "systemd", "cvmboot-journal-import.service"), 0o644)
+			}
+			if err == nil {
+				err = harness.EnableUnit(r.Root.Tree, "cvmboot-journal-import.service", "sysinit.target")
+			}
+			if err == nil {
+				err = harness.InstallCheckUnit(r.Root.Tree, storageCheckScript)
+			}
+			if err != nil {
 				panic(fmt.Sprintf("storage-debian: %v", err))
 			}
 		},

@@ -260,6 +260,10 @@ say "dm-root=$(systemctl is-active dev-mapper-root.device 2>&1)"
 say "analyze=$(systemd-analyze time 2>&1 | head -1)"
 say "lower=$(findmnt -n -o SOURCE /sysroot 2>/dev/null || grep -o 'lowerdir=[^,]*' /proc/self/mountinfo | head -1)"
 say "kernel=$(uname -r)"
+# The writable root is a tmpfs with a size cap: filling it fails the writer, not the system.
+say "fill=$(dd if=/dev/zero of=/cvmboot-e2e-fill bs=1M 2>&1 | grep -o 'No space left on device' | head -1)"
+say "after-fill=$(systemctl is-system-running 2>&1)"
+rm -f /cvmboot-e2e-fill
 if [ -e /run/cvmboot/report.json ]; then
   say "report=present"
   echo 'E2E-CHECK: REPORT BEGIN'
