@@ -82,6 +82,8 @@ type scenario struct {
 	// after runs host-side checks on a boot that passed the serial checks (e.g. verifying
 	// the evidence the guest printed); it returns problems.
 	after func(t *testing.T, e *env, boot *harness.BootResult, img *harness.Image) []string
+	// image changes the built image before the boot (a hostile host's edits).
+	image func(img *harness.Image) error
 	// onLine sees every console line while the guest runs (the host's side of a scenario,
 	// such as tampering with the disk image when the guest says where).
 	onLine func(t *testing.T, line string, img *harness.Image)
@@ -439,6 +441,11 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 	})
 	if err != nil {
 		t.Fatalf("scenario %s: build image: %v", sc.name, err)
+	}
+	if sc.image != nil {
+		if err := sc.image(img); err != nil {
+			t.Fatalf("scenario %s: changing the image: %v", sc.name, err)
+		}
 	}
 	buildTime := time.Since(start)
 	var initrdSize int64

@@ -1,0 +1,187 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cvmboot/cvmboot/test/e2e/harness"
+)
+
+// The attack and fault matrix (SECURITY.md lists every row with its scenario): what a hostile
+// host can do to the disk and the platform, and what the boot must do about it. Each row is a
+// tiny-root boot; the refusals end in the failure action before the root's init runs.
+
+// matrixStorageConfig: a plain root, storage on with its secure defaults (min_size 1 GiB,
+// on_no_space fail).
+const matrixStorageConfig = `verity:
+  required: false
+attest:
+  require: tpm
+overlay:
+  enabled: false
+storage:
+  enabled: true
+`
+
+// attackerUUID and attackerPassphrase are the host's: a LUKS2 header it planted with a
+// keyslot it can open.
+const (
+	attackerUUID       = "0badc0de-a77a-4c4e-8000-00000000a77a"
+	attackerPassphrase = "the host knows this passphrase"
+)
+
+func init() {
+	refuse := func(name, config string, recipe func(*harness.DiskRecipe), image func(*harness.Image) error, expect ...string) scenario {
+		return scenario{
+			name: name, root: rootTiny, cmdline: "root=PARTUUID={rootpartuuid}", config: config,
+			recipe: recipe, image: image, expect: expect,
+			reject:  []string{`ROOTCHECK:`, `Kernel panic`, `encrypted storage ready`},
+			outcome: failureAction, timeLimit: 3 * time.Minute,
+		}
+	}
+	scenarios = append(scenarios,
+		refuse("storage-no-space", matrixStorageConfig, nil, nil,
+			`{fatal}: stage storage failed: .*/dev/vda: largest aligned free range is \d+ bytes \(\d+ MiB\), storage\.min_size requires 1073741824 bytes \(1024 MiB\) \(storage\.on_no_space is fail`),
+		scenario{
+			name: "storage-no-space-tmpfs", root: rootTiny, config: matrixStorageConfig + "  on_no_space: tmpfs\n",
+			cmdline: "root=PARTUUID={rootpartuuid} rootcheck.expect=mount:/run/kata-containers/image=tmpfs",
+			expect: []string{`no room for encrypted storage on the boot disk: container storage is a tmpfs in RAM`,
+				`ROOTCHECK: ok expect:mount:/run/kata-containers/image=tmpfs`},
+			reject:  []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
+			outcome: bootedAndChecked, timeLimit: 3 * time.Minute,
+		},
+		refuse("gpt-overlap", matrixStorageConfig, bigFree, withGPT(true, func(img *harness.Image, _ *harness.GPTHeader, e []byte) error {
+			root := uint64(img.Disk.Root.Start / 512)
+			return harness.PutGPTEntry(e, 2, harness.GPTEntry{TypeGUID: harness.TypeLinuxData, UniqueGUID: "0badc0de-0000-4000-8000-00000000000a",
+				FirstLBA: root + 2048, LastLBA: root + 4095, Name: "decoy"})
+		}), `{fatal}: stage storage failed: .*invalid GPT: entry 3 \("decoy", LBA \d+-\d+\) overlaps entry 2`),
+		refuse("gpt-beyond-disk", matrixStorageConfig, bigFree, withGPT(true, func(img *harness.Image, _ *harness.GPTHeader, e []byte) error {
+			return harness.PutGPTEntry(e, 2, harness.GPTEntry{TypeGUID: harness.TypeLinuxData, UniqueGUID: "0badc0de-0000-4000-8000-00000000000b",
+				FirstLBA: uint64(img.Disk.FreeStart / 512), LastLBA: uint64(img.Disk.Size/512) + 1<<20, Name: "beyond"})
+		}), `{fatal}: stage storage failed: .*invalid GPT: entry 3 \("beyond", LBA \d+-\d+\) ends beyond the device's last LBA`),
+		refuse("gpt-claims-larger-disk", matrixStorageConfig, bigFree, withGPT(false, func(_ *harness.Image, h *harness.GPTHeader, _ []byte) error {
+			h.AlternateLBA += 1 << 22 // 2 GiB more than there is
+			return nil
+		}), `{fatal}: stage storage failed: .*invalid GPT: the GPT describes a disk of \d+ sectors \(\d+ bytes\) but the device has \d+ sectors`),
+		refuse("tee-required-missing", "verity:\n  required: false\nattest:\n  require: tee\nstorage:\n  enabled: false\noverlay:\n  enabled: false\n", nil, nil,
+			`{fatal}: stage attest failed: .*attest\.require is tee`),
+		scenario{
+			// The host planted a partition with our label and a LUKS2 header it has a keyslot
+			// for. The boot reuses the partition but destroys that header first: the volume gets
+			// a new key, a new UUID and no keyslot, so the host's passphrase opens nothing.
+			name: "storage-attacker-header", root: rootTiny, config: matrixStorageConfig,
+			cmdline: "root=PARTUUID={rootpartuuid} rootcheck.expect=mount:/run/kata-containers/image=ext4",
+			recipe:  plantAttackerPartition,
+			expect: []string{`storage partition from an earlier boot reused: its LUKS2 metadata was destroyed`,
+				`encrypted storage ready .*reused=true`, `ROOTCHECK: ok expect:mount:/run/kata-containers/image=ext4`},
+			reject:  []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`, attackerUUID},
+			outcome: bootedAndChecked, timeLimit: 3 * time.Minute,
+			after:   checkAttackerLockedOut,
+		},
+	)
+}
+
+// bigFree leaves room for storage, so that only the table's defect can stop it.
+func bigFree(r *harness.DiskRecipe) { r.FreeSpace = 1200 * harness.MiB }
+
+func withGPT(both bool, edit func(img *harness.Image, h *harness.GPTHeader, entries []byte) error) func(*harness.Image) error {
+	return func(img *harness.Image) error {
+		return harness.EditGPT(img.Disk.Path, both, func(h *harness.GPTHeader, e []byte) error { return edit(img, h, e) })
+	}
+}
+
+// attackerHeader makes the host's LUKS2 header with cryptsetup: a pbkdf2 keyslot for
+// attackerPassphrase.
+func attackerHeader() (string, error) {
+	dir, err := os.MkdirTemp("", "cvmboot-attacker-")
+	if err != nil {
+		return "", err
+	}
+	img, pass := filepath.Join(dir, "header.img"), filepath.Join(dir, "pass")
+	if err := os.WriteFile(pass, []byte(attackerPassphrase), 0o600); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		return "", err
+	}
+	if err := os.Truncate(img, 32<<20); err != nil {
+		return "", err
+	}
+	out, err := exec.Command("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--uuid", attackerUUID,
+		"--label", "cvmboot-storage", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", "--key-file", pass, img).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("cryptsetup luksFormat: %v\n%s", err, out)
+	}
+	return img, nil
+}
+
+func plantAttackerPartition(r *harness.DiskRecipe) {
+	hdr, err := attackerHeader()
+	if err != nil {
+		panic(fmt.Sprintf("storage-attacker-header: %v", err))
+	}
+	r.Extra = append(r.Extra, harness.ExtraPartition{Name: "cvmboot-storage", Type: harness.TypeLinuxData,
+		Size: 1100 * harness.MiB, Contents: hdr})
+	r.FreeSpace = 64 * harness.MiB // too little for a new partition: only the planted one fits
+}
+
+// checkAttackerLockedOut reads the planted partition's header back from the disk image after
+// the boot: cryptsetup finds a header that is not the host's, with no keyslot, and the host's
+// passphrase does not open it.
+func checkAttackerLockedOut(t *testing.T, e *env, boot *harness.BootResult, img *harness.Image) []string {
+	var part *harness.PartitionInfo
+	for i := range img.Disk.Extra {
+		if img.Disk.Extra[i].Name == "cvmboot-storage" {
+			part = &img.Disk.Extra[i]
+		}
+	}
+	if part == nil {
+		return []string{"the image has no cvmboot-storage partition"}
+	}
+	src, err := os.Open(img.Disk.Path)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	defer src.Close()
+	hdr := filepath.Join(t.TempDir(), "header.img")
+	dst, err := os.Create(hdr)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	if _, err := io.Copy(dst, io.NewSectionReader(src, part.Start, 32<<20)); err != nil {
+		return []string{err.Error()}
+	}
+	dst.Close()
+	var problems []string
+	dump, err := exec.Command("cryptsetup", "luksDump", hdr).CombinedOutput()
+	t.Logf("cryptsetup luksDump of the planted partition after the boot:\n%s", dump)
+	if err != nil {
+		problems = append(problems, fmt.Sprintf("cryptsetup luksDump: %v", err))
+	}
+	if strings.Contains(string(dump), attackerUUID) {
+		problems = append(problems, "the host's LUKS2 header survived the boot")
+	}
+	if m := regexp.MustCompile(`(?s)Keyslots:\n(.*?)Tokens:`).FindStringSubmatch(string(dump)); m == nil || strings.TrimSpace(m[1]) != "" {
+		problems = append(problems, "the header after the boot has keyslots (or none were listed)")
+	}
+	pass := filepath.Join(t.TempDir(), "pass")
+	if err := os.WriteFile(pass, []byte(attackerPassphrase), 0o600); err != nil {
+		return append(problems, err.Error())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "cryptsetup", "open", "--test-passphrase", "--key-file", pass, hdr).CombinedOutput(); err == nil {
+		problems = append(problems, "the host's passphrase opens the volume after the boot")
+	} else {
+		t.Logf("cryptsetup open --test-passphrase with the host's passphrase: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return problems
+}
