@@ -19,6 +19,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	mathrand "math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,6 +49,9 @@ const (
 	// failureAction: the initramfs stopped with a FATAL line and ran its
 	// failure action (poweroff); the root's init never ran.
 	failureAction outcome = "failure-action"
+	// killedMidway: the host killed qemu while the boot ran (killOn); the scenario's after
+	// hook then proves that the next boot recovers.
+	killedMidway outcome = "killed-midway"
 	// kernelPanic: the kernel stopped the boot (dm-verity's panic-on-corruption policy on a
 	// block read at run time); the scenario's command line carries panic=-1 so the guest
 	// resets at once and qemu (-no-reboot) exits.
@@ -91,6 +95,10 @@ type scenario struct {
 	// storage volume key in /run/cvmboot-test so the scenario can search for it.
 	testhook  bool
 	memoryMiB int // 1024 when 0
+	// killOn, a regular expression, makes the host kill qemu at a random moment within
+	// killWithin of the first console line it matches.
+	killOn     string
+	killWithin time.Duration
 }
 
 // plainConfig turns off what a plain qemu guest cannot provide (a verified
@@ -457,7 +465,9 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 		_ = os.RemoveAll(tree)
 	}
 
-	boot, err := harness.Boot(ctx, bootSpec(t, e, sc, work, img))
+	bootCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	boot, err := harness.Boot(bootCtx, bootSpec(t, e, sc, work, img, cancel))
 	if err != nil {
 		t.Fatalf("boot: %v", err)
 	}
@@ -488,9 +498,15 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 	return res
 }
 
-// bootSpec is the qemu run of a scenario's image (again, for scenarios that reboot it).
-func bootSpec(t *testing.T, e *env, sc scenario, work string, img *harness.Image) harness.BootSpec {
+// bootSpec is the qemu run of a scenario's image (again, for scenarios that reboot it). kill
+// cancels the boot; nil leaves killOn out.
+func bootSpec(t *testing.T, e *env, sc scenario, work string, img *harness.Image, kill func()) harness.BootSpec {
 	stream := os.Getenv("CVMBOOT_E2E_STREAM") == "1"
+	var killRe *regexp.Regexp
+	if sc.killOn != "" && kill != nil {
+		killRe = regexp.MustCompile(sc.killOn)
+	}
+	var killOnce sync.Once
 	return harness.BootSpec{
 		Name: sc.name, WorkDir: work, Disk: img.Disk.Path, Accel: e.accel,
 		Timeout: sc.timeLimit, MemoryMiB: sc.memoryMiB,
@@ -501,6 +517,13 @@ func bootSpec(t *testing.T, e *env, sc scenario, work string, img *harness.Image
 			if sc.onLine != nil {
 				sc.onLine(t, l, img)
 			}
+			if killRe != nil && killRe.MatchString(l) {
+				killOnce.Do(func() {
+					delay := time.Duration(mathrand.Int64N(int64(sc.killWithin) + 1))
+					t.Logf("kill: qemu killed %s after %q", delay.Round(time.Millisecond), l)
+					time.AfterFunc(delay, kill)
+				})
+			}
 		},
 	}
 }
@@ -509,8 +532,11 @@ func bootSpec(t *testing.T, e *env, sc scenario, work string, img *harness.Image
 func verify(sc scenario, boot *harness.BootResult, subst func(string, bool) string) []string {
 	var problems []string
 	wantExit := harness.ExitPoweredOff
-	if sc.outcome == kernelPanic {
+	switch sc.outcome {
+	case kernelPanic:
 		wantExit = harness.ExitRebooted
+	case killedMidway:
+		wantExit = harness.ExitTimeout // what the harness calls a boot it ended
 	}
 	if boot.Reason != wantExit && !(sc.outcome == kernelPanic && boot.Reason == harness.ExitPanicked) {
 		problems = append(problems, fmt.Sprintf("exit: expected %s (outcome %s), found %s (%s)",
@@ -527,6 +553,8 @@ func verify(sc scenario, boot *harness.BootResult, subst func(string, bool) stri
 		}
 	case failureAction:
 		expect = append(expect, `{fatal}`)
+		reject = append(reject, `ROOTCHECK: DONE`, `E2E-CHECK:`)
+	case killedMidway:
 		reject = append(reject, `ROOTCHECK: DONE`, `E2E-CHECK:`)
 	case kernelPanic:
 		expect = append(expect, `Kernel panic - not syncing`)

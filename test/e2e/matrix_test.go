@@ -74,6 +74,19 @@ func init() {
 		refuse("tee-required-missing", "verity:\n  required: false\nattest:\n  require: tee\nstorage:\n  enabled: false\noverlay:\n  enabled: false\n", nil, nil,
 			`{fatal}: stage attest failed: .*attest\.require is tee`),
 		scenario{
+			// The host kills the VM at a random moment of the storage stage of the first boot
+			// (partition, header, dm-integrity format, mkfs); the next boot must come up with
+			// storage, reusing or redoing whatever the first got to.
+			name: "storage-killed-midway", root: rootTiny, config: matrixStorageConfig,
+			cmdline:    "root=PARTUUID={rootpartuuid} rootcheck.expect=mount:/run/kata-containers/image=ext4",
+			recipe:     bigFree,
+			killOn:     `stage ok stage=attest`,
+			killWithin: 900 * time.Millisecond, // the stage takes about 0.9 s on this disk under TCG
+			reject:     []string{`{fatal}`, `Kernel panic`},
+			outcome:    killedMidway, timeLimit: 3 * time.Minute,
+			after:      recoverAfterKill,
+		},
+		scenario{
 			// The host planted a partition with our label and a LUKS2 header it has a keyslot
 			// for. The boot reuses the partition but destroys that header first: the volume gets
 			// a new key, a new UUID and no keyslot, so the host's passphrase opens nothing.
@@ -182,6 +195,34 @@ func checkAttackerLockedOut(t *testing.T, e *env, boot *harness.BootResult, img 
 		problems = append(problems, "the host's passphrase opens the volume after the boot")
 	} else {
 		t.Logf("cryptsetup open --test-passphrase with the host's passphrase: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return problems
+}
+
+// recoverAfterKill boots the disk of a killed boot again: it must come up with storage.
+func recoverAfterKill(t *testing.T, e *env, killed *harness.BootResult, img *harness.Image) []string {
+	sc := scenarioNamed("storage-killed-midway")
+	var got []string
+	for _, l := range strings.Split(killed.Serial, "\n") {
+		if strings.Contains(l, "cvmboot[1]:") && strings.Contains(l, "storage") {
+			got = append(got, strings.TrimSpace(l))
+		}
+	}
+	t.Logf("killed boot got to: %q", got)
+	work := filepath.Join(filepath.Dir(img.Disk.Path), "boot2")
+	next, err := harness.Boot(context.Background(), bootSpec(t, e, sc, work, img, nil))
+	if err != nil {
+		return []string{err.Error()}
+	}
+	sc.outcome = bootedAndChecked
+	sc.expect = []string{`stage ok stage=storage`, `ROOTCHECK: ok expect:mount:/run/kata-containers/image=ext4`}
+	sc.reject = []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`}
+	problems := verify(sc, next, func(s string, _ bool) string { return strings.ReplaceAll(s, "{fatal}", "cvmboot: FATAL") })
+	if len(problems) > 0 {
+		problems = append(problems, "the boot after the kill (last lines):\n"+lastLines(next.Serial, 30))
+	} else {
+		t.Logf("boot after the kill: %s in %.1fs, storage reused=%t", next.Reason, next.Duration.Seconds(),
+			strings.Contains(next.Serial, "reused=true"))
 	}
 	return problems
 }

@@ -234,7 +234,7 @@ func storageReboot(t *testing.T, e *env, first *harness.BootResult, img *harness
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return []string{err.Error()}
 	}
-	second, err := harness.Boot(context.Background(), bootSpec(t, e, sc, work, img))
+	second, err := harness.Boot(context.Background(), bootSpec(t, e, sc, work, img, nil))
 	if err != nil {
 		return append(problems, fmt.Sprintf("second boot: %v", err))
 	}
