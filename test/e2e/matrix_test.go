@@ -84,7 +84,7 @@ func init() {
 			killWithin: 900 * time.Millisecond, // the stage takes about 0.9 s on this disk under TCG
 			reject:     []string{`{fatal}`, `Kernel panic`},
 			outcome:    killedMidway, timeLimit: 3 * time.Minute,
-			after:      recoverAfterKill,
+			after: recoverAfterKill,
 		},
 		scenario{
 			// The host planted a partition with our label and a LUKS2 header it has a keyslot
@@ -97,7 +97,7 @@ func init() {
 				`encrypted storage ready .*reused=true`, `ROOTCHECK: ok expect:mount:/run/kata-containers/image=ext4`},
 			reject:  []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`, attackerUUID},
 			outcome: bootedAndChecked, timeLimit: 3 * time.Minute,
-			after:   checkAttackerLockedOut,
+			after: checkAttackerLockedOut,
 		},
 	)
 }
