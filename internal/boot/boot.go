@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -36,6 +37,10 @@ const (
 
 // NewRoot is where the real root is assembled before the switch.
 const NewRoot = "/sysroot"
+
+// OverlayOnStorageDir is the directory of the storage mount that holds the overlay's upper
+// and work directories with overlay.upper: storage.
+const OverlayOnStorageDir = ".cvmboot-root-overlay"
 
 // OverlayStateDir holds the overlay's upper and work directories. It is below /run, so it
 // moves into the new root with /run and operators can see what was written to /.
@@ -287,17 +292,37 @@ func (b *Boot) overlay(context.Context) (stage.Facts, error) {
 	if b.rootDevice == "" {
 		return nil, errors.New("no root was mounted at " + NewRoot + " to put the overlay on")
 	}
-	if cfg.Upper != config.UpperTmpfs {
-		return nil, fmt.Errorf("overlay.upper is %s but this build can only put the upper layer on tmpfs (set overlay.upper: tmpfs)", cfg.Upper)
+	stateDir, size := OverlayStateDir, cfg.Size.TmpfsOption()
+	switch cfg.Upper {
+	case config.UpperTmpfs:
+	case config.UpperStorage:
+		// Writes to / go to the encrypted storage, for workloads that write more than RAM
+		// holds. The upper layer is a directory of the storage mount, which must already be
+		// mounted (under /run); the storage's size bounds it, not overlay.size.
+		res := b.storageRes
+		if res == nil || res.Mountpoint == "" || !strings.HasPrefix(res.Mountpoint, "/run/") {
+			return nil, fmt.Errorf("overlay.upper is storage but no storage is mounted under /run to hold it (storage.mountpoint is %q)",
+				b.Config.Storage.Mountpoint)
+		}
+		if !res.Encrypted {
+			b.log().Warn("overlay.upper is storage but the storage is a tmpfs (storage.on_no_space): writes to / stay in RAM",
+				zap.String("state", stateDir))
+		}
+		stateDir, size = filepath.Join(res.Mountpoint, OverlayOnStorageDir), ""
+	default:
+		return nil, fmt.Errorf("overlay.upper is %q: expected tmpfs or storage", cfg.Upper)
 	}
-	size := cfg.Size.TmpfsOption()
-	if err := b.Mounts.Overlay(NewRoot, OverlayStateDir, size); err != nil {
+	if err := b.Mounts.Overlay(NewRoot, stateDir, size); err != nil {
 		return nil, err
 	}
 	if err := b.measure(measure.Overlay{Enabled: true, Upper: string(cfg.Upper), Size: size}.Event()); err != nil {
 		return nil, err
 	}
-	return stage.Facts{"lower": b.rootDevice, "upper": "tmpfs", "size": size, "state": OverlayStateDir, "target": NewRoot}, nil
+	facts := stage.Facts{"lower": b.rootDevice, "upper": string(cfg.Upper), "state": stateDir, "target": NewRoot}
+	if size != "" {
+		facts["size"] = size
+	}
+	return facts, nil
 }
 
 func (b *Boot) handoff(ctx context.Context) (stage.Facts, error) {

@@ -332,13 +332,16 @@ func (f *fakeStorage) MountIntoRoot(*storage.Result) error {
 func (f *fakeStorage) Abort(*storage.Result) { f.m.calls = append(f.m.calls, "storage abort") }
 
 func TestStorageStage(t *testing.T) {
-	boot := func(t *testing.T, fs *fakeStorage) (*fakeAttest, error) {
+	boot := func(t *testing.T, fs *fakeStorage, upper ...config.OverlayUpper) (*fakeAttest, error) {
 		m := fs.m
 		att := &fakeAttest{present: true}
 		cfg := plainConfig()
 		cfg.Attest.Require = config.AttestTPM
 		cfg.Storage.Enabled = true
 		cfg.Overlay.Enabled = true
+		if len(upper) > 0 {
+			cfg.Overlay.Upper = upper[0]
+		}
 		cl, _ := cmdline.Parse("root=/dev/vda2")
 		b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: att,
 			Storage: func(c config.Storage, root string) StorageSetup { fs.rootDevice = root; return fs }}
@@ -362,6 +365,16 @@ func TestStorageStage(t *testing.T) {
 		}
 		if !strings.Contains(strings.Join(att.measured, ","), measure.TypeStorage) {
 			t.Errorf("storage not measured: %v", att.measured)
+		}
+	})
+	t.Run("overlay upper on the storage", func(t *testing.T) {
+		m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
+		if _, err := boot(t, &fakeStorage{m: m}, config.UpperStorage); err != nil {
+			t.Fatal(err)
+		}
+		// No tmpfs (no size): the upper and work directories are on the encrypted volume.
+		if !strings.Contains(strings.Join(m.calls, "|"), "overlay /sysroot /run/kata-containers/image/.cvmboot-root-overlay |") {
+			t.Errorf("calls %v", m.calls)
 		}
 	})
 	t.Run("setup fails closed", func(t *testing.T) {

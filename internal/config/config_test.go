@@ -192,6 +192,8 @@ func TestParseErrors(t *testing.T) {
 			f + `:2: verity.on_corruption: "ignore" requires debug.enabled: true`},
 		{"storage upper needs storage", "storage:\n  enabled: false\noverlay:\n  upper: storage\n",
 			f + `:4: overlay.upper: "storage" requires storage.enabled: true`},
+		{"storage upper needs the storage under /run", "storage:\n  mountpoint: /var/lib/cvmboot\noverlay:\n  upper: storage\n",
+			f + `:4: overlay.upper: "storage" requires storage.mountpoint under /run/, found "/var/lib/cvmboot"`},
 		{"relative init", "root:\n  init: sbin/init\n",
 			f + `:2: root.init: "sbin/init" is not an absolute path`},
 		{"unclean init", "root:\n  init: /sbin/../init/\n",

@@ -82,6 +82,13 @@ func (c *Config) Validate() error {
 				e.related = "storage.enabled"
 				return e
 			}
+			// The upper layer must exist before the overlay is mounted; mounts inside the root
+			// come after it.
+			if c.Overlay.Enabled && c.Overlay.Upper == UpperStorage && !strings.HasPrefix(c.Storage.Mountpoint, "/run/") {
+				e := invalid("overlay.upper", "%q requires storage.mountpoint under /run/, found %q", c.Overlay.Upper, c.Storage.Mountpoint)
+				e.related = "storage.mountpoint"
+				return e
+			}
 			return nil
 		},
 		func() *Error { return checkSizeOrPercent("overlay.size", c.Overlay.Size) },

@@ -473,3 +473,48 @@ func TestScanFile(t *testing.T) {
 		t.Errorf("found %v in %d bytes", found, size)
 	}
 }
+
+// overlayOnStorageScript checks that writes to / land on the encrypted storage when
+// overlay.upper is storage.
+const overlayOnStorageScript = `#!/bin/sh
+exec >/dev/console 2>&1
+say() { printf 'E2E-CHECK: %s\n' "$*"; }
+U=/run/kata-containers/image/.cvmboot-root-overlay/upper
+say BEGIN
+state=$(timeout 240 systemctl is-system-running --wait 2>&1)
+say "system-state=$state"
+failed=$(systemctl list-units --failed --plain --no-legend --no-pager 2>&1 | awk '{print $1}' | tr '\n' ' ')
+say "failed-units=${failed:-none}"
+say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
+dd if=/dev/urandom of=/cvmboot-e2e-big bs=1M count=300 status=none && sync
+say "write=$(stat -c %s /cvmboot-e2e-big 2>&1)"
+say "upper-file=$(du -m $U/cvmboot-e2e-big 2>&1 | cut -f1) MiB"
+say "upper-on=$(findmnt -n -o SOURCE,FSTYPE --target $U 2>&1)"
+say "kernel-errors integrity=$(dmesg | grep -c 'INTEGRITY AEAD ERROR')"
+say DONE
+sync
+systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
+`
+
+func init() {
+	scenarios = append(scenarios, scenario{
+		name:    "debian-overlay-on-storage",
+		root:    rootDebian,
+		cmdline: "root=PARTUUID={rootpartuuid}",
+		config:  strings.Replace(storageConfig, "  size: 256MiB\n", "  upper: storage\n", 1),
+		recipe: func(r *harness.DiskRecipe) {
+			r.FreeSpace = 2 << 30
+			if err := harness.InstallCheckUnit(r.Root.Tree, overlayOnStorageScript); err != nil {
+				panic(fmt.Sprintf("debian-overlay-on-storage: %v", err))
+			}
+		},
+		expect: []string{`E2E-CHECK: system-state=running`, `E2E-CHECK: failed-units=none`,
+			`E2E-CHECK: root=overlay overlay rw,.*upperdir=/run/kata-containers/image/\.cvmboot-root-overlay/upper`,
+			`E2E-CHECK: write=314572800`, `E2E-CHECK: upper-file=300 MiB`,
+			`E2E-CHECK: upper-on=/dev/mapper/cvmboot-storage ext4`, `E2E-CHECK: kernel-errors integrity=0`,
+			`stage ok stage=overlay .*upper=storage`},
+		reject:    []string{`{fatal}`, `Kernel panic`},
+		outcome:   bootedAndChecked,
+		timeLimit: 6 * time.Minute,
+	})
+}
