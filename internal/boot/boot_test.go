@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -399,4 +401,20 @@ func TestStorageStage(t *testing.T) {
 			t.Errorf("calls %v", m.calls)
 		}
 	})
+}
+
+func TestPeakRSS(t *testing.T) {
+	kib, err := peakRSSKiB("/proc/self/status")
+	if err != nil || kib <= 0 {
+		t.Fatalf("own VmHWM: %d, %v", kib, err)
+	}
+	p := filepath.Join(t.TempDir(), "status")
+	os.WriteFile(p, []byte("Name:\tcvmboot\nVmPeak:\t  9000 kB\nVmHWM:\t    4242 kB\n"), 0o644)
+	if kib, err := peakRSSKiB(p); err != nil || kib != 4242 {
+		t.Errorf("VmHWM %d, %v", kib, err)
+	}
+	os.WriteFile(p, []byte("Name:\tcvmboot\n"), 0o644)
+	if _, err := peakRSSKiB(p); err == nil || !strings.Contains(err.Error(), "has no VmHWM line") {
+		t.Errorf("missing line: %v", err)
+	}
 }

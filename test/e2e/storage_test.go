@@ -162,7 +162,7 @@ var storageExpectFirst = []string{
 	`E2E-CHECK: stress=\d+s trees-identical=4/4 of \d+ files, big-files-identical=2/2`,
 	`E2E-CHECK: kernel-errors integrity=0 io=0`, `E2E-CHECK: e2fsck=rc 0 `,
 	`E2E-CHECK: kernel-errors-after-fsck integrity=0`,
-	`E2E-CHECK: REPORT END`, `"storage"`,
+	`E2E-CHECK: REPORT END`, `"storage"`, `stage ok stage=handoff .*peak_rss_kib=\d+`,
 }
 
 // storageExpectSecond: the same disk booted again.
