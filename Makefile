@@ -56,7 +56,7 @@ BENCHTIME ?= 3x
 BENCH_RUNS ?= 3
 bench: deps build
 	$(GO) test -run '^$$' -bench '1GiB' -benchtime $(BENCHTIME) -timeout 60m ./pkg/verity | tee test/bench-verity.log
-	CVMBOOT_E2E=1 CVMBOOT_E2E_BENCH=1 CVMBOOT_BENCH_RUNS=$(BENCH_RUNS) $(GO) test -count=1 -run '^TestStorageBench$$' -v -timeout 60m ./test/e2e 2>&1 | tee test/bench-storage.log | grep -E 'run [0-9]+:|ratio|cvmboot:|reference:|results in|^(ok|FAIL|---)'; exit $${PIPESTATUS[0]}
+	CVMBOOT_E2E=1 CVMBOOT_E2E_BENCH=1 CVMBOOT_BENCH_RUNS=$(BENCH_RUNS) $(GO) test -count=1 -run '^(TestStorageBench|TestBootBench)$$' -v -timeout 90m ./test/e2e 2>&1 | tee test/bench-e2e.log | grep -E 'run [0-9]+|ratio|cvmboot:|reference:|cvmboot / busybox|binary|initramfs time|storage-ready|results in|^(ok|FAIL|---)'; exit $${PIPESTATUS[0]}
 
 # Runs every fuzz target for FUZZTIME each (CI: a short pass; `make fuzz FUZZTIME=10m` for real).
 fuzz:

@@ -20,6 +20,8 @@ const (
 	// InitRootcheck runs rootcheck itself as /init (rootcheck.mode=initrd):
 	// proves firmware, UKI and TPM without any root file system.
 	InitRootcheck InitKind = "rootcheck"
+	// InitPrebuilt uses ImageSpec.Initramfs as it is (a baseline to compare against).
+	InitPrebuilt InitKind = "prebuilt"
 )
 
 // DefaultModules are the modules an initramfs needs to see the virtio disk
@@ -106,6 +108,8 @@ type ImageSpec struct {
 	Config  string   // cvmboot config YAML (InitCvmboot only)
 	Cmdline string   // full kernel command line baked into the UKI
 	Recipe  DiskRecipe
+	// Initramfs is the initramfs to use with InitPrebuilt.
+	Initramfs string
 }
 
 // Image is a built disk with the pieces that went into it.
@@ -174,6 +178,11 @@ func BuildImage(ctx context.Context, spec ImageSpec) (*Image, error) {
 	case InitRootcheck:
 		img.StandinModules, err = BuildStandinInitramfs(ctx, StandinInitramfs{
 			Init: spec.Tools.Rootcheck, Kernel: spec.Kernel}, img.Initramfs)
+	case InitPrebuilt:
+		if spec.Initramfs == "" {
+			return nil, errors.New("image: prebuilt initramfs requested but ImageSpec.Initramfs is empty")
+		}
+		err = copyFile(spec.Initramfs, img.Initramfs, 0o644)
 	default:
 		return nil, fmt.Errorf("image: unknown init kind %q", spec.Init)
 	}
