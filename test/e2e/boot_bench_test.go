@@ -19,8 +19,8 @@ import (
 // modules, mounts the plain root read-only and switches to it: same kernel, UKI, OVMF, swtpm
 // and Debian root, alternating, CVMBOOT_BENCH_RUNS runs each (3). cvmboot runs with a plain
 // root, the TPM required and measured into, storage and the overlay off (what the baseline
-// cannot do). Both times are the guest kernel's own timestamps, so the host's load does not
-// enter them. It also reports the binary and initramfs sizes and cvmboot's peak memory.
+// cannot do). Both times are the guest kernel's own timestamps (under TCG the guest runs
+// slower when the host is loaded, hence the alternation and the spread). It also reports the binary and initramfs sizes and cvmboot's peak memory.
 // Results: the test log and test/bench/results/boot.json. CVMBOOT_E2E=1 CVMBOOT_E2E_BENCH=1.
 func TestBootBench(t *testing.T) {
 	if os.Getenv("CVMBOOT_E2E") != "1" || os.Getenv("CVMBOOT_E2E_BENCH") != "1" {
