@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -23,22 +22,9 @@ import (
 // slower when the host is loaded, hence the alternation and the spread). It also reports the binary and initramfs sizes and cvmboot's peak memory.
 // Results: the test log and test/bench/results/boot.json. CVMBOOT_E2E=1 CVMBOOT_E2E_BENCH=1.
 func TestBootBench(t *testing.T) {
-	if os.Getenv("CVMBOOT_E2E") != "1" || os.Getenv("CVMBOOT_E2E_BENCH") != "1" {
-		t.Skip("set CVMBOOT_E2E=1 CVMBOOT_E2E_BENCH=1 to run the boot benchmark under qemu")
-	}
-	runs := 3
-	if v := os.Getenv("CVMBOOT_BENCH_RUNS"); v != "" {
-		if n, err := strconv.Atoi(v); err == nil && n > 0 {
-			runs = n
-		}
-	}
+	e, deb, runs := benchSetup(t, "boot")
 	if _, err := os.Stat("/bin/busybox"); err != nil {
 		t.Fatalf("the baseline needs /bin/busybox (busybox-static; make deps installs it): %v", err)
-	}
-	e := setup(t)
-	deb, err := e.debianRoot(t)
-	if err != nil {
-		t.Fatal(err)
 	}
 	baseline := filepath.Join(e.cache.Path("work"), "busybox-initramfs.img")
 	if err := buildBusyboxInitramfs(e, baseline); err != nil {
@@ -116,22 +102,11 @@ func TestBootBench(t *testing.T) {
 		o.Median/b.Median, o.Median, o.Min, o.Max, b.Median, b.Min, b.Max, o.Median-b.Median)
 	t.Logf("  binary %d bytes (%.1f MiB of the 12 MiB budget); initramfs %d bytes (busybox baseline %d); cvmboot peak RSS %d KiB",
 		bin, float64(bin)/(1<<20), ourInitrd, baseInitrd, peak)
-	repo, err := harness.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(repo, "test", "bench", "results", "boot.json")
-	_ = os.MkdirAll(filepath.Dir(out), 0o755)
-	data, _ := json.MarshalIndent(map[string]any{
-		"benchmark": "initramfs-time", "date": time.Now().UTC().Format(time.RFC3339), "accel": e.accel,
-		"kernel": e.kernel.Version, "runs": samples, "cvmboot_seconds": o, "busybox_seconds": b,
+	writeBenchResults(t, e, "boot", map[string]any{
+		"benchmark": "initramfs-time", "runs": samples, "cvmboot_seconds": o, "busybox_seconds": b,
 		"ratio_median": o.Median / b.Median, "binary_bytes": bin, "initramfs_bytes": ourInitrd,
 		"busybox_initramfs_bytes": baseInitrd, "peak_rss_kib": peak,
-	}, "", "  ")
-	if err := os.WriteFile(out, append(data, '\n'), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("results in %s", out)
+	})
 }
 
 // bootBenchScript powers off as soon as systemd runs it: the bench only needs systemd's start.

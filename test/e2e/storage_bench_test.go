@@ -27,22 +27,7 @@ import (
 // CVMBOOT_BENCH_RUNS sets the number of runs (3). Results: the test log and
 // test/bench/results/storage.json.
 func TestStorageBench(t *testing.T) {
-	if os.Getenv("CVMBOOT_E2E") != "1" || os.Getenv("CVMBOOT_E2E_BENCH") != "1" {
-		t.Skip("set CVMBOOT_E2E=1 CVMBOOT_E2E_BENCH=1 to run the storage benchmark under qemu")
-	}
-	runs := 3
-	if v := os.Getenv("CVMBOOT_BENCH_RUNS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("CVMBOOT_BENCH_RUNS=%q", v)
-		}
-		runs = n
-	}
-	e := setup(t)
-	deb, err := e.debianRoot(t)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, deb, runs := benchSetup(t, "storage")
 	const diskSize = 100 << 30
 	var results []benchRun
 	for i := 1; i <= runs; i++ {
@@ -97,19 +82,49 @@ func TestStorageBench(t *testing.T) {
 	t.Logf("  cvmboot:   median %.2fs (min %.2fs, max %.2fs), %d MiB written", sum.Ours.Median, sum.Ours.Min, sum.Ours.Max, results[0].Ours.WrittenMiB)
 	t.Logf("  reference: median %.2fs (min %.2fs, max %.2fs), %d MiB written, integrity errors in the kernel log while it formats: %d",
 		sum.Reference.Median, sum.Reference.Min, sum.Reference.Max, results[0].Reference.WrittenMiB, results[0].Reference.IntegrityErrors)
+	writeBenchResults(t, e, "storage", map[string]any{
+		"benchmark": "storage-ready", "disk_bytes": int64(diskSize), "integrity": "hmac-sha256",
+		"runs": results, "summary": sum,
+	})
+}
+
+// benchSetup skips unless the benchmarks were asked for, and returns the e2e environment,
+// the Debian root and the number of runs (CVMBOOT_BENCH_RUNS, 3).
+func benchSetup(t *testing.T, what string) (*env, *harness.DebianRoot, int) {
+	t.Helper()
+	if os.Getenv("CVMBOOT_E2E") != "1" || os.Getenv("CVMBOOT_E2E_BENCH") != "1" {
+		t.Skipf("set CVMBOOT_E2E=1 CVMBOOT_E2E_BENCH=1 to run the %s benchmark under qemu", what)
+	}
+	runs := 3
+	if v := os.Getenv("CVMBOOT_BENCH_RUNS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("CVMBOOT_BENCH_RUNS=%q", v)
+		}
+		runs = n
+	}
+	e := setup(t)
+	deb, err := e.debianRoot(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, deb, runs
+}
+
+// writeBenchResults writes test/bench/results/NAME.json with the run's date, accelerator
+// and kernel added.
+func writeBenchResults(t *testing.T, e *env, name string, results map[string]any) {
+	t.Helper()
 	repo, err := harness.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(repo, "test", "bench", "results", "storage.json")
+	out := filepath.Join(repo, "test", "bench", "results", name+".json")
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := json.MarshalIndent(map[string]any{
-		"benchmark": "storage-ready", "disk_bytes": int64(diskSize), "integrity": "hmac-sha256",
-		"date": time.Now().UTC().Format(time.RFC3339), "accel": e.accel, "kernel": e.kernel.Version,
-		"runs": results, "summary": sum,
-	}, "", "  ")
+	results["date"], results["accel"], results["kernel"] = time.Now().UTC().Format(time.RFC3339), e.accel, e.kernel.Version
+	b, _ := json.MarshalIndent(results, "", "  ")
 	if err := os.WriteFile(out, append(b, '\n'), 0o644); err != nil {
 		t.Fatal(err)
 	}
