@@ -302,7 +302,7 @@ func (b *Boot) overlay(context.Context) (stage.Facts, error) {
 		// holds. The upper layer is a directory of the storage mount, which must already be
 		// mounted (under /run); the storage's size bounds it, not overlay.size.
 		res := b.storageRes
-		if res == nil || res.Mountpoint == "" || !strings.HasPrefix(res.Mountpoint, "/run/") {
+		if !res.MountpointReady() {
 			return nil, fmt.Errorf("overlay.upper is storage but no storage is mounted under /run to hold it (storage.mountpoint is %q)",
 				b.Config.Storage.Mountpoint)
 		}

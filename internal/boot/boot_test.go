@@ -316,6 +316,7 @@ type fakeStorage struct {
 	rootDevice string
 	setupErr   error
 	intoErr    error
+	pending    bool // the mount point is inside the root: not mounted until MountIntoRoot
 }
 
 func (f *fakeStorage) Setup(context.Context) (*storage.Result, error) {
@@ -323,9 +324,13 @@ func (f *fakeStorage) Setup(context.Context) (*storage.Result, error) {
 	if f.setupErr != nil {
 		return nil, f.setupErr
 	}
+	if f.pending {
+		return &storage.Result{Facts: stage.Facts{}, Encrypted: true, Mountpoint: "/sysroot/var/lib/cvmboot-storage"}, nil
+	}
 	return &storage.Result{Facts: stage.Facts{"device": "/dev/mapper/cvmboot-storage"}, Encrypted: true,
 		Cipher: "aes-xts-plain64", KeyBits: 768, Integrity: "hmac-sha256", SectorSize: 4096, Filesystem: "ext4",
-		Mountpoint: "/run/kata-containers/image", PartUUID: "11111111-2222-4333-8444-555555555555", LUKSUUID: "l"}, nil
+		Mountpoint: "/run/kata-containers/image", PartUUID: "11111111-2222-4333-8444-555555555555", LUKSUUID: "l",
+		Mounted: []string{"/run/kata-containers/image"}}, nil
 }
 func (f *fakeStorage) MountIntoRoot(*storage.Result) error {
 	f.m.calls = append(f.m.calls, "storage into-root")
@@ -377,6 +382,14 @@ func TestStorageStage(t *testing.T) {
 		// No tmpfs (no size): the upper and work directories are on the encrypted volume.
 		if !strings.Contains(strings.Join(m.calls, "|"), "overlay /sysroot /run/kata-containers/image/.cvmboot-root-overlay |") {
 			t.Errorf("calls %v", m.calls)
+		}
+	})
+	t.Run("overlay upper on a storage not mounted yet", func(t *testing.T) {
+		m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
+		_, err := boot(t, &fakeStorage{m: m, pending: true}, config.UpperStorage)
+		var se *stage.Error
+		if !errors.As(err, &se) || se.Stage != StageOverlay || !strings.Contains(err.Error(), "no storage is mounted under /run") {
+			t.Fatalf("err %v", err)
 		}
 	})
 	t.Run("setup fails closed", func(t *testing.T) {

@@ -35,11 +35,10 @@ type Spool struct {
 	records [][]byte
 	size    int
 	dropped int
-	now     func() time.Time
 }
 
 // NewSpool returns an empty spool.
-func NewSpool() *Spool { return &Spool{now: time.Now} }
+func NewSpool() *Spool { return &Spool{} }
 
 func (s *Spool) add(payload []byte) {
 	s.mu.Lock()

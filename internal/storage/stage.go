@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -156,14 +157,21 @@ type Result struct {
 	Mountpoint string
 	PartUUID   string
 	LUKSUUID   string
+	// Mounted are the targets mounted so far, in order.
+	Mounted []string
 
 	// rootMounts are the mounts that go inside TargetRoot, made by MountIntoRoot once the
 	// root is assembled (the overlay would hide anything mounted there before it).
 	rootMounts []pendingMount
-	mounted    []string // targets mounted so far, in order
-	source     string   // what the mount point is mounted from
+	source     string // what the mount point is mounted from
 	fstype     string
 	mountData  string
+}
+
+// MountpointReady reports whether the volume is mounted at Mountpoint already (Setup mounts
+// it there when it is under /run; inside the root only MountIntoRoot does).
+func (r *Result) MountpointReady() bool {
+	return r != nil && r.Mountpoint != "" && slices.Contains(r.Mounted, r.Mountpoint)
 }
 
 // pendingMount is a mount inside TargetRoot not made yet.
@@ -320,8 +328,8 @@ func (s *Stage) Abort(res *Result) {
 	if res == nil {
 		return
 	}
-	s.unmountAll(res.mounted)
-	res.mounted = nil
+	s.unmountAll(res.Mounted)
+	res.Mounted = nil
 	if s.vol == nil {
 		return
 	}
@@ -540,8 +548,8 @@ func (s *Stage) mountRun(res *Result) error {
 			continue
 		}
 		if err := s.mountOne(res, pm); err != nil {
-			s.unmountAll(res.mounted)
-			res.mounted = nil
+			s.unmountAll(res.Mounted)
+			res.Mounted = nil
 			return err
 		}
 	}
@@ -554,11 +562,11 @@ func (s *Stage) MountIntoRoot(res *Result) error {
 	if res == nil {
 		return nil
 	}
-	done := len(res.mounted)
+	done := len(res.Mounted)
 	for _, pm := range res.rootMounts {
 		if err := s.mountOne(res, pm); err != nil {
-			s.unmountAll(res.mounted[done:])
-			res.mounted = res.mounted[:done]
+			s.unmountAll(res.Mounted[done:])
+			res.Mounted = res.Mounted[:done]
 			return err
 		}
 	}
@@ -579,13 +587,13 @@ func (s *Stage) mountOne(res *Result, pm pendingMount) error {
 		if err := s.Mounter.Mount(res.source, pm.target, res.fstype, mountFlags, data); err != nil {
 			return err
 		}
-		res.mounted = append(res.mounted, pm.target)
+		res.Mounted = append(res.Mounted, pm.target)
 		return nil
 	}
 	if err := s.Mounter.Mount(res.Mountpoint, pm.target, "", unix.MS_BIND, ""); err != nil {
 		return err
 	}
-	res.mounted = append(res.mounted, pm.target)
+	res.Mounted = append(res.Mounted, pm.target)
 	// A bind ignores nodev,nosuid; a remount applies them.
 	return s.Mounter.Mount("", pm.target, "", unix.MS_REMOUNT|unix.MS_BIND|mountFlags, "")
 }
