@@ -11,7 +11,12 @@ FUZZTIME   ?= 10s
 
 export CGO_ENABLED=0
 
-.PHONY: build deps test unit lint e2e demo fuzz bench clean
+.PHONY: build deps test unit lint e2e demo fuzz bench clean install
+
+# Installs into an image's root tree (DESTDIR): the binary, the systemd units and generator,
+# and the dracut module. CONFIG=file installs it as /etc/cvmboot/config.yaml.
+DESTDIR ?=
+CONFIG  ?=
 
 build:
 	@mkdir -p bin
@@ -66,6 +71,10 @@ fuzz:
 	    echo "fuzz $$pkg $$t ($(FUZZTIME))"; \
 	    $(GO) test -run='^$$' -fuzz="^$$t$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=100x -parallel=1 $$pkg 2>&1 | tail -2; \
 	  done; done
+
+install:
+	@test -x $(BIN) || { echo "make install: $(BIN) is missing: run make build first" >&2; exit 1; }
+	systemd/install.sh "$(DESTDIR)" $(BIN) $(CONFIG)
 
 clean:
 	rm -rf bin test/e2e/artifacts

@@ -49,8 +49,7 @@ func (b *Boot) attest(context.Context) (stage.Facts, error) {
 	}
 	for _, v := range []*verity.Result{b.rootVerity, b.usrVerity} {
 		if v != nil {
-			events = append(events, measure.Verity{Target: v.Name, RootHash: v.RootHash,
-				HashAlgorithm: v.Facts["algorithm"], OnCorruption: v.Facts["corruption"]}.Event())
+			events = append(events, verityEvent(v))
 		}
 	}
 	for _, ev := range events {

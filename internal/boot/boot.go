@@ -62,6 +62,9 @@ type Mounts interface {
 	// directories in stateDir on a new tmpfs of tmpfsSize (or in stateDir as it is when
 	// tmpfsSize is empty).
 	Overlay(target, stateDir, tmpfsSize string) error
+	// MountedAt returns the source of the topmost mount at target ("" when target is not a
+	// mount point): the units find the root systemd mounted with it.
+	MountedAt(target string) (string, error)
 }
 
 // Modules loads kernel modules with their dependencies.
@@ -100,8 +103,9 @@ type Boot struct {
 	Devices Devices
 	Attest  Attestation
 	Verity  Verity
-	// Storage returns the storage stage for the config and the mounted root device.
-	Storage func(cfg config.Storage, rootDevice string) StorageSetup
+	// Storage returns the storage stage for the config and the mounted root device; mounts
+	// outside /run go below targetRoot ("" in the booted system: where they are).
+	Storage func(cfg config.Storage, rootDevice, targetRoot string) StorageSetup
 	// CmdlineRaw is /proc/cmdline as read, measured by digest.
 	CmdlineRaw string
 	// ConfigInfo identifies the effective config, for its measurement.
@@ -118,6 +122,11 @@ type Boot struct {
 	measuring  bool // an event log is open on the platform's registers
 	storage    StorageSetup
 	storageRes *storage.Result // set up, its mounts inside the root still to make
+
+	// Set by RunUnits: the stages run from systemd units, in the initrd or the booted system.
+	units      bool
+	initrd     bool
+	unitReport *report.Report // the report so far, with the stages earlier units ran
 }
 
 // Stages returns the boot sequence as PID 1 runs it.
@@ -250,7 +259,11 @@ func (b *Boot) storageStage(ctx context.Context) (stage.Facts, error) {
 	if b.Storage == nil {
 		return nil, errors.New("storage.enabled is true but this environment cannot set up storage")
 	}
-	st := b.Storage(cfg, b.rootDevice)
+	targetRoot := NewRoot
+	if b.units && !b.initrd {
+		targetRoot = ""
+	}
+	st := b.Storage(cfg, b.rootDevice, targetRoot)
 	res, err := st.Setup(ctx)
 	if err != nil {
 		return nil, err

@@ -26,6 +26,7 @@ type fakeMachine struct {
 	switchErr   error
 	loadedMods  []string
 	earlyMounts []string
+	mountedAt   map[string]string // target → source
 }
 
 func (f *fakeMachine) Early() ([]string, error) {
@@ -46,6 +47,10 @@ func (f *fakeMachine) SwitchRoot(newRoot, init string) error {
 func (f *fakeMachine) Overlay(target, stateDir, size string) error {
 	f.calls = append(f.calls, "overlay "+target+" "+stateDir+" "+size)
 	return nil
+}
+func (f *fakeMachine) MountedAt(target string) (string, error) {
+	f.calls = append(f.calls, "mountedat "+target)
+	return f.mountedAt[target], nil
 }
 func (f *fakeMachine) Load(_ context.Context, names []string) ([]string, error) {
 	f.calls = append(f.calls, "modules "+strings.Join(names, ","))
@@ -305,7 +310,7 @@ func TestMeasuredBoot(t *testing.T) {
 }
 
 func TestUnitStages(t *testing.T) {
-	if got := UnitStageNames(); got != "modules, attest, storage, overlay" {
+	if got := UnitStageNames(); got != "modules, attest, verity, overlay, storage, evidence" {
 		t.Errorf("unit stages %q", got)
 	}
 }
@@ -351,7 +356,7 @@ func TestStorageStage(t *testing.T) {
 		}
 		cl, _ := cmdline.Parse("root=/dev/vda2")
 		b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: att,
-			Storage: func(c config.Storage, root string) StorageSetup { fs.rootDevice = root; return fs }}
+			Storage: func(c config.Storage, root, _ string) StorageSetup { fs.rootDevice = root; return fs }}
 		return att, (&stage.Runner{Report: &report.Report{}}).Run(context.Background(), b.Stages())
 	}
 	t.Run("order and measurement", func(t *testing.T) {

@@ -25,8 +25,9 @@ type Env struct {
 	Devices Devices
 	Attest  Attestation
 	Verity  Verity
-	// Storage builds the storage stage for the config and the root device.
-	Storage func(cfg config.Storage, rootDevice string) StorageSetup
+	// Storage builds the storage stage for the config, the root device and the root the
+	// mounts outside /run go into.
+	Storage func(cfg config.Storage, rootDevice, targetRoot string) StorageSetup
 	System  failaction.System
 	// Bootstrap mounts what reading the command line and logging need (/proc, /dev) before
 	// anything else runs; it returns what it mounted.
@@ -46,6 +47,7 @@ type Env struct {
 	ConfigPath      string
 	ModulesLoadPath string // the initramfs's module list; absent means none
 	ReportPath      string
+	InitrdRelease   string // exists in a systemd initrd (units only)
 	Clock           stage.Clock
 }
 

@@ -56,8 +56,19 @@ func (m *machine) Activate(ctx context.Context, vol *verity.Volume) (*verity.Res
 	})
 }
 
-func (m *machine) storage(cfg config.Storage, rootDevice string) StorageSetup {
-	return storage.New(cfg, m.log, func() string { return rootDevice }, NewRoot)
+func (m *machine) storage(cfg config.Storage, rootDevice, targetRoot string) StorageSetup {
+	return storage.New(cfg, m.log, func() string { return rootDevice }, targetRoot)
+}
+
+func (m *machine) MountedAt(target string) (string, error) {
+	mounts, err := mount.ReadMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	if mi := mount.Lookup(mounts, target); mi != nil {
+		return mi.Source, nil
+	}
+	return "", nil
 }
 
 func (m *machine) Load(ctx context.Context, names []string) ([]string, error) {
@@ -116,5 +127,6 @@ func Real() Env {
 		ConfigPath:      config.DefaultPath,
 		ModulesLoadPath: initramfs.ModulesLoadPath,
 		ReportPath:      report.DefaultPath,
+		InitrdRelease:   InitrdRelease,
 	}
 }

@@ -29,6 +29,8 @@ func Commands() []Command {
 		evidenceCommand,
 		{Name: "serve", Summary: "serve the boot report, event log and fresh evidence on a local socket; watch dm-verity", Run: serve.Main},
 		{Name: "luks2", Summary: "format and dump LUKS2 headers", Run: luks2cli.Main},
+		{Name: "systemd-generator", Summary: "write the FailureAction= drop-ins of cvmboot's units (a systemd generator)", Run: generatorCmd},
+		{Name: "modules", Summary: "print the kernel modules the config needs (for initrd generators such as dracut)", Run: modulesCmd},
 	}
 }
 

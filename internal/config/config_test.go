@@ -393,3 +393,12 @@ func TestCloneIsDeep(t *testing.T) {
 		t.Fatal("Clone shares slices with the original")
 	}
 }
+
+// The mkosi example's config must load under the boot's strict rules.
+func TestExampleConfigs(t *testing.T) {
+	for _, p := range []string{"../../configs/mkosi/cvmboot.yaml"} {
+		if _, err := Load(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+}

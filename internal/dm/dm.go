@@ -124,7 +124,18 @@ type Control struct {
 	UdevDir string
 	// Now returns CLOCK_MONOTONIC, the clock of the udev database's I: field.
 	Now func() time.Duration
+	// UdevTimeout, when set, means udev runs (a systemd initrd or the booted system): it
+	// creates the /dev/mapper link and its database entry from the kernel's uevent, so
+	// CreateAndLoad waits up to this long for the link instead of publishing the device
+	// itself (a node of ours would stop udev from making its link).
+	UdevTimeout time.Duration
 }
+
+// UdevControl is udevd's control socket: it exists while udevd runs.
+const UdevControl = "/run/udev/control"
+
+// DefaultUdevTimeout bounds the wait for udev's /dev/mapper link.
+const DefaultUdevTimeout = 30 * time.Second
 
 // Open opens ControlPath, creating the node from /sys/class/misc/device-mapper/dev when
 // devtmpfs did not, and checks the interface version.
@@ -134,6 +145,9 @@ func Open() (*Control, error) {
 		return nil, err
 	}
 	c := &Control{file: f, DevDir: "/dev", UdevDir: "/run/udev", Now: monotonic}
+	if _, err := os.Stat(UdevControl); err == nil {
+		c.UdevDir, c.UdevTimeout = "", DefaultUdevTimeout
+	}
 	c.ioctl = func(req uintptr, buf []byte) error {
 		_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), req, uintptr(unsafe.Pointer(&buf[0])))
 		if errno != 0 {

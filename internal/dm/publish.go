@@ -134,10 +134,37 @@ func MakeNode(devDir string, d Device) error {
 	return nil
 }
 
+// WaitForLink waits until devDir/mapper/NAME resolves to d's node, which udev creates from
+// the device-mapper rules (10-dm.rules or Debian's 55-dm.rules) when the device resumes.
+func WaitForLink(devDir string, d Device, timeout time.Duration) error {
+	path := NodePath(devDir, d.Name)
+	want := unix.Mkdev(d.Major, d.Minor)
+	deadline := time.Now().Add(timeout)
+	for {
+		var st unix.Stat_t
+		err := unix.Stat(path, &st)
+		if err == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK && st.Rdev == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			found := "nothing"
+			if err == nil {
+				found = fmt.Sprintf("mode %o, device %d:%d", st.Mode&unix.S_IFMT, unix.Major(st.Rdev), unix.Minor(st.Rdev))
+			}
+			return fmt.Errorf("udev did not link %s to %s (%s) within %s: found %s (are the device-mapper udev rules in the initrd?)",
+				path, d.Name, d.ID(), timeout, found)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // NodePath is where MakeNode puts d's node.
 func NodePath(devDir, name string) string { return filepath.Join(devDir, "mapper", name) }
 
 func (c *Control) publish(d Device) error {
+	if c.UdevTimeout > 0 {
+		return WaitForLink(c.DevDir, d, c.UdevTimeout)
+	}
 	if c.DevDir != "" {
 		if err := MakeNode(c.DevDir, d); err != nil {
 			return err
@@ -158,6 +185,9 @@ func (c *Control) publish(d Device) error {
 // unpublish removes what publish made for a removed device: the node only when it still
 // has the device's number, so that a node made by someone else is left alone.
 func (c *Control) unpublish(d Device) error {
+	if c.UdevTimeout > 0 {
+		return nil // udev removes its link on the removal's uevent
+	}
 	var errs []error
 	if c.DevDir != "" && d.Name != "" {
 		path := NodePath(c.DevDir, d.Name)

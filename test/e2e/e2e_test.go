@@ -99,6 +99,12 @@ type scenario struct {
 	// killWithin of the first console line it matches.
 	killOn     string
 	killWithin time.Duration
+	// debianPackages are installed in the Debian root on top of DefaultDebianInclude (a
+	// root cached of its own).
+	debianPackages []string
+	// initramfs, when set, makes the scenario's initramfs from the prepared root tree (after
+	// recipe), instead of `cvmboot initramfs`: a systemd initrd built by dracut.
+	initramfs func(t *testing.T, e *env, tree, work string) (string, error)
 }
 
 // plainConfig turns off what a plain qemu guest cannot provide (a verified
@@ -213,9 +219,8 @@ type env struct {
 	init     harness.InitKind
 	tinyRoot string
 
-	debianOnce sync.Once
-	debian     *harness.DebianRoot
-	debianErr  error
+	debianMu sync.Mutex
+	debian   map[string]*harness.DebianRoot // by the extra packages
 
 	cvmbootErr error // why cvmboot could not be built; scenarios needing it fail with it
 
@@ -323,19 +328,32 @@ func (e *env) chooseInit(ctx context.Context, t *testing.T) error {
 	return nil
 }
 
-func (e *env) debianRoot(t *testing.T) (*harness.DebianRoot, error) {
-	e.debianOnce.Do(func() {
-		e.debian, e.debianErr = e.cache.DebianRoot(context.Background(), harness.DebianSpec{}, harness.Logf(t.Logf))
-		if e.debianErr == nil {
-			state := "built now"
-			if e.debian.Cached {
-				state = "cached"
-			}
-			t.Logf("debian root: %s, debootstrap+setup took %s when built, %d MiB", state,
-				e.debian.BuildTime.Round(time.Second), e.debian.SizeBytes/harness.MiB)
-		}
-	})
-	return e.debian, e.debianErr
+func (e *env) debianRoot(t *testing.T, extra ...string) (*harness.DebianRoot, error) {
+	e.debianMu.Lock()
+	defer e.debianMu.Unlock()
+	key := strings.Join(extra, ",")
+	if r, ok := e.debian[key]; ok {
+		return r, nil
+	}
+	spec := harness.DebianSpec{}
+	if len(extra) > 0 {
+		spec.Include = append(append([]string(nil), harness.DefaultDebianInclude...), extra...)
+	}
+	r, err := e.cache.DebianRoot(context.Background(), spec, harness.Logf(t.Logf))
+	if err != nil {
+		return nil, err
+	}
+	state := "built now"
+	if r.Cached {
+		state = "cached"
+	}
+	t.Logf("debian root (+%s): %s, debootstrap+setup took %s when built, %d MiB", key, state,
+		r.BuildTime.Round(time.Second), r.SizeBytes/harness.MiB)
+	if e.debian == nil {
+		e.debian = map[string]*harness.DebianRoot{}
+	}
+	e.debian[key] = r
+	return r, nil
 }
 
 // result is one scenario's line in the summary.
@@ -394,7 +412,7 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 
 	tree := e.tinyRoot
 	if sc.root == rootDebian {
-		deb, err := e.debianRoot(t)
+		deb, err := e.debianRoot(t, sc.debianPackages...)
 		if err != nil {
 			t.Fatalf("debian root: %v", err)
 		}
@@ -443,9 +461,17 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 		th.Cvmboot = bin
 		tools = &th
 	}
+	var prebuilt string
+	if sc.initramfs != nil {
+		var err error
+		if prebuilt, err = sc.initramfs(t, e, recipe.Root.Tree, work); err != nil {
+			t.Fatalf("scenario %s: initramfs: %v", sc.name, err)
+		}
+		init = harness.InitPrebuilt
+	}
 	img, err := harness.BuildImage(ctx, harness.ImageSpec{
 		WorkDir: work, Kernel: e.kernel, Tools: tools, Init: init,
-		Modules: sc.modules, Config: sc.config, Cmdline: cmdline, Recipe: recipe,
+		Modules: sc.modules, Config: sc.config, Cmdline: cmdline, Recipe: recipe, Initramfs: prebuilt,
 	})
 	if err != nil {
 		t.Fatalf("scenario %s: build image: %v", sc.name, err)

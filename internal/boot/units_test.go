@@ -1,0 +1,212 @@
+package boot
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/failaction"
+	"github.com/cvmboot/cvmboot/pkg/report"
+)
+
+// goodHash is a root hash the fake verity accepts.
+var goodHash = "00" + strings.Repeat("ab", 31)
+
+// unitHarness runs `cvmboot run` as the units do: one RunUnits call per unit, sharing the
+// report file, the (fake) event log and the machine.
+func unitHarness(t *testing.T, cmdline, configYAML string, m *fakeMachine, initrd bool) (*initHarness, *fakeAttest, *fakeStorage) {
+	h := newInitHarness(t, cmdline, configYAML, m)
+	att := &fakeAttest{present: true}
+	fs := &fakeStorage{m: m}
+	h.env.Attest, h.env.Verity = att, &fakeVerity{}
+	h.env.Storage = func(_ config.Storage, root, targetRoot string) StorageSetup {
+		m.calls = append(m.calls, "storage for "+root+" into "+targetRoot)
+		fs.rootDevice = root
+		return fs
+	}
+	h.env.InitrdRelease = filepath.Join(t.TempDir(), "initrd-release")
+	if initrd {
+		if err := os.WriteFile(h.env.InitrdRelease, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return h, att, fs
+}
+
+const unitsYAML = `
+attest: {require: tpm}
+storage: {enabled: true}
+overlay: {enabled: true, size: 64MiB}
+`
+
+func TestUnitsInitrdSequence(t *testing.T) {
+	m := &fakeMachine{devices: map[string]string{"/dev/mapper/root": "/dev/mapper/root"},
+		mountedAt: map[string]string{NewRoot: "/dev/mapper/root"}}
+	h, att, _ := unitHarness(t, "roothash="+goodHash+" root=/dev/mapper/root", unitsYAML, m, true)
+	for _, unit := range [][]string{{"modules", "attest"}, {"verity"}, {"overlay"}, {"storage"}, {"evidence"}} {
+		var stderr bytes.Buffer
+		if code := RunUnits(h.env, unit, &stderr); code != 0 {
+			t.Fatalf("cvmboot run %v: exit %d: %s", unit, code, stderr.String())
+		}
+	}
+	// Every unit's decision is in the one log, in unit order, bracketed by the phases.
+	want := "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.verity,cvmboot.overlay,cvmboot.storage,cvmboot.phase:leave-initrd"
+	if got := strings.Join(att.measured, ","); got != want {
+		t.Errorf("measured\n %s\nwant\n %s", got, want)
+	}
+	if !att.evidence {
+		t.Error("no evidence taken")
+	}
+	calls := strings.Join(m.calls, "|")
+	for _, c := range []string{"overlay /sysroot /run/cvmboot/overlay 67108864", "storage for /dev/mapper/root into /sysroot", "storage setup /dev/mapper/root|storage into-root"} {
+		if !strings.Contains(calls, c) {
+			t.Errorf("calls lack %q: %v", c, m.calls)
+		}
+	}
+	rep, err := report.ReadFile(h.env.ReportPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, st := range rep.Stages {
+		names = append(names, st.Name+"="+string(st.Status))
+	}
+	if got := strings.Join(names, " "); got != "modules=skipped attest=ok verity=ok overlay=ok storage=ok evidence=ok" {
+		t.Errorf("report stages %s", got)
+	}
+	if rep.Mode != "systemd-initrd" || rep.Outcome != report.OutcomeOK {
+		t.Errorf("report mode %q outcome %q", rep.Mode, rep.Outcome)
+	}
+	if f := rep.Stage(StageVerity).Facts; f["root_device"] != "/dev/mapper/root" || f["root_data_device"] != "/dev/vda2" {
+		t.Errorf("verity facts %v", f)
+	}
+}
+
+func TestUnitsFailClosed(t *testing.T) {
+	t.Run("verity mismatch", func(t *testing.T) {
+		m := &fakeMachine{}
+		h, _, _ := unitHarness(t, "roothash="+strings.Repeat("ff", 32), "failure: {action: reboot}\nattest: {require: none}\n", m, true)
+		var stderr bytes.Buffer
+		if code := RunUnits(h.env, []string{"verity"}, &stderr); code != 1 {
+			t.Fatalf("exit %d", code)
+		}
+		em := strings.Join(h.emergency, "\n")
+		if !strings.Contains(em, "cvmboot: FATAL: stage verity failed: dm-verity root: hash device /dev/vda3") ||
+			!strings.Contains(em, "cvmboot: failure action: reboot (FailureAction=reboot-force)") {
+			t.Errorf("emergency lines:\n%s", em)
+		}
+		rep, err := report.ReadFile(h.env.ReportPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Outcome != report.OutcomeFailed || rep.Failure == nil || rep.Failure.Stage != StageVerity || rep.Failure.Action != "reboot" {
+			t.Errorf("report outcome %q failure %+v", rep.Outcome, rep.Failure)
+		}
+	})
+	t.Run("attest unit missing while a platform is required", func(t *testing.T) {
+		m := &fakeMachine{}
+		h, att, _ := unitHarness(t, "roothash="+goodHash, "attest: {require: tpm}\n", m, true)
+		var stderr bytes.Buffer
+		if code := RunUnits(h.env, []string{"verity"}, &stderr); code != 1 {
+			t.Fatalf("exit %d", code)
+		}
+		if !strings.Contains(stderr.String(), "attest.require is tpm but the boot report has no attest stage that ran") {
+			t.Errorf("stderr %s", stderr.String())
+		}
+		if len(att.measured) != 0 {
+			t.Errorf("measured %v", att.measured)
+		}
+	})
+	t.Run("overlay before sysroot.mount", func(t *testing.T) {
+		m := &fakeMachine{}
+		h, _, _ := unitHarness(t, "root=/dev/vda2", plainYAML+"overlay: {enabled: true}\n", m, true)
+		h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: none}\noverlay: {enabled: true}\n")
+		var stderr bytes.Buffer
+		if code := RunUnits(h.env, []string{"overlay"}, &stderr); code != 1 ||
+			!strings.Contains(stderr.String(), "nothing is mounted at /sysroot: the overlay unit must run after sysroot.mount") {
+			t.Errorf("exit %d: %s", code, stderr.String())
+		}
+	})
+	t.Run("overlay on storage needs PID 1", func(t *testing.T) {
+		m := &fakeMachine{mountedAt: map[string]string{NewRoot: "/dev/vda2"}}
+		h, _, _ := unitHarness(t, "root=/dev/vda2", "", m, true)
+		h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: none}\noverlay: {enabled: true, upper: storage}\nstorage: {mountpoint: /run/s}\n")
+		var stderr bytes.Buffer
+		if code := RunUnits(h.env, []string{"overlay"}, &stderr); code != 1 || !strings.Contains(stderr.String(), "overlay.upper is storage, which needs cvmboot as PID 1") {
+			t.Errorf("exit %d: %s", code, stderr.String())
+		}
+	})
+	t.Run("overlay in the booted system", func(t *testing.T) {
+		m := &fakeMachine{}
+		h, _, _ := unitHarness(t, "root=/dev/vda2", "", m, false)
+		h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: none}\noverlay: {enabled: true}\n")
+		var stderr bytes.Buffer
+		if code := RunUnits(h.env, []string{"overlay"}, &stderr); code != 1 || !strings.Contains(stderr.String(), "the overlay stage runs in the initrd") {
+			t.Errorf("exit %d: %s", code, stderr.String())
+		}
+	})
+}
+
+func TestUnitsBootedStorage(t *testing.T) {
+	// An image that keeps its own initrd: the root is whatever / is mounted from.
+	m := &fakeMachine{mountedAt: map[string]string{"/": "/dev/sda1"}}
+	h, att, _ := unitHarness(t, "quiet", "", m, false)
+	h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: none}\nstorage: {enabled: true}\n")
+	var stderr bytes.Buffer
+	if code := RunUnits(h.env, []string{"storage"}, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if calls := strings.Join(m.calls, "|"); !strings.Contains(calls, "storage for /dev/sda1 into |storage setup /dev/sda1|storage into-root") {
+		t.Errorf("calls %v", m.calls)
+	}
+	if len(att.measured) != 0 {
+		t.Errorf("measured without an attest stage and attest.require none: %v", att.measured)
+	}
+	rep, _ := report.ReadFile(h.env.ReportPath)
+	if rep == nil || rep.Mode != "systemd" {
+		t.Errorf("report %+v", rep)
+	}
+}
+
+func TestGenerate(t *testing.T) {
+	for _, tt := range []struct{ yaml, want string }{
+		{"failure: {action: reboot}\n", "FailureAction=reboot-force"},
+		{"failure: {action: halt}\n", "FailureAction=halt-force"},
+		{"failure: {action: panic}\n", "FailureAction=poweroff-immediate"},
+		{"failure: {action: shell}\n", "FailureAction=poweroff-force"}, // a shell needs debug.enabled
+		{"failure: {action: shell}\ndebug: {enabled: true}\n", "FailureAction=none"},
+		{"", "FailureAction=poweroff-force"},
+		{"failure: {action: reboot\n", "FailureAction=poweroff-force"}, // unreadable: the secure default
+	} {
+		h := newInitHarness(t, "quiet", tt.yaml, &fakeMachine{})
+		dir := t.TempDir()
+		var stderr bytes.Buffer
+		if err := Generate(h.env, dir, &stderr); err != nil {
+			t.Fatal(err)
+		}
+		for _, unit := range UnitNames {
+			b, err := os.ReadFile(filepath.Join(dir, unit+".d", GeneratorDropIn))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(b), "[Unit]\n"+tt.want+"\n") {
+				t.Errorf("%q: %s drop-in:\n%s", tt.yaml, unit, b)
+			}
+		}
+	}
+	if got := SystemdFailureAction(failaction.Poweroff); got != "poweroff-force" {
+		t.Errorf("poweroff → %s", got)
+	}
+}
+
+func writeTemp(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

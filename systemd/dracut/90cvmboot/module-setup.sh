@@ -1,0 +1,67 @@
+#!/bin/bash
+# dracut module for cvmboot in a systemd initrd: installs the binary, its config, the units
+# and their generator, and the kernel modules the config needs. `make install` puts it at
+# /usr/lib/dracut/modules.d/90cvmboot next to the binary (/usr/bin/cvmboot), the units
+# (/usr/lib/systemd/system) and the generator; enable it with add_dracutmodules+=" cvmboot ".
+
+cvmboot_bin() { echo "${dracutsysrootdir-}/usr/bin/cvmboot"; }
+cvmboot_config() { echo "${dracutsysrootdir-}/etc/cvmboot/config.yaml"; }
+
+# called by dracut
+check() {
+    local f
+    for f in "$(cvmboot_bin)" "${dracutsysrootdir-}$systemdsystemunitdir/cvmboot-verity.service" \
+        "${dracutsysrootdir-}$systemdutildir/system-generators/cvmboot-generator"; do
+        [[ -e "$f" ]] || {
+            derror "cvmboot: $f is missing (make install puts it there)"
+            return 1
+        }
+    done
+    # Only when asked for: the module takes over the root's verity and failure handling.
+    return 255
+}
+
+# called by dracut
+depends() {
+    # udev's device-mapper rules give /dev/mapper/NAME for the devices cvmboot creates.
+    echo systemd systemd-udevd dm
+    return 0
+}
+
+# called by dracut
+installkernel() {
+    local cfg mods m
+    cfg="$(cvmboot_config)"
+    mods=$("$(cvmboot_bin)" modules --config "$cfg") || return 1
+    # One at a time: a module built into this kernel (hmac, sha256_generic on Debian) or
+    # missing from it (a CPU-specific cipher) must not keep the others out.
+    for m in dm_mod $mods; do
+        hostonly='' instmods "$m" || :
+    done
+}
+
+# called by dracut
+install() {
+    local cfg
+    cfg="$(cvmboot_config)"
+    inst_simple "$(cvmboot_bin)" /usr/bin/cvmboot
+    if [[ -f "$cfg" ]]; then
+        inst_simple "$cfg" /etc/cvmboot/config.yaml
+    fi
+    "$(cvmboot_bin)" modules --config "$cfg" > "$initdir/etc/cvmboot/modules.load.tmp" &&
+        mkdir -p "$initdir/etc/cvmboot" &&
+        mv "$initdir/etc/cvmboot/modules.load.tmp" "$initdir/etc/cvmboot/modules.load"
+
+    local unit
+    for unit in cvmboot-attest.service cvmboot-verity.service cvmboot-overlay.service \
+        cvmboot-storage.service cvmboot-evidence.service; do
+        inst_simple "$systemdsystemunitdir/$unit"
+        $SYSTEMCTL -q --root "$initdir" enable "$unit"
+    done
+    inst_simple "$systemdutildir/system-generators/cvmboot-generator"
+    inst_simple "$moddir/cvmboot-cmdline.conf" /etc/cmdline.d/90cvmboot.conf
+
+    # mke2fs (or mkfs.xfs) formats the storage; the config picks the file system.
+    inst_multiple -o mke2fs mkfs.ext4 mkfs.xfs
+    inst_multiple -o /etc/mke2fs.conf
+}

@@ -1,0 +1,136 @@
+package e2e
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cvmboot/cvmboot/test/e2e/harness"
+)
+
+// systemd-initrd mode: the initramfs is Debian's dracut (run inside the Debian root) with
+// cvmboot's dracut module, and cvmboot runs as the units in systemd/.
+
+// dracutConfig is the secure default with swtpm as the platform and a capped overlay.
+const dracutConfig = `# cvmboot e2e: systemd initrd (dracut) with cvmboot's units
+attest:
+  require: tpm
+storage:
+  binds: [/var/lib/containers]
+overlay:
+  enabled: true
+  size: 256MiB
+`
+
+// dracutPackages are what the dracut scenarios' root adds: dracut itself; dmsetup, whose
+// udev rules dracut's dm module installs (they make /dev/mapper/NAME); and the TPM2
+// libraries systemd-pcrphase needs in the booted system, which a systemd initrd leaves with
+// efivarfs mounted, so its "UKI booted" condition holds there.
+var dracutPackages = []string{"dracut", "dmsetup", "libtss2-esys-3.0.2-0", "libtss2-mu0", "libtss2-rc0",
+	"libtss2-tctildr0", "libtss2-tcti-device0"}
+
+// dracutCheckScript is DefaultCheckScript's checks plus the storage, the device units, the
+// journal records of the units and cvmboot status.
+const dracutCheckScript = `#!/bin/sh
+exec >/dev/console 2>&1
+say() { printf 'E2E-CHECK: %s\n' "$*"; }
+say BEGIN
+state=$(timeout 240 systemctl is-system-running --wait 2>&1)
+say "system-state=$state"
+failed=$(systemctl list-units --failed --plain --no-legend --no-pager 2>&1 | awk '{print $1}' | tr '\n' ' ')
+say "failed-units=${failed:-none}"
+for u in $failed; do journalctl -b -u "$u" -o cat --no-pager | tail -4 | sed "s|^|E2E-CHECK: failed $u: |"; done
+say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
+say "write=$(touch /cvmboot-e2e-write 2>&1 && echo ok)"
+say "dm-units=$(systemctl is-active dev-mapper-root.device dev-mapper-cvmboot\\x2dstorage.device | tr '\n' ' ')"
+say "storage=$(findmnt -n -o SOURCE,FSTYPE /run/kata-containers/image 2>&1)"
+say "bind=$(findmnt -n -o SOURCE,FSTYPE /var/lib/containers 2>&1)"
+say "storage-stack=$(lsblk -s -n -r -o NAME,TYPE /dev/mapper/cvmboot-storage | tr '\n' ' ')"
+say "analyze=$(systemd-analyze time 2>&1 | head -1)"
+say "units=$(systemctl show -p Result --value cvmboot-attest.service cvmboot-verity.service cvmboot-overlay.service cvmboot-storage.service cvmboot-evidence.service 2>&1 | grep . | tr '\n' ' ')"
+say "journal=$(journalctl -b SYSLOG_IDENTIFIER=cvmboot -o export --no-pager | grep -a '^CVMBOOT_STAGE=' | sort -u | tr '\n' ' ')"
+journalctl -b SYSLOG_IDENTIFIER=cvmboot CVMBOOT_STAGE=verity -o verbose --no-pager | grep -E '^ +(MESSAGE|CVMBOOT_STAGE|CVMBOOT_DEVICE)=' | head -6 | sed 's/^ */E2E-CHECK: journal: /'
+cvmboot status > /tmp/status 2>&1
+say "cvmboot-status=exit $? $(awk '$2=="ok"{n++} END{print n+0}' /tmp/status) ok, $(awk '$2=="failed"{n++} END{print n+0}' /tmp/status) failed"
+sed 's/^/E2E-CHECK: status: /' /tmp/status | head -20
+say "evidence=$(ls /run/cvmboot/evidence 2>&1 | tr '\n' ' ')"
+say "eventlog=$(grep -o '"type":"cvmboot[.][a-z-]*"' /run/cvmboot/eventlog | cut -d'"' -f4 | tr '\n' ' ')"
+say "fill=$(dd if=/dev/zero of=/cvmboot-e2e-fill bs=1M 2>&1 | grep -o 'No space left on device' | head -1)"
+say "after-fill=$(systemctl is-system-running 2>&1)"
+rm -f /cvmboot-e2e-fill
+say DONE
+sync
+systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
+`
+
+// dracutInitramfs builds the scenario's initramfs with the tree's dracut.
+func dracutInitramfs(config string) func(t *testing.T, e *env, tree, work string) (string, error) {
+	return func(t *testing.T, e *env, tree, work string) (string, error) {
+		repo, err := harness.RepoRoot()
+		if err != nil {
+			return "", err
+		}
+		if err := harness.InstallCheckUnit(tree, dracutCheckScript); err != nil {
+			return "", err
+		}
+		out := filepath.Join(work, "dracut-initramfs.img")
+		start := time.Now()
+		err = harness.BuildDracutInitramfs(context.Background(), harness.DracutSpec{
+			Tree: tree, Kernel: e.kernel, Cvmboot: filepath.Join(repo, "bin", "cvmboot"), Config: config,
+			Repo: repo, Out: out}, harness.Logf(t.Logf))
+		if err != nil {
+			return "", err
+		}
+		t.Logf("dracut initramfs built in %s", time.Since(start).Round(time.Second))
+		return out, nil
+	}
+}
+
+func init() {
+	// Debian's systemd initrd ends a boot it cannot finish in emergency mode with a root
+	// shell; with cvmboot's module a failure must end in the failure action instead.
+	noShell := []string{`Kernel panic`, `emergency mode`, `Give root password`, `sulogin`, `Entering emergency`}
+	scenarios = append(scenarios,
+		scenario{
+			// A dracut-built systemd initrd with the cvmboot module boots the verity root to
+			// multi-user: units verity → sysroot.mount → overlay → storage → evidence.
+			name: "dracut-debian", root: rootDebian, debianPackages: dracutPackages,
+			config:    dracutConfig,
+			recipe:    func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{}; r.FreeSpace = 1536 * harness.MiB },
+			initramfs: dracutInitramfs(dracutConfig),
+			cmdline:   "roothash={roothash} root=/dev/mapper/root ro",
+			expect: []string{`E2E-CHECK: system-state=running`, `E2E-CHECK: failed-units=none`,
+				`E2E-CHECK: root=overlay overlay rw,.*upperdir=/run/cvmboot/overlay/upper`, `E2E-CHECK: write=ok`,
+				`E2E-CHECK: dm-units=active active`, `E2E-CHECK: storage=/dev/mapper/cvmboot-storage ext4`,
+				`E2E-CHECK: bind=/dev/mapper/cvmboot-storage ext4`,
+				`E2E-CHECK: storage-stack=cvmboot-storage crypt cvmboot-storage_dif crypt vda\d part vda disk`,
+				`E2E-CHECK: analyze=Startup finished in .* \(kernel\) \+ .* \(initrd\) \+ .* \(userspace\)`,
+				`E2E-CHECK: units=success success success success success`,
+				`E2E-CHECK: journal=.*CVMBOOT_STAGE=attest.*CVMBOOT_STAGE=evidence.*CVMBOOT_STAGE=overlay.*CVMBOOT_STAGE=storage.*CVMBOOT_STAGE=verity`,
+				`E2E-CHECK: cvmboot-status=exit 0 [56] ok, 0 failed`,
+				`E2E-CHECK: evidence=.*tpm-quote`,
+				`E2E-CHECK: eventlog=cvmboot.phase cvmboot.config cvmboot.cmdline cvmboot.verity cvmboot.overlay cvmboot.storage cvmboot.phase `,
+				`E2E-CHECK: fill=No space left on device`, `E2E-CHECK: after-fill=running`},
+			reject:    append([]string{`{fatal}`}, noShell...),
+			outcome:   bootedAndChecked,
+			timeLimit: 8 * time.Minute,
+		},
+		scenario{
+			// The same initrd with one byte of the root's data block 0 flipped: the verity unit
+			// refuses it and its FailureAction= powers off; no emergency shell.
+			name: "dracut-tampered-root", root: rootDebian, debianPackages: dracutPackages,
+			config: dracutConfig,
+			recipe: func(r *harness.DiskRecipe) {
+				r.Verity = &harness.VeritySpec{Tamper: flipAt(false, 1024+0x78)}
+			},
+			initramfs: dracutInitramfs(dracutConfig),
+			cmdline:   "roothash={roothash} root=/dev/mapper/root ro",
+			expect: []string{`{fatal}: stage verity failed: .*/dev/vda2.*does not match`,
+				`cvmboot: failure action: poweroff \(FailureAction=poweroff-force\)`},
+			reject:    noShell,
+			outcome:   failureAction,
+			timeLimit: 6 * time.Minute,
+		},
+	)
+}
