@@ -42,11 +42,12 @@ func (b *Boot) attest(context.Context) (stage.Facts, error) {
 	// The decisions taken before this stage: the phase, what configured the boot, and the
 	// command line (which carries roothash=).
 	sum := sha256.Sum256([]byte(b.CmdlineRaw))
-	events := []measure.Event{
-		measure.Phase("enter-initrd"),
-		b.configEvent(),
-		measure.Cmdline{SHA256: hex.EncodeToString(sum[:])}.Event(),
+	var events []measure.Event
+	if !b.units || b.initrd {
+		// A unit of the booted system (cvmboot-scratch-storage) is past the initrd phase.
+		events = append(events, measure.Phase("enter-initrd"))
 	}
+	events = append(events, b.configEvent(), measure.Cmdline{SHA256: hex.EncodeToString(sum[:])}.Event())
 	for _, v := range []*verity.Result{b.rootVerity, b.usrVerity} {
 		if v != nil {
 			events = append(events, verityEvent(v))

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -318,7 +320,7 @@ func RunUnits(env Env, names []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cvmboot run: %v\n", err)
 		return 1
 	}
-	if containsStage(names, StageEvidence) && rep.Outcome == report.OutcomeRunning && b.initrd {
+	if slices.Contains(names, StageEvidence) && rep.Outcome == report.OutcomeRunning && b.initrd {
 		// The last unit of the initrd: what follows is systemd's switch to the real root.
 		rep.Outcome = report.OutcomeOK
 		rep.Finished = stage.WallClock.Now()
@@ -327,15 +329,6 @@ func RunUnits(env Env, names []string, stderr io.Writer) int {
 		}
 	}
 	return 0
-}
-
-func containsStage(names []string, name string) bool {
-	for _, n := range names {
-		if n == name {
-			return true
-		}
-	}
-	return false
 }
 
 // SystemdFailureAction is the FailureAction= that carries out a failure action for the
@@ -386,11 +379,11 @@ func Generate(env Env, dir string, stderr io.Writer) error {
 	}
 	body := fmt.Sprintf("# Written by cvmboot systemd-generator from %s.\n[Unit]\nFailureAction=%s\n", source, SystemdFailureAction(action))
 	for _, unit := range UnitNames {
-		d := dir + "/" + unit + ".d"
+		d := filepath.Join(dir, unit+".d")
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
-		if err := os.WriteFile(d+"/"+GeneratorDropIn, []byte(body), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(d, GeneratorDropIn), []byte(body), 0o644); err != nil {
 			return err
 		}
 	}

@@ -210,3 +210,17 @@ func writeTemp(t *testing.T, content string) string {
 	}
 	return p
 }
+
+func TestUnitsBootedStorageMeasured(t *testing.T) {
+	m := &fakeMachine{mountedAt: map[string]string{"/": "/dev/sda1"}}
+	h, att, _ := unitHarness(t, "quiet", "", m, false)
+	h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: tpm}\nstorage: {enabled: true}\n")
+	var stderr bytes.Buffer
+	if code := RunUnits(h.env, []string{"modules", "attest", "storage"}, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	// Past the initrd: no phase event, the decisions only.
+	if got := strings.Join(att.measured, ","); got != "cvmboot.config,cvmboot.cmdline,cvmboot.storage" {
+		t.Errorf("measured %s", got)
+	}
+}

@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -133,4 +136,89 @@ func init() {
 			timeLimit: 6 * time.Minute,
 		},
 	)
+}
+
+// scratchCheckScript checks the storage cvmboot-scratch-storage.service set up in the booted
+// system of an image with its own (busybox) initrd.
+const scratchCheckScript = `#!/bin/sh
+exec >/dev/console 2>&1
+say() { printf 'E2E-CHECK: %s\n' "$*"; }
+say BEGIN
+state=$(timeout 240 systemctl is-system-running --wait 2>&1)
+say "system-state=$state"
+failed=$(systemctl list-units --failed --plain --no-legend --no-pager 2>&1 | awk '{print $1}' | tr '\n' ' ')
+say "failed-units=${failed:-none}"
+for u in $failed; do journalctl -b -u "$u" -o cat --no-pager | tail -4 | sed "s|^|E2E-CHECK: failed $u: |"; done
+say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
+say "unit=$(systemctl show -p Result --value cvmboot-scratch-storage.service)"
+say "storage=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS /run/kata-containers/image 2>&1)"
+say "storage-stack=$(lsblk -s -n -r -o NAME,TYPE /dev/mapper/cvmboot-storage | tr '\n' ' ')"
+say "dm-units=$(systemctl is-active dev-mapper-cvmboot\\x2dstorage.device dev-mapper-cvmboot\\x2dstorage_dif.device | tr '\n' ' ')"
+say "write=$(head -c 10485760 /dev/urandom > /run/kata-containers/image/f && sync && echo ok)"
+say "mode=$(grep -o '"mode": *"[a-z-]*"' /run/cvmboot/report.json)"
+say "eventlog=$(grep -o '"type":"cvmboot[.][a-z-]*"' /run/cvmboot/eventlog | cut -d'"' -f4 | tr '\n' ' ')"
+cvmboot status > /tmp/status 2>&1
+say "cvmboot-status=exit $? $(awk '$2=="ok"{n++} END{print n+0}' /tmp/status) ok, $(awk '$2=="failed"{n++} END{print n+0}' /tmp/status) failed"
+say DONE
+sync
+systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
+`
+
+func init() {
+	scenarios = append(scenarios, scenario{
+		// An image that keeps its own initrd (the busybox baseline: mounts the root
+		// read-only, switch_root) gets the encrypted storage from
+		// cvmboot-scratch-storage.service in the booted system.
+		name: "scratch-storage-booted", root: rootDebian, debianPackages: dracutPackages,
+		cmdline: "root=PARTUUID={rootpartuuid}",
+		config:  "",
+		recipe:  func(r *harness.DiskRecipe) { r.FreeSpace = 1536 * harness.MiB },
+		initramfs: func(t *testing.T, e *env, tree, work string) (string, error) {
+			repo, err := harness.RepoRoot()
+			if err != nil {
+				return "", err
+			}
+			cfg := filepath.Join(work, "scratch-config.yaml")
+			if err := os.WriteFile(cfg, []byte("verity:\n  required: false\nattest:\n  require: tpm\nstorage:\n  enabled: true\n"), 0o644); err != nil {
+				return "", err
+			}
+			ctx := context.Background()
+			steps := [][]string{
+				{filepath.Join(repo, "systemd/install.sh"), tree, filepath.Join(repo, "bin", "cvmboot"), cfg},
+				{"mkdir", "-p", filepath.Join(tree, "usr/lib/modules")},
+				{"cp", "-a", e.kernel.ModulesDir, filepath.Join(tree, "usr/lib/modules", e.kernel.Version)},
+				{"mkdir", "-p", filepath.Join(tree, "etc/systemd/system/local-fs.target.requires")},
+				{"ln", "-sf", "/usr/lib/systemd/system/cvmboot-scratch-storage.service", filepath.Join(tree, "etc/systemd/system/local-fs.target.requires/")},
+			}
+			for _, s := range steps {
+				if o, err := exec.CommandContext(ctx, s[0], s[1:]...).CombinedOutput(); err != nil {
+					return "", fmt.Errorf("%v: %w\n%s", s, err, o)
+				}
+			}
+			mods, err := exec.CommandContext(ctx, filepath.Join(repo, "bin", "cvmboot"), "modules", "--config", cfg).Output()
+			if err != nil {
+				return "", err
+			}
+			if err := os.WriteFile(filepath.Join(tree, "etc/cvmboot/modules.load"), mods, 0o644); err != nil {
+				return "", err
+			}
+			if err := harness.InstallCheckUnit(tree, scratchCheckScript); err != nil {
+				return "", err
+			}
+			out := filepath.Join(work, "busybox-initramfs.img")
+			return out, buildBusyboxInitramfs(e, out)
+		},
+		expect: []string{`E2E-CHECK: system-state=running`, `E2E-CHECK: failed-units=none`,
+			`E2E-CHECK: root=/dev/vda2 ext4`, `E2E-CHECK: unit=success`,
+			`E2E-CHECK: storage=/dev/mapper/cvmboot-storage ext4\s+rw,nosuid,nodev`,
+			`E2E-CHECK: storage-stack=cvmboot-storage crypt cvmboot-storage_dif crypt vda\d part vda disk`,
+			// With udev, systemd's 99-systemd.rules mark a CRYPT-* device without a file
+			// system (the dm-integrity layer) not ready, as for cryptsetup's own.
+			`E2E-CHECK: dm-units=active inactive`, `E2E-CHECK: write=ok`, `E2E-CHECK: mode="mode": *"systemd"`,
+			`E2E-CHECK: eventlog=cvmboot.config cvmboot.cmdline cvmboot.storage \s*$`,
+			`E2E-CHECK: cvmboot-status=exit 0 3 ok, 0 failed`},
+		reject:    []string{`{fatal}`, `Kernel panic`},
+		outcome:   bootedAndChecked,
+		timeLimit: 6 * time.Minute,
+	})
 }
