@@ -35,16 +35,7 @@ var dracutPackages = []string{"dracut", "dmsetup", "libtss2-esys-3.0.2-0", "libt
 
 // dracutCheckScript is DefaultCheckScript's checks plus the storage, the device units, the
 // journal records of the units and cvmboot status.
-const dracutCheckScript = `#!/bin/sh
-exec >/dev/console 2>&1
-say() { printf 'E2E-CHECK: %s\n' "$*"; }
-say BEGIN
-state=$(timeout 240 systemctl is-system-running --wait 2>&1)
-say "system-state=$state"
-failed=$(systemctl list-units --failed --plain --no-legend --no-pager 2>&1 | awk '{print $1}' | tr '\n' ' ')
-say "failed-units=${failed:-none}"
-for u in $failed; do journalctl -b -u "$u" -o cat --no-pager | tail -4 | sed "s|^|E2E-CHECK: failed $u: |"; done
-say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
+const dracutCheckScript = harness.CheckPrelude + `say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
 say "write=$(touch /cvmboot-e2e-write 2>&1 && echo ok)"
 say "dm-units=$(systemctl is-active dev-mapper-root.device dev-mapper-cvmboot\\x2dstorage.device | tr '\n' ' ')"
 say "storage=$(findmnt -n -o SOURCE,FSTYPE /run/kata-containers/image 2>&1)"
@@ -140,16 +131,7 @@ func init() {
 
 // scratchCheckScript checks the storage cvmboot-scratch-storage.service set up in the booted
 // system of an image with its own (busybox) initrd.
-const scratchCheckScript = `#!/bin/sh
-exec >/dev/console 2>&1
-say() { printf 'E2E-CHECK: %s\n' "$*"; }
-say BEGIN
-state=$(timeout 240 systemctl is-system-running --wait 2>&1)
-say "system-state=$state"
-failed=$(systemctl list-units --failed --plain --no-legend --no-pager 2>&1 | awk '{print $1}' | tr '\n' ' ')
-say "failed-units=${failed:-none}"
-for u in $failed; do journalctl -b -u "$u" -o cat --no-pager | tail -4 | sed "s|^|E2E-CHECK: failed $u: |"; done
-say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
+const scratchCheckScript = harness.CheckPrelude + `say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
 say "unit=$(systemctl show -p Result --value cvmboot-scratch-storage.service)"
 say "storage=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS /run/kata-containers/image 2>&1)"
 say "storage-stack=$(lsblk -s -n -r -o NAME,TYPE /dev/mapper/cvmboot-storage | tr '\n' ' ')"

@@ -243,18 +243,23 @@ func ExtractDebianRoot(ctx context.Context, r *DebianRoot, dir string) error {
 // CheckUnitName is the systemd unit InstallCheckUnit adds.
 const CheckUnitName = "cvmboot-check.service"
 
-// DefaultCheckScript prints the state a scenario asserts on, one "E2E-CHECK:"
-// line per fact, then powers the machine off.
-const DefaultCheckScript = `#!/bin/sh
+// CheckPrelude starts a check script: output to the console, say(), the wait for the boot
+// to settle, the failed units with their last journal lines.
+const CheckPrelude = `#!/bin/sh
 # cvmboot e2e check: prints facts to the serial console, then powers off.
 exec >/dev/console 2>&1
 say() { printf 'E2E-CHECK: %s\n' "$*"; }
 say BEGIN
-state=$(timeout 180 systemctl is-system-running --wait 2>&1)
+state=$(timeout 240 systemctl is-system-running --wait 2>&1)
 say "system-state=$state"
 failed=$(systemctl list-units --failed --plain --no-legend --no-pager 2>&1 | awk '{print $1}' | tr '\n' ' ')
 say "failed-units=${failed:-none}"
-say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
+for u in $failed; do journalctl -b -u "$u" -o cat --no-pager | tail -4 | sed "s|^|E2E-CHECK: failed $u: |"; done
+`
+
+// DefaultCheckScript prints the state a scenario asserts on, one "E2E-CHECK:"
+// line per fact, then powers the machine off.
+const DefaultCheckScript = CheckPrelude + `say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
 say "write=$(touch /cvmboot-e2e-write 2>&1 && echo ok)"
 say "dm-root=$(systemctl is-active dev-mapper-root.device 2>&1)"
 say "analyze=$(systemd-analyze time 2>&1 | head -1)"
