@@ -54,7 +54,15 @@ func (v Verifier) now() time.Time {
 }
 
 // VerifySignature checks an SEV-SNP report's VCEK/VLEK chain or a TDX quote's PCK chain.
-func (v Verifier) VerifySignature(a *evidence.Attestation, roots *evidence.TrustedRoots) (string, error) {
+func (v Verifier) VerifySignature(a *evidence.Attestation, roots *evidence.TrustedRoots) (desc string, err error) {
+	// The vendor libraries parse bytes the host controls and do not all survive malformed
+	// ones (go-tdx-guest's QuoteToProto slices past the end of a short QE authentication
+	// data field): the verifier must answer with an error, never crash.
+	defer func() {
+		if r := recover(); r != nil {
+			desc, err = "", fmt.Errorf("%s: malformed %s (%d bytes): the vendor parser failed: %v", a.Report.Name, a.Kind, len(a.Report.Data), r)
+		}
+	}()
 	switch a.Kind {
 	case evidence.KindSNPReport:
 		return v.snp(a, roots)
