@@ -83,7 +83,15 @@ func FuzzModinfo(f *testing.F) {
 		if ourErr != nil || err != nil {
 			return
 		}
-		sec := ef.Section(".modinfo")
+		// The first .modinfo after section 0, as the kernel and kmod look it up (debug/elf's
+		// Section also matches section 0, which names nothing).
+		var sec *elf.Section
+		for _, s := range ef.Sections[min(1, len(ef.Sections)):] {
+			if s.Name == ".modinfo" {
+				sec = s
+				break
+			}
+		}
 		if sec == nil || sec.Flags&elf.SHF_COMPRESSED != 0 || sec.Type == elf.SHT_NOBITS {
 			return
 		}
