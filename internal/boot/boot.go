@@ -207,10 +207,7 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 		dev = res.DevicePath
 		facts["spec"] = "roothash=" + res.RootHash
 	} else {
-		spec, ok := b.Cmdline.Get("root")
-		if !ok || spec == "" {
-			spec = b.Config.Root.Device
-		}
+		spec := b.rootSpec()
 		if spec == "" {
 			return nil, errNoRoot
 		}
@@ -242,6 +239,14 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 		facts["usr_device"], facts["usr_fstype"], facts["usr_root_hash"] = res.DevicePath, usrType, res.RootHash
 	}
 	return facts, nil
+}
+
+// rootSpec names the root device without verity: root= or else root.device ("" for neither).
+func (b *Boot) rootSpec() string {
+	if spec, ok := b.Cmdline.Get("root"); ok && spec != "" {
+		return spec
+	}
+	return b.Config.Root.Device
 }
 
 func (b *Boot) storageStage(ctx context.Context) (stage.Facts, error) {

@@ -113,11 +113,14 @@ func (b *Boot) verityUnit(ctx context.Context) (stage.Facts, error) {
 	if err != nil {
 		return nil, err
 	}
-	vols := []*verity.Volume{root}
+	var vols []*verity.Volume
+	if root != nil {
+		vols = append(vols, root)
+	}
 	if vc.Usr != nil && vc.Enabled {
 		vols = append(vols, vc.Usr)
 	}
-	if root == nil && len(vols) == 1 {
+	if len(vols) == 0 {
 		return nil, stage.Skip("no roothash= or usrhash= on the kernel command line and verity.required is false")
 	}
 	if err := b.resumeMeasuring(); err != nil {
@@ -125,9 +128,6 @@ func (b *Boot) verityUnit(ctx context.Context) (stage.Facts, error) {
 	}
 	facts := stage.Facts{}
 	for _, vol := range vols {
-		if vol == nil {
-			continue
-		}
 		res, err := b.Verity.Activate(ctx, vol)
 		if err != nil {
 			return nil, err
@@ -157,14 +157,16 @@ func (b *Boot) overlayUnit(ctx context.Context) (stage.Facts, error) {
 	if err := b.resumeMeasuring(); err != nil {
 		return nil, err
 	}
-	src, err := b.Mounts.MountedAt(NewRoot)
-	if err != nil {
-		return nil, err
+	if b.Config.Overlay.Enabled {
+		src, err := b.Mounts.MountedAt(NewRoot)
+		if err != nil {
+			return nil, err
+		}
+		if src == "" {
+			return nil, errors.New("nothing is mounted at " + NewRoot + ": the overlay unit must run after sysroot.mount")
+		}
+		b.rootDevice = src
 	}
-	if src == "" {
-		return nil, errors.New("nothing is mounted at " + NewRoot + ": the overlay unit must run after sysroot.mount")
-	}
-	b.rootDevice = src
 	return b.overlay(ctx)
 }
 
@@ -172,11 +174,12 @@ func (b *Boot) overlayUnit(ctx context.Context) (stage.Facts, error) {
 // the overlay unit and makes its mounts inside /sysroot at once; in the booted system
 // (images that keep their own initrd) it mounts straight at storage.mountpoint.
 func (b *Boot) storageUnit(ctx context.Context) (stage.Facts, error) {
-	if !b.Config.Storage.Enabled {
-		return b.storageStage(ctx)
-	}
+	// Measuring first: "no encrypted storage" is a decision a verifier must see too.
 	if err := b.resumeMeasuring(); err != nil {
 		return nil, err
+	}
+	if !b.Config.Storage.Enabled {
+		return b.storageStage(ctx)
 	}
 	dev, err := b.unitRootDevice(ctx)
 	if err != nil {
@@ -213,11 +216,7 @@ func (b *Boot) unitRootDevice(ctx context.Context) (string, error) {
 		}
 		return dev, nil
 	}
-	spec, ok := b.Cmdline.Get("root")
-	if !ok || spec == "" {
-		spec = b.Config.Root.Device
-	}
-	if spec != "" {
+	if spec := b.rootSpec(); spec != "" {
 		dev, err := b.Devices.Wait(ctx, spec, timeout)
 		if err != nil {
 			return "", fmt.Errorf("root device for the storage: %w", err)

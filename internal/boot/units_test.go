@@ -224,3 +224,19 @@ func TestUnitsBootedStorageMeasured(t *testing.T) {
 		t.Errorf("measured %s", got)
 	}
 }
+
+// Features turned off are decisions too: measured by their units, with nothing mounted.
+func TestUnitsDisabledFeaturesMeasured(t *testing.T) {
+	m := &fakeMachine{} // nothing at /sysroot: a disabled overlay does not look
+	h, att, _ := unitHarness(t, "quiet", "", m, true)
+	h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: tpm}\nstorage: {enabled: false}\noverlay: {enabled: false}\n")
+	for _, unit := range [][]string{{"attest"}, {"overlay"}, {"storage"}} {
+		var stderr bytes.Buffer
+		if code := RunUnits(h.env, unit, &stderr); code != 0 {
+			t.Fatalf("cvmboot run %v: exit %d: %s", unit, code, stderr.String())
+		}
+	}
+	if got := strings.Join(att.measured, ","); got != "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.overlay,cvmboot.storage" {
+		t.Errorf("measured %s", got)
+	}
+}
