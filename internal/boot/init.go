@@ -43,7 +43,10 @@ type Env struct {
 	// --switched-root and state); nil for an init that needs none.
 	HandoffArgs func(init string, start initrdStart) ([]string, error)
 
-	CmdlinePath     string
+	CmdlinePath string
+	// CmdlinePinPath is the command line the image was built for (cmdline.PinPath); absent
+	// when the image pins none.
+	CmdlinePinPath  string
 	ConfigPath      string
 	ModulesLoadPath string // the initramfs's module list; absent means none
 	ReportPath      string
@@ -70,17 +73,14 @@ func RunInit(env Env) int {
 	}
 	// Until the configuration is read, a failure uses the secure default action.
 	fail := func(log *zap.Logger, stageName string, err error, cfg *config.Config) int {
-		action := failaction.Poweroff
-		if cfg != nil {
-			action = failaction.Select(string(cfg.Failure.Action), cfg.Debug.Enabled)
-		}
+		action := failureAction(cfg)
 		rep.Outcome = report.OutcomeFailed
 		rep.Failure = &report.Failure{Stage: stageName, Error: err.Error(), Action: string(action)}
 		rep.Finished = clock.Now()
 		if werr := rep.WriteFile(env.ReportPath); werr != nil && log != nil {
 			log.Warn("cannot save the boot report", zap.Error(werr))
 		}
-		env.Emergency(fmt.Sprintf("cvmboot: FATAL: stage %s failed: %v", stageName, err))
+		emergencyLines(env.Emergency, "stage "+stageName+" failed", err)
 		env.Emergency(fmt.Sprintf("cvmboot: failure action: %s", action))
 		if log != nil {
 			_ = log.Sync()
@@ -99,6 +99,12 @@ func RunInit(env Env) int {
 		return fail(nil, "config", err, nil)
 	}
 	rep.Cmdline = cl.String()
+	// Before anything reads the command line: the host may have replaced it.
+	pin, err := checkPin(env.CmdlinePinPath, rawCmdline)
+	if err != nil {
+		return fail(nil, StageCmdline, err, pinFailureConfig(env.ConfigPath))
+	}
+	rep.CmdlinePinned = pin
 	cfg, info, err := loadConfig(env.ConfigPath, cl)
 	if err != nil {
 		return fail(nil, "config", err, nil)
@@ -109,6 +115,7 @@ func RunInit(env Env) int {
 		zap.String("version", version.Version),
 		zap.String("config", info.Path), zap.Bool("config_found", info.Found), zap.String("config_sha256", info.SHA256),
 		zap.Strings("overrides", info.Overrides), zap.Strings("bootstrap_mounted", bootstrapped))
+	logPin(log, env.CmdlinePinPath, pin)
 
 	packed, err := readModulesLoad(env.ModulesLoadPath)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cvmboot/cvmboot/internal/blockdev"
+	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/dm"
 	"github.com/cvmboot/cvmboot/internal/failaction"
@@ -124,6 +125,7 @@ func Real() Env {
 			return unix.Exec(path, argv, mount.DefaultEnv())
 		},
 		CmdlinePath:     "/proc/cmdline",
+		CmdlinePinPath:  cmdline.PinPath,
 		ConfigPath:      config.DefaultPath,
 		ModulesLoadPath: initramfs.ModulesLoadPath,
 		ReportPath:      report.DefaultPath,

@@ -257,6 +257,18 @@ func RunUnits(env Env, names []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cvmboot run: %v\n", err)
 		return 1
 	}
+	// Before anything reads the command line; the generator has already stopped such a
+	// boot, this is the units' own check.
+	pin, err := checkPin(env.CmdlinePinPath, raw)
+	if err != nil {
+		action := failureAction(pinFailureConfig(env.ConfigPath))
+		emergencyLines(env.Emergency, "stage "+StageCmdline+" failed", err)
+		if env.Emergency != nil {
+			env.Emergency(fmt.Sprintf("cvmboot: failure action: %s (FailureAction=%s)", action, SystemdFailureAction(action)))
+		}
+		fmt.Fprintf(stderr, "cvmboot run: %v\n", err)
+		return 1
+	}
 	cfg, info, err := loadConfig(env.ConfigPath, cl)
 	if err != nil {
 		fmt.Fprintf(stderr, "cvmboot run: %v\n", err)
@@ -267,6 +279,7 @@ func RunUnits(env Env, names []string, stderr io.Writer) int {
 	}
 	log := env.Setup(cfg)
 	defer log.Sync()
+	logPin(log, env.CmdlinePinPath, pin)
 	_, statErr := os.Stat(env.InitrdRelease)
 	// An initrd built with cvmboot's dracut module lists the modules the config needs, as
 	// `cvmboot initramfs` does.
@@ -293,7 +306,7 @@ func RunUnits(env Env, names []string, stderr io.Writer) int {
 		rep = &report.Report{Schema: report.Schema, Version: version.Version, Mode: mode, Started: stage.WallClock.Now(),
 			Uptime: uptimeSeconds(), Outcome: report.OutcomeRunning}
 	}
-	rep.Cmdline, rep.Config = cl.String(), info
+	rep.Cmdline, rep.Config, rep.CmdlinePinned = cl.String(), info, pin
 	b.unitReport = rep
 	save := func(r *report.Report) error { return r.WriteFile(env.ReportPath) }
 	runner := stage.Runner{Log: log, Clock: env.Clock, Report: rep, Save: save}
@@ -366,16 +379,57 @@ const GeneratorDropIn = "50-cvmboot-failure-action.conf"
 // unit with the FailureAction= of the configured failure.action, so a failed unit stops the
 // boot the configured way instead of reaching the emergency shell. A config or command line
 // that cannot be read still gets drop-ins, with the secure default (power off).
+//
+// Generators run before systemd starts any unit, so the generator is where a command line
+// that is not the pinned one stops the boot: `systemd.unit=`, `rd.systemd.debug_shell` or
+// `init=` would act before cvmboot's first unit. It prints the FATAL line and carries out the
+// failure action of the config file (the command line's overrides are the host's) at once.
 func Generate(env Env, dir string, stderr io.Writer) error {
 	action, source := failaction.Poweroff, "default (the config could not be read)"
-	if cl, _, err := readCmdline(env.CmdlinePath); err != nil {
-		fmt.Fprintf(stderr, "cvmboot systemd-generator: %v: using FailureAction=%s\n", err, SystemdFailureAction(action))
-	} else if cfg, _, err := loadConfig(env.ConfigPath, cl); err != nil {
-		fmt.Fprintf(stderr, "cvmboot systemd-generator: %v: using FailureAction=%s\n", err, SystemdFailureAction(action))
-	} else {
-		action = failaction.Select(string(cfg.Failure.Action), cfg.Debug.Enabled)
-		source = "failure.action: " + string(cfg.Failure.Action)
+	cl, raw, err := readCmdline(env.CmdlinePath)
+	var pinErr error
+	if err == nil {
+		_, pinErr = checkPin(env.CmdlinePinPath, raw)
 	}
+	switch {
+	case err != nil:
+		fmt.Fprintf(stderr, "cvmboot systemd-generator: %v: using FailureAction=%s\n", err, SystemdFailureAction(action))
+	case pinErr != nil:
+		if cfg := pinFailureConfig(env.ConfigPath); cfg != nil {
+			action = failureAction(cfg)
+			source = "failure.action: " + string(cfg.Failure.Action) + " (the command line is refused)"
+		}
+	default:
+		if cfg, _, err := loadConfig(env.ConfigPath, cl); err != nil {
+			fmt.Fprintf(stderr, "cvmboot systemd-generator: %v: using FailureAction=%s\n", err, SystemdFailureAction(action))
+		} else {
+			action = failaction.Select(string(cfg.Failure.Action), cfg.Debug.Enabled)
+			source = "failure.action: " + string(cfg.Failure.Action)
+		}
+	}
+	if err := writeDropIns(dir, source, action); err != nil {
+		return err
+	}
+	if pinErr == nil {
+		return nil
+	}
+	emergencyLines(env.Emergency, "stage "+StageCmdline+" failed", pinErr)
+	if env.Emergency != nil {
+		env.Emergency(fmt.Sprintf("cvmboot: failure action: %s", action))
+	}
+	if action == failaction.Shell {
+		// Debug images only: the units fail on the same check and systemd's emergency
+		// target follows (FailureAction=none).
+		return nil
+	}
+	if action == failaction.Panic {
+		action = failaction.Poweroff // a generator's exit panics nothing (poweroff-immediate)
+	}
+	return failaction.Execute(action, env.System)
+}
+
+// writeDropIns gives every cvmboot unit the FailureAction= of action.
+func writeDropIns(dir, source string, action failaction.Action) error {
 	body := fmt.Sprintf("# Written by cvmboot systemd-generator from %s.\n[Unit]\nFailureAction=%s\n", source, SystemdFailureAction(action))
 	for _, unit := range UnitNames {
 		d := filepath.Join(dir, unit+".d")

@@ -96,3 +96,17 @@ func TestStatus(t *testing.T) {
 		t.Errorf("failed boot: %d\n%s", code, out)
 	}
 }
+
+// The command line is pinned by default: an initramfs without a decision is not built.
+func TestInitramfsPinRequired(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "initramfs.img")
+	if code, _, errOut := runCLI("initramfs", "-o", out); code != ExitUsage || !strings.Contains(errOut, "pinned by default") {
+		t.Errorf("no pin: %d %q", code, errOut)
+	}
+	if code, _, errOut := runCLI("initramfs", "-o", out, "--cmdline", "ro", "--no-cmdline-pin"); code != ExitUsage || !strings.Contains(errOut, "exclude each other") {
+		t.Errorf("both: %d %q", code, errOut)
+	}
+	if code, _, errOut := runCLI("initramfs", "-o", out, "--cmdline-file", "/nonexistent"); code != ExitIOError {
+		t.Errorf("missing file: %d %q", code, errOut)
+	}
+}

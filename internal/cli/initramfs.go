@@ -7,12 +7,13 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/initramfs"
 	"github.com/cvmboot/cvmboot/internal/version"
 )
 
 func initramfsCmd(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("initramfs", "initramfs --kernel-modules DIR [--modules LIST] [--config FILE] [--tools-root DIR] -o OUT", `
+	fs := newFlags("initramfs", "initramfs --kernel-modules DIR (--cmdline TEXT | --cmdline-file F | --no-cmdline-pin) [--modules LIST] [--config FILE] [--tools-root DIR] -o OUT", `
 Writes an initramfs (newc cpio, compressed) with this cvmboot binary as /init, its config at
 /etc/cvmboot/config.yaml, /etc/initrd-release, /dev/console, and the dependency closure of the
 requested kernel modules from DIR (/lib/modules/VERSION; modules.dep or each module's
@@ -20,7 +21,17 @@ requested kernel modules from DIR (/lib/modules/VERSION; modules.dep or each mod
 the same strict parser the boot uses, so a config the boot would refuse fails here.
 What the enabled features need goes in as well: the device-mapper targets and cipher modules,
 and for storage the mkfs program of storage.filesystem (mke2fs or mkfs.xfs) with its shared
-libraries, taken from --tools-root.`, stderr)
+libraries, taken from --tools-root.
+
+The command line is pinned: --cmdline (or --cmdline-file) takes the command line the UKI
+carries in .cmdline and writes it to /etc/cvmboot/cmdline; the boot then refuses, before
+anything else, a kernel command line with other words (systemd-stub before 255 replaces
+.cmdline with the boot entry's load options when Secure Boot is off, and the host writes
+boot entries). --no-cmdline-pin builds an initramfs that accepts any command line, for a
+boot loader that writes its own.`, stderr)
+	pinText := fs.String("cmdline", "", "the kernel command line the UKI carries, pinned")
+	pinFile := fs.String("cmdline-file", "", "file holding the command line to pin (as for ukify's --cmdline=@FILE)")
+	noPin := fs.Bool("no-cmdline-pin", false, "accept any kernel command line (not for UKIs)")
 	modDir := fs.String("kernel-modules", "", "kernel modules directory (…/lib/modules/VERSION)")
 	modules := fs.String("modules", "", "comma-separated kernel modules to include (default: the config's modules:)")
 	cfg := fs.String("config", "", "cvmboot config file to include")
@@ -35,6 +46,23 @@ libraries, taken from --tools-root.`, stderr)
 		fmt.Fprintln(stderr, "cvmboot initramfs: -o OUT is required and no positional arguments are taken")
 		return ExitUsage
 	}
+	pinned := *pinText
+	switch n := btoi(*pinText != "") + btoi(*pinFile != "") + btoi(*noPin); {
+	case n == 0:
+		fmt.Fprintln(stderr, "cvmboot initramfs: the command line is pinned by default: give the UKI's with --cmdline TEXT or --cmdline-file F (or --no-cmdline-pin for a boot loader that writes its own)")
+		return ExitUsage
+	case n > 1:
+		fmt.Fprintln(stderr, "cvmboot initramfs: --cmdline, --cmdline-file and --no-cmdline-pin exclude each other")
+		return ExitUsage
+	case *pinFile != "":
+		b, err := os.ReadFile(*pinFile)
+		if err != nil {
+			fmt.Fprintf(stderr, "cvmboot initramfs: %v\n", err)
+			return ExitIOError
+		}
+		// ukify and objcopy-built UKIs end the section with a NUL or a newline.
+		pinned = strings.TrimRight(string(b), "\x00\n")
+	}
 	if *binary == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -45,7 +73,7 @@ libraries, taken from --tools-root.`, stderr)
 	}
 	opts := initramfs.Options{
 		Binary: *binary, Config: *cfg, KernelModulesDir: *modDir, ToolsRoot: *toolsRoot,
-		Compression: *compression, VersionID: version.Version,
+		Compression: *compression, VersionID: version.Version, Cmdline: pinned,
 	}
 	for _, m := range strings.Split(*modules, ",") {
 		if m = strings.TrimSpace(m); m != "" {
@@ -74,6 +102,11 @@ libraries, taken from --tools-root.`, stderr)
 		fmt.Fprintf(stderr, "cvmboot initramfs: %v\n", err)
 		return ExitIOError
 	}
+	if pinned != "" {
+		fmt.Fprintf(stdout, "command line pinned (%s): %s\n", cmdline.PinDigest(pinned), cmdline.Canonical(pinned))
+	} else {
+		fmt.Fprintln(stdout, "command line not pinned (--no-cmdline-pin): the boot accepts any")
+	}
 	fmt.Fprintf(stdout, "%s: %d files, %d modules (%s), kernel %s, %d bytes uncompressed, %d bytes %s\n",
 		*out, len(sum.Files), len(sum.Modules), strings.Join(sum.Modules, " "), sum.KernelVersion,
 		sum.UncompressedSize, sum.CompressedSize, sum.Compression)
@@ -84,4 +117,11 @@ libraries, taken from --tools-root.`, stderr)
 		fmt.Fprintf(stdout, "built into the kernel (not included): %s\n", strings.Join(sum.Builtin, " "))
 	}
 	return ExitOK
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/kmod"
 )
@@ -59,6 +60,10 @@ type Options struct {
 	// storage) and their shared libraries are taken from; "" means "/", the build host.
 	// It should match the image's userland (e.g. the root tree the image is built from).
 	ToolsRoot string
+	// Cmdline is the kernel command line the image is built for (the UKI's .cmdline); it
+	// becomes /etc/cvmboot/cmdline (cmdline.PinPath), and the boot refuses any other.
+	// Empty pins none.
+	Cmdline string
 	// ExtraFiles maps archive paths to files on the host to copy there.
 	ExtraFiles map[string]string
 	// VersionID is VERSION_ID in /etc/initrd-release; empty means "devel".
@@ -135,6 +140,15 @@ func Build(o Options, out io.Writer) (Summary, error) {
 		}
 		configModules = cfg.Modules
 		if err := a.AddFile(ConfigPath, 0o644, data); err != nil {
+			return Summary{}, err
+		}
+	}
+
+	if o.Cmdline != "" {
+		if strings.IndexByte(o.Cmdline, 0) >= 0 || len(cmdline.Words(o.Cmdline)) == 0 {
+			return Summary{}, fmt.Errorf("initramfs: the command line to pin is empty or has a NUL byte")
+		}
+		if err := a.AddFile(cmdline.PinPath, 0o644, []byte(cmdline.Canonical(o.Cmdline)+"\n")); err != nil {
 			return Summary{}, err
 		}
 	}

@@ -353,6 +353,9 @@ func TestBuildErrors(t *testing.T) {
 			`kernel module "nvme" not found in ` + modDir},
 		{"extra file over init", Options{Binary: good, ExtraFiles: map[string]string{"/init": good}}, "/init added twice"},
 		{"extra file missing", Options{Binary: good, ExtraFiles: map[string]string{"/x": "/nonexistent"}}, "initramfs extra file /x"},
+		{"blank pin", Options{Binary: good, Cmdline: " \n"}, "command line to pin is empty"},
+		{"pin with NUL", Options{Binary: good, Cmdline: "a\x00b"}, "command line to pin is empty or has a NUL byte"},
+		{"extra file over pin", Options{Binary: good, Cmdline: "ro", ExtraFiles: map[string]string{"/etc/cvmboot/cmdline": good}}, "added twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -362,4 +365,23 @@ func TestBuildErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The command line the UKI carries is pinned in canonical form (words joined by one space).
+func TestBuildPinsCmdline(t *testing.T) {
+	o := Options{Binary: fakeBinary(t, 10, false), Compression: CompressionNone, Cmdline: " console=ttyS0\troothash=ab  ro\n"}
+	data, _ := buildBytes(t, o)
+	members, err := parseNewc(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range members {
+		if "/"+m.name == "/etc/cvmboot/cmdline" {
+			if string(m.data) != "console=ttyS0 roothash=ab ro\n" || m.mode&0o777 != 0o644 {
+				t.Errorf("pin %q mode %o", m.data, m.mode)
+			}
+			return
+		}
+	}
+	t.Error("no /etc/cvmboot/cmdline in the archive")
 }

@@ -50,9 +50,12 @@ type Report struct {
 	Uptime   float64   `json:"uptime_s"`          // kernel uptime (CLOCK_BOOTTIME) when cvmboot started
 	Outcome  Outcome   `json:"outcome"`           // running, ok or failed
 	Cmdline  string    `json:"cmdline,omitempty"` // the kernel command line the boot acted on
-	Config   *Config   `json:"config,omitempty"`  // the effective configuration
-	Failure  *Failure  `json:"failure,omitempty"` // set when Outcome is failed
-	Stages   []Stage   `json:"stages"`
+	// CmdlinePinned is the digest ("sha256:…" of the words joined by single spaces) of the
+	// command line the image pinned, which the kernel's matched; empty: the image pins none.
+	CmdlinePinned string   `json:"cmdline_pinned,omitempty"`
+	Config        *Config  `json:"config,omitempty"`  // the effective configuration
+	Failure       *Failure `json:"failure,omitempty"` // set when Outcome is failed
+	Stages        []Stage  `json:"stages"`
 }
 
 // Config identifies the effective configuration (file plus command-line overrides).

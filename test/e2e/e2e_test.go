@@ -102,9 +102,16 @@ type scenario struct {
 	// debianPackages are installed in the Debian root on top of DefaultDebianInclude (a
 	// root cached of its own).
 	debianPackages []string
+	// loadOptions, when set, boots the UKI the way a host's boot entry does, with these load
+	// options (harness.ImageSpec.LoadOptions); placeholders as in cmdline.
+	loadOptions string
+	// unpinned builds the initramfs with --no-cmdline-pin.
+	unpinned bool
 	// initramfs, when set, makes the scenario's initramfs from the prepared root tree (after
-	// recipe), instead of `cvmboot initramfs`: a systemd initrd built by dracut.
-	initramfs func(t *testing.T, e *env, tree, work string) (string, error)
+	// recipe), instead of `cvmboot initramfs`: a systemd initrd built by dracut. It may change
+	// the tree; the initramfs itself is built by the function it returns, once the UKI's
+	// command line is known (for its pin).
+	initramfs func(t *testing.T, e *env, tree, work string) (func(cmdline string) (string, error), error)
 }
 
 // plainConfig turns off what a plain qemu guest cannot provide (a verified
@@ -155,6 +162,7 @@ var scenarios = []scenario{
 		config:  plainConfig,
 		expect: []string{`ROOTCHECK: ok pid1`, `ROOTCHECK: ok report`, `ROOTCHECK: REPORT BEGIN`,
 			`ROOTCHECK: ok initramfs-gone`, `ROOTCHECK: ok expect:file:/run/cvmboot/evidence/evidence.json`,
+			`cvmboot\[1\]: kernel command line matches the pinned one pin=/etc/cvmboot/cmdline sha256=sha256:[0-9a-f]{64}`,
 			`cvmboot\[1\]: measured event=cvmboot.phase .*pcr=11`, `cvmboot\[1\]: measured event=cvmboot.config .*pcr=15`, `ROOTCHECK: DONE pass=\d+ fail=0`},
 		reject:    []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
 		outcome:   bootedAndChecked,
@@ -461,7 +469,7 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 		th.Cvmboot = bin
 		tools = &th
 	}
-	var prebuilt string
+	var prebuilt func(cmdline string) (string, error)
 	if sc.initramfs != nil {
 		var err error
 		if prebuilt, err = sc.initramfs(t, e, recipe.Root.Tree, work); err != nil {
@@ -471,7 +479,8 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 	}
 	img, err := harness.BuildImage(ctx, harness.ImageSpec{
 		WorkDir: work, Kernel: e.kernel, Tools: tools, Init: init,
-		Modules: sc.modules, Config: sc.config, Cmdline: cmdline, Recipe: recipe, Initramfs: prebuilt,
+		Modules: sc.modules, Config: sc.config, Cmdline: cmdline, Recipe: recipe, InitramfsFor: prebuilt,
+		LoadOptions: subst(sc.loadOptions, false), UnpinnedCmdline: sc.unpinned,
 	})
 	if err != nil {
 		t.Fatalf("scenario %s: build image: %v", sc.name, err)
@@ -648,7 +657,8 @@ func TestVerify(t *testing.T) {
 		"E2E-CHECK: root=overlay overlay rw,relatime,lowerdir=/sysroot,upperdir=/run/cvmboot/overlay/upper,workdir=/run/cvmboot/overlay/work\n" +
 		"E2E-CHECK: write=ok\nE2E-CHECK: analyze=Startup finished in 2.7s (kernel) + 7.1s (initrd) + 9.4s (userspace) = 19.2s\n" +
 		"E2E-CHECK: fill=No space left on device\nE2E-CHECK: after-fill=running\nE2E-CHECK: report=present\nE2E-CHECK: DONE\n"
-	tinyOK := "[ 3.1] cvmboot[1]: measured event=cvmboot.phase recnum=0 pcr=11\n[ 3.2] cvmboot[1]: measured event=cvmboot.config recnum=1 pcr=15\n" +
+	tinyOK := "[ 3.0] cvmboot[1]: kernel command line matches the pinned one pin=/etc/cvmboot/cmdline sha256=sha256:" + strings.Repeat("ab", 32) + "\n" +
+		"[ 3.1] cvmboot[1]: measured event=cvmboot.phase recnum=0 pcr=11\n[ 3.2] cvmboot[1]: measured event=cvmboot.config recnum=1 pcr=15\n" +
 		"ROOTCHECK: START pid=1\nROOTCHECK: ok pid1\nROOTCHECK: ok report\nROOTCHECK: REPORT BEGIN\n{}\nROOTCHECK: REPORT END\n" +
 		"ROOTCHECK: ok initramfs-gone\nROOTCHECK: ok expect:file:/run/cvmboot/evidence/evidence.json\nROOTCHECK: DONE pass=3 fail=0\n"
 	tests := []struct {

@@ -49,6 +49,7 @@ cvmboot status > /tmp/status 2>&1
 say "cvmboot-status=exit $? $(awk '$2=="ok"{n++} END{print n+0}' /tmp/status) ok, $(awk '$2=="failed"{n++} END{print n+0}' /tmp/status) failed"
 sed 's/^/E2E-CHECK: status: /' /tmp/status | head -20
 say "evidence=$(ls /run/cvmboot/evidence 2>&1 | tr '\n' ' ')"
+say "pinned=$(grep -o '"cmdline_pinned": *"[^"]*"' /run/cvmboot/report.json)"
 say "eventlog=$(grep -o '"type":"cvmboot[.][a-z-]*"' /run/cvmboot/eventlog | cut -d'"' -f4 | tr '\n' ' ')"
 say "fill=$(dd if=/dev/zero of=/cvmboot-e2e-fill bs=1M 2>&1 | grep -o 'No space left on device' | head -1)"
 say "after-fill=$(systemctl is-system-running 2>&1)"
@@ -59,25 +60,29 @@ systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
 `
 
 // dracutInitramfs builds the scenario's initramfs with the tree's dracut.
-func dracutInitramfs(config string) func(t *testing.T, e *env, tree, work string) (string, error) {
-	return func(t *testing.T, e *env, tree, work string) (string, error) {
+func dracutInitramfs(config string) func(t *testing.T, e *env, tree, work string) (func(string) (string, error), error) {
+	return func(t *testing.T, e *env, tree, work string) (func(string) (string, error), error) {
 		repo, err := harness.RepoRoot()
 		if err != nil {
-			return "", err
+			return nil, err
 		}
 		if err := harness.InstallCheckUnit(tree, dracutCheckScript); err != nil {
-			return "", err
+			return nil, err
 		}
-		out := filepath.Join(work, "dracut-initramfs.img")
-		start := time.Now()
-		err = harness.BuildDracutInitramfs(context.Background(), harness.DracutSpec{
-			Tree: tree, Kernel: e.kernel, Cvmboot: filepath.Join(repo, "bin", "cvmboot"), Config: config,
-			Repo: repo, Out: out}, harness.Logf(t.Logf))
-		if err != nil {
-			return "", err
+		spec := harness.DracutSpec{Tree: tree, Kernel: e.kernel, Cvmboot: filepath.Join(repo, "bin", "cvmboot"), Config: config,
+			Repo: repo, Out: filepath.Join(work, "dracut-initramfs.img")}
+		if err := harness.InstallCvmboot(context.Background(), spec); err != nil {
+			return nil, err
 		}
-		t.Logf("dracut initramfs built in %s", time.Since(start).Round(time.Second))
-		return out, nil
+		return func(cmdline string) (string, error) {
+			start := time.Now()
+			spec.Cmdline = cmdline
+			if err := harness.BuildDracutInitramfs(context.Background(), spec, harness.Logf(t.Logf)); err != nil {
+				return "", err
+			}
+			t.Logf("dracut initramfs built in %s", time.Since(start).Round(time.Second))
+			return spec.Out, nil
+		}, nil
 	}
 }
 
@@ -103,7 +108,7 @@ func init() {
 				`E2E-CHECK: units=success success success success success`,
 				`E2E-CHECK: journal=.*CVMBOOT_STAGE=attest.*CVMBOOT_STAGE=evidence.*CVMBOOT_STAGE=overlay.*CVMBOOT_STAGE=storage.*CVMBOOT_STAGE=verity`,
 				`E2E-CHECK: cvmboot-status=exit 0 [56] ok, 0 failed`,
-				`E2E-CHECK: evidence=.*tpm-quote`,
+				`E2E-CHECK: evidence=.*tpm-quote`, `E2E-CHECK: pinned="cmdline_pinned": *"sha256:[0-9a-f]{64}"`,
 				`E2E-CHECK: eventlog=cvmboot.phase cvmboot.config cvmboot.cmdline cvmboot.verity cvmboot.overlay cvmboot.storage cvmboot.phase `,
 				`E2E-CHECK: fill=No space left on device`, `E2E-CHECK: after-fill=running`},
 			reject:    append([]string{`{fatal}`}, noShell...),
@@ -125,6 +130,24 @@ func init() {
 			reject:    noShell,
 			outcome:   failureAction,
 			timeLimit: 6 * time.Minute,
+		},
+		scenario{
+			// The host boots the UKI through a boot entry of its own whose load options ask
+			// systemd for the emergency target and a debug shell: cvmboot's generator, which
+			// runs before any unit, refuses the command line and powers off.
+			name: "dracut-cmdline-override", root: rootDebian, debianPackages: dracutPackages,
+			config:      dracutConfig,
+			recipe:      func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{} },
+			initramfs:   dracutInitramfs(dracutConfig),
+			cmdline:     "roothash={roothash} root=/dev/mapper/root ro",
+			loadOptions: "console=ttyS0 roothash={roothash} root=/dev/mapper/root ro rd.systemd.unit=emergency.target rd.systemd.debug_shell=1 rd.shell=1",
+			expect: []string{`{fatal}: stage cmdline failed: the kernel command line is not the one pinned in /etc/cvmboot/cmdline`,
+				`cvmboot: words not in the pinned command line: "rd.systemd.unit=emergency.target" "rd.systemd.debug_shell=1" "rd.shell=1"`,
+				`cvmboot: failure action: poweroff`},
+			reject:    append([]string{`cvmboot-attest`, `dm-verity`}, noShell...),
+			outcome:   failureAction,
+			timeLimit: 6 * time.Minute,
+			after:     expectPinDigest,
 		},
 	)
 }
@@ -155,14 +178,14 @@ func init() {
 		cmdline: "root=PARTUUID={rootpartuuid}",
 		config:  "",
 		recipe:  func(r *harness.DiskRecipe) { r.FreeSpace = 1536 * harness.MiB },
-		initramfs: func(t *testing.T, e *env, tree, work string) (string, error) {
+		initramfs: func(t *testing.T, e *env, tree, work string) (func(string) (string, error), error) {
 			repo, err := harness.RepoRoot()
 			if err != nil {
-				return "", err
+				return nil, err
 			}
 			cfg := filepath.Join(work, "scratch-config.yaml")
 			if err := os.WriteFile(cfg, []byte("verity:\n  required: false\nattest:\n  require: tpm\nstorage:\n  enabled: true\n"), 0o644); err != nil {
-				return "", err
+				return nil, err
 			}
 			ctx := context.Background()
 			steps := [][]string{
@@ -174,21 +197,22 @@ func init() {
 			}
 			for _, s := range steps {
 				if o, err := exec.CommandContext(ctx, s[0], s[1:]...).CombinedOutput(); err != nil {
-					return "", fmt.Errorf("%v: %w\n%s", s, err, o)
+					return nil, fmt.Errorf("%v: %w\n%s", s, err, o)
 				}
 			}
 			mods, err := exec.CommandContext(ctx, filepath.Join(repo, "bin", "cvmboot"), "modules", "--config", cfg).Output()
 			if err != nil {
-				return "", err
+				return nil, err
 			}
 			if err := os.WriteFile(filepath.Join(tree, "etc/cvmboot/modules.load"), mods, 0o644); err != nil {
-				return "", err
+				return nil, err
 			}
 			if err := harness.InstallCheckUnit(tree, scratchCheckScript); err != nil {
-				return "", err
+				return nil, err
 			}
+			// The image keeps its own initrd, which pins nothing.
 			out := filepath.Join(work, "busybox-initramfs.img")
-			return out, buildBusyboxInitramfs(e, out)
+			return func(string) (string, error) { return out, buildBusyboxInitramfs(e, out) }, nil
 		},
 		expect: []string{`E2E-CHECK: system-state=running`, `E2E-CHECK: failed-units=none`,
 			`E2E-CHECK: root=/dev/vda2 ext4`, `E2E-CHECK: unit=success`,

@@ -44,6 +44,17 @@ installkernel() {
 install() {
     local cfg
     cfg="$(cvmboot_config)"
+    # The command line the UKI carries, pinned: the generator and the units refuse any other
+    # (systemd-stub before 255 takes a boot entry's load options instead when Secure Boot is
+    # off, and the host writes boot entries). It cannot live in the root tree (it names the
+    # root's hash): give it in dracut's environment or a dracut.conf.d file outside the root.
+    if [[ -n "${cvmboot_cmdline-}" ]]; then
+        mkdir -p "$initdir/etc/cvmboot"
+        printf '%s\n' "$cvmboot_cmdline" > "$initdir/etc/cvmboot/cmdline"
+    elif [[ "${cvmboot_cmdline_pin-}" != no ]]; then
+        dfatal "cvmboot: set cvmboot_cmdline=\"…\" to the UKI's command line (pinned in the initrd), or cvmboot_cmdline_pin=no for an initrd a boot loader passes its own command line to"
+        exit 1
+    fi
     inst_simple "$(cvmboot_bin)" /usr/bin/cvmboot
     if [[ -f "$cfg" ]]; then
         inst_simple "$cfg" /etc/cvmboot/config.yaml

@@ -19,12 +19,13 @@ type DracutSpec struct {
 	Config  string // cvmboot config YAML for /etc/cvmboot/config.yaml
 	Repo    string // the repository (systemd/install.sh, the units, the dracut module)
 	Out     string
+	// Cmdline is the UKI's command line, which the module pins in the initrd
+	// (cvmboot_cmdline); empty builds with cvmboot_cmdline_pin=no.
+	Cmdline string
 }
 
-// BuildDracutInitramfs installs cvmboot into the tree with systemd/install.sh, lends the tree
-// the kernel's modules and runs `dracut --add cvmboot` chrooted into it. The modules are
-// taken out again afterwards: the e2e roots have none (the initrd loads what boots need).
-func BuildDracutInitramfs(ctx context.Context, spec DracutSpec, logf Logf) error {
+// InstallCvmboot installs cvmboot into the tree with systemd/install.sh, as `make install`.
+func InstallCvmboot(ctx context.Context, spec DracutSpec) error {
 	cfg := filepath.Join(filepath.Dir(spec.Out), "cvmboot-config.yaml")
 	if err := os.WriteFile(cfg, []byte(spec.Config), 0o644); err != nil {
 		return err
@@ -32,6 +33,14 @@ func BuildDracutInitramfs(ctx context.Context, spec DracutSpec, logf Logf) error
 	if o, err := runCmd(ctx, "", filepath.Join(spec.Repo, "systemd/install.sh"), spec.Tree, spec.Cvmboot, cfg); err != nil {
 		return fmt.Errorf("systemd/install.sh: %w\n%s", err, o)
 	}
+	return nil
+}
+
+// BuildDracutInitramfs lends the tree (with cvmboot installed, InstallCvmboot) the kernel's
+// modules and runs dracut chrooted into it, with the command line to pin in its environment
+// (the root tree cannot hold it: the command line carries the root's hash). The modules are
+// taken out again afterwards: the e2e roots have none (the initrd loads what boots need).
+func BuildDracutInitramfs(ctx context.Context, spec DracutSpec, logf Logf) error {
 	modules := filepath.Join(spec.Tree, "usr/lib/modules", spec.Kernel.Version)
 	if err := os.MkdirAll(filepath.Dir(modules), 0o755); err != nil {
 		return err
@@ -50,7 +59,11 @@ func BuildDracutInitramfs(ctx context.Context, spec DracutSpec, logf Logf) error
 	defer detachMountsBelow(spec.Tree)
 	const inTree = "/tmp/cvmboot-dracut.img"
 	// No --add: the dracut.conf.d snippet `make install` puts in the tree adds the module.
-	args := []string{spec.Tree, "dracut", "--no-hostonly", "--force", "--kver", spec.Kernel.Version,
+	pin := "cvmboot_cmdline=" + spec.Cmdline
+	if spec.Cmdline == "" {
+		pin = "cvmboot_cmdline_pin=no"
+	}
+	args := []string{spec.Tree, "env", pin, "dracut", "--no-hostonly", "--force", "--kver", spec.Kernel.Version,
 		"--omit", "plymouth", inTree}
 	logf.printf("dracut: chroot %s", strings.Join(args, " "))
 	o, err := runCmd(ctx, "", "chroot", args...)

@@ -107,9 +107,21 @@ type ImageSpec struct {
 	Modules []string // DefaultModules when nil
 	Config  string   // cvmboot config YAML (InitCvmboot only)
 	Cmdline string   // full kernel command line baked into the UKI
-	Recipe  DiskRecipe
+	// UnpinnedCmdline builds cvmboot's initramfs with --no-cmdline-pin instead of pinning
+	// Cmdline (the default, as for any UKI).
+	UnpinnedCmdline bool
+	// LoadOptions, when set, is the host booting the UKI through a boot entry of its own: the
+	// UKI goes to UKIShellPath instead of the removable path, so OVMF falls back to its
+	// shell, whose startup.nsh starts it with these load options. systemd-stub before 255
+	// then passes them to the kernel instead of .cmdline (Secure Boot is off). Placeholders
+	// are substituted as in Cmdline.
+	LoadOptions string
+	Recipe      DiskRecipe
 	// Initramfs is the initramfs to use with InitPrebuilt.
 	Initramfs string
+	// InitramfsFor, with InitPrebuilt and no Initramfs, makes the initramfs once the UKI's
+	// command line (placeholders substituted) is known, so that it can pin it.
+	InitramfsFor func(cmdline string) (string, error)
 }
 
 // Image is a built disk with the pieces that went into it.
@@ -153,9 +165,11 @@ func BuildImage(ctx context.Context, spec ImageSpec) (*Image, error) {
 		spec.Cmdline = strings.ReplaceAll(spec.Cmdline, "{roothashflip}", flipped)
 	}
 	spec.Cmdline = strings.ReplaceAll(spec.Cmdline, "{roothash}", rootHash)
+	spec.LoadOptions = strings.ReplaceAll(spec.LoadOptions, "{roothash}", rootHash)
 	if spec.Recipe.Verity != nil {
 		data, hash := PartUUIDsFromRootHash(rootHash)
-		spec.Cmdline = strings.NewReplacer("{datapartuuid}", data, "{hashpartuuid}", hash).Replace(spec.Cmdline)
+		r := strings.NewReplacer("{datapartuuid}", data, "{hashpartuuid}", hash)
+		spec.Cmdline, spec.LoadOptions = r.Replace(spec.Cmdline), r.Replace(spec.LoadOptions)
 	}
 	img.Cmdline = spec.Cmdline
 	switch spec.Init {
@@ -169,6 +183,11 @@ func BuildImage(ctx context.Context, spec ImageSpec) (*Image, error) {
 		}
 		args := []string{"initramfs", "--kernel-modules", spec.Kernel.ModulesDir,
 			"--modules", strings.Join(modules, ","), "--config", cfg, "-o", img.Initramfs}
+		if spec.UnpinnedCmdline {
+			args = append(args, "--no-cmdline-pin")
+		} else {
+			args = append(args, "--cmdline", spec.Cmdline)
+		}
 		if o, err := runCmd(ctx, "", spec.Tools.Cvmboot, args...); err != nil {
 			return nil, fmt.Errorf("%s %s: %w\n%s", spec.Tools.Cvmboot, strings.Join(args, " "), err, tail(o, 3000))
 		}
@@ -179,6 +198,11 @@ func BuildImage(ctx context.Context, spec ImageSpec) (*Image, error) {
 		img.StandinModules, err = BuildStandinInitramfs(ctx, StandinInitramfs{
 			Init: spec.Tools.Rootcheck, Kernel: spec.Kernel}, img.Initramfs)
 	case InitPrebuilt:
+		if spec.Initramfs == "" && spec.InitramfsFor != nil {
+			if spec.Initramfs, err = spec.InitramfsFor(spec.Cmdline); err != nil {
+				return nil, fmt.Errorf("image: initramfs: %w", err)
+			}
+		}
 		if spec.Initramfs == "" {
 			return nil, errors.New("image: prebuilt initramfs requested but ImageSpec.Initramfs is empty")
 		}
@@ -198,6 +222,13 @@ func BuildImage(ctx context.Context, spec ImageSpec) (*Image, error) {
 		r.Path = filepath.Join(spec.WorkDir, "disk.raw")
 	}
 	files := map[string]string{"EFI/BOOT/BOOTX64.EFI": img.UKI}
+	if spec.LoadOptions != "" {
+		nsh := filepath.Join(spec.WorkDir, "startup.nsh")
+		if err := os.WriteFile(nsh, []byte(ShellBootScript(spec.LoadOptions)), 0o644); err != nil {
+			return nil, err
+		}
+		files = map[string]string{UKIShellPath: img.UKI, "startup.nsh": nsh}
+	}
 	for k, v := range r.ESPFiles {
 		files[k] = v
 	}
@@ -206,4 +237,14 @@ func BuildImage(ctx context.Context, spec ImageSpec) (*Image, error) {
 		return nil, err
 	}
 	return img, nil
+}
+
+// UKIShellPath is where a LoadOptions image keeps its UKI: off the removable path, so the
+// firmware does not boot it by itself.
+const UKIShellPath = "EFI/Linux/cvmboot.efi"
+
+// ShellBootScript is the startup.nsh that starts the UKI with loadOptions from OVMF's shell
+// on the ESP (fs0:); the shell passes the words after the path as load options.
+func ShellBootScript(loadOptions string) string {
+	return "fs0:\\" + strings.ReplaceAll(UKIShellPath, "/", "\\") + " " + strings.TrimSpace(loadOptions) + "\r\n"
 }

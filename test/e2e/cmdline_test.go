@@ -1,0 +1,59 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cvmboot/cvmboot/internal/cmdline"
+	"github.com/cvmboot/cvmboot/test/e2e/harness"
+)
+
+// The host writes the boot entries: systemd-stub before 255 (Debian 12's) boots the UKI with
+// a boot entry's load options instead of its .cmdline when Secure Boot is off. These
+// scenarios are that move, booted: the UKI off the removable path, OVMF's shell starting it
+// with the host's command line.
+
+const pinConfig = "attest:\n  require: tpm\nstorage:\n  enabled: false\noverlay:\n  enabled: false\n"
+
+func init() {
+	verityRoot := func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{} }
+	scenarios = append(scenarios,
+		scenario{
+			// The exploit: init=/bin/sh, and a debug shell as the failure action for good
+			// measure. The pinned initramfs refuses before any stage and powers off (the
+			// config file's action, not the command line's).
+			name: "cmdline-override", root: rootTiny, recipe: verityRoot, config: pinConfig,
+			cmdline:     "roothash={roothash}",
+			loadOptions: "console=ttyS0 roothash={roothash} init=/bin/sh cvmboot.debug=on cvmboot.failure.action=shell",
+			expect: []string{
+				`{fatal}: stage cmdline failed: the kernel command line is not the one pinned in /etc/cvmboot/cmdline: expected sha256:[0-9a-f]{64}, found sha256:[0-9a-f]{64}\r?$`,
+				`cvmboot: words not in the pinned command line: "init=/bin/sh" "cvmboot.debug=on" "cvmboot.failure.action=shell"\r?$`,
+				`cvmboot: failure action: poweroff`,
+			},
+			reject:  []string{`ROOTCHECK:`, `Kernel panic`, `handing off to init`, `dm-verity`, `failure action: shell`},
+			outcome: failureAction, timeLimit: 3 * time.Minute,
+			after: expectPinDigest,
+		},
+		scenario{
+			// The control: the same move against an initramfs built with --no-cmdline-pin
+			// reaches the kernel (rootcheck's options are only in the host's load options).
+			name: "cmdline-override-unpinned", root: rootTiny, recipe: verityRoot, config: pinConfig, unpinned: true,
+			cmdline:     "roothash={roothash}",
+			loadOptions: "console=ttyS0 roothash={roothash} rootcheck.expect=cmdline:e2e.host=1 e2e.host=1",
+			expect:      []string{`the kernel command line is not pinned`, `ROOTCHECK: ok expect:cmdline:e2e.host=1`},
+			reject:      []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
+			outcome:     bootedAndChecked, timeLimit: 3 * time.Minute,
+		},
+	)
+}
+
+// expectPinDigest checks that the refusal names the digest of the UKI's own command line.
+func expectPinDigest(_ *testing.T, _ *env, boot *harness.BootResult, img *harness.Image) []string {
+	want := "expected " + cmdline.PinDigest(img.Cmdline) + ", found "
+	if !strings.Contains(boot.Serial, want) {
+		return []string{fmt.Sprintf("the refusal does not name the pinned command line's digest: %q not in the serial log", want)}
+	}
+	return nil
+}
