@@ -144,6 +144,11 @@ func RunInit(env Env) int {
 		}
 		argv = append(append([]string{argv[0]}, extra...), argv[1:]...)
 	}
+	// Every step of the boot ran; after the exec nothing of cvmboot's is left to.
+	rep.Outcome, rep.Finished = report.OutcomeOK, clock.Now()
+	if err := rep.WriteFile(env.ReportPath); err != nil {
+		log.Warn("cannot save the boot report", zap.Error(err))
+	}
 	log.Info("handing off to init", zap.String("init", b.Init()), zap.Strings("args", argv[1:]))
 	_ = log.Sync()
 	err = env.Exec(b.Init(), argv)

@@ -70,7 +70,19 @@ func TestRunInitHandsOff(t *testing.T) {
 	if err := os.WriteFile(h.env.ModulesLoadPath, []byte("# comment\nvirtio_pci\n\n virtio_blk \n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	var atExec report.Outcome
+	exec := h.env.Exec
+	h.env.Exec = func(p string, argv []string) error {
+		if rep, err := report.ReadFile(h.env.ReportPath); err == nil {
+			atExec = rep.Outcome
+		}
+		return exec(p, argv)
+	}
 	RunInit(h.env)
+	// The handoff is the boot's last step: the report says ok before init runs.
+	if atExec != report.OutcomeOK {
+		t.Errorf("report outcome at exec %q, want ok", atExec)
+	}
 	if !strings.Contains(strings.Join(m.calls, "|"), "modules virtio_pci,virtio_blk") {
 		t.Errorf("the initramfs's module list was not loaded: %v", m.calls)
 	} // the fake exec fails, so it returns after the failure action

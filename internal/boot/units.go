@@ -332,8 +332,8 @@ func RunUnits(env Env, names []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cvmboot run: %v\n", err)
 		return 1
 	}
-	if slices.Contains(names, StageEvidence) && rep.Outcome == report.OutcomeRunning && b.initrd {
-		// The last unit of the initrd: what follows is systemd's switch to the real root.
+	if slices.Contains(names, lastUnitStage(b.initrd)) {
+		// The boot's last unit: what follows is systemd's (the switch to the real root).
 		rep.Outcome = report.OutcomeOK
 		rep.Finished = stage.WallClock.Now()
 		if err := save(rep); err != nil {
@@ -341,6 +341,15 @@ func RunUnits(env Env, names []string, stderr io.Writer) int {
 		}
 	}
 	return 0
+}
+
+// lastUnitStage is the stage of the boot's last cvmboot unit: cvmboot-evidence in the
+// initrd, cvmboot-scratch-storage in a booted system that keeps its own initrd.
+func lastUnitStage(initrd bool) string {
+	if initrd {
+		return StageEvidence
+	}
+	return StageStorage
 }
 
 // SystemdFailureAction is the FailureAction= that carries out a failure action for the

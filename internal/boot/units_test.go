@@ -46,10 +46,24 @@ func TestUnitsInitrdSequence(t *testing.T) {
 	m := &fakeMachine{devices: map[string]string{"/dev/mapper/root": "/dev/mapper/root"},
 		mountedAt: map[string]string{NewRoot: "/dev/mapper/root"}}
 	h, att, _ := unitHarness(t, "roothash="+goodHash+" root=/dev/mapper/root", unitsYAML, m, true)
-	for _, unit := range [][]string{{"modules", "attest"}, {"verity"}, {"overlay"}, {"storage"}, {"evidence"}} {
+	units := [][]string{{"modules", "attest"}, {"verity"}, {"overlay"}, {"storage"}, {"evidence"}}
+	for i, unit := range units {
 		var stderr bytes.Buffer
 		if code := RunUnits(h.env, unit, &stderr); code != 0 {
 			t.Fatalf("cvmboot run %v: exit %d: %s", unit, code, stderr.String())
+		}
+		// The boot is running until its last unit has run: `cvmboot status` must not say ok
+		// while a later unit has yet to start.
+		rep, err := report.ReadFile(h.env.ReportPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := report.OutcomeRunning
+		if i == len(units)-1 {
+			want = report.OutcomeOK
+		}
+		if rep.Outcome != want {
+			t.Errorf("after cvmboot run %v: outcome %q, want %q", unit, rep.Outcome, want)
 		}
 	}
 	// Every unit's decision is in the one log, in unit order, bracketed by the phases.
@@ -222,6 +236,10 @@ func TestUnitsBootedStorageMeasured(t *testing.T) {
 	// Past the initrd: no phase event, the decisions only.
 	if got := strings.Join(att.measured, ","); got != "cvmboot.config,cvmboot.cmdline,cvmboot.storage" {
 		t.Errorf("measured %s", got)
+	}
+	// The storage unit is the booted system's only one: its end is the boot's.
+	if rep, err := report.ReadFile(h.env.ReportPath); err != nil || rep.Outcome != report.OutcomeOK {
+		t.Errorf("report %+v %v", rep, err)
 	}
 }
 

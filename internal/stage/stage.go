@@ -74,6 +74,8 @@ type Runner struct {
 
 // Run runs the stages in order and returns the *Error of the first required stage that
 // failed, after which no further stage runs. A cancelled context fails the current stage.
+// A failure sets the report's outcome; success leaves it running: only the caller knows
+// whether these were the boot's last stages (a unit runs a few of them).
 func (r *Runner) Run(ctx context.Context, stages []Stage) error {
 	clock := r.Clock
 	if clock == nil {
@@ -132,8 +134,6 @@ func (r *Runner) Run(ctx context.Context, stages []Stage) error {
 		}
 		r.save(log)
 	}
-	r.Report.Outcome = report.OutcomeOK
-	r.save(log)
 	return nil
 }
 

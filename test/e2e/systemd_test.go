@@ -50,6 +50,7 @@ say "cvmboot-status=exit $? $(awk '$2=="ok"{n++} END{print n+0}' /tmp/status) ok
 sed 's/^/E2E-CHECK: status: /' /tmp/status | head -20
 say "evidence=$(ls /run/cvmboot/evidence 2>&1 | tr '\n' ' ')"
 say "pinned=$(grep -o '"cmdline_pinned": *"[^"]*"' /run/cvmboot/report.json)"
+say "outcome=$(head -1 /tmp/status)"
 say "eventlog=$(grep -o '"type":"cvmboot[.][a-z-]*"' /run/cvmboot/eventlog | cut -d'"' -f4 | tr '\n' ' ')"
 say "fill=$(dd if=/dev/zero of=/cvmboot-e2e-fill bs=1M 2>&1 | grep -o 'No space left on device' | head -1)"
 say "after-fill=$(systemctl is-system-running 2>&1)"
@@ -109,6 +110,7 @@ func init() {
 				`E2E-CHECK: journal=.*CVMBOOT_STAGE=attest.*CVMBOOT_STAGE=evidence.*CVMBOOT_STAGE=overlay.*CVMBOOT_STAGE=storage.*CVMBOOT_STAGE=verity`,
 				`E2E-CHECK: cvmboot-status=exit 0 [56] ok, 0 failed`,
 				`E2E-CHECK: evidence=.*tpm-quote`, `E2E-CHECK: pinned="cmdline_pinned": *"sha256:[0-9a-f]{64}"`,
+				`E2E-CHECK: outcome=cvmboot \S+ \(systemd-initrd mode\), boot ok`,
 				`E2E-CHECK: eventlog=cvmboot.phase cvmboot.config cvmboot.cmdline cvmboot.verity cvmboot.overlay cvmboot.storage cvmboot.phase `,
 				`E2E-CHECK: fill=No space left on device`, `E2E-CHECK: after-fill=running`},
 			reject:    append([]string{`{fatal}`}, noShell...),
@@ -164,6 +166,7 @@ say "mode=$(grep -o '"mode": *"[a-z-]*"' /run/cvmboot/report.json)"
 say "eventlog=$(grep -o '"type":"cvmboot[.][a-z-]*"' /run/cvmboot/eventlog | cut -d'"' -f4 | tr '\n' ' ')"
 cvmboot status > /tmp/status 2>&1
 say "cvmboot-status=exit $? $(awk '$2=="ok"{n++} END{print n+0}' /tmp/status) ok, $(awk '$2=="failed"{n++} END{print n+0}' /tmp/status) failed"
+say "outcome=$(head -1 /tmp/status)"
 say DONE
 sync
 systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
@@ -222,6 +225,7 @@ func init() {
 			// system (the dm-integrity layer) not ready, as for cryptsetup's own.
 			`E2E-CHECK: dm-units=active inactive`, `E2E-CHECK: write=ok`, `E2E-CHECK: mode="mode": *"systemd"`,
 			`E2E-CHECK: eventlog=cvmboot.config cvmboot.cmdline cvmboot.storage \s*$`,
+			`E2E-CHECK: outcome=cvmboot \S+ \(systemd mode\), boot ok`,
 			`E2E-CHECK: cvmboot-status=exit 0 3 ok, 0 failed`},
 		reject:    []string{`{fatal}`, `Kernel panic`},
 		outcome:   bootedAndChecked,
