@@ -103,8 +103,7 @@ func (f *fakeAttest) Evidence(context.Context, []byte) (stage.Facts, error) {
 	return stage.Facts{"evidence": "/run/cvmboot/evidence"}, nil
 }
 
-// plainConfig is the config the e2e images use until verity, attestation, storage and the
-// overlay are part of the build.
+// plainConfig turns every feature off: a test turns on the one it looks at.
 func plainConfig() *config.Config {
 	c := config.Default()
 	c.Verity.Required = false

@@ -122,7 +122,7 @@ const busyboxInit = `#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev
-for m in /standin/modules/*.ko; do /bin/busybox insmod "$m"; done
+for m in /harness/modules/*.ko; do /bin/busybox insmod "$m"; done
 # The harness's disks have the root at partition 2 (busybox's findfs knows no PARTUUID=).
 i=0
 while [ ! -b /dev/vda2 ]; do
@@ -148,7 +148,7 @@ func buildBusyboxInitramfs(e *env, out string) error {
 	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
 		return err
 	}
-	_, err = harness.BuildStandinInitramfs(context.Background(), harness.StandinInitramfs{
+	_, err = harness.BuildPlainInitramfs(context.Background(), harness.PlainInitramfs{
 		Init: initPath, Kernel: e.kernel, Modules: harness.DefaultModules,
 		Files: map[string]string{"/bin/busybox": "/bin/busybox"},
 	}, out)

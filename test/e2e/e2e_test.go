@@ -6,8 +6,6 @@
 //
 // Environment:
 //
-//	CVMBOOT_E2E_INIT=cvmboot|standin  initramfs to use; default cvmboot when
-//	                                   ./cmd/cvmboot is a main package, else standin
 //	CVMBOOT_E2E_ACCEL=kvm|tcg          skip the KVM probe
 //	CVMBOOT_E2E_STREAM=1               copy every console line to the test log
 //	CVMBOOT_CACHE                      cache directory (kernel, root trees)
@@ -69,14 +67,11 @@ type scenario struct {
 	// cmdline is appended to "console=ttyS0"; {rootpartuuid} and
 	// {badpartuuid} are substituted.
 	cmdline string
-	// standinCmdline is appended only when the stand-in init is used, for
-	// settings cvmboot takes from its config file.
-	standinCmdline string
-	config         string   // cvmboot config YAML
-	modules        []string // harness.DefaultModules when nil
+	config  string   // cvmboot config YAML
+	modules []string // harness.DefaultModules when nil
 	// expect and reject are regular expressions matched against the whole
-	// serial log ((?m) is implied); {fatal} becomes "cvmboot: FATAL" (or
-	// "standin: FATAL"), {rootpartuuid} and {badpartuuid} the quoted UUIDs.
+	// serial log ((?m) is implied); {fatal} becomes "cvmboot: FATAL",
+	// {rootpartuuid} and {badpartuuid} the quoted UUIDs.
 	expect    []string
 	reject    []string
 	outcome   outcome
@@ -115,9 +110,8 @@ type scenario struct {
 }
 
 // plainConfig turns off what a plain qemu guest cannot provide (a verified
-// root, a TEE: the TPM is swtpm's) and what this build does not have yet
-// (storage: its stage fails closed while enabled); the overlay is off so the
-// read-only check means something.
+// root, a TEE: the TPM is swtpm's) and the storage, which these scenarios do not
+// look at; the overlay is off so the read-only check means something.
 const plainConfig = `# cvmboot e2e: plain root, no verity, swtpm TPM
 verity:
   required: false
@@ -196,15 +190,14 @@ var scenarios = []scenario{
 		timeLimit: 5 * time.Minute,
 	},
 	{
-		name:           "root-never-appears",
-		root:           rootTiny,
-		cmdline:        "root=PARTUUID={badpartuuid}",
-		standinCmdline: "standin.timeout=5",
-		config:         plainConfig + "devices:\n  timeout: 5s\n",
-		expect:         []string{`(?i){fatal}.*PARTUUID={badpartuuid}`},
-		reject:         []string{`ROOTCHECK:`, `Kernel panic`},
-		outcome:        failureAction,
-		timeLimit:      3 * time.Minute,
+		name:      "root-never-appears",
+		root:      rootTiny,
+		cmdline:   "root=PARTUUID={badpartuuid}",
+		config:    plainConfig + "devices:\n  timeout: 5s\n",
+		expect:    []string{`(?i){fatal}.*PARTUUID={badpartuuid}`},
+		reject:    []string{`ROOTCHECK:`, `Kernel panic`},
+		outcome:   failureAction,
+		timeLimit: 3 * time.Minute,
 	},
 	{
 		name:      "missing-init",
@@ -224,7 +217,6 @@ type env struct {
 	kernel   *harness.Kernel
 	accel    harness.Accel
 	tools    *harness.Tools
-	init     harness.InitKind
 	tinyRoot string
 
 	debianMu sync.Mutex
@@ -279,14 +271,12 @@ func newEnv(t *testing.T) (*env, error) {
 	if e.tools, err = e.cache.BuildTools(ctx, false); err != nil {
 		return nil, err
 	}
-	if err := e.chooseInit(ctx, t); err != nil {
-		return nil, err
-	}
+	e.buildCvmboot(ctx, t)
 	if e.tinyRoot, err = e.cache.TinyRoot(ctx); err != nil {
 		return nil, err
 	}
-	t.Logf("e2e setup: kernel %s, accel %s, init %s, cache %s (%s)",
-		e.kernel.Version, e.accel, e.init, e.cache.Dir, time.Since(start).Round(time.Millisecond))
+	t.Logf("e2e setup: kernel %s, accel %s, cache %s (%s)",
+		e.kernel.Version, e.accel, e.cache.Dir, time.Since(start).Round(time.Millisecond))
 	if ms, err := harness.LoadModules(e.kernel.ModulesDir); err == nil {
 		var builtin []string
 		for _, m := range []string{"virtio_pci", "virtio_blk", "dm_mod", "dm_verity", "dm_crypt", "dm_integrity", "overlay", "ext4", "tpm_crb"} {
@@ -299,41 +289,18 @@ func newEnv(t *testing.T) (*env, error) {
 	return e, nil
 }
 
-// chooseInit decides between cvmboot and the stand-in. Explicit
-// CVMBOOT_E2E_INIT wins. Otherwise cvmboot is used as soon as it is a main
-// package; a build failure then fails the scenarios that need it (scenarios
-// with their own init still run), and a build without the initramfs command
-// falls back to the stand-in, loudly.
-func (e *env) chooseInit(ctx context.Context, t *testing.T) error {
-	choice := os.Getenv("CVMBOOT_E2E_INIT")
-	switch choice {
-	case "standin":
-		e.init = harness.InitStandin
-		return nil
-	case "cvmboot", "":
-	default:
-		return fmt.Errorf("CVMBOOT_E2E_INIT=%q: want cvmboot or standin", choice)
-	}
-	if choice == "" && !harness.CvmbootAvailable(ctx) {
-		t.Logf("e2e setup: ./cmd/cvmboot is not a main package yet: using the stand-in init")
-		e.init = harness.InitStandin
-		return nil
-	}
-	e.init = harness.InitCvmboot
+// buildCvmboot builds bin/cvmboot; a build failure fails the scenarios that need it
+// (scenarios with their own init still run).
+func (e *env) buildCvmboot(ctx context.Context, t *testing.T) {
 	start := time.Now()
 	bin, err := harness.BuildCvmboot(ctx)
 	if err != nil {
 		e.cvmbootErr = err
 		t.Logf("e2e setup: cvmboot does not build; its scenarios will fail: %v", err)
-		return nil
+		return
 	}
 	e.tools.Cvmboot = bin
 	t.Logf("e2e setup: built %s (%s)", bin, time.Since(start).Round(time.Millisecond))
-	if choice == "" && !harness.CvmbootHasInitramfs(ctx, bin) {
-		t.Logf("e2e setup: %s has no initramfs command yet: using the stand-in init (CVMBOOT_E2E_INIT=cvmboot forces cvmboot)", bin)
-		e.init = harness.InitStandin
-	}
-	return nil
 }
 
 func (e *env) debianRoot(t *testing.T, extra ...string) (*harness.DebianRoot, error) {
@@ -384,7 +351,7 @@ func TestE2E(t *testing.T) {
 	)
 	suiteStart := time.Now()
 	t.Cleanup(func() {
-		t.Logf("scenario summary (init %s, accel %s, %s total):", e.init, e.accel, time.Since(suiteStart).Round(time.Second))
+		t.Logf("scenario summary (accel %s, %s total):", e.accel, time.Since(suiteStart).Round(time.Second))
 		for _, r := range results {
 			t.Logf("scenario %-22s %-5s %-12s boot %6.1fs  total %6.1fs", r.name, r.status, r.reason, r.duration.Seconds(), r.total.Seconds())
 		}
@@ -402,7 +369,7 @@ func TestE2E(t *testing.T) {
 func runScenario(t *testing.T, e *env, sc scenario) result {
 	start := time.Now()
 	res := result{name: sc.name, status: "FAIL"}
-	init := e.init
+	init := harness.InitCvmboot
 	if sc.initOverride != "" {
 		init = sc.initOverride
 	}
@@ -440,17 +407,10 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 			}
 			return v
 		}
-		fatal := "cvmboot: FATAL"
-		if init == harness.InitStandin {
-			fatal = "standin: FATAL"
-		}
 		return strings.NewReplacer("{rootpartuuid}", q(harness.DefaultRootPartUID),
-			"{badpartuuid}", q(badPartUUID), "{fatal}", q(fatal)).Replace(s)
+			"{badpartuuid}", q(badPartUUID), "{fatal}", q("cvmboot: FATAL")).Replace(s)
 	}
 	cmdline := "console=ttyS0 " + subst(sc.cmdline, false)
-	if init == harness.InitStandin && sc.standinCmdline != "" {
-		cmdline += " " + sc.standinCmdline
-	}
 	recipe := harness.DiskRecipe{
 		Root:       harness.RootSpec{Tree: tree},
 		VerityRoom: 64 * harness.MiB,
@@ -641,17 +601,12 @@ func TestVerify(t *testing.T) {
 	for _, sc := range scenarios {
 		byName[sc.name] = sc
 	}
-	subst := func(init harness.InitKind) func(string, bool) string {
-		return func(s string, quote bool) string {
-			fatal := "cvmboot: FATAL"
-			if init == harness.InitStandin {
-				fatal = "standin: FATAL"
-			}
-			if quote {
-				fatal = regexp.QuoteMeta(fatal)
-			}
-			return strings.NewReplacer("{rootpartuuid}", harness.DefaultRootPartUID, "{badpartuuid}", badPartUUID, "{fatal}", fatal).Replace(s)
+	subst := func(s string, quote bool) string {
+		fatal := "cvmboot: FATAL"
+		if quote {
+			fatal = regexp.QuoteMeta(fatal)
 		}
+		return strings.NewReplacer("{rootpartuuid}", harness.DefaultRootPartUID, "{badpartuuid}", badPartUUID, "{fatal}", fatal).Replace(s)
 	}
 	debianOK := "E2E-CHECK: BEGIN\nE2E-CHECK: system-state=running\nE2E-CHECK: failed-units=none\n" +
 		"E2E-CHECK: root=overlay overlay rw,relatime,lowerdir=/sysroot,upperdir=/run/cvmboot/overlay/upper,workdir=/run/cvmboot/overlay/work\n" +
@@ -663,33 +618,31 @@ func TestVerify(t *testing.T) {
 		"ROOTCHECK: ok initramfs-gone\nROOTCHECK: ok expect:file:/run/cvmboot/evidence/evidence.json\nROOTCHECK: DONE pass=3 fail=0\n"
 	tests := []struct {
 		scenario string
-		init     harness.InitKind
 		reason   harness.ExitReason
 		serial   string
 		problems int
 	}{
-		{"plain-tiny-root", harness.InitCvmboot, harness.ExitPoweredOff, tinyOK, 0},
-		{"plain-tiny-root", harness.InitCvmboot, harness.ExitTimeout, tinyOK, 1},
-		{"plain-tiny-root", harness.InitCvmboot, harness.ExitPoweredOff, tinyOK + "ROOTCHECK: FAIL root-ro: / is mounted rw\n", 1},
-		{"plain-tiny-root", harness.InitCvmboot, harness.ExitPoweredOff, strings.Replace(tinyOK, "fail=0", "fail=1", 1), 2},
-		{"root-never-appears", harness.InitCvmboot, harness.ExitPoweredOff, "[ 9.1] cvmboot: FATAL devices: PARTUUID=" + badPartUUID + " did not appear\n", 0},
-		{"root-never-appears", harness.InitStandin, harness.ExitPoweredOff, "standin: FATAL root device: root=PARTUUID=" + strings.ToUpper(badPartUUID) + "\n", 0},
-		{"root-never-appears", harness.InitCvmboot, harness.ExitPoweredOff, "cvmboot: FATAL devices: PARTUUID=" + badPartUUID + "\n" + tinyOK, 2},
-		{"root-never-appears", harness.InitCvmboot, harness.ExitRebooted, "Kernel panic - not syncing\n", 4},
-		{"missing-init", harness.InitCvmboot, harness.ExitPoweredOff, "cvmboot: FATAL switch-root: init /sbin/nonexistent not found\n", 0},
-		{"missing-init", harness.InitCvmboot, harness.ExitPoweredOff, "cvmboot: FATAL switch-root: init /sbin/init not found\n", 1},
-		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, debianOK, 0},
-		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, strings.NewReplacer("running", "maintenance", "units=none", "units=foo.service", "report=present", "report=missing").Replace(debianOK), 4},
-		{"debian-multi-user", harness.InitCvmboot, harness.ExitPoweredOff, strings.Replace(debianOK, "root=overlay overlay rw", "root=/dev/vda2 ext4 ro", 1), 1},
+		{"plain-tiny-root", harness.ExitPoweredOff, tinyOK, 0},
+		{"plain-tiny-root", harness.ExitTimeout, tinyOK, 1},
+		{"plain-tiny-root", harness.ExitPoweredOff, tinyOK + "ROOTCHECK: FAIL root-ro: / is mounted rw\n", 1},
+		{"plain-tiny-root", harness.ExitPoweredOff, strings.Replace(tinyOK, "fail=0", "fail=1", 1), 2},
+		{"root-never-appears", harness.ExitPoweredOff, "[ 9.1] cvmboot: FATAL devices: PARTUUID=" + badPartUUID + " did not appear\n", 0},
+		{"root-never-appears", harness.ExitPoweredOff, "cvmboot: FATAL devices: PARTUUID=" + badPartUUID + "\n" + tinyOK, 2},
+		{"root-never-appears", harness.ExitRebooted, "Kernel panic - not syncing\n", 4},
+		{"missing-init", harness.ExitPoweredOff, "cvmboot: FATAL switch-root: init /sbin/nonexistent not found\n", 0},
+		{"missing-init", harness.ExitPoweredOff, "cvmboot: FATAL switch-root: init /sbin/init not found\n", 1},
+		{"debian-multi-user", harness.ExitPoweredOff, debianOK, 0},
+		{"debian-multi-user", harness.ExitPoweredOff, strings.NewReplacer("running", "maintenance", "units=none", "units=foo.service", "report=present", "report=missing").Replace(debianOK), 4},
+		{"debian-multi-user", harness.ExitPoweredOff, strings.Replace(debianOK, "root=overlay overlay rw", "root=/dev/vda2 ext4 ro", 1), 1},
 	}
 	for i, tt := range tests {
 		sc, ok := byName[tt.scenario]
 		if !ok {
 			t.Fatalf("no scenario %s", tt.scenario)
 		}
-		got := verify(sc, &harness.BootResult{Reason: tt.reason, Serial: tt.serial}, subst(tt.init))
+		got := verify(sc, &harness.BootResult{Reason: tt.reason, Serial: tt.serial}, subst)
 		if len(got) != tt.problems {
-			t.Errorf("case %d (%s, %s): %d problems, want %d:\n  %s", i, tt.scenario, tt.init, len(got), tt.problems, strings.Join(got, "\n  "))
+			t.Errorf("case %d (%s): %d problems, want %d:\n  %s", i, tt.scenario, len(got), tt.problems, strings.Join(got, "\n  "))
 		}
 	}
 }

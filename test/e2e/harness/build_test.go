@@ -229,7 +229,7 @@ func TestBuildUKI(t *testing.T) {
 	}
 }
 
-func TestBuildStandinInitramfs(t *testing.T) {
+func TestBuildPlainInitramfs(t *testing.T) {
 	needTool(t, "cpio")
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for mknod /dev/console")
@@ -251,7 +251,7 @@ func TestBuildStandinInitramfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "initramfs.img")
-	loaded, err := BuildStandinInitramfs(context.Background(), StandinInitramfs{Init: init, Kernel: &Kernel{ModulesDir: mods}, Modules: []string{"a"}}, out)
+	loaded, err := BuildPlainInitramfs(context.Background(), PlainInitramfs{Init: init, Kernel: &Kernel{ModulesDir: mods}, Modules: []string{"a"}}, out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +262,7 @@ func TestBuildStandinInitramfs(t *testing.T) {
 	if err != nil {
 		t.Fatalf("cpio -t: %v\n%s", err, list)
 	}
-	for _, want := range []string{" init", "dev/console", StandinModulesDir + "/00-b.ko", StandinModulesDir + "/01-a.ko", " sysroot"} {
+	for _, want := range []string{" init", "dev/console", PlainModulesDir + "/00-b.ko", PlainModulesDir + "/01-a.ko", " sysroot"} {
 		if !strings.Contains(string(list), want) {
 			t.Errorf("initramfs lacks %q:\n%s", want, list)
 		}

@@ -15,8 +15,6 @@ type InitKind string
 const (
 	// InitCvmboot uses `cvmboot initramfs` (cvmboot as /init).
 	InitCvmboot InitKind = "cvmboot"
-	// InitStandin uses the harness's own switch_root stand-in as /init.
-	InitStandin InitKind = "standin"
 	// InitRootcheck runs rootcheck itself as /init (rootcheck.mode=initrd):
 	// proves firmware, UKI and TPM without any root file system.
 	InitRootcheck InitKind = "rootcheck"
@@ -30,27 +28,8 @@ var DefaultModules = []string{"virtio_pci", "virtio_blk"}
 
 // Tools are the binaries images are made from.
 type Tools struct {
-	Cvmboot   string // bin/cvmboot; empty when cvmboot has no main package yet
-	Standin   string
+	Cvmboot   string // bin/cvmboot
 	Rootcheck string
-}
-
-// CvmbootAvailable reports whether ./cmd/cvmboot is a buildable main package
-// (false while the PID 1 path has not landed).
-func CvmbootAvailable(ctx context.Context) bool {
-	root, err := RepoRoot()
-	if err != nil {
-		return false
-	}
-	out, err := runCmd(ctx, root, "go", "list", "-f", "{{.Name}}", "./cmd/cvmboot")
-	return err == nil && strings.TrimSpace(out) == "main"
-}
-
-// CvmbootHasInitramfs reports whether bin implements `cvmboot initramfs`
-// (its --help exits 0).
-func CvmbootHasInitramfs(ctx context.Context, bin string) bool {
-	_, err := runCmd(ctx, "", bin, "initramfs", "--help")
-	return err == nil
 }
 
 // BuildCvmboot runs `make build` when the Makefile has that target, else a
@@ -74,17 +53,14 @@ func BuildCvmboot(ctx context.Context) (string, error) {
 	return bin, nil
 }
 
-// BuildTools builds the stand-in and rootcheck into cache/bin, and cvmboot
+// BuildTools builds rootcheck into cache/bin, and cvmboot
 // when withCvmboot is set.
 func (c *Cache) BuildTools(ctx context.Context, withCvmboot bool) (*Tools, error) {
 	dir := c.Path("bin")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	t := &Tools{Standin: filepath.Join(dir, "standin"), Rootcheck: filepath.Join(dir, "rootcheck")}
-	if err := GoBuild(ctx, "./test/e2e/standin", t.Standin); err != nil {
-		return nil, err
-	}
+	t := &Tools{Rootcheck: filepath.Join(dir, "rootcheck")}
 	if err := GoBuild(ctx, "./test/e2e/rootcheck", t.Rootcheck); err != nil {
 		return nil, err
 	}
@@ -130,11 +106,11 @@ type Image struct {
 	UKI         string
 	Initramfs   string
 	UKISections []UKISection
-	// StandinModules lists the module files packed by the harness (stand-in
-	// and rootcheck initramfs only).
-	StandinModules []string
-	RootHash       string // hex, for a verity root
-	Cmdline        string // the command line in the UKI, placeholders substituted
+	// PlainModules lists the module files packed by the harness (rootcheck initramfs
+	// only).
+	PlainModules []string
+	RootHash     string // hex, for a verity root
+	Cmdline      string // the command line in the UKI, placeholders substituted
 }
 
 // BuildImage makes the initramfs, wraps it with the kernel into
@@ -191,11 +167,8 @@ func BuildImage(ctx context.Context, spec ImageSpec) (*Image, error) {
 		if o, err := runCmd(ctx, "", spec.Tools.Cvmboot, args...); err != nil {
 			return nil, fmt.Errorf("%s %s: %w\n%s", spec.Tools.Cvmboot, strings.Join(args, " "), err, tail(o, 3000))
 		}
-	case InitStandin:
-		img.StandinModules, err = BuildStandinInitramfs(ctx, StandinInitramfs{
-			Init: spec.Tools.Standin, Kernel: spec.Kernel, Modules: modules}, img.Initramfs)
 	case InitRootcheck:
-		img.StandinModules, err = BuildStandinInitramfs(ctx, StandinInitramfs{
+		img.PlainModules, err = BuildPlainInitramfs(ctx, PlainInitramfs{
 			Init: spec.Tools.Rootcheck, Kernel: spec.Kernel}, img.Initramfs)
 	case InitPrebuilt:
 		if spec.Initramfs == "" && spec.InitramfsFor != nil {

@@ -13,28 +13,29 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// StandinModulesDir is where BuildStandinInitramfs puts kernel modules, named
+// PlainModulesDir is where BuildPlainInitramfs puts kernel modules, named
 // NN-name.ko so that lexical order is load order.
-const StandinModulesDir = "standin/modules"
+const PlainModulesDir = "harness/modules"
 
-// StandinInitramfs is an initramfs the harness builds on its own (with the cpio
-// tool), to prove the boot chain before cvmboot's own builder exists.
-type StandinInitramfs struct {
+// PlainInitramfs is an initramfs the harness builds on its own (with the cpio
+// tool) around another /init: rootcheck proving firmware, UKI and TPM, or the busybox
+// baseline the benchmarks compare with.
+type PlainInitramfs struct {
 	Init    string            // host binary installed as /init
 	Kernel  *Kernel           // source of Modules
 	Modules []string          // loaded with their dependencies, dependencies first
 	Files   map[string]string // extra files: path in the initramfs → host path
 }
 
-// BuildStandinInitramfs writes an uncompressed newc cpio to out and returns
+// BuildPlainInitramfs writes an uncompressed newc cpio to out and returns
 // the module files it contains in load order.
-func BuildStandinInitramfs(ctx context.Context, spec StandinInitramfs, out string) ([]string, error) {
+func BuildPlainInitramfs(ctx context.Context, spec PlainInitramfs, out string) ([]string, error) {
 	stage, err := os.MkdirTemp(filepath.Dir(out), ".initramfs-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(stage)
-	for _, d := range []string{"dev", "proc", "sys", "run", "sysroot", "tmp", StandinModulesDir} {
+	for _, d := range []string{"dev", "proc", "sys", "run", "sysroot", "tmp", PlainModulesDir} {
 		if err := os.MkdirAll(filepath.Join(stage, d), 0o755); err != nil {
 			return nil, err
 		}
@@ -49,7 +50,7 @@ func BuildStandinInitramfs(ctx context.Context, spec StandinInitramfs, out strin
 	var loaded []string
 	if len(spec.Modules) > 0 {
 		if spec.Kernel == nil {
-			return nil, fmt.Errorf("stand-in initramfs: modules %v requested without a kernel", spec.Modules)
+			return nil, fmt.Errorf("plain initramfs: modules %v requested without a kernel", spec.Modules)
 		}
 		ms, err := LoadModules(spec.Kernel.ModulesDir)
 		if err != nil {
@@ -61,10 +62,10 @@ func BuildStandinInitramfs(ctx context.Context, spec StandinInitramfs, out strin
 		}
 		for i, m := range mods {
 			if !strings.HasSuffix(m.Path, ".ko") {
-				return nil, fmt.Errorf("module %s: %s is compressed; the stand-in loads only plain .ko", m.Name, m.Path)
+				return nil, fmt.Errorf("module %s: %s is compressed; the harness packs only plain .ko", m.Name, m.Path)
 			}
 			name := fmt.Sprintf("%02d-%s.ko", i, m.Name)
-			if err := copyFile(m.Path, filepath.Join(stage, StandinModulesDir, name), 0o644); err != nil {
+			if err := copyFile(m.Path, filepath.Join(stage, PlainModulesDir, name), 0o644); err != nil {
 				return nil, err
 			}
 			loaded = append(loaded, name)

@@ -19,7 +19,7 @@ import (
 )
 
 // demoConfig is cvmboot's configuration for a plain qemu guest: no verified
-// root and no TEE to require (the TPM is swtpm's); storage is not in the build yet.
+// root and no TEE to require (the TPM is swtpm's), no storage.
 const demoConfig = `# cvmboot demo: plain root, swtpm TPM, no storage
 verity:
   required: false
@@ -32,7 +32,6 @@ overlay:
 `
 
 func main() {
-	initFlag := flag.String("init", "auto", "initramfs: auto (cvmboot when it has the initramfs command), cvmboot or standin")
 	configFile := flag.String("config", "", "cvmboot config YAML (default: a plain-root demo config)")
 	extra := flag.String("cmdline", "", "extra kernel command line words")
 	timeout := flag.Duration("timeout", 4*time.Minute, "hard limit for the boot")
@@ -40,13 +39,13 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *initFlag, *configFile, *extra, *timeout); err != nil {
+	if err := run(ctx, *configFile, *extra, *timeout); err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, initChoice, configFile, extra string, timeout time.Duration) error {
+func run(ctx context.Context, configFile, extra string, timeout time.Duration) error {
 	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "demo: "+format+"\n", args...) }
 	cache, err := harness.OpenCache()
 	if err != nil {
@@ -60,11 +59,7 @@ func run(ctx context.Context, initChoice, configFile, extra string, timeout time
 	if err != nil {
 		return err
 	}
-	tools, err := cache.BuildTools(ctx, false)
-	if err != nil {
-		return err
-	}
-	init, err := chooseInit(ctx, initChoice, tools, logf)
+	tools, err := cache.BuildTools(ctx, true)
 	if err != nil {
 		return err
 	}
@@ -84,13 +79,13 @@ func run(ctx context.Context, initChoice, configFile, extra string, timeout time
 	work := cache.Path("work", "demo")
 	_ = os.RemoveAll(work)
 	img, err := harness.BuildImage(ctx, harness.ImageSpec{
-		WorkDir: work, Kernel: kernel, Tools: tools, Init: init, Config: config, Cmdline: cmdline,
+		WorkDir: work, Kernel: kernel, Tools: tools, Init: harness.InitCvmboot, Config: config, Cmdline: cmdline,
 		Recipe: harness.DiskRecipe{Root: harness.RootSpec{Tree: tree}, VerityRoom: 64 * harness.MiB, FreeSpace: 256 * harness.MiB},
 	})
 	if err != nil {
 		return err
 	}
-	logf("kernel %s, accel %s, init %s, disk %s (%d MiB), booting…", kernel.Version, accel, init, img.Disk.Path, img.Disk.Size/harness.MiB)
+	logf("kernel %s, accel %s, disk %s (%d MiB), booting…", kernel.Version, accel, img.Disk.Path, img.Disk.Size/harness.MiB)
 
 	res, err := harness.Boot(ctx, harness.BootSpec{
 		Name: "demo", WorkDir: work, Disk: img.Disk.Path, Accel: accel, Timeout: timeout,
@@ -129,30 +124,6 @@ func run(ctx context.Context, initChoice, configFile, extra string, timeout time
 		return fmt.Errorf("no report: %v; serial log %s", rerr, res.SerialLogPath)
 	}
 	return nil
-}
-
-func chooseInit(ctx context.Context, choice string, tools *harness.Tools, logf harness.Logf) (harness.InitKind, error) {
-	switch choice {
-	case "standin":
-		return harness.InitStandin, nil
-	case "cvmboot", "auto":
-	default:
-		return "", fmt.Errorf("-init %q: want auto, cvmboot or standin", choice)
-	}
-	if choice == "auto" && !harness.CvmbootAvailable(ctx) {
-		logf("./cmd/cvmboot is not a main package yet: using the stand-in init")
-		return harness.InitStandin, nil
-	}
-	bin, err := harness.BuildCvmboot(ctx)
-	if err != nil {
-		return "", err
-	}
-	tools.Cvmboot = bin
-	if choice == "auto" && !harness.CvmbootHasInitramfs(ctx, bin) {
-		logf("%s has no initramfs command yet: using the stand-in init", bin)
-		return harness.InitStandin, nil
-	}
-	return harness.InitCvmboot, nil
 }
 
 // printPhases adds, to the harness's phase split, when rootcheck started.
