@@ -34,7 +34,7 @@ func modulesCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("modules", "modules [--config FILE]", `
 Prints the kernel modules the config needs, one per line: the config's modules:, the
 device-mapper targets and ciphers of the enabled features, the CPU-accelerated ciphers
-(loaded when the CPU has them) and the TPM drivers. An initrd generator that is not
+(loaded when the CPU has them) and the TPM drivers: what "cvmboot initramfs" packs. An initrd generator that is not
 "cvmboot initramfs" (dracut's cvmboot module) installs these and writes them to
 /etc/cvmboot/modules.load, which "cvmboot run modules" loads.`, stderr)
 	path := fs.String("config", config.DefaultPath, "cvmboot config file (defaults when absent)")
@@ -50,14 +50,8 @@ device-mapper targets and ciphers of the enabled features, the CPU-accelerated c
 		fmt.Fprintf(stderr, "cvmboot modules: %v\n", err)
 		return ExitFailed
 	}
-	seen := map[string]bool{}
-	for _, list := range [][]string{cfg.Modules, cfg.FeatureModules(), cfg.AcceleratedModules(), {"tpm_crb", "tpm_tis"}} {
-		for _, m := range list {
-			if !seen[m] {
-				seen[m] = true
-				fmt.Fprintln(stdout, m)
-			}
-		}
+	for _, m := range cfg.KernelModules().All() {
+		fmt.Fprintln(stdout, m)
 	}
 	return ExitOK
 }

@@ -18,6 +18,7 @@ import (
 	"io/fs"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -289,6 +290,50 @@ func (d *decoder) decodeDocument(data []byte, cfg *Config) (err error) {
 		return nil
 	}
 	return d.value(doc.Content[0], reflectValue(cfg), "")
+}
+
+// KernelModules are the kernel modules a boot with a config needs.
+type KernelModules struct {
+	// Required must be in the kernel, as modules or built in.
+	Required []string
+	// Optional are packed and loaded when the kernel has them: CPU-accelerated ciphers (the
+	// generic ones serve otherwise) and the TPM drivers (built into most kernels).
+	Optional []string
+}
+
+// TPMModules are the drivers of the (v)TPMs cvmboot measures into.
+var TPMModules = []string{"tpm_crb", "tpm_tis"}
+
+// KernelModules decides the kernel modules for this config, for every initrd builder alike
+// (`cvmboot initramfs` packs them, `cvmboot modules` lists them for dracut): the modules
+// asked for (extra, then the config's modules:) and what the enabled features need.
+func (c *Config) KernelModules(extra ...string) KernelModules {
+	var m KernelModules
+	m.Required = appendNew(m.Required, extra...)
+	m.Required = appendNew(m.Required, c.Modules...)
+	m.Required = appendNew(m.Required, c.FeatureModules()...)
+	m.Optional = appendNew(m.Optional, c.AcceleratedModules()...)
+	if c.Attest.Require != AttestNone {
+		m.Optional = appendNew(m.Optional, TPMModules...)
+	}
+	return m
+}
+
+// All is Required then Optional.
+func (m KernelModules) All() []string {
+	return appendNew(append([]string(nil), m.Required...), m.Optional...)
+}
+
+// appendNew appends the names not in list yet; module names are compared as the kernel
+// does, '-' and '_' alike.
+func appendNew(list []string, names ...string) []string {
+	norm := func(s string) string { return strings.ReplaceAll(s, "-", "_") }
+	for _, n := range names {
+		if !slices.ContainsFunc(list, func(m string) bool { return norm(m) == norm(n) }) {
+			list = append(list, n)
+		}
+	}
+	return list
 }
 
 // FeatureModules lists the kernel modules the enabled features need. The initramfs builder

@@ -402,3 +402,20 @@ func TestExampleConfigs(t *testing.T) {
 		}
 	}
 }
+
+// One decision for every initrd builder: cvmboot initramfs and cvmboot modules use it.
+func TestKernelModules(t *testing.T) {
+	c := Default()
+	c.Modules = []string{"virtio-blk", "dm_verity"}
+	m := c.KernelModules("virtio_blk", "nvme")
+	if got := strings.Join(m.Required, " "); got != "virtio_blk nvme dm_verity dm_crypt xts ecb dm_integrity authenc hmac sha256_generic overlay" {
+		t.Errorf("required %s", got)
+	}
+	if got := strings.Join(m.Optional, " "); got != "aesni_intel sha256_ssse3 tpm_crb tpm_tis" {
+		t.Errorf("optional %s", got)
+	}
+	c.Modules, c.Attest.Require, c.Storage.Enabled, c.Overlay.Enabled = nil, AttestNone, false, false
+	if got := strings.Join(c.KernelModules().All(), " "); got != "dm_verity" {
+		t.Errorf("all features off: %s", got)
+	}
+}

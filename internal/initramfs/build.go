@@ -182,17 +182,16 @@ func Build(o Options, out io.Writer) (Summary, error) {
 		return Summary{}, err
 	}
 
-	// The boot loads what the image builder named, what the config lists and what the
-	// enabled features need (image builders should not have to know that the overlay or
-	// dm-verity are modules in their kernel), so all of it goes in.
-	request := appendMissing(o.Modules, configModules)
-	var optional []string
-	if o.KernelModulesDir != "" {
-		request = appendMissing(request, cfg.FeatureModules())
-		optional = cfg.AcceleratedModules()
+	// The boot loads what the image builder named and what the config needs (image builders
+	// should not have to know that the overlay or dm-verity are modules in their kernel), so
+	// all of it goes in: config.KernelModules decides, as for `cvmboot modules`.
+	mods := cfg.KernelModules(o.Modules...)
+	if o.KernelModulesDir == "" {
+		// No kernel to pack for: only modules asked for by name are an error.
+		mods = config.KernelModules{Required: appendMissing(o.Modules, configModules)}
 	}
-	if len(request) > 0 {
-		if err := addModules(a, o.KernelModulesDir, request, optional, &sum); err != nil {
+	if len(mods.Required) > 0 {
+		if err := addModules(a, o.KernelModulesDir, mods.Required, mods.Optional, &sum); err != nil {
 			return Summary{}, err
 		}
 	}
