@@ -14,6 +14,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/tee"
 	"github.com/cvmboot/cvmboot/internal/verity"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 )
 
@@ -24,7 +25,7 @@ type Attestation interface {
 	// false when the machine has nothing to measure into (and nothing was required).
 	Start(require config.AttestRequire) (facts stage.Facts, active bool, err error)
 	// Measure records a decision in the log and extends it into the registers.
-	Measure(ev measure.Event) error
+	Measure(ev eventlog.Event) error
 	// Evidence writes the platform's evidence, bound to the log and nonce, and releases
 	// the registers.
 	Evidence(ctx context.Context, nonce []byte) (stage.Facts, error)
@@ -42,12 +43,12 @@ func (b *Boot) attest(context.Context) (stage.Facts, error) {
 	// The decisions taken before this stage: the phase, what configured the boot, and the
 	// command line (which carries roothash=).
 	sum := sha256.Sum256([]byte(b.CmdlineRaw))
-	var events []measure.Event
+	var events []eventlog.Event
 	if !b.units || b.initrd {
 		// A unit of the booted system (cvmboot-scratch-storage) is past the initrd phase.
-		events = append(events, measure.Phase("enter-initrd"))
+		events = append(events, eventlog.Phase("enter-initrd"))
 	}
-	events = append(events, b.configEvent(), measure.Cmdline{SHA256: hex.EncodeToString(sum[:])}.Event())
+	events = append(events, b.configEvent(), eventlog.Cmdline{SHA256: hex.EncodeToString(sum[:])}.Event())
 	for _, v := range []*verity.Result{b.rootVerity, b.usrVerity} {
 		if v != nil {
 			events = append(events, verityEvent(v))
@@ -62,8 +63,8 @@ func (b *Boot) attest(context.Context) (stage.Facts, error) {
 	return facts, nil
 }
 
-func (b *Boot) configEvent() measure.Event {
-	c := measure.Config{SHA256: fmt.Sprintf("%x", b.Config.Digest())}
+func (b *Boot) configEvent() eventlog.Event {
+	c := eventlog.Config{SHA256: fmt.Sprintf("%x", b.Config.Digest())}
 	if b.ConfigInfo != nil {
 		c.Path, c.Found, c.Overrides = b.ConfigInfo.Path, b.ConfigInfo.Found, b.ConfigInfo.Overrides
 	}
@@ -72,7 +73,7 @@ func (b *Boot) configEvent() measure.Event {
 
 // measure records a decision when the boot is measuring; a failure fails the stage, since
 // evidence missing a decision would misrepresent the boot.
-func (b *Boot) measure(ev measure.Event) error {
+func (b *Boot) measure(ev eventlog.Event) error {
 	if !b.measuring {
 		return nil
 	}
@@ -84,7 +85,7 @@ func (b *Boot) finishAttestation(ctx context.Context) (stage.Facts, error) {
 	if !b.measuring {
 		return nil, nil
 	}
-	if err := b.Attest.Measure(measure.Phase("leave-initrd")); err != nil {
+	if err := b.Attest.Measure(eventlog.Phase("leave-initrd")); err != nil {
 		return nil, err
 	}
 	return b.Attest.Evidence(ctx, b.Config.Attest.Nonce)
@@ -124,7 +125,7 @@ func (p *platformAttestation) Start(require config.AttestRequire) (stage.Facts, 
 	return facts, true, nil
 }
 
-func (p *platformAttestation) Measure(ev measure.Event) error {
+func (p *platformAttestation) Measure(ev eventlog.Event) error {
 	rec, err := p.events.Measure(ev)
 	if err != nil {
 		return fmt.Errorf("measuring %s: %w", ev.Type, err)

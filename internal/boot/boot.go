@@ -19,10 +19,10 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
-	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/verity"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -253,7 +253,7 @@ func (b *Boot) storageStage(ctx context.Context) (stage.Facts, error) {
 	cfg := b.Config.Storage
 	if !cfg.Enabled {
 		// Measured too: a verifier must tell "no encrypted storage" from a missed measurement.
-		if err := b.measure(measure.Storage{Encrypted: false, Integrity: "none"}.Event()); err != nil {
+		if err := b.measure(eventlog.Storage{Encrypted: false, Integrity: "none"}.Event()); err != nil {
 			return nil, err
 		}
 		return nil, stage.Skip("storage.enabled is false")
@@ -273,7 +273,7 @@ func (b *Boot) storageStage(ctx context.Context) (stage.Facts, error) {
 	if err != nil {
 		return nil, err
 	}
-	ev := measure.Storage{Encrypted: res.Encrypted, Integrity: res.Integrity, Filesystem: res.Filesystem,
+	ev := eventlog.Storage{Encrypted: res.Encrypted, Integrity: res.Integrity, Filesystem: res.Filesystem,
 		Mountpoint: res.Mountpoint, PartUUID: res.PartUUID, LUKSUUID: res.LUKSUUID}
 	if res.Encrypted {
 		ev.Cipher, ev.KeyBits, ev.KeySource, ev.SectorSize = res.Cipher, res.KeyBits, "random", res.SectorSize
@@ -304,7 +304,7 @@ func (b *Boot) overlay(context.Context) (stage.Facts, error) {
 	cfg := b.Config.Overlay
 	if !cfg.Enabled {
 		// A verifier must be able to tell a read-only root from a forgotten measurement.
-		if err := b.measure(measure.Overlay{Enabled: false}.Event()); err != nil {
+		if err := b.measure(eventlog.Overlay{Enabled: false}.Event()); err != nil {
 			return nil, err
 		}
 		return nil, stage.Skip("overlay.enabled is false: the root stays read-only")
@@ -335,7 +335,7 @@ func (b *Boot) overlay(context.Context) (stage.Facts, error) {
 	if err := b.Mounts.Overlay(NewRoot, stateDir, size); err != nil {
 		return nil, err
 	}
-	if err := b.measure(measure.Overlay{Enabled: true, Upper: string(cfg.Upper), Size: size}.Event()); err != nil {
+	if err := b.measure(eventlog.Overlay{Enabled: true, Upper: string(cfg.Upper), Size: size}.Event()); err != nil {
 		return nil, err
 	}
 	facts := stage.Facts{"lower": b.rootDevice, "upper": string(cfg.Upper), "state": stateDir, "target": NewRoot}

@@ -12,10 +12,10 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
-	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/verity"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -90,9 +90,9 @@ func (f *fakeAttest) Start(require config.AttestRequire) (stage.Facts, bool, err
 	}
 	return stage.Facts{"tpm": map[bool]string{true: "present", false: "absent"}[f.present]}, f.present, nil
 }
-func (f *fakeAttest) Measure(ev measure.Event) error {
+func (f *fakeAttest) Measure(ev eventlog.Event) error {
 	name := ev.Type
-	if p, ok := ev.Data.(measure.PhaseData); ok {
+	if p, ok := ev.Data.(eventlog.PhaseData); ok {
 		name += ":" + p.Phase
 	}
 	f.measured = append(f.measured, name)
@@ -374,7 +374,7 @@ func TestStorageStage(t *testing.T) {
 		if got := strings.Join(order, "|"); got != "storage setup|overlay /sysroot|storage into-root|switch /sysroot" {
 			t.Errorf("order %q (calls %v)", got, m.calls)
 		}
-		if !strings.Contains(strings.Join(att.measured, ","), measure.TypeStorage) {
+		if !strings.Contains(strings.Join(att.measured, ","), eventlog.TypeStorage) {
 			t.Errorf("storage not measured: %v", att.measured)
 		}
 	})

@@ -15,10 +15,10 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/failaction"
-	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/verity"
 	"github.com/cvmboot/cvmboot/internal/version"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -371,8 +371,8 @@ func SystemdFailureAction(a failaction.Action) string {
 }
 
 // verityEvent is the measurement of an activated verity volume.
-func verityEvent(v *verity.Result) measure.Event {
-	return measure.Verity{Target: v.Name, RootHash: v.RootHash,
+func verityEvent(v *verity.Result) eventlog.Event {
+	return eventlog.Verity{Target: v.Name, RootHash: v.RootHash,
 		HashAlgorithm: v.Facts["algorithm"], OnCorruption: v.Facts["corruption"]}.Event()
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/tee"
 	"github.com/cvmboot/cvmboot/internal/tee/teetest"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // snpEvidence writes SEV-SNP evidence from go-sev-guest's fake signer and returns the evidence
@@ -25,11 +26,11 @@ func snpEvidence(t *testing.T) (dir, roots, nonce, rootHash string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, ev := range []measure.Event{
-		measure.Phase("enter-initrd"),
-		measure.Verity{Target: "root", RootHash: rootHash, HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
-		measure.Storage{Encrypted: true, Cipher: "aes-xts-plain64", KeyBits: 512, Integrity: "hmac-sha256", KeySource: "random"}.Event(),
-		measure.Overlay{Enabled: true, Upper: "tmpfs", Size: "50%"}.Event(),
+	for _, ev := range []eventlog.Event{
+		eventlog.Phase("enter-initrd"),
+		eventlog.Verity{Target: "root", RootHash: rootHash, HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
+		eventlog.Storage{Encrypted: true, Cipher: "aes-xts-plain64", KeyBits: 512, Integrity: "hmac-sha256", KeySource: "random"}.Event(),
+		eventlog.Overlay{Enabled: true, Upper: "tmpfs", Size: "50%"}.Event(),
 	} {
 		if _, err := log.Measure(ev); err != nil {
 			t.Fatal(err)

@@ -3,7 +3,6 @@ package measure
 import (
 	"bytes"
 	"crypto"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +10,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // DefaultLogPath is where the boot writes its event log; /run survives the switch to the real root.
@@ -18,7 +19,7 @@ const DefaultLogPath = "/run/cvmboot/eventlog"
 
 // Extender is a family of measurement registers events are extended into.
 type Extender interface {
-	// Kind is KindPCR or KindRTMR.
+	// Kind is eventlog.KindPCR or eventlog.KindRTMR.
 	Kind() string
 	// Algorithms are the digests Extend needs.
 	Algorithms() []crypto.Hash
@@ -37,8 +38,8 @@ type Log struct {
 // extended into every extender given; with none, the log is bound only by REPORT_DATA.
 func Open(path string, extenders ...Extender) (*Log, error) {
 	for _, e := range extenders {
-		if e.Kind() != KindPCR && e.Kind() != KindRTMR {
-			return nil, fmt.Errorf("measure: extender of kind %q, expected %q or %q", e.Kind(), KindPCR, KindRTMR)
+		if e.Kind() != eventlog.KindPCR && e.Kind() != eventlog.KindRTMR {
+			return nil, fmt.Errorf("measure: extender of kind %q, expected %q or %q", e.Kind(), eventlog.KindPCR, eventlog.KindRTMR)
 		}
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -46,7 +47,7 @@ func Open(path string, extenders ...Extender) (*Log, error) {
 	}
 	l := &Log{path: path, extenders: extenders}
 	err := l.locked(func(f *os.File, data []byte) error {
-		_, err := ParseLog(data)
+		_, err := eventlog.ParseLog(data)
 		return err
 	})
 	if err != nil {
@@ -69,7 +70,7 @@ func (l *Log) locked(fn func(f *os.File, data []byte) error) error {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
 		return fmt.Errorf("lock %s: %w", l.path, err)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, int64(MaxRecords)*MaxRecordBytes+1))
+	data, err := io.ReadAll(io.LimitReader(f, int64(eventlog.MaxRecords)*eventlog.MaxRecordBytes+1))
 	if err != nil {
 		return fmt.Errorf("read %s: %w", l.path, err)
 	}
@@ -80,46 +81,46 @@ func (l *Log) locked(fn func(f *os.File, data []byte) error) error {
 // the log order is the extend order. The record is written before the registers are extended:
 // should an extend fail, the log holds an event the register lacks, which replay reports, and
 // the caller must stop the boot.
-func (l *Log) Measure(ev Event) (*Record, error) {
-	contentJSON, measured, err := ev.encode()
-	if err != nil {
-		return nil, err
-	}
+func (l *Log) Measure(ev eventlog.Event) (*eventlog.Record, error) {
 	algs := []crypto.Hash{crypto.SHA256}
 	var pcr, rtmr *int
 	for _, e := range l.extenders {
 		switch e.Kind() {
-		case KindPCR:
-			pcr = ptr(PCRFor(ev.Type))
+		case eventlog.KindPCR:
+			pcr = ptr(eventlog.PCRFor(ev.Type))
 			algs = append(algs, e.Algorithms()...)
-		case KindRTMR:
-			rtmr = ptr(RTMRIndex)
+		case eventlog.KindRTMR:
+			rtmr = ptr(eventlog.RTMRIndex)
 		}
 	}
-	rec := &Record{PCR: pcr, RTMR: rtmr, Digests: digestsFor(algs, measured), ContentType: ContentType, Content: contentJSON, measured: measured}
+	rec, err := eventlog.NewRecord(ev, algs, pcr, rtmr)
+	if err != nil {
+		return nil, err
+	}
+	measured := rec.Measured()
 	err = l.locked(func(f *os.File, data []byte) error {
 		if len(data) > 0 && data[len(data)-1] != '\n' {
 			return errors.New("the last record is not terminated by a newline (torn write?)")
 		}
 		rec.RecNum = bytes.Count(data, []byte("\n"))
-		line, err := json.Marshal(rec)
+		line, err := rec.MarshalLine()
 		if err != nil {
 			return err
 		}
 		// One write of the whole line: with O_APPEND a reader never sees half a record.
-		if _, err := f.Write(append(line, '\n')); err != nil {
+		if _, err := f.Write(line); err != nil {
 			return fmt.Errorf("append: %w", err)
 		}
 		digests := map[crypto.Hash][]byte{}
 		for _, e := range l.extenders {
 			for _, alg := range e.Algorithms() {
-				digests[alg] = sum(alg, measured)
+				digests[alg] = eventlog.Sum(alg, measured)
 			}
 		}
 		for _, e := range l.extenders {
-			index := RTMRIndex
-			if e.Kind() == KindPCR {
-				index = PCRFor(ev.Type)
+			index := eventlog.RTMRIndex
+			if e.Kind() == eventlog.KindPCR {
+				index = eventlog.PCRFor(ev.Type)
 			}
 			if err := e.Extend(index, digests); err != nil {
 				return fmt.Errorf("record %d (%s) is logged but not measured: %w", rec.RecNum, ev.Type, err)

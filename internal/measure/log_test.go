@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // fakeRegisters records extends the way real registers compute them.
@@ -21,7 +23,7 @@ type fakeRegisters struct {
 	fail error
 
 	mu     sync.Mutex
-	values Values
+	values eventlog.Values
 	calls  []int
 }
 
@@ -34,39 +36,39 @@ func (f *fakeRegisters) Extend(index int, digests map[crypto.Hash][]byte) error 
 		return f.fail
 	}
 	if f.values == nil {
-		f.values = Values{}
+		f.values = eventlog.Values{}
 	}
 	f.calls = append(f.calls, index)
 	for _, alg := range f.algs {
-		r := PCR(index, alg)
-		if f.kind == KindRTMR {
-			r = RTMR(index)
+		r := eventlog.PCR(index, alg)
+		if f.kind == eventlog.KindRTMR {
+			r = eventlog.RTMR(index)
 		}
 		cur, ok := f.values[r]
 		if !ok {
 			cur = make([]byte, alg.Size())
 		}
-		f.values[r] = sum(alg, append(append([]byte(nil), cur...), digests[alg]...))
+		f.values[r] = eventlog.Sum(alg, append(append([]byte(nil), cur...), digests[alg]...))
 	}
 	return nil
 }
 
-func sampleEvents() []Event {
-	return []Event{
-		Phase("enter-initrd"),
-		Config{SHA256: strings.Repeat("c", 64), Path: "/etc/cvmboot/config.yaml", Found: true}.Event(),
-		Cmdline{SHA256: strings.Repeat("d", 64)}.Event(),
-		Verity{Target: "root", RootHash: strings.Repeat("ab", 32), HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
-		Storage{Encrypted: true, Cipher: "aes-xts-plain64", KeyBits: 512, Integrity: "hmac-sha256", KeySource: "random", SectorSize: 4096, Filesystem: "ext4", Mountpoint: "/run/kata-containers/image"}.Event(),
-		Overlay{Enabled: true, Upper: "tmpfs", Size: "50%"}.Event(),
-		Phase("leave-initrd"),
+func sampleEvents() []eventlog.Event {
+	return []eventlog.Event{
+		eventlog.Phase("enter-initrd"),
+		eventlog.Config{SHA256: strings.Repeat("c", 64), Path: "/etc/cvmboot/config.yaml", Found: true}.Event(),
+		eventlog.Cmdline{SHA256: strings.Repeat("d", 64)}.Event(),
+		eventlog.Verity{Target: "root", RootHash: strings.Repeat("ab", 32), HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
+		eventlog.Storage{Encrypted: true, Cipher: "aes-xts-plain64", KeyBits: 512, Integrity: "hmac-sha256", KeySource: "random", SectorSize: 4096, Filesystem: "ext4", Mountpoint: "/run/kata-containers/image"}.Event(),
+		eventlog.Overlay{Enabled: true, Upper: "tmpfs", Size: "50%"}.Event(),
+		eventlog.Phase("leave-initrd"),
 	}
 }
 
 func TestMeasureWritesLogAndExtends(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "run", "cvmboot", "eventlog")
-	tpm := &fakeRegisters{kind: KindPCR, algs: []crypto.Hash{crypto.SHA1, crypto.SHA256}}
-	rtmr := &fakeRegisters{kind: KindRTMR, algs: []crypto.Hash{crypto.SHA384}}
+	tpm := &fakeRegisters{kind: eventlog.KindPCR, algs: []crypto.Hash{crypto.SHA1, crypto.SHA256}}
+	rtmr := &fakeRegisters{kind: eventlog.KindRTMR, algs: []crypto.Hash{crypto.SHA384}}
 	log, err := Open(path, tpm, rtmr)
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +82,7 @@ func TestMeasureWritesLogAndExtends(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	recs, err := ParseLog(data)
+	recs, err := eventlog.ParseLog(data)
 	if err != nil {
 		t.Fatalf("ParseLog of the written log: %v\n%s", err, data)
 	}
@@ -90,7 +92,7 @@ func TestMeasureWritesLogAndExtends(t *testing.T) {
 	first := strings.SplitN(string(data), "\n", 2)[0]
 	enter := func(alg func([]byte) []byte) string { return hex.EncodeToString(alg([]byte("enter-initrd"))) }
 	wantFirst := `{"recnum":0,"pcr":11,"rtmr":3,"digests":[` +
-		`{"hashAlg":"sha1","digest":"` + enter(func(b []byte) []byte { return sum(crypto.SHA1, b) }) + `"},` +
+		`{"hashAlg":"sha1","digest":"` + enter(func(b []byte) []byte { return eventlog.Sum(crypto.SHA1, b) }) + `"},` +
 		`{"hashAlg":"sha256","digest":"` + enter(func(b []byte) []byte { s := sha256.Sum256(b); return s[:] }) + `"}],` +
 		`"content_type":"cvmboot","content":{"data":{"phase":"enter-initrd"},"type":"cvmboot.phase"}}`
 	if first != wantFirst {
@@ -102,7 +104,7 @@ func TestMeasureWritesLogAndExtends(t *testing.T) {
 	if got, want := rtmr.calls, []int{3, 3, 3, 3, 3, 3, 3}; !equalInts(got, want) {
 		t.Errorf("RTMR extends %v, want %v", got, want)
 	}
-	replayed := Replay(recs)
+	replayed := eventlog.Replay(recs)
 	for _, f := range []*fakeRegisters{tpm, rtmr} {
 		for r, v := range f.values {
 			if !bytes.Equal(replayed[r], v) {
@@ -119,7 +121,7 @@ func TestMeasureWritesLogAndExtends(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, err := log2.Measure(Phase("ready"))
+	rec, err := log2.Measure(eventlog.Phase("ready"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +148,7 @@ func TestMeasureWithoutRegisters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, err := log.Measure(Overlay{Enabled: false}.Event())
+	rec, err := log.Measure(eventlog.Overlay{Enabled: false}.Event())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,11 +159,11 @@ func TestMeasureWithoutRegisters(t *testing.T) {
 		t.Errorf("digests = %+v, want only sha256", rec.Digests)
 	}
 	data, _ := os.ReadFile(path)
-	recs, err := ParseLog(data)
+	recs, err := eventlog.ParseLog(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v := Replay(recs); len(v) != 0 {
+	if v := eventlog.Replay(recs); len(v) != 0 {
 		t.Errorf("replay without registers = %v, want nothing", v.Registers())
 	}
 }
@@ -169,11 +171,11 @@ func TestMeasureWithoutRegisters(t *testing.T) {
 func TestMeasureExtendFailure(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "eventlog")
 	boom := errors.New("TPM is gone")
-	log, err := Open(path, &fakeRegisters{kind: KindPCR, algs: []crypto.Hash{crypto.SHA256}, fail: boom})
+	log, err := Open(path, &fakeRegisters{kind: eventlog.KindPCR, algs: []crypto.Hash{crypto.SHA256}, fail: boom})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = log.Measure(Phase("enter-initrd"))
+	_, err = log.Measure(eventlog.Phase("enter-initrd"))
 	if !errors.Is(err, boom) || !strings.Contains(err.Error(), "record 0 (cvmboot.phase) is logged but not measured") {
 		t.Fatalf("Measure error = %v, want the extend failure naming the record", err)
 	}
@@ -184,10 +186,10 @@ func TestMeasureRefusesBadEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := log.Measure(Event{Type: "cvmboot.storage", Data: map[string]string{"key": "00"}}); err == nil || !strings.Contains(err.Error(), "key material") {
+	if _, err := log.Measure(eventlog.Event{Type: "cvmboot.storage", Data: map[string]string{"key": "00"}}); err == nil || !strings.Contains(err.Error(), "key material") {
 		t.Errorf("key material measured: err = %v", err)
 	}
-	if _, err := log.Measure(Event{Type: "bad", Data: map[string]string{}}); err == nil {
+	if _, err := log.Measure(eventlog.Event{Type: "bad", Data: map[string]string{}}); err == nil {
 		t.Error("event type without the cvmboot. prefix measured")
 	}
 	data, _ := os.ReadFile(log.Path())
@@ -208,7 +210,7 @@ func TestOpenRefusesCorruptLog(t *testing.T) {
 
 func TestMeasureConcurrent(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "eventlog")
-	regs := &fakeRegisters{kind: KindPCR, algs: []crypto.Hash{crypto.SHA256}}
+	regs := &fakeRegisters{kind: eventlog.KindPCR, algs: []crypto.Hash{crypto.SHA256}}
 	var wg sync.WaitGroup
 	for i := 0; i < 4; i++ {
 		// Separate Log values stand for separate processes sharing the file.
@@ -220,7 +222,7 @@ func TestMeasureConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for j := 0; j < 10; j++ {
-				if _, err := log.Measure(Overlay{Enabled: j%2 == 0}.Event()); err != nil {
+				if _, err := log.Measure(eventlog.Overlay{Enabled: j%2 == 0}.Event()); err != nil {
 					t.Error(err)
 				}
 			}
@@ -228,14 +230,14 @@ func TestMeasureConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	data, _ := os.ReadFile(path)
-	recs, err := ParseLog(data)
+	recs, err := eventlog.ParseLog(data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(recs) != 40 {
 		t.Fatalf("%d records, want 40", len(recs))
 	}
-	if got, want := Replay(recs)[PCR(15, crypto.SHA256)], regs.values[PCR(15, crypto.SHA256)]; !bytes.Equal(got, want) {
+	if got, want := eventlog.Replay(recs)[eventlog.PCR(15, crypto.SHA256)], regs.values[eventlog.PCR(15, crypto.SHA256)]; !bytes.Equal(got, want) {
 		t.Errorf("concurrent measuring: replay %x, register %x (log order differs from extend order)", got, want)
 	}
 }
@@ -246,7 +248,7 @@ func TestSnapshotHoldsTheLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := log.Measure(Phase("enter-initrd")); err != nil {
+	if _, err := log.Measure(eventlog.Phase("enter-initrd")); err != nil {
 		t.Fatal(err)
 	}
 	other, err := Open(path)
@@ -256,7 +258,7 @@ func TestSnapshotHoldsTheLock(t *testing.T) {
 	measured := make(chan struct{})
 	err = log.WithSnapshot(func(data []byte) error {
 		go func() {
-			other.Measure(Phase("leave-initrd"))
+			other.Measure(eventlog.Phase("leave-initrd"))
 			close(measured)
 		}()
 		select {
@@ -273,4 +275,36 @@ func TestSnapshotHoldsTheLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-measured
+}
+
+// The writer's output for the sample events is the golden log pkg/eventlog's tests read
+// (CVMBOOT_UPDATE_GOLDEN=1 rewrites it).
+func TestMeasureGolden(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "eventlog")
+	log, err := Open(path, &fakeRegisters{kind: eventlog.KindPCR, algs: []crypto.Hash{crypto.SHA256, crypto.SHA384}}, &fakeRegisters{kind: eventlog.KindRTMR, algs: []crypto.Hash{crypto.SHA384}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range sampleEvents() {
+		if _, err := log.Measure(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("..", "..", "pkg", "eventlog", "testdata", "sample.eventlog")
+	if os.Getenv("CVMBOOT_UPDATE_GOLDEN") == "1" {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("the writer's log differs from %s:\n%s\nwant\n%s", golden, got, want)
+	}
 }

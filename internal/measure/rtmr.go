@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // RTMRDir is where Linux 6.16 and later expose the TDX measurement registers, below /sys.
@@ -28,7 +30,7 @@ func RTMRFile(sysfs string, index int) string {
 // NewTDXRTMR returns the extender for the RTMRs under the sysfs root (normally /sys). It wraps
 // ErrNoRTMR when the kernel has no RTMR files.
 func NewTDXRTMR(sysfs string) (*TDXRTMR, error) {
-	file := RTMRFile(sysfs, RTMRIndex)
+	file := RTMRFile(sysfs, eventlog.RTMRIndex)
 	if _, err := os.Stat(file); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%s is missing: %w", file, ErrNoRTMR)
@@ -39,7 +41,7 @@ func NewTDXRTMR(sysfs string) (*TDXRTMR, error) {
 }
 
 // Kind implements Extender.
-func (r *TDXRTMR) Kind() string { return KindRTMR }
+func (r *TDXRTMR) Kind() string { return eventlog.KindRTMR }
 
 // Algorithms implements Extender.
 func (r *TDXRTMR) Algorithms() []crypto.Hash { return []crypto.Hash{crypto.SHA384} }

@@ -7,6 +7,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // TPMPCRs extends TPM PCRs in every active bank.
@@ -70,7 +72,7 @@ func ActiveBanks(t transport.TPM) ([]tpm2.TPMAlgID, error) {
 }
 
 // Kind implements Extender.
-func (p *TPMPCRs) Kind() string { return KindPCR }
+func (p *TPMPCRs) Kind() string { return eventlog.KindPCR }
 
 // Algorithms implements Extender.
 func (p *TPMPCRs) Algorithms() []crypto.Hash { return p.algs }
@@ -84,7 +86,7 @@ func (p *TPMPCRs) Extend(index int, digests map[crypto.Hash][]byte) error {
 	for i, b := range p.banks {
 		d, ok := digests[p.algs[i]]
 		if !ok || len(d) != p.algs[i].Size() {
-			return fmt.Errorf("TPM PCR %d: no %s digest to extend bank %v with", index, HashName(p.algs[i]), b)
+			return fmt.Errorf("TPM PCR %d: no %s digest to extend bank %v with", index, eventlog.HashName(p.algs[i]), b)
 		}
 		vals.Digests = append(vals.Digests, tpm2.TPMTHA{HashAlg: tpm2.TPMIAlgHash(b), Digest: d})
 	}
@@ -99,7 +101,7 @@ func (p *TPMPCRs) Extend(index int, digests map[crypto.Hash][]byte) error {
 }
 
 // ReadPCRs reads the given PCRs of one bank, in the order given.
-func ReadPCRs(t transport.TPM, alg crypto.Hash, pcrs []int) (Values, error) {
+func ReadPCRs(t transport.TPM, alg crypto.Hash, pcrs []int) (eventlog.Values, error) {
 	var bank tpm2.TPMAlgID
 	for id, a := range tpmAlgs {
 		if a == alg {
@@ -109,7 +111,7 @@ func ReadPCRs(t transport.TPM, alg crypto.Hash, pcrs []int) (Values, error) {
 	if bank == 0 {
 		return nil, fmt.Errorf("TPM PCR read: unsupported bank %v", alg)
 	}
-	out := Values{}
+	out := eventlog.Values{}
 	// PCR_Read returns at most 8 digests; cvmboot reads one at a time for simplicity.
 	for _, pcr := range pcrs {
 		sel := tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
@@ -117,12 +119,12 @@ func ReadPCRs(t transport.TPM, alg crypto.Hash, pcrs []int) (Values, error) {
 		}}}
 		rsp, err := tpm2.PCRRead{PCRSelectionIn: sel}.Execute(t)
 		if err != nil {
-			return nil, fmt.Errorf("TPM PCR %d (%s) read: %w", pcr, HashName(alg), err)
+			return nil, fmt.Errorf("TPM PCR %d (%s) read: %w", pcr, eventlog.HashName(alg), err)
 		}
 		if len(rsp.PCRValues.Digests) != 1 || len(rsp.PCRValues.Digests[0].Buffer) != alg.Size() {
-			return nil, fmt.Errorf("TPM PCR %d (%s) read: expected one %d-byte value, found %d values", pcr, HashName(alg), alg.Size(), len(rsp.PCRValues.Digests))
+			return nil, fmt.Errorf("TPM PCR %d (%s) read: expected one %d-byte value, found %d values", pcr, eventlog.HashName(alg), alg.Size(), len(rsp.PCRValues.Digests))
 		}
-		out[PCR(pcr, alg)] = rsp.PCRValues.Digests[0].Buffer
+		out[eventlog.PCR(pcr, alg)] = rsp.PCRValues.Digests[0].Buffer
 	}
 	return out, nil
 }

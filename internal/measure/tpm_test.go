@@ -9,6 +9,7 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/measure/swtpmtest"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // TestTPMReplayMatchesPCRs measures into a real (software) TPM and checks that replaying the log
@@ -27,10 +28,10 @@ func TestTPMReplayMatchesPCRs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	events := []measure.Event{
-		measure.Phase("enter-initrd"),
-		measure.Verity{Target: "root", RootHash: "00ff", HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
-		measure.Overlay{Enabled: true, Upper: "tmpfs", Size: "50%"}.Event(),
+	events := []eventlog.Event{
+		eventlog.Phase("enter-initrd"),
+		eventlog.Verity{Target: "root", RootHash: "00ff", HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
+		eventlog.Overlay{Enabled: true, Upper: "tmpfs", Size: "50%"}.Event(),
 	}
 	for _, ev := range events {
 		if _, err := log.Measure(ev); err != nil {
@@ -41,18 +42,18 @@ func TestTPMReplayMatchesPCRs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	recs, err := measure.ParseLog(data)
+	recs, err := eventlog.ParseLog(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	replayed := measure.Replay(recs)
+	replayed := eventlog.Replay(recs)
 	for _, alg := range pcrs.Algorithms() {
-		got, err := measure.ReadPCRs(tpm, alg, measure.QuotedPCRs)
+		got, err := measure.ReadPCRs(tpm, alg, eventlog.QuotedPCRs)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, pcr := range measure.QuotedPCRs {
-			r := measure.PCR(pcr, alg)
+		for _, pcr := range eventlog.QuotedPCRs {
+			r := eventlog.PCR(pcr, alg)
 			if !bytes.Equal(got[r], replayed[r]) {
 				t.Errorf("%s: TPM holds %x, the log replays to %x", r, got[r], replayed[r])
 			}

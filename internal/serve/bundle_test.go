@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/serve"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 )
 
@@ -33,7 +33,7 @@ func evidenceDir(t testing.TB) string {
 			Report: evidence.File{Name: "tdx-report.bin", Data: bytes.Repeat([]byte{7}, 1024)},
 		}},
 	}
-	rd := measure.ReportData(ev.EventLog.Data, []byte{1, 2})
+	rd := eventlog.ReportData(ev.EventLog.Data, []byte{1, 2})
 	ev.ReportData = hex.EncodeToString(rd[:])
 	if err := ev.Write(dir); err != nil {
 		t.Fatal(err)

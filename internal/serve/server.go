@@ -20,6 +20,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/logging"
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/tee"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -152,7 +153,7 @@ func readEventLog(path string) ([]byte, error) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH); err != nil {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
-	limit := int64(measure.MaxRecords) * measure.MaxRecordBytes
+	limit := int64(eventlog.MaxRecords) * eventlog.MaxRecordBytes
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
@@ -198,10 +199,10 @@ func ParseNonce(rawQuery string) ([]byte, error) {
 		hexNonce, found = value, true
 	}
 	if !found || hexNonce == "" {
-		return nil, fmt.Errorf("no nonce: ask for /evidence?nonce=HEX with 1 to %d bytes of your own, fresh for each request", measure.MaxNonceSize)
+		return nil, fmt.Errorf("no nonce: ask for /evidence?nonce=HEX with 1 to %d bytes of your own, fresh for each request", eventlog.MaxNonceSize)
 	}
-	if len(hexNonce) > 2*measure.MaxNonceSize {
-		return nil, fmt.Errorf("nonce of %d hex digits: at most %d bytes (%d hex digits)", len(hexNonce), measure.MaxNonceSize, 2*measure.MaxNonceSize)
+	if len(hexNonce) > 2*eventlog.MaxNonceSize {
+		return nil, fmt.Errorf("nonce of %d hex digits: at most %d bytes (%d hex digits)", len(hexNonce), eventlog.MaxNonceSize, 2*eventlog.MaxNonceSize)
 	}
 	if len(hexNonce)%2 != 0 {
 		return nil, fmt.Errorf("nonce %q has an odd number of hex digits (%d)", hexNonce, len(hexNonce))

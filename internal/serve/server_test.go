@@ -19,6 +19,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/serve"
 	"github.com/cvmboot/cvmboot/internal/tee"
 	"github.com/cvmboot/cvmboot/internal/tee/teetest"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 )
 
@@ -58,13 +59,13 @@ func (m *machine) device(t *testing.T, name string) {
 }
 
 // bootEvents are what a boot measures.
-func bootEvents() []measure.Event {
-	return []measure.Event{
-		measure.Phase("enter-initrd"),
-		measure.Config{SHA256: strings.Repeat("c", 64), Path: "/etc/cvmboot/config.yaml", Found: true}.Event(),
-		measure.Verity{Target: "root", RootHash: strings.Repeat("ab", 32), HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
-		measure.Overlay{Enabled: true, Upper: "tmpfs", Size: "256MiB"}.Event(),
-		measure.Phase("leave-initrd"),
+func bootEvents() []eventlog.Event {
+	return []eventlog.Event{
+		eventlog.Phase("enter-initrd"),
+		eventlog.Config{SHA256: strings.Repeat("c", 64), Path: "/etc/cvmboot/config.yaml", Found: true}.Event(),
+		eventlog.Verity{Target: "root", RootHash: strings.Repeat("ab", 32), HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
+		eventlog.Overlay{Enabled: true, Upper: "tmpfs", Size: "256MiB"}.Event(),
+		eventlog.Phase("leave-initrd"),
 	}
 }
 
@@ -255,7 +256,7 @@ func TestStatusAndEventLog(t *testing.T) {
 	if rec.Code != 200 || !bytes.Equal(rec.Body.Bytes(), log) {
 		t.Errorf("/eventlog: %d, %d bytes, want the %d bytes of the log", rec.Code, rec.Body.Len(), len(log))
 	}
-	if recs, err := measure.ParseLog(rec.Body.Bytes()); err != nil || len(recs) != len(bootEvents()) {
+	if recs, err := eventlog.ParseLog(rec.Body.Bytes()); err != nil || len(recs) != len(bootEvents()) {
 		t.Errorf("/eventlog does not parse back: %d records, %v", len(recs), err)
 	}
 }
@@ -295,7 +296,7 @@ func FuzzParseNonce(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if len(n) == 0 || len(n) > measure.MaxNonceSize {
+		if len(n) == 0 || len(n) > eventlog.MaxNonceSize {
 			t.Fatalf("ParseNonce(%q) accepted %d bytes", q, len(n))
 		}
 	})

@@ -20,7 +20,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/failaction"
 	"github.com/cvmboot/cvmboot/internal/logging"
-	"github.com/cvmboot/cvmboot/internal/measure"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // VerityErrEnv is the uevent variable dm-verity sets on a corrupted block (verity_handle_err in
@@ -115,15 +115,15 @@ func ParseCorruptionAction(s string) (config.CorruptionAction, error) {
 func LoadPolicy(eventLogPath, configPath, cmdlinePath string) (p *Policy, warnings []string) {
 	p = &Policy{Measured: map[string]config.CorruptionAction{}}
 	if data, err := readEventLog(eventLogPath); err == nil {
-		recs, err := measure.ParseLog(data)
+		recs, err := eventlog.ParseLog(data)
 		if err != nil {
 			warnings = append(warnings, fmt.Sprintf("event log %s: %v", eventLogPath, err))
 		}
 		for i := range recs {
-			if recs[i].Type() != measure.TypeVerity {
+			if recs[i].Type() != eventlog.TypeVerity {
 				continue
 			}
-			var v measure.Verity
+			var v eventlog.Verity
 			if err := json.Unmarshal(recs[i].Data(), &v); err != nil {
 				warnings = append(warnings, fmt.Sprintf("event log %s: record %d: %v", eventLogPath, recs[i].RecNum, err))
 				continue

@@ -17,6 +17,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/serve"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // verityUevent is a uevent as dm-verity's verity_handle_err sends it for dm-0 (the block layer
@@ -166,10 +167,10 @@ func TestLoadPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, ev := range []measure.Event{
-		measure.Phase("enter-initrd"),
-		measure.Verity{Target: "root", RootHash: strings.Repeat("ab", 32), HashAlgorithm: "sha256", OnCorruption: "restart"}.Event(),
-		measure.Verity{Target: "usr", RootHash: strings.Repeat("cd", 32), HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
+	for _, ev := range []eventlog.Event{
+		eventlog.Phase("enter-initrd"),
+		eventlog.Verity{Target: "root", RootHash: strings.Repeat("ab", 32), HashAlgorithm: "sha256", OnCorruption: "restart"}.Event(),
+		eventlog.Verity{Target: "usr", RootHash: strings.Repeat("cd", 32), HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
 	} {
 		if _, err := log.Measure(ev); err != nil {
 			t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/version"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 )
 
@@ -24,8 +25,8 @@ type Source interface {
 // source failing fails the collection: evidence missing a platform the caller asked for must
 // not pass as complete.
 func Collect(ctx context.Context, log *measure.Log, sources []Source, nonce []byte, dir string) (*evidence.Evidence, error) {
-	if len(nonce) > measure.MaxNonceSize {
-		return nil, fmt.Errorf("evidence: nonce of %d bytes, at most %d", len(nonce), measure.MaxNonceSize)
+	if len(nonce) > eventlog.MaxNonceSize {
+		return nil, fmt.Errorf("evidence: nonce of %d bytes, at most %d", len(nonce), eventlog.MaxNonceSize)
 	}
 	if len(sources) == 0 {
 		return nil, fmt.Errorf("evidence: no attestation source")
@@ -36,7 +37,7 @@ func Collect(ctx context.Context, log *measure.Log, sources []Source, nonce []by
 		Nonce:          hex.EncodeToString(nonce),
 	}
 	err := log.WithSnapshot(func(eventLog []byte) error {
-		reportData := measure.ReportData(eventLog, nonce)
+		reportData := eventlog.ReportData(eventLog, nonce)
 		ev.ReportData = hex.EncodeToString(reportData[:])
 		ev.EventLog = evidence.File{Name: evidence.EventLogName, Data: eventLog}
 		for _, s := range sources {

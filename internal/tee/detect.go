@@ -16,6 +16,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/mount"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // Options say where the kernel interfaces are; the zero value is the real machine. Tests point
@@ -173,10 +174,10 @@ func Detect(opts Options) *Detection {
 	switch {
 	case !d.TDX.Present:
 		d.RTMR.Reason = "no TDX"
-	case exists(measure.RTMRFile(opts.SysfsDir, measure.RTMRIndex)):
-		d.RTMR = Facility{Present: true, Via: []string{measure.RTMRFile(opts.SysfsDir, measure.RTMRIndex)}}
+	case exists(measure.RTMRFile(opts.SysfsDir, eventlog.RTMRIndex)):
+		d.RTMR = Facility{Present: true, Via: []string{measure.RTMRFile(opts.SysfsDir, eventlog.RTMRIndex)}}
 	default:
-		d.RTMR.Reason = measure.RTMRFile(opts.SysfsDir, measure.RTMRIndex) + " is missing (Linux before 6.16 cannot extend RTMRs): the event log is bound only by the REPORT_DATA of the boot's quote"
+		d.RTMR.Reason = measure.RTMRFile(opts.SysfsDir, eventlog.RTMRIndex) + " is missing (Linux before 6.16 cannot extend RTMRs): the event log is bound only by the REPORT_DATA of the boot's quote"
 	}
 	return d
 }

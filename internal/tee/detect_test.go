@@ -12,6 +12,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/tee"
 	"github.com/cvmboot/cvmboot/internal/tee/teetest"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 	"golang.org/x/sys/unix"
 )
@@ -135,7 +136,7 @@ func TestRegisters(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer closeTPM()
-	if len(ext) != 1 || ext[0].Kind() != measure.KindRTMR {
+	if len(ext) != 1 || ext[0].Kind() != eventlog.KindRTMR {
 		t.Fatalf("extenders = %v, want the RTMR", ext)
 	}
 	m = newMachine(t, "dev/tpmrm0")
@@ -209,7 +210,7 @@ func TestCollect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := log.Measure(measure.Phase("enter-initrd")); err != nil {
+	if _, err := log.Measure(eventlog.Phase("enter-initrd")); err != nil {
 		t.Fatal(err)
 	}
 	src := &fakeSource{}
@@ -220,7 +221,7 @@ func TestCollect(t *testing.T) {
 		t.Fatal(err)
 	}
 	logBytes, _ := os.ReadFile(log.Path())
-	if want := measure.ReportData(logBytes, nonce); src.seen != want {
+	if want := eventlog.ReportData(logBytes, nonce); src.seen != want {
 		t.Errorf("source asked for REPORT_DATA %x, want %x", src.seen, want)
 	}
 	back, err := evidence.Read(out)

@@ -9,10 +9,10 @@ import (
 
 	"github.com/google/go-tpm/tpm2/transport"
 
-	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/measure/swtpmtest"
 	"github.com/cvmboot/cvmboot/internal/tee"
 	"github.com/cvmboot/cvmboot/internal/tee/teetest"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 )
 
@@ -210,7 +210,7 @@ func TestTPMEvidence(t *testing.T) {
 	if bytes.Equal(a.Report.Data, b.Report.Data) {
 		t.Error("two quotes for different REPORT_DATA are identical")
 	}
-	_ = measure.QuotedPCRs
+	_ = eventlog.QuotedPCRs
 }
 
 // noClose keeps the shared swtpm connection open across Evidence calls.

@@ -7,7 +7,7 @@ import (
 
 	tdxabi "github.com/google/go-tdx-guest/client/linuxabi"
 
-	"github.com/cvmboot/cvmboot/internal/measure"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 )
 
@@ -104,7 +104,7 @@ func tdxAttestation(kind evidence.Kind, source, name string, raw []byte) (*evide
 		Meta:     map[string]string{},
 	}
 	for i, v := range f.RTMRs {
-		a.Registers = append(a.Registers, evidence.RegisterOf(measure.RTMR(i), v))
+		a.Registers = append(a.Registers, evidence.RegisterOf(eventlog.RTMR(i), v))
 	}
 	return a, nil
 }

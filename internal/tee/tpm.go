@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/cvmboot/cvmboot/internal/measure"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 )
 
@@ -49,7 +50,7 @@ var akTemplate = tpm2.TPMTPublic{
 // Platform implements Source.
 func (p *TPM) Platform() evidence.Platform { return evidence.PlatformTPM }
 
-// Evidence implements Source: a quote of the sha256 bank of measure.QuotedPCRs, qualified with
+// Evidence implements Source: a quote of the sha256 bank of eventlog.QuotedPCRs, qualified with
 // SHA-256(reportData), signed by the AK, with the AK's public area and the PCR values.
 func (p *TPM) Evidence(ctx context.Context, reportData [64]byte) (*evidence.Attestation, error) {
 	t, err := p.Open()
@@ -63,13 +64,13 @@ func (p *TPM) Evidence(ctx context.Context, reportData [64]byte) (*evidence.Atte
 	}
 	defer tpm2.FlushContext{FlushHandle: ak.ObjectHandle}.Execute(t) //nolint:errcheck // a transient key; the resource manager flushes it on close anyway
 
-	pcrs := make([]uint, len(measure.QuotedPCRs))
-	for i, pcr := range measure.QuotedPCRs {
+	pcrs := make([]uint, len(eventlog.QuotedPCRs))
+	for i, pcr := range eventlog.QuotedPCRs {
 		pcrs[i] = uint(pcr)
 	}
 	q, err := tpm2.Quote{
 		SignHandle:     tpm2.AuthHandle{Handle: ak.ObjectHandle, Name: ak.Name, Auth: tpm2.PasswordAuth(nil)},
-		QualifyingData: tpm2.TPM2BData{Buffer: measure.QualifyingData(reportData)},
+		QualifyingData: tpm2.TPM2BData{Buffer: eventlog.QualifyingData(reportData)},
 		InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull}, // the AK's own scheme
 		PCRSelect: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
 			Hash: tpm2.TPMAlgSHA256, PCRSelect: tpm2.PCClientCompatible.PCRs(pcrs...),
@@ -80,7 +81,7 @@ func (p *TPM) Evidence(ctx context.Context, reportData [64]byte) (*evidence.Atte
 	}
 	// Read after quoting: nothing extends in between (the event log lock is held), and should
 	// something, the verifier finds the values do not match the quote's digest.
-	values, err := measure.ReadPCRs(t, crypto.SHA256, measure.QuotedPCRs)
+	values, err := measure.ReadPCRs(t, crypto.SHA256, eventlog.QuotedPCRs)
 	if err != nil {
 		return nil, fmt.Errorf("tpm %s: %w", p.Path, err)
 	}

@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/cvmboot/cvmboot/internal/measure"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // fromEvents fills the claims from the event log. Where an event type occurs more than once the
 // last one counts, as each stage's final decision is measured last; a second verity event for
 // the same target is an error because two root hashes cannot both have been enforced.
-func (c *Claims) fromEvents(recs []measure.Record) error {
+func (c *Claims) fromEvents(recs []eventlog.Record) error {
 	verityTargets := map[string]int{}
 	for i := range recs {
 		r := &recs[i]
@@ -22,13 +22,13 @@ func (c *Claims) fromEvents(recs []measure.Record) error {
 			return fail("event-log", "record %d (%s): %v", r.RecNum, typ, err)
 		}
 		switch typ {
-		case measure.TypePhase:
-			var p measure.PhaseData
+		case eventlog.TypePhase:
+			var p eventlog.PhaseData
 			if err := json.Unmarshal(data, &p); err != nil {
 				return bad(err)
 			}
 			c.Phases = append(c.Phases, p.Phase)
-		case measure.TypeVerity:
+		case eventlog.TypeVerity:
 			var v Verity
 			if err := json.Unmarshal(data, &v); err != nil {
 				return bad(err)
@@ -46,25 +46,25 @@ func (c *Claims) fromEvents(recs []measure.Record) error {
 				c.RootHash = v.RootHash
 				c.RootHashEnforced = v.OnCorruption == "panic" || v.OnCorruption == "restart"
 			}
-		case measure.TypeStorage:
+		case eventlog.TypeStorage:
 			var s Storage
 			if err := json.Unmarshal(data, &s); err != nil {
 				return bad(err)
 			}
 			c.Storage = &s
-		case measure.TypeOverlay:
+		case eventlog.TypeOverlay:
 			var o Overlay
 			if err := json.Unmarshal(data, &o); err != nil {
 				return bad(err)
 			}
 			c.Overlay = &o
-		case measure.TypeConfig:
+		case eventlog.TypeConfig:
 			var cf Config
 			if err := json.Unmarshal(data, &cf); err != nil {
 				return bad(err)
 			}
 			c.Config = &cf
-		case measure.TypeCmdline:
+		case eventlog.TypeCmdline:
 			var cl Cmdline
 			if err := json.Unmarshal(data, &cl); err != nil {
 				return bad(err)

@@ -19,6 +19,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/measure/swtpmtest"
 	"github.com/cvmboot/cvmboot/internal/tee"
 	"github.com/cvmboot/cvmboot/internal/tee/teetest"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 	"github.com/cvmboot/cvmboot/pkg/evidence/teeverify"
 )
@@ -30,14 +31,14 @@ var (
 )
 
 // bootEvents are the decisions of a typical boot; rootHash is the verity root hash.
-func bootEvents(root string) []measure.Event {
-	return []measure.Event{
-		measure.Phase("enter-initrd"),
-		measure.Config{SHA256: strings.Repeat("c", 64), Path: "/etc/cvmboot/config.yaml", Found: true}.Event(),
-		measure.Cmdline{SHA256: strings.Repeat("d", 64)}.Event(),
-		measure.Verity{Target: "root", RootHash: root, HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
-		measure.Storage{Encrypted: true, Cipher: "aes-xts-plain64", KeyBits: 512, Integrity: "hmac-sha256", KeySource: "random", SectorSize: 4096, Filesystem: "ext4", Mountpoint: "/run/kata-containers/image"}.Event(),
-		measure.Overlay{Enabled: true, Upper: "tmpfs", Size: "50%"}.Event(),
+func bootEvents(root string) []eventlog.Event {
+	return []eventlog.Event{
+		eventlog.Phase("enter-initrd"),
+		eventlog.Config{SHA256: strings.Repeat("c", 64), Path: "/etc/cvmboot/config.yaml", Found: true}.Event(),
+		eventlog.Cmdline{SHA256: strings.Repeat("d", 64)}.Event(),
+		eventlog.Verity{Target: "root", RootHash: root, HashAlgorithm: "sha256", OnCorruption: "panic"}.Event(),
+		eventlog.Storage{Encrypted: true, Cipher: "aes-xts-plain64", KeyBits: 512, Integrity: "hmac-sha256", KeySource: "random", SectorSize: 4096, Filesystem: "ext4", Mountpoint: "/run/kata-containers/image"}.Event(),
+		eventlog.Overlay{Enabled: true, Upper: "tmpfs", Size: "50%"}.Event(),
 	}
 }
 
@@ -77,7 +78,7 @@ func shapes(exts []measure.Extender) (out []measure.Extender) {
 // fakeRTMR computes RTMR values as the TDX module would.
 type fakeRTMR struct{ value []byte }
 
-func (f *fakeRTMR) Kind() string              { return measure.KindRTMR }
+func (f *fakeRTMR) Kind() string              { return eventlog.KindRTMR }
 func (f *fakeRTMR) Algorithms() []crypto.Hash { return []crypto.Hash{crypto.SHA384} }
 func (f *fakeRTMR) Extend(index int, d map[crypto.Hash][]byte) error {
 	if f.value == nil {
@@ -119,7 +120,7 @@ func forgedLog(t *testing.T, exts []measure.Extender) func(ev *evidence.Evidence
 		forged := bootLog(t, otherHash, shapes(exts)...)
 		ev.EventLog.Data = logBytes(t, forged)
 		n, _ := hex.DecodeString(ev.Nonce)
-		rd := measure.ReportData(ev.EventLog.Data, n)
+		rd := eventlog.ReportData(ev.EventLog.Data, n)
 		ev.ReportData = hex.EncodeToString(rd[:])
 	}
 }
@@ -182,7 +183,7 @@ func commonRejections(exts []measure.Extender, platformBinding string) []rejecti
 				lines := strings.SplitAfter(string(ev.EventLog.Data), "\n")
 				ev.EventLog.Data = []byte(strings.Join(lines[:len(lines)-2], ""))
 				n, _ := hex.DecodeString(ev.Nonce)
-				rd := measure.ReportData(ev.EventLog.Data, n)
+				rd := eventlog.ReportData(ev.EventLog.Data, n)
 				ev.ReportData = hex.EncodeToString(rd[:])
 			})
 		}, wantCheck: "report-data", wantMsg: platformBinding},
@@ -316,7 +317,7 @@ func TestEndToEndSNP(t *testing.T) {
 			snp := &tee.SNP{TSM: &tee.TSM{Client: teetest.TSM("sev_guest", signed, certs), ReportDir: "/sys/kernel/config/tsm/report"}}
 			if via == "ioctl" {
 				// go-sev-guest's fake device answers only REPORT_DATA it was told about.
-				d := teetest.SNPDevice(signer, certs, measure.ReportData(logBytes(t, log), nonce))
+				d := teetest.SNPDevice(signer, certs, eventlog.ReportData(logBytes(t, log), nonce))
 				snp = &tee.SNP{Open: func() (tee.Device, error) { return d, d.Open("") }, DevicePath: "/dev/sev-guest"}
 			}
 			good := t.TempDir()
@@ -361,7 +362,7 @@ func TestEndToEndTDX(t *testing.T) {
 		rtmr := &fakeRTMR{}
 		exts := []measure.Extender{rtmr}
 		log := bootLog(t, rootHash, exts...)
-		rd := measure.ReportData(logBytes(t, log), nonce)
+		rd := eventlog.ReportData(logBytes(t, log), nonce)
 		var rtmrs [4][48]byte
 		copy(rtmrs[3][:], rtmr.value)
 		dev := teetest.TDXDevice(t, rd, teetest.TDReport(rd, rtmrs))
@@ -424,7 +425,7 @@ func TestEndToEndTDX(t *testing.T) {
 		// Its REPORT_DATA is not cvmboot's binding of any log: Verify names the mismatch.
 		log := bootLog(t, rootHash)
 		logData := logBytes(t, log)
-		want := measure.ReportData(logData, nonce)
+		want := eventlog.ReportData(logData, nonce)
 		ev := &evidence.Evidence{Nonce: hex.EncodeToString(nonce), ReportData: hex.EncodeToString(want[:]),
 			EventLog: evidence.File{Name: evidence.EventLogName, Data: logData}, Attestations: []evidence.Attestation{*a}}
 		dir := t.TempDir()

@@ -20,7 +20,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cvmboot/cvmboot/internal/measure"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // Version is the version of the evidence.json format written here.
@@ -285,8 +285,8 @@ func (ev *Evidence) validate() error {
 	if err != nil || strings.ToLower(ev.Nonce) != ev.Nonce {
 		return fail("evidence.json", "nonce %q is not lowercase hex", ev.Nonce)
 	}
-	if len(nonce) > measure.MaxNonceSize {
-		return fail("evidence.json", "nonce is %d bytes, at most %d", len(nonce), measure.MaxNonceSize)
+	if len(nonce) > eventlog.MaxNonceSize {
+		return fail("evidence.json", "nonce is %d bytes, at most %d", len(nonce), eventlog.MaxNonceSize)
 	}
 	if rd, err := hex.DecodeString(ev.ReportData); err != nil || len(rd) != 64 {
 		return fail("evidence.json", "report_data %q is not 64 bytes of hex", ev.ReportData)
@@ -345,7 +345,7 @@ func (a *Attestation) validate() error {
 		if err != nil {
 			return err
 		}
-		if (reg.Kind == measure.KindPCR) != tpm {
+		if (reg.Kind == eventlog.KindPCR) != tpm {
 			return fmt.Errorf("%s: register %s does not belong to it", a.Kind, r.Register)
 		}
 		if seen[r.Register] {
@@ -360,19 +360,19 @@ func (a *Attestation) validate() error {
 }
 
 // ParseRegister parses "pcr15:sha256" or "rtmr3:sha384".
-func ParseRegister(s string) (measure.Register, error) {
-	var r measure.Register
+func ParseRegister(s string) (eventlog.Register, error) {
+	var r eventlog.Register
 	name, alg, ok := strings.Cut(s, ":")
 	if !ok {
 		return r, fmt.Errorf("register %q: expected pcrN:ALG or rtmrN:sha384", s)
 	}
-	r.Alg = measure.HashByName(alg)
+	r.Alg = eventlog.HashByName(alg)
 	var max int
 	switch {
 	case strings.HasPrefix(name, "pcr"):
-		r.Kind, max = measure.KindPCR, 23
+		r.Kind, max = eventlog.KindPCR, 23
 	case strings.HasPrefix(name, "rtmr"):
-		r.Kind, max = measure.KindRTMR, 3
+		r.Kind, max = eventlog.KindRTMR, 3
 	default:
 		return r, fmt.Errorf("register %q: expected pcrN:ALG or rtmrN:sha384", s)
 	}
@@ -388,13 +388,13 @@ func ParseRegister(s string) (measure.Register, error) {
 		return r, fmt.Errorf("register %q: index out of range 0-%d", s, max)
 	}
 	r.Index = n
-	if r.Alg == 0 || (r.Kind == measure.KindRTMR && alg != "sha384") {
+	if r.Alg == 0 || (r.Kind == eventlog.KindRTMR && alg != "sha384") {
 		return r, fmt.Errorf("register %q: unsupported algorithm %q", s, alg)
 	}
 	return r, nil
 }
 
 // RegisterOf returns the evidence form of a register value.
-func RegisterOf(r measure.Register, value []byte) Register {
+func RegisterOf(r eventlog.Register, value []byte) Register {
 	return Register{Register: r.String(), Value: hex.EncodeToString(value)}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/tee/teetest"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 )
 
@@ -285,7 +286,7 @@ func TestTrustedRoots(t *testing.T) {
 }
 
 // verifyLog verifies unsigned TDREPORT evidence around the given log, for claim tests.
-func verifyLog(t *testing.T, events []measure.Event, opts evidence.Options) (*evidence.Claims, error) {
+func verifyLog(t *testing.T, events []eventlog.Event, opts evidence.Options) (*evidence.Claims, error) {
 	t.Helper()
 	rtmr := &fakeRTMR{}
 	log, err := measure.Open(filepath.Join(t.TempDir(), "eventlog"), rtmr)
@@ -298,7 +299,7 @@ func verifyLog(t *testing.T, events []measure.Event, opts evidence.Options) (*ev
 		}
 	}
 	data := logBytes(t, log)
-	rd := measure.ReportData(data, nil)
+	rd := eventlog.ReportData(data, nil)
 	var rtmrs [4][48]byte
 	copy(rtmrs[3][:], rtmr.value)
 	report := teetest.TDReport(rd, rtmrs)
@@ -313,12 +314,12 @@ func verifyLog(t *testing.T, events []measure.Event, opts evidence.Options) (*ev
 }
 
 func TestClaims(t *testing.T) {
-	verity := func(target, hash, onCorruption string) measure.Event {
-		return measure.Verity{Target: target, RootHash: hash, HashAlgorithm: "sha256", OnCorruption: onCorruption}.Event()
+	verity := func(target, hash, onCorruption string) eventlog.Event {
+		return eventlog.Verity{Target: target, RootHash: hash, HashAlgorithm: "sha256", OnCorruption: onCorruption}.Event()
 	}
 	tests := []struct {
 		name   string
-		events []measure.Event
+		events []eventlog.Event
 		expect string
 		check  func(t *testing.T, c *evidence.Claims)
 		err    string
@@ -331,25 +332,25 @@ func TestClaims(t *testing.T) {
 				t.Errorf("text:\n%s", s)
 			}
 		}, ""},
-		{"no verity but a root hash expected", []measure.Event{measure.Phase("enter-initrd")}, rootHash, nil, "the event log has no cvmboot.verity event for the root: it was mounted unverified"},
-		{"corruption ignored", []measure.Event{verity("root", rootHash, "ignore")}, rootHash, nil, "dm-verity was told to let corrupted blocks through"},
-		{"corruption ignored, nothing expected", []measure.Event{verity("root", rootHash, "ignore")}, "", func(t *testing.T, c *evidence.Claims) {
+		{"no verity but a root hash expected", []eventlog.Event{eventlog.Phase("enter-initrd")}, rootHash, nil, "the event log has no cvmboot.verity event for the root: it was mounted unverified"},
+		{"corruption ignored", []eventlog.Event{verity("root", rootHash, "ignore")}, rootHash, nil, "dm-verity was told to let corrupted blocks through"},
+		{"corruption ignored, nothing expected", []eventlog.Event{verity("root", rootHash, "ignore")}, "", func(t *testing.T, c *evidence.Claims) {
 			if c.RootHashEnforced || c.RootHash != rootHash {
 				t.Errorf("claims %+v", c)
 			}
 		}, ""},
-		{"two root verity events", []measure.Event{verity("root", rootHash, "panic"), verity("root", otherHash, "panic")}, "", nil, `a second verity event for target "root" (the first is record 0)`},
-		{"usr and root", []measure.Event{verity("usr", otherHash, "panic"), verity("root", strings.ToUpper(rootHash), "restart")}, rootHash, func(t *testing.T, c *evidence.Claims) {
+		{"two root verity events", []eventlog.Event{verity("root", rootHash, "panic"), verity("root", otherHash, "panic")}, "", nil, `a second verity event for target "root" (the first is record 0)`},
+		{"usr and root", []eventlog.Event{verity("usr", otherHash, "panic"), verity("root", strings.ToUpper(rootHash), "restart")}, rootHash, func(t *testing.T, c *evidence.Claims) {
 			if !c.RootHashExpected || len(c.Verity) != 2 {
 				t.Errorf("claims %+v", c)
 			}
 		}, ""},
-		{"last storage event wins", []measure.Event{measure.Storage{Encrypted: true, Integrity: "aead"}.Event(), measure.Storage{Encrypted: false, Integrity: "none"}.Event()}, "", func(t *testing.T, c *evidence.Claims) {
+		{"last storage event wins", []eventlog.Event{eventlog.Storage{Encrypted: true, Integrity: "aead"}.Event(), eventlog.Storage{Encrypted: false, Integrity: "none"}.Event()}, "", func(t *testing.T, c *evidence.Claims) {
 			if c.Storage.Encrypted || !strings.Contains(c.String(), "storage: NOT encrypted") {
 				t.Errorf("storage %+v", c.Storage)
 			}
 		}, ""},
-		{"custom events listed", []measure.Event{{Type: "cvmboot.network", Data: map[string]bool{"dhcp": true}}}, "", func(t *testing.T, c *evidence.Claims) {
+		{"custom events listed", []eventlog.Event{{Type: "cvmboot.network", Data: map[string]bool{"dhcp": true}}}, "", func(t *testing.T, c *evidence.Claims) {
 			if len(c.Events) != 1 || c.Events[0].Type != "cvmboot.network" || c.Events[0].Data != `{"dhcp":true}` {
 				t.Errorf("events %+v", c.Events)
 			}

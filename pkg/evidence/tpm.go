@@ -12,7 +12,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
-	"github.com/cvmboot/cvmboot/internal/measure"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // Bounds on the TPM structures; real ones are a few hundred bytes.
@@ -137,12 +137,12 @@ func checkTPMQuote(a *Attestation) (*tpmQuote, error) {
 
 // verifyTPM checks a TPM quote: binding to REPORT_DATA, signature, pinned AK, the claimed PCRs
 // against the quote's PCR digest, and the PCRs against the event log.
-func verifyTPM(a *Attestation, reportData [64]byte, replayed measure.Values, opts *Options) (*PlatformClaims, error) {
+func verifyTPM(a *Attestation, reportData [64]byte, replayed eventlog.Values, opts *Options) (*PlatformClaims, error) {
 	q, err := checkTPMQuote(a)
 	if err != nil {
 		return nil, fail("signature", "tpm: %v", err)
 	}
-	if want := measure.QualifyingData(reportData); !bytes.Equal(q.extraData, want) {
+	if want := eventlog.QualifyingData(reportData); !bytes.Equal(q.extraData, want) {
 		return nil, fail("report-data", "tpm: the quote's qualifying data is %x, expected SHA-256(REPORT_DATA) = %x: the quote was made for another event log or nonce", q.extraData, want)
 	}
 	pc := &PlatformClaims{Platform: a.Platform, Kind: a.Kind, Source: a.Source}
@@ -181,14 +181,14 @@ func verifyTPM(a *Attestation, reportData [64]byte, replayed measure.Values, opt
 	}
 	hasSystem := false
 	for _, pcr := range q.pcrs {
-		reg := measure.PCR(pcr, crypto.SHA256)
+		reg := eventlog.PCR(pcr, crypto.SHA256)
 		want := replayed[reg]
 		if want == nil {
 			want = make([]byte, sha256.Size)
 		}
 		rc := RegisterClaim{Register: reg.String(), Value: hex.EncodeToString(claimed[pcr]), Replayed: bytes.Equal(claimed[pcr], want)}
 		switch {
-		case pcr == measure.PCRSystem:
+		case pcr == eventlog.PCRSystem:
 			hasSystem = true
 			if !rc.Replayed {
 				return nil, fail("registers", "tpm: PCR %d (sha256) is %x in the quote but the event log replays to %x: the log is not the complete record of what was measured", pcr, claimed[pcr], want)
@@ -199,7 +199,7 @@ func verifyTPM(a *Attestation, reportData [64]byte, replayed measure.Values, opt
 		pc.Registers = append(pc.Registers, rc)
 	}
 	if !hasSystem {
-		return nil, fail("registers", "tpm: the quote does not cover PCR %d, which holds cvmboot's events", measure.PCRSystem)
+		return nil, fail("registers", "tpm: the quote does not cover PCR %d, which holds cvmboot's events", eventlog.PCRSystem)
 	}
 	return pc, nil
 }

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cvmboot/cvmboot/internal/measure"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 // ErrNoChainMaterial is wrapped by a SignatureVerifier when the evidence lacks what a signature
@@ -74,11 +74,11 @@ type Claims struct {
 
 // Event data types, as cvmboot measures them.
 type (
-	Verity  = measure.Verity
-	Storage = measure.Storage
-	Overlay = measure.Overlay
-	Config  = measure.Config
-	Cmdline = measure.Cmdline
+	Verity  = eventlog.Verity
+	Storage = eventlog.Storage
+	Overlay = eventlog.Overlay
+	Config  = eventlog.Config
+	Cmdline = eventlog.Cmdline
 )
 
 // EventRef is one event of the log.
@@ -137,7 +137,7 @@ func Verify(dir string, opts Options) (*Claims, error) {
 
 // VerifyEvidence is Verify on evidence already read.
 func VerifyEvidence(ev *Evidence, opts Options) (*Claims, error) {
-	recs, err := measure.ParseLog(ev.EventLog.Data)
+	recs, err := eventlog.ParseLog(ev.EventLog.Data)
 	if err != nil {
 		return nil, fail("event-log", "%s: %v", ev.EventLog.Name, err)
 	}
@@ -149,14 +149,14 @@ func VerifyEvidence(ev *Evidence, opts Options) (*Claims, error) {
 		}
 		claims.NonceChecked = true
 	}
-	reportData := measure.ReportData(ev.EventLog.Data, nonce)
+	reportData := eventlog.ReportData(ev.EventLog.Data, nonce)
 	if got := hex.EncodeToString(reportData[:]); got != ev.ReportData {
 		return nil, fail("report-data", "evidence.json says REPORT_DATA %s, but the event log and nonce give %s", ev.ReportData, got)
 	}
 	claims.ReportData = ev.ReportData
 	logDigest := sha256.Sum256(ev.EventLog.Data)
 	claims.EventLogSHA256 = hex.EncodeToString(logDigest[:])
-	replayed := measure.Replay(recs)
+	replayed := eventlog.Replay(recs)
 	for i := range ev.Attestations {
 		a := &ev.Attestations[i]
 		var pc *PlatformClaims
@@ -180,7 +180,7 @@ func VerifyEvidence(ev *Evidence, opts Options) (*Claims, error) {
 }
 
 // verifyTEE checks an SEV-SNP report, a TDX quote or a TDREPORT.
-func verifyTEE(a *Attestation, reportData [64]byte, replayed measure.Values, opts *Options) (*PlatformClaims, error) {
+func verifyTEE(a *Attestation, reportData [64]byte, replayed eventlog.Values, opts *Options) (*PlatformClaims, error) {
 	f, err := ParseReport(a.Kind, a.Report.Data)
 	if err != nil {
 		return nil, fail("evidence.json", "%s: %s: %v", a.Platform, a.Report.Name, err)
@@ -226,13 +226,13 @@ func verifyTEE(a *Attestation, reportData [64]byte, replayed measure.Values, opt
 
 // checkRTMRs checks that RTMR 3 is exactly what the event log replays to, and that the values
 // evidence.json lists are the report's.
-func checkRTMRs(a *Attestation, f *ReportFields, replayed measure.Values, pc *PlatformClaims) error {
+func checkRTMRs(a *Attestation, f *ReportFields, replayed eventlog.Values, pc *PlatformClaims) error {
 	listed := map[string]string{}
 	for _, r := range a.Registers {
 		listed[r.Register] = r.Value
 	}
 	for i, v := range f.RTMRs {
-		reg := measure.RTMR(i)
+		reg := eventlog.RTMR(i)
 		rc := RegisterClaim{Register: reg.String(), Value: hex.EncodeToString(v)}
 		if l, ok := listed[rc.Register]; ok && l != rc.Value {
 			return fail("registers", "tdx: evidence.json lists %s = %s, the %s holds %s", rc.Register, l, a.Kind, rc.Value)
@@ -243,9 +243,9 @@ func checkRTMRs(a *Attestation, f *ReportFields, replayed measure.Values, pc *Pl
 		}
 		rc.Replayed = bytes.Equal(v, want)
 		switch {
-		case i == measure.RTMRIndex && !rc.Replayed:
+		case i == eventlog.RTMRIndex && !rc.Replayed:
 			return fail("registers", "tdx: RTMR %d is %x in the %s but the event log replays to %x: the log is not the complete record of what was measured", i, v, a.Kind, want)
-		case i != measure.RTMRIndex:
+		case i != eventlog.RTMRIndex:
 			rc.Replayed = false
 			rc.Note = "firmware and boot loader measurements: compare with a reference value"
 		}

@@ -1,5 +1,10 @@
-// Package measure records cvmboot's security-relevant boot decisions as measured events: each
-// decision is appended to an event log and extended into the platform's measurement registers,
+// Package eventlog is the specification and the code of cvmboot's measured event log: the
+// events, the record format, the replay of the registers and the binding into REPORT_DATA. It
+// is what a verifier imports; cvmboot's writer (internal/measure) appends to the log and
+// extends the registers.
+//
+// cvmboot records its security-relevant boot decisions as measured events: each decision
+// is appended to an event log and extended into the platform's measurement registers,
 // so that a remote verifier can replay the log and compare it with the registers a TPM quote or
 // a TDX quote reports, or with the log digest bound into an SEV-SNP report's REPORT_DATA.
 //
@@ -52,4 +57,4 @@
 // REPORT_DATA = SHA-512("cvmboot-evidence-v1\x00" ‖ SHA-256(event log bytes) ‖ nonce), the
 // nonce being at most 64 bytes. A TPM quote's qualifying data is SHA-256(REPORT_DATA), because
 // many TPMs accept at most 32 or 48 bytes there.
-package measure
+package eventlog
