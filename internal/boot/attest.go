@@ -48,7 +48,7 @@ func (b *Boot) attest(context.Context) (stage.Facts, error) {
 		// A unit of the booted system (cvmboot-scratch-storage) is past the initrd phase.
 		events = append(events, eventlog.Phase("enter-initrd"))
 	}
-	events = append(events, b.configEvent(), eventlog.Cmdline{SHA256: hex.EncodeToString(sum[:])}.Event())
+	events = append(events, b.configEvent(), eventlog.Cmdline{SHA256: hex.EncodeToString(sum[:]), Pinned: b.CmdlinePin != ""}.Event())
 	for _, v := range []*verity.Result{b.rootVerity, b.usrVerity} {
 		if v != nil {
 			events = append(events, verityEvent(v))

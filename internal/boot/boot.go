@@ -108,6 +108,9 @@ type Boot struct {
 	Storage func(cfg config.Storage, rootDevice, targetRoot string) StorageSetup
 	// CmdlineRaw is /proc/cmdline as read, measured by digest.
 	CmdlineRaw string
+	// CmdlinePin is the digest of the pinned command line CmdlineRaw matched; "" when the
+	// image pins none.
+	CmdlinePin string
 	// ConfigInfo identifies the effective config, for its measurement.
 	ConfigInfo *report.Config
 	// PackedModules are the modules the initramfs was built to load

@@ -122,7 +122,7 @@ func RunInit(env Env) int {
 		return fail(log, StageModules, err, cfg)
 	}
 	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
-		Attest: env.Attest, Verity: env.Verity, Storage: env.Storage, CmdlineRaw: rawCmdline, ConfigInfo: info, PackedModules: packed}
+		Attest: env.Attest, Verity: env.Verity, Storage: env.Storage, CmdlineRaw: rawCmdline, CmdlinePin: pin, ConfigInfo: info, PackedModules: packed}
 	runner := stage.Runner{
 		Log: log, Clock: clock, Report: rep,
 		Save: func(r *report.Report) error { return r.WriteFile(env.ReportPath) },

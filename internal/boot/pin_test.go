@@ -64,7 +64,7 @@ func TestRunInitRefusesUnpinnedCmdline(t *testing.T) {
 
 func TestRunInitPinnedCmdlineBoots(t *testing.T) {
 	m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
-	h := newInitHarness(t, " console=ttyS0\troot=/dev/vda2  ro", plainYAML, m)
+	h := newInitHarness(t, " "+pinnedCmdline+" \t", plainYAML, m)
 	h.pin(t, pinnedCmdline)
 	RunInit(h.env)
 	if h.execPath != "/sbin/init" {

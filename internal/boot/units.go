@@ -289,7 +289,7 @@ func RunUnits(env Env, names []string, stderr io.Writer) int {
 		return 1
 	}
 	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
-		Attest: env.Attest, Verity: env.Verity, Storage: env.Storage, CmdlineRaw: raw, ConfigInfo: info,
+		Attest: env.Attest, Verity: env.Verity, Storage: env.Storage, CmdlineRaw: raw, CmdlinePin: pin, ConfigInfo: info,
 		PackedModules: packed, units: true, initrd: env.InitrdRelease != "" && statErr == nil}
 	stages, err := stage.Select(b.UnitStages(), names)
 	if err != nil {

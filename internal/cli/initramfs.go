@@ -25,7 +25,8 @@ libraries, taken from --tools-root.
 
 The command line is pinned: --cmdline (or --cmdline-file) takes the command line the UKI
 carries in .cmdline and writes it to /etc/cvmboot/cmdline; the boot then refuses, before
-anything else, a kernel command line with other words (systemd-stub before 255 replaces
+anything else, any other kernel command line: the same bytes are required, but for white
+space around them, and at most 2047 of them (systemd-stub before 255 replaces
 .cmdline with the boot entry's load options when Secure Boot is off, and the host writes
 boot entries). --no-cmdline-pin builds an initramfs that accepts any command line, for a
 boot loader that writes its own.`, stderr)
@@ -103,7 +104,7 @@ boot loader that writes its own.`, stderr)
 		return ExitIOError
 	}
 	if pinned != "" {
-		fmt.Fprintf(stdout, "command line pinned (%s): %s\n", cmdline.PinDigest(pinned), cmdline.Canonical(pinned))
+		fmt.Fprintf(stdout, "command line pinned (%s): %s\n", cmdline.PinDigest(pinned), cmdline.Trim(pinned))
 	} else {
 		fmt.Fprintln(stdout, "command line not pinned (--no-cmdline-pin): the boot accepts any")
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strings"
 )
 
@@ -18,9 +17,10 @@ import (
 // .cmdline when Secure Boot is off, and the host writes the boot entries.
 const PinPath = "/etc/cvmboot/cmdline"
 
-// maxPinSize bounds the pin file: the kernel's own limit (COMMAND_LINE_SIZE) is 2048 on x86
-// and 4096 elsewhere.
-const maxPinSize = 64 << 10
+// MaxLen is the longest command line the pin accepts: x86's COMMAND_LINE_SIZE (2048) less
+// its NUL. The kernel keeps at most that much in /proc/cmdline, while its early parsers read
+// further, so a longer line may hide words from the check and is refused.
+const MaxLen = 2047
 
 // Words splits a command line into the kernel's words (next_arg in lib/cmdline.c): runs of
 // ASCII white space separate words, double quotes group white space into a word and are
@@ -45,14 +45,28 @@ func Words(s string) []string {
 	return words
 }
 
-// Canonical is the command line as its words joined by single spaces: what a pin holds and
-// what PinDigest hashes.
-func Canonical(s string) string { return strings.Join(Words(s), " ") }
+// Trim removes what surrounds a command line without meaning: ASCII white space and NULs at
+// both ends (/proc/cmdline ends in a newline, a UKI's .cmdline often in a NUL or newline).
+func Trim(s string) string { return strings.Trim(s, " \t\n\v\f\r\x00") }
 
-// PinDigest is "sha256:HEX" of the canonical form of s.
+// PinDigest is "sha256:HEX" of the trimmed command line.
 func PinDigest(s string) string {
-	d := sha256.Sum256([]byte(Canonical(s)))
+	d := sha256.Sum256([]byte(Trim(s)))
 	return "sha256:" + hex.EncodeToString(d[:])
+}
+
+// CheckPinnable says why s cannot be pinned: empty, a NUL inside, or longer than MaxLen.
+func CheckPinnable(s string) error {
+	t := Trim(s)
+	switch {
+	case t == "":
+		return errors.New("the command line to pin is empty")
+	case strings.IndexByte(t, 0) >= 0:
+		return errors.New("the command line to pin has a NUL byte")
+	case len(t) > MaxLen:
+		return fmt.Errorf("the command line to pin has %d bytes, more than the kernel keeps (%d)", len(t), MaxLen)
+	}
+	return nil
 }
 
 // ReadPin returns the pinned command line at path; ok is false when the image pins none.
@@ -65,19 +79,13 @@ func ReadPin(path string) (pin string, ok bool, err error) {
 		return "", false, fmt.Errorf("pinned command line: %w", err)
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, maxPinSize+1))
+	data, err := io.ReadAll(io.LimitReader(f, MaxLen+64))
 	if err != nil {
 		return "", false, fmt.Errorf("pinned command line %s: %w", path, err)
 	}
-	if len(data) > maxPinSize {
-		return "", false, fmt.Errorf("pinned command line %s: larger than %d bytes", path, maxPinSize)
-	}
-	pin = string(data)
-	if strings.IndexByte(pin, 0) >= 0 {
-		return "", false, fmt.Errorf("pinned command line %s: contains a NUL byte", path)
-	}
-	if len(Words(pin)) == 0 {
-		return "", false, fmt.Errorf("pinned command line %s is empty (an image without a pin has no such file)", path)
+	pin = Trim(string(data))
+	if err := CheckPinnable(pin); err != nil {
+		return "", false, fmt.Errorf("pinned command line %s: %w", path, err)
 	}
 	return pin, true, nil
 }
@@ -89,6 +97,9 @@ type PinMismatch struct {
 	Found    string // PinDigest of the kernel's command line
 	Added    []string
 	Removed  []string
+	// Truncated: the words match but the line is as long as the kernel keeps: what was
+	// cut off is unknown.
+	Truncated bool
 }
 
 // maxShownWords bounds how many differing words a message names: the host writes them.
@@ -125,22 +136,29 @@ func (m *PinMismatch) Detail() []string {
 	if len(m.Removed) > 0 {
 		lines = append(lines, "pinned words missing: "+show(m.Removed))
 	}
+	if m.Truncated {
+		lines = append(lines, fmt.Sprintf("the command line reaches the kernel's limit of %d bytes: what followed is cut off", MaxLen))
+	}
 	if len(lines) == 0 {
-		lines = append(lines, "the same words in another order")
+		lines = append(lines, "the same words with other white space or in another order")
 	}
 	return lines
 }
 
-// CheckPin compares the kernel's command line with the pinned one word by word (white
-// space around words aside, as the kernel splits them). Order counts: for most keys the
-// later of two values wins.
+// CheckPin compares the kernel's command line with the pinned one byte for byte, but for
+// white space and NULs around it (Trim). A line as long as the kernel keeps (MaxLen) is
+// refused: it may have been cut, and the early parsers read past the cut.
 func CheckPin(path, pinned, found string) error {
-	want, got := Words(pinned), Words(found)
-	if slices.Equal(want, got) {
+	want, got := Trim(pinned), Trim(found)
+	if want == got && len(strings.TrimSuffix(found, "\n")) < MaxLen {
 		return nil
 	}
-	added, removed := wordDiff(want, got)
-	return &PinMismatch{Path: path, Expected: PinDigest(pinned), Found: PinDigest(found), Added: added, Removed: removed}
+	added, removed := wordDiff(Words(want), Words(got))
+	m := &PinMismatch{Path: path, Expected: PinDigest(pinned), Found: PinDigest(found), Added: added, Removed: removed}
+	if want == got {
+		m.Truncated = true
+	}
+	return m
 }
 
 // wordDiff returns the words of got that want lacks and those of want that got lacks,

@@ -61,8 +61,8 @@ type Options struct {
 	// It should match the image's userland (e.g. the root tree the image is built from).
 	ToolsRoot string
 	// Cmdline is the kernel command line the image is built for (the UKI's .cmdline); it
-	// becomes /etc/cvmboot/cmdline (cmdline.PinPath), and the boot refuses any other.
-	// Empty pins none.
+	// becomes /etc/cvmboot/cmdline (cmdline.PinPath), and the boot refuses any other: the same
+	// bytes but for white space around them. Empty pins none.
 	Cmdline string
 	// ExtraFiles maps archive paths to files on the host to copy there.
 	ExtraFiles map[string]string
@@ -145,10 +145,10 @@ func Build(o Options, out io.Writer) (Summary, error) {
 	}
 
 	if o.Cmdline != "" {
-		if strings.IndexByte(o.Cmdline, 0) >= 0 || len(cmdline.Words(o.Cmdline)) == 0 {
-			return Summary{}, fmt.Errorf("initramfs: the command line to pin is empty or has a NUL byte")
+		if err := cmdline.CheckPinnable(o.Cmdline); err != nil {
+			return Summary{}, fmt.Errorf("initramfs: %w", err)
 		}
-		if err := a.AddFile(cmdline.PinPath, 0o644, []byte(cmdline.Canonical(o.Cmdline)+"\n")); err != nil {
+		if err := a.AddFile(cmdline.PinPath, 0o644, []byte(cmdline.Trim(o.Cmdline)+"\n")); err != nil {
 			return Summary{}, err
 		}
 	}

@@ -354,7 +354,8 @@ func TestBuildErrors(t *testing.T) {
 		{"extra file over init", Options{Binary: good, ExtraFiles: map[string]string{"/init": good}}, "/init added twice"},
 		{"extra file missing", Options{Binary: good, ExtraFiles: map[string]string{"/x": "/nonexistent"}}, "initramfs extra file /x"},
 		{"blank pin", Options{Binary: good, Cmdline: " \n"}, "command line to pin is empty"},
-		{"pin with NUL", Options{Binary: good, Cmdline: "a\x00b"}, "command line to pin is empty or has a NUL byte"},
+		{"pin with NUL", Options{Binary: good, Cmdline: "a\x00b"}, "command line to pin has a NUL byte"},
+		{"pin too long", Options{Binary: good, Cmdline: strings.Repeat("a", 2048)}, "has 2048 bytes, more than the kernel keeps (2047)"},
 		{"extra file over pin", Options{Binary: good, Cmdline: "ro", ExtraFiles: map[string]string{"/etc/cvmboot/cmdline": good}}, "added twice"},
 	}
 	for _, tt := range tests {
@@ -367,9 +368,9 @@ func TestBuildErrors(t *testing.T) {
 	}
 }
 
-// The command line the UKI carries is pinned in canonical form (words joined by one space).
+// The command line the UKI carries is pinned as it is, white space around it trimmed.
 func TestBuildPinsCmdline(t *testing.T) {
-	o := Options{Binary: fakeBinary(t, 10, false), Compression: CompressionNone, Cmdline: " console=ttyS0\troothash=ab  ro\n"}
+	o := Options{Binary: fakeBinary(t, 10, false), Compression: CompressionNone, Cmdline: " console=ttyS0\troothash=ab  ro\n\x00"}
 	data, _ := buildBytes(t, o)
 	members, err := parseNewc(data)
 	if err != nil {
@@ -377,7 +378,7 @@ func TestBuildPinsCmdline(t *testing.T) {
 	}
 	for _, m := range members {
 		if "/"+m.name == "/etc/cvmboot/cmdline" {
-			if string(m.data) != "console=ttyS0 roothash=ab ro\n" || m.mode&0o777 != 0o644 {
+			if string(m.data) != "console=ttyS0\troothash=ab  ro\n" || m.mode&0o777 != 0o644 {
 				t.Errorf("pin %q mode %o", m.data, m.mode)
 			}
 			return

@@ -117,6 +117,9 @@ func (c Config) Event() Event { return Event{Type: TypeConfig, Data: c} }
 // Only its digest is measured, as the text may carry values that are nobody's business.
 type Cmdline struct {
 	SHA256 string `json:"sha256"` // SHA-256 of /proc/cmdline, hex
+	// Pinned is true when the command line was checked against the one the image pinned
+	// (and matched: otherwise the boot stopped before measuring).
+	Pinned bool `json:"pinned,omitempty"`
 }
 
 // Event returns the cvmboot.cmdline event.

@@ -325,7 +325,11 @@ func (c *Claims) String() string {
 		fmt.Fprintf(&b, "config: sha256 %s (%s)\n", c.Config.SHA256, c.Config.Path)
 	}
 	if c.Cmdline != nil {
-		fmt.Fprintf(&b, "kernel command line: sha256 %s\n", c.Cmdline.SHA256)
+		pinned := "not pinned by the image"
+		if c.Cmdline.Pinned {
+			pinned = "matched the image's pin"
+		}
+		fmt.Fprintf(&b, "kernel command line: sha256 %s (%s)\n", c.Cmdline.SHA256, pinned)
 	}
 	fmt.Fprintf(&b, "phases: %s\n", strings.Join(c.Phases, ", "))
 	fmt.Fprintf(&b, "events: %d, event log sha256 %s\n", len(c.Events), c.EventLogSHA256)

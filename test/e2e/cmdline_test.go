@@ -22,18 +22,18 @@ func init() {
 	scenarios = append(scenarios,
 		scenario{
 			// The exploit: init=/bin/sh, and a debug shell as the failure action for good
-			// measure. The pinned initramfs refuses before any stage and powers off (the
-			// config file's action, not the command line's).
-			name: "cmdline-override", root: rootTiny, recipe: verityRoot, config: pinConfig,
+			// measure. The pinned initramfs refuses before any stage and reboots: the config
+			// file's action (qemu -no-reboot exits), not the command line's shell.
+			name: "cmdline-override", root: rootTiny, recipe: verityRoot, config: pinConfig + "failure:\n  action: reboot\n",
 			cmdline:     "roothash={roothash}",
 			loadOptions: "console=ttyS0 roothash={roothash} init=/bin/sh cvmboot.debug=on cvmboot.failure.action=shell",
 			expect: []string{
 				`{fatal}: stage cmdline failed: the kernel command line is not the one pinned in /etc/cvmboot/cmdline: expected sha256:[0-9a-f]{64}, found sha256:[0-9a-f]{64}\r?$`,
 				`cvmboot: words not in the pinned command line: "init=/bin/sh" "cvmboot.debug=on" "cvmboot.failure.action=shell"\r?$`,
-				`cvmboot: failure action: poweroff`,
+				`cvmboot: failure action: reboot`,
 			},
 			reject:  []string{`ROOTCHECK:`, `Kernel panic`, `handing off to init`, `dm-verity`, `failure action: shell`},
-			outcome: failureAction, timeLimit: 3 * time.Minute,
+			outcome: failureAction, exit: harness.ExitRebooted, timeLimit: 3 * time.Minute,
 			after: expectPinDigest,
 		},
 		scenario{

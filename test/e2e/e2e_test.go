@@ -72,9 +72,12 @@ type scenario struct {
 	// expect and reject are regular expressions matched against the whole
 	// serial log ((?m) is implied); {fatal} becomes "cvmboot: FATAL",
 	// {rootpartuuid} and {badpartuuid} the quoted UUIDs.
-	expect    []string
-	reject    []string
-	outcome   outcome
+	expect  []string
+	reject  []string
+	outcome outcome
+	// exit, when set, is how qemu must end instead of the outcome's usual way (a failure
+	// action of reboot: rebooted).
+	exit      harness.ExitReason
 	timeLimit time.Duration
 	// initOverride forces an init kind regardless of CVMBOOT_E2E_INIT.
 	initOverride harness.InitKind
@@ -532,6 +535,9 @@ func verify(sc scenario, boot *harness.BootResult, subst func(string, bool) stri
 		wantExit = harness.ExitRebooted
 	case killedMidway:
 		wantExit = harness.ExitTimeout // what the harness calls a boot it ended
+	}
+	if sc.exit != "" {
+		wantExit = sc.exit
 	}
 	if boot.Reason != wantExit && !(sc.outcome == kernelPanic && boot.Reason == harness.ExitPanicked) {
 		problems = append(problems, fmt.Sprintf("exit: expected %s (outcome %s), found %s (%s)",

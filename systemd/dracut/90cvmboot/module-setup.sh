@@ -49,6 +49,12 @@ install() {
     # off, and the host writes boot entries). It cannot live in the root tree (it names the
     # root's hash): give it in dracut's environment or a dracut.conf.d file outside the root.
     if [[ -n "${cvmboot_cmdline-}" ]]; then
+        # The boot compares bytes: the pin must be the UKI's .cmdline as it is, within the
+        # kernel's 2047 bytes.
+        if [[ -z "${cvmboot_cmdline//[[:space:]]/}" ]] || ((${#cvmboot_cmdline} > 2047)); then
+            dfatal "cvmboot: cvmboot_cmdline is blank or longer than the kernel keeps (2047 bytes)"
+            exit 1
+        fi
         mkdir -p "$initdir/etc/cvmboot"
         printf '%s\n' "$cvmboot_cmdline" > "$initdir/etc/cvmboot/cmdline"
     elif [[ "${cvmboot_cmdline_pin-}" != no ]]; then
