@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -13,7 +14,6 @@ import (
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/tee"
-	"github.com/cvmboot/cvmboot/internal/verity"
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 )
@@ -31,29 +31,37 @@ type Attestation interface {
 	Evidence(ctx context.Context, nonce []byte) (stage.Facts, error)
 }
 
-func (b *Boot) attest(context.Context) (stage.Facts, error) {
+// attest finds the TEE or TPM, opens the event log and measures what configured the boot:
+// the phase (in the initrd), the config and the command line (which carries roothash=).
+// From a unit the device may still be coming up (udev loads its driver): a required one is
+// waited for up to devices.timeout.
+func (b *Boot) attest(ctx context.Context) (stage.Facts, error) {
 	facts, active, err := b.Attest.Start(b.Config.Attest.Require)
+	if b.Mode.Units() && b.Config.Attest.Require != config.AttestNone {
+		deadline := time.Now().Add(b.Config.Devices.Timeout.Std())
+		for err != nil && time.Now().Before(deadline) {
+			select {
+			case <-ctx.Done():
+				return nil, err
+			case <-time.After(200 * time.Millisecond):
+			}
+			facts, active, err = b.Attest.Start(b.Config.Attest.Require)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
+	b.dec.Attested = true
 	if !active {
 		return nil, stage.Skip("no TEE or TPM found and attest.require is none: nothing is measured")
 	}
-	b.measuring = true
-	// The decisions taken before this stage: the phase, what configured the boot, and the
-	// command line (which carries roothash=).
+	b.measuring, b.dec.Measuring = true, true
 	sum := sha256.Sum256([]byte(b.CmdlineRaw))
 	var events []eventlog.Event
-	if !b.units || b.initrd {
-		// A unit of the booted system (cvmboot-scratch-storage) is past the initrd phase.
+	if b.Mode.Initrd() {
 		events = append(events, eventlog.Phase("enter-initrd"))
 	}
 	events = append(events, b.configEvent(), eventlog.Cmdline{SHA256: hex.EncodeToString(sum[:]), Pinned: b.CmdlinePin != ""}.Event())
-	for _, v := range []*verity.Result{b.rootVerity, b.usrVerity} {
-		if v != nil {
-			events = append(events, verityEvent(v))
-		}
-	}
 	for _, ev := range events {
 		if err := b.Attest.Measure(ev); err != nil {
 			return nil, err
@@ -61,6 +69,31 @@ func (b *Boot) attest(context.Context) (stage.Facts, error) {
 	}
 	facts["measured"] = fmt.Sprint(len(events))
 	return facts, nil
+}
+
+// resumeMeasuring reopens the event log and registers in a unit that runs after the attest
+// unit, so that its decisions are measured as PID 1's are. A required platform whose attest
+// step did not run stops the step: its decisions would go unmeasured.
+func (b *Boot) resumeMeasuring() error {
+	if b.measuring || !b.Mode.Units() {
+		return nil
+	}
+	if !b.dec.Attested {
+		if b.Config.Attest.Require != config.AttestNone {
+			return fmt.Errorf("attest.require is %s but no attest step ran in this boot (is cvmboot-attest.service in the initrd?): this step's decisions would go unmeasured",
+				b.Config.Attest.Require)
+		}
+		return nil
+	}
+	if !b.dec.Measuring {
+		return nil
+	}
+	_, active, err := b.Attest.Start(b.Config.Attest.Require)
+	if err != nil {
+		return err
+	}
+	b.measuring = active
+	return nil
 }
 
 func (b *Boot) configEvent() eventlog.Event {

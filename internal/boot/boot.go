@@ -26,17 +26,6 @@ import (
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
-// Stage names, in boot order.
-const (
-	StageEarlyMounts = "early-mounts"
-	StageModules     = "modules"
-	StageRoot        = "root"
-	StageAttest      = "attest"
-	StageStorage     = "storage"
-	StageOverlay     = "overlay"
-	StageHandoff     = "handoff"
-)
-
 // NewRoot is where the real root is assembled before the switch.
 const NewRoot = "/sysroot"
 
@@ -96,7 +85,7 @@ type StorageSetup interface {
 // Boot holds what the stages share.
 type Boot struct {
 	Config  *config.Config
-	Cmdline *cmdline.Cmdline
+	Cmdline *cmdline.Cmdline // what the plan was made from: the steps read Plan
 	Log     *zap.Logger
 	Mounts  Mounts
 	Modules Modules
@@ -117,32 +106,17 @@ type Boot struct {
 	// (initramfs.ModulesLoadPath); the config's modules: list adds to them.
 	PackedModules []string
 
-	// Decided by the stages, read by later ones.
+	// Mode is how this boot runs; Plan what the config and the command line decided.
+	Mode Mode
+	Plan *Plan
+
+	// Decided by the steps, read by later ones: dec also by later units (DecisionsPath).
+	dec        *Decisions
 	rootDevice string
-	rootVerity *verity.Result // the verity volume the root is mounted from, if any
-	usrVerity  *verity.Result // the /usr verity volume, if any
 	init       string
 	measuring  bool // an event log is open on the platform's registers
-	storage    StorageSetup
+	storageSt  StorageSetup
 	storageRes *storage.Result // set up, its mounts inside the root still to make
-
-	// Set by RunUnits: the stages run from systemd units, in the initrd or the booted system.
-	units      bool
-	initrd     bool
-	unitReport *report.Report // the report so far, with the stages earlier units ran
-}
-
-// Stages returns the boot sequence as PID 1 runs it.
-func (b *Boot) Stages() []stage.Stage {
-	return []stage.Stage{
-		{Name: StageEarlyMounts, Required: true, Run: b.earlyMounts},
-		{Name: StageModules, Required: true, Run: b.modules},
-		{Name: StageRoot, Required: true, Run: b.root},
-		{Name: StageAttest, Required: true, Run: b.attest},
-		{Name: StageStorage, Required: true, Run: b.storageStage},
-		{Name: StageOverlay, Required: true, Run: b.overlay},
-		{Name: StageHandoff, Required: true, Run: b.handoff},
-	}
 }
 
 // Init is the program the handoff executes, decided by the handoff stage.
@@ -150,7 +124,7 @@ func (b *Boot) Init() string { return b.init }
 
 // InitArgs are the arguments for init: argv[0] and what followed `--` on the command line.
 func (b *Boot) InitArgs() []string {
-	return append([]string{b.init}, b.Cmdline.InitArgs()...)
+	return append([]string{b.init}, b.Plan.InitArgs...)
 }
 
 func (b *Boot) earlyMounts(context.Context) (stage.Facts, error) {
@@ -179,80 +153,159 @@ func (b *Boot) modules(ctx context.Context) (stage.Facts, error) {
 // errNoRoot is returned when nothing names the root device.
 var errNoRoot = errors.New("no root device: the kernel command line has neither roothash= nor root= and the config has no root.device")
 
-func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
-	vc, err := verity.ParseCmdline(b.Cmdline)
-	if err != nil {
-		return nil, err
-	}
-	for _, w := range vc.Warnings {
+// verity activates the dm-verity volumes roothash= and usrhash= name (from a unit: before
+// sysroot.mount mounts /dev/mapper/root). Any mismatch fails before a device exists.
+func (b *Boot) verity(ctx context.Context) (stage.Facts, error) {
+	for _, w := range b.Plan.VerityWarnings {
 		b.log().Warn("kernel command line: " + w)
 	}
-	vol, err := vc.RootVolume(b.Config.Verity.Required)
-	if err != nil {
+	vols := b.Plan.verityVolumes()
+	if len(vols) == 0 {
+		return nil, stage.Skip("no roothash= or usrhash= on the kernel command line and verity.required is false")
+	}
+	if err := b.resumeMeasuring(); err != nil {
 		return nil, err
 	}
-	fstype := string(b.Config.Root.FSType)
-	if v, ok := b.Cmdline.Get("rootfstype"); ok && v != "" {
-		fstype = v
-	}
-	opts := joinOptions(b.Config.Root.Options, b.Cmdline.Value("rootflags"))
 	facts := stage.Facts{}
-	var dev string
-	if vol != nil {
+	for _, vol := range vols {
 		res, err := b.Verity.Activate(ctx, vol)
 		if err != nil {
 			return nil, err
 		}
-		b.rootVerity = res
 		for k, v := range res.Facts {
-			facts["verity_"+k] = v
+			facts[vol.Name+"_"+k] = v
 		}
-		dev = res.DevicePath
-		facts["spec"] = "roothash=" + res.RootHash
+		facts[vol.Name+"_device"] = res.DevicePath
+		v := VerityVolume{Name: res.Name, Device: res.DevicePath, RootHash: res.RootHash,
+			HashAlgorithm: res.HashAlgorithm, OnCorruption: res.OnCorruption}
+		b.dec.Verity = append(b.dec.Verity, v)
+		if err := b.measure(v.event()); err != nil {
+			return nil, err
+		}
+	}
+	return facts, nil
+}
+
+// event is the measurement of an activated verity volume.
+func (v VerityVolume) event() eventlog.Event {
+	return eventlog.Verity{Target: v.Name, RootHash: v.RootHash, HashAlgorithm: v.HashAlgorithm, OnCorruption: v.OnCorruption}.Event()
+}
+
+// root makes the root's device known to the steps after it. As PID 1 it mounts the root
+// (the verity volume, else root=) read-only at /sysroot, and a verified /usr on it. In a
+// systemd initrd, systemd mounted /sysroot: with roothash= it must be the verified volume.
+// In the booted system it is the device of the verity volume, root=, or whatever / is.
+func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
+	switch b.Mode {
+	case ModeSystemdInitrd:
+		return b.checkSysroot()
+	case ModeSystemd:
+		dev, err := b.bootedRootDevice(ctx)
+		if err != nil {
+			return nil, err
+		}
+		b.rootDevice = dev
+		return stage.Facts{"device": dev}, nil
+	}
+	facts := stage.Facts{}
+	var dev string
+	if v := b.dec.volume("root"); v != nil {
+		dev = v.Device
+		facts["spec"] = "roothash=" + v.RootHash
 	} else {
-		spec := b.rootSpec()
+		spec := b.Plan.RootSpec
 		if spec == "" {
 			return nil, errNoRoot
 		}
+		var err error
 		if dev, err = b.Devices.Wait(ctx, spec, b.Config.Devices.Timeout.Std()); err != nil {
 			return nil, fmt.Errorf("root device: %w", err)
 		}
 		facts["spec"] = spec
 	}
-	used, err := b.Mounts.Root(dev, fstype, NewRoot, opts)
+	used, err := b.Mounts.Root(dev, b.Plan.RootFSType, NewRoot, b.Plan.RootOptions)
 	if err != nil {
 		return nil, err
 	}
 	b.rootDevice = dev
 	facts["device"], facts["fstype"], facts["target"], facts["mode"] = dev, used, NewRoot, "ro"
-	if opts != "" {
-		facts["options"] = opts
+	if b.Plan.RootOptions != "" {
+		facts["options"] = b.Plan.RootOptions
 	}
 	// usrhash=: a separate /usr volume under the same rules, mounted read-only on the root.
-	if vc.Usr != nil && vc.Enabled {
-		res, err := b.Verity.Activate(ctx, vc.Usr)
+	if v := b.dec.volume("usr"); v != nil {
+		usrType, err := b.Mounts.Root(v.Device, "auto", NewRoot+"/usr", "")
 		if err != nil {
 			return nil, err
 		}
-		b.usrVerity = res
-		usrType, err := b.Mounts.Root(res.DevicePath, "auto", NewRoot+"/usr", "")
-		if err != nil {
-			return nil, err
-		}
-		facts["usr_device"], facts["usr_fstype"], facts["usr_root_hash"] = res.DevicePath, usrType, res.RootHash
+		facts["usr_device"], facts["usr_fstype"], facts["usr_root_hash"] = v.Device, usrType, v.RootHash
 	}
 	return facts, nil
 }
 
-// rootSpec names the root device without verity: root= or else root.device ("" for neither).
-func (b *Boot) rootSpec() string {
-	if spec, ok := b.Cmdline.Get("root"); ok && spec != "" {
-		return spec
+// checkSysroot finds what systemd's sysroot.mount mounted at /sysroot. With a verity root
+// it must be the verified volume: root=PARTUUID=… would mount the unverified partition
+// while the verity event says otherwise.
+func (b *Boot) checkSysroot() (stage.Facts, error) {
+	src, err := b.Mounts.MountedAt(NewRoot)
+	if err != nil {
+		return nil, err
 	}
-	return b.Config.Root.Device
+	if src == "" {
+		return nil, errors.New("nothing is mounted at " + NewRoot + ": the root step must run after sysroot.mount")
+	}
+	if v := b.dec.volume("root"); v != nil && !sameDevice(src, v.Device) {
+		return nil, fmt.Errorf("%s is mounted from %s, not from the verified %s (roothash=%s): the command line's root= must name %s",
+			NewRoot, src, v.Device, v.RootHash, v.Device)
+	}
+	b.rootDevice = src
+	return stage.Facts{"device": src, "target": NewRoot, "mounted_by": "systemd (sysroot.mount)"}, nil
 }
 
-func (b *Boot) storageStage(ctx context.Context) (stage.Facts, error) {
+// sameDevice tells whether two device paths name the same node (a /dev/mapper link and
+// the dm-N node it points to are the same).
+func sameDevice(a, b string) bool {
+	if a == b {
+		return true
+	}
+	ra, errA := filepath.EvalSymlinks(a)
+	rb, errB := filepath.EvalSymlinks(b)
+	return errA == nil && errB == nil && ra == rb
+}
+
+// bootedRootDevice finds the root's device in the booted system: the verity volume the
+// command line names (the initrd activated it), root=, root.device, or the device of /.
+func (b *Boot) bootedRootDevice(ctx context.Context) (string, error) {
+	timeout := b.Config.Devices.Timeout.Std()
+	if vol := b.Plan.RootVolume; vol != nil {
+		dev, err := b.Devices.Wait(ctx, "/dev/mapper/"+vol.Name, timeout)
+		if err != nil {
+			return "", fmt.Errorf("root device (the initrd should have activated its verity volume): %w", err)
+		}
+		return dev, nil
+	}
+	if spec := b.Plan.RootSpec; spec != "" {
+		dev, err := b.Devices.Wait(ctx, spec, timeout)
+		if err != nil {
+			return "", fmt.Errorf("root device: %w", err)
+		}
+		return dev, nil
+	}
+	src, err := b.Mounts.MountedAt("/")
+	if err != nil {
+		return "", err
+	}
+	if !strings.HasPrefix(src, "/dev/") {
+		return "", fmt.Errorf("no root device: the command line has neither roothash= nor root=, root.device is empty and / is mounted from %q, not a block device", src)
+	}
+	return src, nil
+}
+
+func (b *Boot) storage(ctx context.Context) (stage.Facts, error) {
+	// Measuring first: "no encrypted storage" is a decision a verifier must see too.
+	if err := b.resumeMeasuring(); err != nil {
+		return nil, err
+	}
 	cfg := b.Config.Storage
 	if !cfg.Enabled {
 		// Measured too: a verifier must tell "no encrypted storage" from a missed measurement.
@@ -268,7 +321,7 @@ func (b *Boot) storageStage(ctx context.Context) (stage.Facts, error) {
 		return nil, errors.New("storage.enabled is true but this environment cannot set up storage")
 	}
 	targetRoot := NewRoot
-	if b.units && !b.initrd {
+	if !b.Mode.Initrd() {
 		targetRoot = ""
 	}
 	st := b.Storage(cfg, b.rootDevice, targetRoot)
@@ -285,25 +338,33 @@ func (b *Boot) storageStage(ctx context.Context) (stage.Facts, error) {
 		st.Abort(res)
 		return nil, err
 	}
-	b.storage, b.storageRes = st, res
+	b.storageSt, b.storageRes = st, res
 	return res.Facts, nil
 }
 
-// storageIntoRoot makes the storage mounts inside the assembled root (binds such as
+// binds makes the storage's mounts inside the assembled root (binds such as
 // /var/lib/containers): after the overlay, which would hide them, before the switch.
-func (b *Boot) storageIntoRoot() error {
-	if b.storage == nil {
-		return nil
+func (b *Boot) binds(context.Context) (stage.Facts, error) {
+	if b.storageSt == nil {
+		return nil, stage.Skip("no storage mounts go inside the root")
 	}
-	if err := b.storage.MountIntoRoot(b.storageRes); err != nil {
-		b.storage.Abort(b.storageRes)
-		return fmt.Errorf("storage mounts inside the root: %w", err)
+	before := len(b.storageRes.Mounted)
+	if err := b.storageSt.MountIntoRoot(b.storageRes); err != nil {
+		b.storageSt.Abort(b.storageRes)
+		return nil, fmt.Errorf("storage mounts inside the root: %w", err)
 	}
-	b.storage = nil
-	return nil
+	b.storageSt = nil
+	made := b.storageRes.Mounted[before:]
+	if len(made) == 0 {
+		return nil, stage.Skip("no storage mounts go inside the root")
+	}
+	return stage.Facts{"mounted": strings.Join(made, ",")}, nil
 }
 
 func (b *Boot) overlay(context.Context) (stage.Facts, error) {
+	if err := b.resumeMeasuring(); err != nil {
+		return nil, err
+	}
 	cfg := b.Config.Overlay
 	if !cfg.Enabled {
 		// A verifier must be able to tell a read-only root from a forgotten measurement.
@@ -348,31 +409,28 @@ func (b *Boot) overlay(context.Context) (stage.Facts, error) {
 	return facts, nil
 }
 
-func (b *Boot) handoff(ctx context.Context) (stage.Facts, error) {
+// evidence ends the initrd's measurements and writes the evidence: when every decision of
+// the initrd is in the log. It lands in /run, which the switch carries into the root.
+func (b *Boot) evidence(ctx context.Context) (stage.Facts, error) {
+	if err := b.resumeMeasuring(); err != nil {
+		return nil, err
+	}
+	if !b.measuring {
+		return nil, stage.Skip("nothing is measured on this machine (no TEE or TPM and attest.require is none)")
+	}
+	return b.finishAttestation(ctx)
+}
+
+func (b *Boot) handoff(context.Context) (stage.Facts, error) {
 	if b.rootDevice == "" {
 		return nil, errors.New("no root was mounted at " + NewRoot)
 	}
-	init := b.Config.Root.Init
-	if v, ok := b.Cmdline.Get("init"); ok && v != "" {
-		init = v
-	}
-	if err := b.storageIntoRoot(); err != nil {
-		return nil, err
-	}
-	// Evidence is taken last, when every decision of the initramfs is in the log; it lands in
-	// /run, which the switch carries into the new root.
-	facts, err := b.finishAttestation(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if facts == nil {
-		facts = stage.Facts{}
-	}
+	init := b.Plan.Init
 	if err := b.Mounts.SwitchRoot(NewRoot, init); err != nil {
 		return nil, err
 	}
 	b.init = init
-	facts["init"], facts["root"] = init, b.rootDevice
+	facts := stage.Facts{"init": init, "root": b.rootDevice}
 	// What the boot cost in memory: the peak resident set of this process (mke2fs, a child,
 	// has its own).
 	if kib, err := peakRSSKiB("/proc/self/status"); err == nil {

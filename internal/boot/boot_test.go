@@ -73,7 +73,7 @@ func (f *fakeVerity) Activate(_ context.Context, vol *verity.Volume) (*verity.Re
 	if !strings.HasPrefix(h, "00") {
 		return nil, errors.New("dm-verity root: hash device /dev/vda3: root hash " + h + " expected, found 00ff…")
 	}
-	return &verity.Result{Name: vol.Name, DevicePath: "/dev/mapper/root", RootHash: h,
+	return &verity.Result{Name: vol.Name, DevicePath: "/dev/mapper/" + vol.Name, RootHash: h, HashAlgorithm: "sha256", OnCorruption: "panic",
 		Facts: map[string]string{"algorithm": "sha256", "corruption": "panic", "data_device": "/dev/vda2"}}, nil
 }
 
@@ -121,7 +121,7 @@ func run(t *testing.T, cfg *config.Config, line string, m *fakeMachine) (*Boot, 
 	}
 	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: &fakeAttest{}, Verity: &fakeVerity{}}
 	rep := &report.Report{}
-	err = (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages())
+	err = (&stage.Runner{Report: rep}).Run(context.Background(), pid1Stages(b))
 	return b, rep, err
 }
 
@@ -133,7 +133,7 @@ func TestPlainRootBoot(t *testing.T) {
 	// The initramfs's list comes first; the config adds what it lacks.
 	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: &fakeAttest{}, PackedModules: []string{"virtio_pci", "virtio_blk"}}
 	rep := &report.Report{}
-	err := (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages())
+	err := (&stage.Runner{Report: rep}).Run(context.Background(), pid1Stages(b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,9 +173,9 @@ func TestRootFailsClosed(t *testing.T) {
 		stage   string
 		errHas  string
 	}{
-		{"verity required without roothash", func(c *config.Config) { c.Verity.Required = true }, "root=/dev/vda2", &fakeMachine{}, StageRoot, "verity.required is true but the kernel command line has no roothash="},
-		{"verity mismatch", nil, "roothash=" + strings.Repeat("ab", 32), &fakeMachine{}, StageRoot, "root hash " + strings.Repeat("ab", 32) + " expected, found 00ff"},
-		{"verity disabled but required", func(c *config.Config) { c.Verity.Required = true }, "roothash=" + strings.Repeat("00", 32) + " systemd.verity=0", &fakeMachine{}, StageRoot, "disables verity but verity.required is true"},
+		{"verity required without roothash", func(c *config.Config) { c.Verity.Required = true }, "root=/dev/vda2", &fakeMachine{}, "plan", "verity.required is true but the kernel command line has no roothash="},
+		{"verity mismatch", nil, "roothash=" + strings.Repeat("ab", 32), &fakeMachine{}, StageVerity, "root hash " + strings.Repeat("ab", 32) + " expected, found 00ff"},
+		{"verity disabled but required", func(c *config.Config) { c.Verity.Required = true }, "roothash=" + strings.Repeat("00", 32) + " systemd.verity=0", &fakeMachine{}, "plan", "disables verity but verity.required is true"},
 		{"no root at all", nil, "console=ttyS0", &fakeMachine{}, StageRoot, "no root device"},
 		{"device never appears", nil, "root=PARTUUID=dead", &fakeMachine{}, StageRoot, "root device: PARTUUID=dead did not appear within 30s"},
 		{"mount fails", nil, "root=/dev/vda2", &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}, mountErr: errors.New("mount /dev/vda2 on /sysroot: invalid argument")}, StageRoot, "invalid argument"},
@@ -218,7 +218,7 @@ func TestVerityRoot(t *testing.T) {
 	cl, _ := cmdline.Parse("roothash=" + hash + " root=/dev/ignored")
 	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: att, Verity: v}
 	rep := &report.Report{}
-	if err := (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages()); err != nil {
+	if err := (&stage.Runner{Report: rep}).Run(context.Background(), pid1Stages(b)); err != nil {
 		t.Fatal(err)
 	}
 	// roothash= wins over root=: the root is mounted from the verity device only.
@@ -230,8 +230,11 @@ func TestVerityRoot(t *testing.T) {
 		t.Errorf("calls %q", calls)
 	}
 	f := rep.Stage(StageRoot).Facts
-	if f["device"] != "/dev/mapper/root" || f["verity_data_device"] != "/dev/vda2" || f["spec"] != "roothash="+hash {
+	if f["device"] != "/dev/mapper/root" || f["spec"] != "roothash="+hash {
 		t.Errorf("root facts %v", f)
+	}
+	if f := rep.Stage(StageVerity).Facts; f["root_device"] != "/dev/mapper/root" || f["root_data_device"] != "/dev/vda2" {
+		t.Errorf("verity facts %v", f)
 	}
 	if !strings.Contains(strings.Join(att.measured, ","), "cvmboot.verity") {
 		t.Errorf("verity decision not measured: %v", att.measured)
@@ -248,13 +251,13 @@ func TestVerityUsr(t *testing.T) {
 	cl, _ := cmdline.Parse("roothash=" + root + " usrhash=" + usr)
 	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: att, Verity: v}
 	rep := &report.Report{}
-	if err := (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages()); err != nil {
+	if err := (&stage.Runner{Report: rep}).Run(context.Background(), pid1Stages(b)); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(v.activated, ",") != "root "+root+",usr "+usr {
 		t.Errorf("activated %v", v.activated)
 	}
-	if !strings.Contains(strings.Join(m.calls, "|"), "mount /dev/mapper/root auto /sysroot/usr") {
+	if !strings.Contains(strings.Join(m.calls, "|"), "mount /dev/mapper/usr auto /sysroot/usr") {
 		t.Errorf("calls %v", m.calls)
 	}
 	if n := strings.Count(strings.Join(att.measured, ","), "cvmboot.verity"); n != 2 {
@@ -289,7 +292,7 @@ func TestMeasuredBoot(t *testing.T) {
 	cl, _ := cmdline.Parse("root=/dev/vda2")
 	b := &Boot{Config: cfg, Cmdline: cl, CmdlineRaw: "root=/dev/vda2\n", Mounts: m, Modules: m, Devices: m, Attest: att}
 	rep := &report.Report{}
-	if err := (&stage.Runner{Report: rep}).Run(context.Background(), b.Stages()); err != nil {
+	if err := (&stage.Runner{Report: rep}).Run(context.Background(), pid1Stages(b)); err != nil {
 		t.Fatal(err)
 	}
 	// Every decision is measured, in boot order, and evidence is taken before the switch.
@@ -300,7 +303,10 @@ func TestMeasuredBoot(t *testing.T) {
 	if !att.evidence {
 		t.Error("no evidence collected")
 	}
-	if f := rep.Stage(StageHandoff).Facts; f["evidence"] == "" || f["init"] != "/sbin/init" {
+	if f := rep.Stage(StageEvidence).Facts; f["evidence"] == "" {
+		t.Errorf("evidence facts %v", f)
+	}
+	if f := rep.Stage(StageHandoff).Facts; f["init"] != "/sbin/init" {
 		t.Errorf("handoff facts %v", f)
 	}
 	if f := rep.Stage(StageAttest).Facts; f["measured"] != "3" || f["tpm"] != "present" {
@@ -308,9 +314,54 @@ func TestMeasuredBoot(t *testing.T) {
 	}
 }
 
-func TestUnitStages(t *testing.T) {
-	if got := UnitStageNames(); got != "modules, attest, verity, overlay, storage, evidence" {
-		t.Errorf("unit stages %q", got)
+// pid1Stages readies b for a PID 1 boot as Run does and returns its stages; a plan the
+// config and command line cannot make fails as the first stage.
+func pid1Stages(b *Boot) []stage.Stage {
+	b.Mode, b.dec = ModeInitramfs, &Decisions{}
+	p, err := NewPlan(ModeInitramfs, b.Config, b.Cmdline)
+	if err != nil {
+		return []stage.Stage{{Name: "plan", Required: true, Run: func(context.Context) (stage.Facts, error) { return nil, err }}}
+	}
+	b.Plan = p
+	return b.stages(StepsOf(ModeInitramfs))
+}
+
+// One sequence: every mode's steps in one order, which is the measured order.
+func TestSequence(t *testing.T) {
+	names := func(m Mode) string {
+		var n []string
+		for _, s := range StepsOf(m) {
+			n = append(n, s.Name)
+		}
+		return strings.Join(n, " ")
+	}
+	for mode, want := range map[Mode]string{
+		ModeInitramfs:     "early-mounts modules attest verity root storage overlay binds evidence handoff",
+		ModeSystemdInitrd: "modules attest verity root storage overlay binds evidence",
+		ModeSystemd:       "modules attest root storage binds",
+	} {
+		if got := names(mode); got != want {
+			t.Errorf("%s: %s\nwant %s", mode, got, want)
+		}
+	}
+	if got := UnitStepNames(); got != "modules, attest, verity, root, storage, overlay, binds, evidence" {
+		t.Errorf("unit steps %q", got)
+	}
+	for _, tt := range []struct {
+		mode  Mode
+		names []string
+		err   string
+	}{
+		{ModeSystemdInitrd, []string{"root", "storage", "overlay", "binds"}, ""},
+		{ModeSystemdInitrd, []string{"overlay", "storage"}, `step "storage" comes before "overlay"`},
+		{ModeSystemdInitrd, []string{"handoff"}, `step "handoff" is not part of a boot in systemd-initrd mode`},
+		{ModeSystemd, []string{"verity"}, `step "verity" is not part of a boot in systemd mode`},
+		{ModeSystemd, []string{"frobnicate"}, `unknown step "frobnicate"`},
+	} {
+		_, err := selectSteps(tt.mode, tt.names)
+		if (err == nil) != (tt.err == "") || err != nil && !strings.Contains(err.Error(), tt.err) {
+			t.Errorf("%s %v: %v, want %q", tt.mode, tt.names, err, tt.err)
+		}
 	}
 }
 
@@ -356,7 +407,7 @@ func TestStorageStage(t *testing.T) {
 		cl, _ := cmdline.Parse("root=/dev/vda2")
 		b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: att,
 			Storage: func(c config.Storage, root, _ string) StorageSetup { fs.rootDevice = root; return fs }}
-		return att, (&stage.Runner{Report: &report.Report{}}).Run(context.Background(), b.Stages())
+		return att, (&stage.Runner{Report: &report.Report{}}).Run(context.Background(), pid1Stages(b))
 	}
 	t.Run("order and measurement", func(t *testing.T) {
 		m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}

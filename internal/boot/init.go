@@ -1,7 +1,6 @@
 package boot
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -14,11 +13,10 @@ import (
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/failaction"
 	"github.com/cvmboot/cvmboot/internal/stage"
-	"github.com/cvmboot/cvmboot/internal/version"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
-// Env is what the PID 1 path needs from the machine. Real() gives the real one.
+// Env is what a boot needs from the machine. Real() gives the real one.
 type Env struct {
 	Mounts  Mounts
 	Modules Modules
@@ -50,110 +48,9 @@ type Env struct {
 	ConfigPath      string
 	ModulesLoadPath string // the initramfs's module list; absent means none
 	ReportPath      string
+	DecisionsPath   string // what a unit's steps decided, for the later units (DecisionsPath)
 	InitrdRelease   string // exists in a systemd initrd (units only)
 	Clock           stage.Clock
-}
-
-// RunInit is the PID 1 entry point. It does not return on success: the process becomes
-// the real init. On failure it runs the failure action; it returns an exit code only when
-// even that failed, and as PID 1 exiting then panics the kernel, which still stops the boot.
-func RunInit(env Env) int {
-	clock := env.Clock
-	if clock == nil {
-		clock = stage.WallClock
-	}
-	start := nowInitrdStart()
-	rep := &report.Report{
-		Schema:  report.Schema,
-		Version: version.Version,
-		Mode:    "initramfs",
-		Started: clock.Now(),
-		Uptime:  uptimeSeconds(),
-		Outcome: report.OutcomeRunning,
-	}
-	// Until the configuration is read, a failure uses the secure default action.
-	fail := func(log *zap.Logger, stageName string, err error, cfg *config.Config) int {
-		action := failureAction(cfg)
-		rep.Outcome = report.OutcomeFailed
-		rep.Failure = &report.Failure{Stage: stageName, Error: err.Error(), Action: string(action)}
-		rep.Finished = clock.Now()
-		if werr := rep.WriteFile(env.ReportPath); werr != nil && log != nil {
-			log.Warn("cannot save the boot report", zap.Error(werr))
-		}
-		emergencyLines(env.Emergency, "stage "+stageName+" failed", err)
-		env.Emergency(fmt.Sprintf("cvmboot: failure action: %s", action))
-		if log != nil {
-			_ = log.Sync()
-		}
-		aerr := failaction.Execute(action, env.System)
-		env.Emergency(fmt.Sprintf("cvmboot: FATAL: %v; stopping", aerr))
-		return 1
-	}
-
-	bootstrapped, err := env.Bootstrap()
-	if err != nil {
-		return fail(nil, "bootstrap", err, nil)
-	}
-	cl, rawCmdline, err := readCmdline(env.CmdlinePath)
-	if err != nil {
-		return fail(nil, "config", err, nil)
-	}
-	rep.Cmdline = cl.String()
-	// Before anything reads the command line: the host may have replaced it.
-	pin, err := checkPin(env.CmdlinePinPath, rawCmdline)
-	if err != nil {
-		return fail(nil, StageCmdline, err, pinFailureConfig(env.ConfigPath))
-	}
-	rep.CmdlinePinned = pin
-	cfg, info, err := loadConfig(env.ConfigPath, cl)
-	if err != nil {
-		return fail(nil, "config", err, nil)
-	}
-	rep.Config = info
-	log := env.Setup(cfg)
-	log.Info("cvmboot starting as PID 1",
-		zap.String("version", version.Version),
-		zap.String("config", info.Path), zap.Bool("config_found", info.Found), zap.String("config_sha256", info.SHA256),
-		zap.Strings("overrides", info.Overrides), zap.Strings("bootstrap_mounted", bootstrapped))
-	logPin(log, env.CmdlinePinPath, pin)
-
-	packed, err := readModulesLoad(env.ModulesLoadPath)
-	if err != nil {
-		return fail(log, StageModules, err, cfg)
-	}
-	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
-		Attest: env.Attest, Verity: env.Verity, Storage: env.Storage, CmdlineRaw: rawCmdline, CmdlinePin: pin, ConfigInfo: info, PackedModules: packed}
-	runner := stage.Runner{
-		Log: log, Clock: clock, Report: rep,
-		Save: func(r *report.Report) error { return r.WriteFile(env.ReportPath) },
-	}
-	if err := runner.Run(context.Background(), b.Stages()); err != nil {
-		var se *stage.Error
-		name := "boot"
-		if errors.As(err, &se) {
-			name = se.Stage
-			err = se.Err
-		}
-		return fail(log, name, err, cfg)
-	}
-	argv := b.InitArgs()
-	if env.HandoffArgs != nil {
-		extra, err := env.HandoffArgs(b.Init(), start)
-		if err != nil {
-			return fail(log, StageHandoff, err, cfg)
-		}
-		argv = append(append([]string{argv[0]}, extra...), argv[1:]...)
-	}
-	// Every step of the boot ran; after the exec nothing of cvmboot's is left to.
-	rep.Outcome, rep.Finished = report.OutcomeOK, clock.Now()
-	if err := rep.WriteFile(env.ReportPath); err != nil {
-		log.Warn("cannot save the boot report", zap.Error(err))
-	}
-	log.Info("handing off to init", zap.String("init", b.Init()), zap.Strings("args", argv[1:]))
-	_ = log.Sync()
-	err = env.Exec(b.Init(), argv)
-	// The root has been switched already: the report lives on under the new /run.
-	return fail(log, StageHandoff, fmt.Errorf("exec init %s: %w", b.Init(), err), cfg)
 }
 
 // readModulesLoad reads the module list the initramfs builder wrote: one name per line,

@@ -46,9 +46,10 @@ func newInitHarness(t *testing.T, cmdline, configYAML string, m *fakeMachine) *i
 			h.execPath, h.execArgs = p, argv
 			return os.ErrPermission
 		},
-		CmdlinePath: write("cmdline", cmdline+"\n"),
-		ConfigPath:  filepath.Join(dir, "config.yaml"),
-		ReportPath:  filepath.Join(dir, "run", "report.json"),
+		CmdlinePath:   write("cmdline", cmdline+"\n"),
+		ConfigPath:    filepath.Join(dir, "config.yaml"),
+		ReportPath:    filepath.Join(dir, "run", "report.json"),
+		DecisionsPath: filepath.Join(dir, "run", "decisions.json"),
 	}
 	if configYAML != "" {
 		write("config.yaml", configYAML)
@@ -94,7 +95,7 @@ func TestRunInitHandsOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The exec failure is the handoff's failure; every stage before it ran.
-	if rep.Outcome != report.OutcomeFailed || rep.Failure.Stage != StageHandoff || len(rep.Stages) != 7 {
+	if rep.Outcome != report.OutcomeFailed || rep.Failure.Stage != StageHandoff || len(rep.Stages) != len(StepsOf(ModeInitramfs)) {
 		t.Fatalf("report %+v", rep)
 	}
 	if rep.Config == nil || !rep.Config.Found || len(rep.Config.SHA256) != 64 || rep.Cmdline == "" {

@@ -129,6 +129,7 @@ func Real() Env {
 		ConfigPath:      config.DefaultPath,
 		ModulesLoadPath: initramfs.ModulesLoadPath,
 		ReportPath:      report.DefaultPath,
+		DecisionsPath:   DecisionsPath,
 		InitrdRelease:   InitrdRelease,
 	}
 }

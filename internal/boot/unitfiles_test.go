@@ -5,33 +5,50 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/cvmboot/cvmboot/internal/stage"
 )
 
-// The unit files in systemd/ run stages that exist, in the order UnitStages gives, and
-// every unit the generator writes a FailureAction= for is there.
+// The unit files in systemd/ run the steps Sequence assigns them, in its order: together the
+// initrd units run every step of a systemd-initrd boot, cvmboot-scratch-storage every step of
+// a booted-system one; every unit the generator gives a FailureAction= is there.
 func TestUnitFiles(t *testing.T) {
 	dir := "../../systemd"
+	read := func(unit, key string) string {
+		b, err := os.ReadFile(filepath.Join(dir, unit))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, key+"="); ok {
+				return v
+			}
+		}
+		return ""
+	}
+	ran := map[Mode][]string{}
 	for _, unit := range UnitNames {
 		b, err := os.ReadFile(filepath.Join(dir, unit))
 		if err != nil {
 			t.Fatal(err)
 		}
 		text := string(b)
-		var exec string
-		for _, l := range strings.Split(text, "\n") {
-			if v, ok := strings.CutPrefix(l, "ExecStart="); ok {
-				exec = v
-			}
-		}
-		args, ok := strings.CutPrefix(exec, "/usr/bin/cvmboot run ")
+		args, ok := strings.CutPrefix(read(unit, "ExecStart"), "/usr/bin/cvmboot run ")
 		if !ok {
-			t.Errorf("%s: ExecStart=%q, want /usr/bin/cvmboot run STAGE...", unit, exec)
+			t.Errorf("%s: ExecStart=%q, want /usr/bin/cvmboot run STEP...", unit, read(unit, "ExecStart"))
 			continue
 		}
-		if _, err := stage.Select((&Boot{}).UnitStages(), strings.Fields(args)); err != nil {
+		mode := ModeSystemdInitrd
+		if !strings.Contains(text, "\nConditionPathExists=/etc/initrd-release\n") {
+			mode = ModeSystemd
+		}
+		steps, err := selectSteps(mode, strings.Fields(args))
+		if err != nil {
 			t.Errorf("%s: %v", unit, err)
+		}
+		for _, s := range steps {
+			if mode == ModeSystemdInitrd && s.Unit != unit {
+				t.Errorf("%s runs step %s, which Sequence gives to %s", unit, s.Name, s.Unit)
+			}
+			ran[mode] = append(ran[mode], s.Name)
 		}
 		for _, want := range []string{"DefaultDependencies=no", "Type=oneshot", "RemainAfterExit=yes"} {
 			if !strings.Contains(text, "\n"+want+"\n") {
@@ -42,24 +59,23 @@ func TestUnitFiles(t *testing.T) {
 			t.Errorf("%s sets FailureAction= itself: the generator owns it", unit)
 		}
 	}
-	// The initrd units are ordered as the stages are.
-	after := func(unit string) string {
-		b, _ := os.ReadFile(filepath.Join(dir, unit))
-		for _, l := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(l, "After="); ok {
-				return v
-			}
+	for _, mode := range []Mode{ModeSystemdInitrd, ModeSystemd} {
+		var want []string
+		for _, s := range StepsOf(mode) {
+			want = append(want, s.Name)
 		}
-		return ""
+		if strings.Join(ran[mode], " ") != strings.Join(want, " ") {
+			t.Errorf("the %s units run %v, the sequence is %v", mode, ran[mode], want)
+		}
 	}
+	// The initrd units are ordered as the steps are.
 	for unit, deps := range map[string][]string{
 		"cvmboot-verity.service":   {"cvmboot-attest.service"},
-		"cvmboot-overlay.service":  {"sysroot.mount", "cvmboot-verity.service"},
-		"cvmboot-storage.service":  {"cvmboot-overlay.service"},
-		"cvmboot-evidence.service": {"cvmboot-verity.service", "cvmboot-overlay.service", "cvmboot-storage.service"},
+		"cvmboot-root.service":     {"sysroot.mount", "cvmboot-attest.service", "cvmboot-verity.service"},
+		"cvmboot-evidence.service": {"cvmboot-verity.service", "cvmboot-root.service"},
 	} {
 		for _, d := range deps {
-			if !strings.Contains(after(unit), d) {
+			if !strings.Contains(read(unit, "After"), d) {
 				t.Errorf("%s is not After=%s", unit, d)
 			}
 		}

@@ -46,7 +46,7 @@ func TestUnitsInitrdSequence(t *testing.T) {
 	m := &fakeMachine{devices: map[string]string{"/dev/mapper/root": "/dev/mapper/root"},
 		mountedAt: map[string]string{NewRoot: "/dev/mapper/root"}}
 	h, att, _ := unitHarness(t, "roothash="+goodHash+" root=/dev/mapper/root", unitsYAML, m, true)
-	units := [][]string{{"modules", "attest"}, {"verity"}, {"overlay"}, {"storage"}, {"evidence"}}
+	units := [][]string{{"modules", "attest"}, {"verity"}, {"root", "storage", "overlay", "binds"}, {"evidence"}}
 	for i, unit := range units {
 		var stderr bytes.Buffer
 		if code := RunUnits(h.env, unit, &stderr); code != 0 {
@@ -67,7 +67,7 @@ func TestUnitsInitrdSequence(t *testing.T) {
 		}
 	}
 	// Every unit's decision is in the one log, in unit order, bracketed by the phases.
-	want := "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.verity,cvmboot.overlay,cvmboot.storage,cvmboot.phase:leave-initrd"
+	want := "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.verity,cvmboot.storage,cvmboot.overlay,cvmboot.phase:leave-initrd"
 	if got := strings.Join(att.measured, ","); got != want {
 		t.Errorf("measured\n %s\nwant\n %s", got, want)
 	}
@@ -75,7 +75,7 @@ func TestUnitsInitrdSequence(t *testing.T) {
 		t.Error("no evidence taken")
 	}
 	calls := strings.Join(m.calls, "|")
-	for _, c := range []string{"overlay /sysroot /run/cvmboot/overlay 67108864", "storage for /dev/mapper/root into /sysroot", "storage setup /dev/mapper/root|storage into-root"} {
+	for _, c := range []string{"storage for /dev/mapper/root into /sysroot", "storage setup /dev/mapper/root|overlay /sysroot /run/cvmboot/overlay 67108864|storage into-root"} {
 		if !strings.Contains(calls, c) {
 			t.Errorf("calls lack %q: %v", c, m.calls)
 		}
@@ -88,7 +88,7 @@ func TestUnitsInitrdSequence(t *testing.T) {
 	for _, st := range rep.Stages {
 		names = append(names, st.Name+"="+string(st.Status))
 	}
-	if got := strings.Join(names, " "); got != "modules=skipped attest=ok verity=ok overlay=ok storage=ok evidence=ok" {
+	if got := strings.Join(names, " "); got != "modules=skipped attest=ok verity=ok root=ok storage=ok overlay=ok binds=skipped evidence=ok" {
 		t.Errorf("report stages %s", got)
 	}
 	if rep.Mode != "systemd-initrd" || rep.Outcome != report.OutcomeOK {
@@ -127,30 +127,39 @@ func TestUnitsFailClosed(t *testing.T) {
 		if code := RunUnits(h.env, []string{"verity"}, &stderr); code != 1 {
 			t.Fatalf("exit %d", code)
 		}
-		if !strings.Contains(stderr.String(), "attest.require is tpm but the boot report has no attest stage that ran") {
+		if !strings.Contains(stderr.String(), "attest.require is tpm but no attest step ran in this boot") {
 			t.Errorf("stderr %s", stderr.String())
 		}
 		if len(att.measured) != 0 {
 			t.Errorf("measured %v", att.measured)
 		}
 	})
-	t.Run("overlay before sysroot.mount", func(t *testing.T) {
+	t.Run("root unit before sysroot.mount", func(t *testing.T) {
 		m := &fakeMachine{}
-		h, _, _ := unitHarness(t, "root=/dev/vda2", plainYAML+"overlay: {enabled: true}\n", m, true)
+		h, _, _ := unitHarness(t, "root=/dev/vda2", "", m, true)
 		h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: none}\noverlay: {enabled: true}\n")
 		var stderr bytes.Buffer
-		if code := RunUnits(h.env, []string{"overlay"}, &stderr); code != 1 ||
-			!strings.Contains(stderr.String(), "nothing is mounted at /sysroot: the overlay unit must run after sysroot.mount") {
+		if code := RunUnits(h.env, []string{"root", "storage", "overlay", "binds"}, &stderr); code != 1 ||
+			!strings.Contains(stderr.String(), "nothing is mounted at /sysroot: the root step must run after sysroot.mount") {
 			t.Errorf("exit %d: %s", code, stderr.String())
 		}
 	})
-	t.Run("overlay on storage needs PID 1", func(t *testing.T) {
+	t.Run("sysroot is not the verified root", func(t *testing.T) {
+		// roothash= with root=PARTUUID=…: systemd mounted the unverified partition.
 		m := &fakeMachine{mountedAt: map[string]string{NewRoot: "/dev/vda2"}}
-		h, _, _ := unitHarness(t, "root=/dev/vda2", "", m, true)
-		h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: none}\noverlay: {enabled: true, upper: storage}\nstorage: {mountpoint: /run/s}\n")
+		h, att, _ := unitHarness(t, "roothash="+goodHash+" root=PARTUUID=0000", "attest: {require: tpm}\n", m, true)
+		for _, unit := range [][]string{{"modules", "attest"}, {"verity"}} {
+			if code := RunUnits(h.env, unit, &bytes.Buffer{}); code != 0 {
+				t.Fatalf("%v: exit %d", unit, code)
+			}
+		}
 		var stderr bytes.Buffer
-		if code := RunUnits(h.env, []string{"overlay"}, &stderr); code != 1 || !strings.Contains(stderr.String(), "overlay.upper is storage, which needs cvmboot as PID 1") {
+		if code := RunUnits(h.env, []string{"root", "storage", "overlay", "binds"}, &stderr); code != 1 ||
+			!strings.Contains(stderr.String(), "stage root failed: /sysroot is mounted from /dev/vda2, not from the verified /dev/mapper/root (roothash="+goodHash+")") {
 			t.Errorf("exit %d: %s", code, stderr.String())
+		}
+		if strings.Contains(strings.Join(att.measured, ","), "cvmboot.storage") {
+			t.Errorf("the boot went on: %v", att.measured)
 		}
 	})
 	t.Run("overlay in the booted system", func(t *testing.T) {
@@ -158,10 +167,25 @@ func TestUnitsFailClosed(t *testing.T) {
 		h, _, _ := unitHarness(t, "root=/dev/vda2", "", m, false)
 		h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: none}\noverlay: {enabled: true}\n")
 		var stderr bytes.Buffer
-		if code := RunUnits(h.env, []string{"overlay"}, &stderr); code != 1 || !strings.Contains(stderr.String(), "the overlay stage runs in the initrd") {
+		if code := RunUnits(h.env, []string{"overlay"}, &stderr); code != 2 || !strings.Contains(stderr.String(), `step "overlay" is not part of a boot in systemd mode`) {
 			t.Errorf("exit %d: %s", code, stderr.String())
 		}
 	})
+}
+
+// With the storage before the overlay in one unit, the upper layer can be the storage in a
+// systemd initrd as it is for PID 1.
+func TestUnitsOverlayOnStorage(t *testing.T) {
+	m := &fakeMachine{mountedAt: map[string]string{NewRoot: "/dev/vda2"}, devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
+	h, _, _ := unitHarness(t, "root=/dev/vda2", "", m, true)
+	h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: none}\noverlay: {enabled: true, upper: storage}\nstorage: {enabled: true}\n")
+	var stderr bytes.Buffer
+	if code := RunUnits(h.env, []string{"root", "storage", "overlay", "binds"}, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	if calls := strings.Join(m.calls, "|"); !strings.Contains(calls, "storage setup /dev/vda2|overlay /sysroot /run/kata-containers/image/.cvmboot-root-overlay |storage into-root") {
+		t.Errorf("calls %v", m.calls)
+	}
 }
 
 func TestUnitsBootedStorage(t *testing.T) {
@@ -170,7 +194,7 @@ func TestUnitsBootedStorage(t *testing.T) {
 	h, att, _ := unitHarness(t, "quiet", "", m, false)
 	h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: none}\nstorage: {enabled: true}\n")
 	var stderr bytes.Buffer
-	if code := RunUnits(h.env, []string{"storage"}, &stderr); code != 0 {
+	if code := RunUnits(h.env, []string{"root", "storage", "binds"}, &stderr); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	if calls := strings.Join(m.calls, "|"); !strings.Contains(calls, "storage for /dev/sda1 into |storage setup /dev/sda1|storage into-root") {
@@ -230,7 +254,7 @@ func TestUnitsBootedStorageMeasured(t *testing.T) {
 	h, att, _ := unitHarness(t, "quiet", "", m, false)
 	h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: tpm}\nstorage: {enabled: true}\n")
 	var stderr bytes.Buffer
-	if code := RunUnits(h.env, []string{"modules", "attest", "storage"}, &stderr); code != 0 {
+	if code := RunUnits(h.env, []string{"modules", "attest", "root", "storage", "binds"}, &stderr); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	// Past the initrd: no phase event, the decisions only.
@@ -245,16 +269,16 @@ func TestUnitsBootedStorageMeasured(t *testing.T) {
 
 // Features turned off are decisions too: measured by their units, with nothing mounted.
 func TestUnitsDisabledFeaturesMeasured(t *testing.T) {
-	m := &fakeMachine{} // nothing at /sysroot: a disabled overlay does not look
+	m := &fakeMachine{mountedAt: map[string]string{NewRoot: "/dev/vda2"}}
 	h, att, _ := unitHarness(t, "quiet", "", m, true)
 	h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: tpm}\nstorage: {enabled: false}\noverlay: {enabled: false}\n")
-	for _, unit := range [][]string{{"attest"}, {"overlay"}, {"storage"}} {
+	for _, unit := range [][]string{{"attest"}, {"root", "storage", "overlay", "binds"}} {
 		var stderr bytes.Buffer
 		if code := RunUnits(h.env, unit, &stderr); code != 0 {
 			t.Fatalf("cvmboot run %v: exit %d: %s", unit, code, stderr.String())
 		}
 	}
-	if got := strings.Join(att.measured, ","); got != "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.overlay,cvmboot.storage" {
+	if got := strings.Join(att.measured, ","); got != "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.storage,cvmboot.overlay" {
 		t.Errorf("measured %s", got)
 	}
 }

@@ -61,8 +61,9 @@ real init. A failing stage runs the configured failure action (default: power of
 
 func runCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("run", "run STAGE...", `
-Runs the named stages of the boot sequence, for systemd units in a systemd-based initrd or in
-the booted system. The stages append to the boot report. Stages: `+boot.UnitStageNames(), stderr)
+Runs the named steps of the boot sequence, in boot order, for systemd units in a systemd
+initrd or in the booted system (ModeSystemd): systemd/cvmboot-*.service name theirs. The steps
+append to the boot report; the last unit's step sets its outcome. Steps: `+boot.UnitStepNames(), stderr)
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}

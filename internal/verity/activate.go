@@ -106,6 +106,10 @@ type Result struct {
 	HashDevice string
 	RootHash   string // hex
 	Table      string // the table line loaded
+	// HashAlgorithm is the tree's hash ("sha256"), OnCorruption what dm-verity does on a
+	// bad block ("panic", "restart", "ignore", "eio"): measured with the root hash.
+	HashAlgorithm string
+	OnCorruption  string
 	// Facts are for the boot report: devices and how they were found, the format, the
 	// corruption policy and its source, the signature, the checks done.
 	Facts map[string]string
@@ -317,6 +321,7 @@ func (a *activation) run(ctx context.Context) (*Result, error) {
 	return &Result{
 		Name: a.vol.Name, DevicePath: devPath, DataDevice: p.data.Path, HashDevice: p.hash.Path,
 		RootHash: hex.EncodeToString(a.vol.RootHash), Table: t.String(), Facts: f,
+		HashAlgorithm: p.params.Algorithm, OnCorruption: mode.String(),
 	}, nil
 }
 

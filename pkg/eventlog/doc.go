@@ -22,6 +22,15 @@
 // replaces systemd in the initrd. Phase names are limited to [a-z0-9:-], which can never be a
 // JSON object, so the two rules cannot produce the same bytes.
 //
+// # Order
+//
+// cvmboot measures in one order in every mode (its own initramfs, a systemd initrd, the
+// booted system), the order of its boot sequence: cvmboot.phase "enter-initrd" (in the
+// initrd only), cvmboot.config, cvmboot.cmdline, cvmboot.verity for the root and then /usr
+// (when roothash=/usrhash= name them), cvmboot.storage, cvmboot.overlay (in the initrd),
+// cvmboot.phase "leave-initrd" (in the initrd). A disabled feature is measured too, as a
+// decision ({"encrypted":false}, {"enabled":false}).
+//
 // # Registers
 //
 //	event type       TPM PCR   TDX RTMR   why

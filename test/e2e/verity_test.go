@@ -113,7 +113,7 @@ func init() {
 			name: "verity-tamper-data", root: rootTiny, config: verityConfig,
 			recipe:  withVerity(harness.VeritySpec{Tamper: flipAt(false, 1024+0x78)}),
 			cmdline: "roothash={roothash}",
-			expect:  []string{`{fatal}: stage root failed: .*/dev/vda2.*does not match.*expects [0-9a-f]{64}`},
+			expect:  []string{`{fatal}: stage verity failed: .*/dev/vda2.*does not match.*expects [0-9a-f]{64}`},
 			reject:  refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
 		},
 		scenario{
@@ -130,7 +130,7 @@ func init() {
 			name: "verity-tamper-hash", root: rootTiny, config: verityConfig,
 			recipe:  withVerity(harness.VeritySpec{Tamper: flipAt(true, 4096+17)}),
 			cmdline: "roothash={roothash}",
-			expect:  []string{`{fatal}: stage root failed: .*/dev/vda3.*does not match`},
+			expect:  []string{`{fatal}: stage verity failed: .*/dev/vda3.*does not match`},
 			reject:  refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
 		},
 		scenario{
@@ -138,7 +138,7 @@ func init() {
 			name: "verity-tamper-superblock", root: rootTiny, config: verityConfig,
 			recipe:  withVerity(harness.VeritySpec{Tamper: flipAt(true, 88)}),
 			cmdline: "roothash={roothash}",
-			expect:  []string{`{fatal}: stage root failed: .*/dev/vda3`},
+			expect:  []string{`{fatal}: stage verity failed: .*/dev/vda3`},
 			reject:  refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
 		},
 		scenario{
@@ -147,7 +147,7 @@ func init() {
 			name: "verity-roothash-nibble", root: rootTiny, config: verityConfig,
 			recipe:  withVerity(harness.VeritySpec{}),
 			cmdline: "roothash={roothashflip}",
-			expect:  []string{`{fatal}: stage root failed: .*does not match`},
+			expect:  []string{`{fatal}: stage verity failed: .*does not match`},
 			reject:  refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
 		},
 		scenario{
@@ -155,7 +155,7 @@ func init() {
 			name: "verity-swapped-hash", root: rootTiny, config: verityConfig,
 			recipe:  withVerity(harness.VeritySpec{Tamper: otherBuild}),
 			cmdline: "roothash={roothash}",
-			expect:  []string{`{fatal}: stage root failed: .*/dev/vda3.*does not match.*found .*salt`},
+			expect:  []string{`{fatal}: stage verity failed: .*/dev/vda3.*does not match.*found .*salt`},
 			reject:  refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
 		},
 	)

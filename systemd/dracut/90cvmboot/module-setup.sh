@@ -70,8 +70,8 @@ install() {
         mv "$initdir/etc/cvmboot/modules.load.tmp" "$initdir/etc/cvmboot/modules.load"
 
     local unit
-    for unit in cvmboot-attest.service cvmboot-verity.service cvmboot-overlay.service \
-        cvmboot-storage.service cvmboot-evidence.service; do
+    for unit in cvmboot-attest.service cvmboot-verity.service cvmboot-root.service \
+        cvmboot-evidence.service; do
         inst_simple "$systemdsystemunitdir/$unit"
         $SYSTEMCTL -q --root "$initdir" enable "$unit"
     done
