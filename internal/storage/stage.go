@@ -19,7 +19,6 @@ import (
 	"github.com/cvmboot/cvmboot/internal/disk"
 	"github.com/cvmboot/cvmboot/internal/dm"
 	"github.com/cvmboot/cvmboot/internal/luks2"
-	"github.com/cvmboot/cvmboot/internal/stage"
 )
 
 // DeviceName is the device-mapper name of the volume (/dev/mapper/NAME);
@@ -146,7 +145,9 @@ type volume struct {
 // Result is what a finished setup reports: the facts for the boot report and the
 // decisions the boot measures. It never holds the key.
 type Result struct {
-	Facts stage.Facts
+	// Facts are for the boot report (devices, timings); the measurement and the boot's
+	// decisions use the typed fields.
+	Facts map[string]string
 	// Encrypted is false for the tmpfs fallback (storage.on_no_space: tmpfs).
 	Encrypted  bool
 	Cipher     string
@@ -182,7 +183,7 @@ type pendingMount struct {
 
 // Run runs the whole stage: Setup, then MountIntoRoot. The boot calls the two apart, with
 // the overlay between them.
-func (s *Stage) Run(ctx context.Context) (stage.Facts, error) {
+func (s *Stage) Run(ctx context.Context) (map[string]string, error) {
 	res, err := s.Setup(ctx)
 	if err != nil {
 		return nil, err
@@ -200,7 +201,7 @@ func (s *Stage) Run(ctx context.Context) (stage.Facts, error) {
 func (s *Stage) Setup(ctx context.Context) (*Result, error) {
 	cfg := s.Config
 	if !cfg.Enabled {
-		return nil, stage.Skip("storage.enabled is false")
+		return nil, errors.New("storage.enabled is false: nothing to set up")
 	}
 	layout, err := LayoutFor(cfg.Integrity)
 	if err != nil {
@@ -214,7 +215,7 @@ func (s *Stage) Setup(ctx context.Context) (*Result, error) {
 		return nil, errors.New("no root device is known: the storage partition goes on the root's disk")
 	}
 	start := s.now()
-	facts := stage.Facts{}
+	facts := map[string]string{}
 	lap := func(key string, since time.Time) time.Time {
 		now := s.now()
 		facts[key] = strconv.FormatInt(now.Sub(since).Milliseconds(), 10)
@@ -616,7 +617,7 @@ func (s *Stage) tmpfsFallback(cause error) (*Result, error) {
 	}
 	s.log().Warn("no room for encrypted storage on the boot disk: container storage is a tmpfs in RAM (storage.on_no_space is tmpfs)",
 		zap.String("mountpoint", res.Mountpoint), zap.Error(cause))
-	res.Facts = stage.Facts{"backing": "tmpfs", "mountpoint": res.Mountpoint, "reason": cause.Error()}
+	res.Facts = map[string]string{"backing": "tmpfs", "mountpoint": res.Mountpoint, "reason": cause.Error()}
 	if len(s.Config.Binds) > 0 {
 		res.Facts["binds"] = strings.Join(s.Config.Binds, ",")
 	}

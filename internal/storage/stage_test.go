@@ -18,7 +18,6 @@ import (
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/disk"
 	"github.com/cvmboot/cvmboot/internal/luks2"
-	"github.com/cvmboot/cvmboot/internal/stage"
 )
 
 const partSize = 96 << 20
@@ -26,7 +25,7 @@ const partSize = 96 << 20
 // run is one stage run with fakes and everything it left behind.
 type run struct {
 	stage     *Stage
-	facts     stage.Facts
+	facts     map[string]string
 	err       error
 	logs      *observer.ObservedLogs
 	dm        *fakeDM
@@ -335,11 +334,12 @@ func TestStageFailures(t *testing.T) {
 	}
 }
 
-func TestStageSkipsWhenDisabled(t *testing.T) {
+// The boot never sets up a disabled storage (its step measures the decision and skips);
+// asked to anyway, the stage refuses and touches nothing.
+func TestStageRefusesWhenDisabled(t *testing.T) {
 	r := runStage(t, setup{cfg: func(c *config.Storage) { c.Enabled = false }})
-	var skip *stage.SkipError
-	if !errors.As(r.err, &skip) {
-		t.Fatalf("error %v, want a skip", r.err)
+	if r.err == nil || !strings.Contains(r.err.Error(), "storage.enabled is false") {
+		t.Fatalf("error %v", r.err)
 	}
 }
 
