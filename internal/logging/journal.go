@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -308,32 +307,9 @@ func (c *journalConn) sendMemfd(payload []byte) error {
 	return sendNoWait(c.fd, nil, unix.UnixRights(fd))
 }
 
-// journalCore is a zapcore.Core writing one datagram per entry to journald.
-type journalCore struct {
-	zapcore.LevelEnabler
-	conn   *journalConn
-	ident  string
-	fields []zapcore.Field
-}
-
-func (c *journalCore) Level() zapcore.Level { return zapcore.LevelOf(c.LevelEnabler) }
-
-func (c *journalCore) With(fields []zapcore.Field) zapcore.Core {
-	clone := *c
-	clone.fields = append(slices.Clip(c.fields), fields...)
-	return &clone
-}
-
-func (c *journalCore) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if c.Enabled(ent.Level) {
-		return ce.AddCore(ent, c)
+// journalWriter writes one datagram per entry to journald.
+func journalWriter(conn *journalConn, ident string) entryWriter {
+	return func(ent zapcore.Entry, fields []zapcore.Field) error {
+		return conn.send(encodeJournalEntry(ent, flattenFields(fields), ident))
 	}
-	return ce
 }
-
-func (c *journalCore) Write(ent zapcore.Entry, fields []zapcore.Field) error {
-	all := append(slices.Clip(c.fields), fields...)
-	return c.conn.send(encodeJournalEntry(ent, flattenFields(all), c.ident))
-}
-
-func (c *journalCore) Sync() error { return nil }

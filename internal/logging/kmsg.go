@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -211,37 +210,13 @@ func kmsgValue(v string) string {
 	return v
 }
 
-// kmsgCore is a zapcore.Core writing entries to /dev/kmsg.
-type kmsgCore struct {
-	zapcore.LevelEnabler
-	sink   *kmsgSink
-	ident  string
-	pid    int
-	fields []zapcore.Field
-}
-
-func (c *kmsgCore) Level() zapcore.Level { return zapcore.LevelOf(c.LevelEnabler) }
-
-func (c *kmsgCore) With(fields []zapcore.Field) zapcore.Core {
-	clone := *c
-	clone.fields = append(slices.Clip(c.fields), fields...)
-	return &clone
-}
-
-func (c *kmsgCore) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if c.Enabled(ent.Level) {
-		return ce.AddCore(ent, c)
+// kmsgWriter writes each entry to /dev/kmsg as records of the kernel's size.
+func kmsgWriter(sink *kmsgSink, ident string, pid int) entryWriter {
+	return func(ent zapcore.Entry, fields []zapcore.Field) error {
+		lines := kmsgLines(ent, flattenFields(fields))
+		return sink.writeRecords(kmsgRecords(kmsgHeader(ent.Level, ident, pid), lines))
 	}
-	return ce
 }
-
-func (c *kmsgCore) Write(ent zapcore.Entry, fields []zapcore.Field) error {
-	all := append(slices.Clip(c.fields), fields...)
-	lines := kmsgLines(ent, flattenFields(all))
-	return c.sink.writeRecords(kmsgRecords(kmsgHeader(ent.Level, c.ident, c.pid), lines))
-}
-
-func (c *kmsgCore) Sync() error { return nil }
 
 // LiftKmsgRateLimit sets kernel.printk_devkmsg to "on" so the kernel stops
 // rate limiting (10 records per 5 s by default) what we write to /dev/kmsg.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -113,7 +114,7 @@ func New(o Options) (*zap.Logger, error) {
 		// a container): leave the sink out.
 		if conn, err := dialJournal(path, o.journalSndbuf, stats); err == nil {
 			cores = append(cores, &guardCore{
-				Core:    &journalCore{LevelEnabler: enab, conn: conn, ident: ident},
+				Core:    &sinkCore{LevelEnabler: enab, write: journalWriter(conn, ident)},
 				dropped: &stats.JournalDropped,
 				off:     &stats.JournalOff,
 			})
@@ -134,13 +135,13 @@ func New(o Options) (*zap.Logger, error) {
 			}
 		}
 		cores = append(cores, &guardCore{
-			Core:    &kmsgCore{LevelEnabler: enab, sink: sink, ident: ident, pid: os.Getpid()},
+			Core:    &sinkCore{LevelEnabler: enab, write: kmsgWriter(sink, ident, os.Getpid())},
 			dropped: &stats.KmsgDropped,
 			off:     &stats.KmsgOff,
 		})
 	}
 	if o.Spool != nil {
-		cores = append(cores, &spoolCore{LevelEnabler: enab, spool: o.Spool, ident: ident})
+		cores = append(cores, &sinkCore{LevelEnabler: enab, write: spoolWriter(o.Spool, ident)})
 	}
 	if o.Console != nil {
 		cfg := zap.NewDevelopmentEncoderConfig()
@@ -267,3 +268,35 @@ func (g *guardCore) Sync() error {
 	_ = g.Core.Sync()
 	return nil
 }
+
+// entryWriter writes one entry with all its fields (the core's and the call's) to a sink.
+type entryWriter func(ent zapcore.Entry, fields []zapcore.Field) error
+
+// sinkCore is the zapcore.Core of every sink (journal, kmsg, spool): it keeps the level and
+// the fields added with With, and hands each enabled entry to its writer.
+type sinkCore struct {
+	zapcore.LevelEnabler
+	write  entryWriter
+	fields []zapcore.Field
+}
+
+func (c *sinkCore) Level() zapcore.Level { return zapcore.LevelOf(c.LevelEnabler) }
+
+func (c *sinkCore) With(fields []zapcore.Field) zapcore.Core {
+	clone := *c
+	clone.fields = append(slices.Clip(c.fields), fields...)
+	return &clone
+}
+
+func (c *sinkCore) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(ent.Level) {
+		return ce.AddCore(ent, c)
+	}
+	return ce
+}
+
+func (c *sinkCore) Write(ent zapcore.Entry, fields []zapcore.Field) error {
+	return c.write(ent, append(slices.Clip(c.fields), fields...))
+}
+
+func (c *sinkCore) Sync() error { return nil }

@@ -143,40 +143,19 @@ func ImportSpool(path, journal string) (int, error) {
 	return len(records), nil
 }
 
-// spoolCore is a zapcore.Core adding every entry to a Spool.
-type spoolCore struct {
-	zapcore.LevelEnabler
-	spool  *Spool
-	ident  string
-	fields []zapcore.Field
-}
-
-func (c *spoolCore) With(fields []zapcore.Field) zapcore.Core {
-	clone := *c
-	clone.fields = append(slices.Clip(c.fields), fields...)
-	return &clone
-}
-
-func (c *spoolCore) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if c.Enabled(ent.Level) {
-		return ce.AddCore(ent, c)
+// spoolWriter adds every entry to a Spool, as the journal entry it becomes on import.
+func spoolWriter(spool *Spool, ident string) entryWriter {
+	return func(ent zapcore.Entry, fields []zapcore.Field) error {
+		b := encodeJournalEntry(ent, flattenFields(fields), ident)
+		// journald stamps entries when it receives them: the time of the event travels as a
+		// field, and the source says these come from before the journal ran.
+		b = appendJournalField(b, journalFieldPrefix+"LOGGED_AT", ent.Time.UTC().Format(time.RFC3339Nano))
+		b = appendJournalField(b, journalFieldPrefix+"LOGGED_MONOTONIC_USEC", strconv.FormatInt(monotonicUsec(), 10))
+		b = appendJournalField(b, journalFieldPrefix+"SOURCE", "initramfs")
+		spool.add(b)
+		return nil
 	}
-	return ce
 }
-
-func (c *spoolCore) Write(ent zapcore.Entry, fields []zapcore.Field) error {
-	all := append(slices.Clip(c.fields), fields...)
-	b := encodeJournalEntry(ent, flattenFields(all), c.ident)
-	// journald stamps entries when it receives them: the time of the event travels as a
-	// field, and the source says these come from before the journal ran.
-	b = appendJournalField(b, journalFieldPrefix+"LOGGED_AT", ent.Time.UTC().Format(time.RFC3339Nano))
-	b = appendJournalField(b, journalFieldPrefix+"LOGGED_MONOTONIC_USEC", strconv.FormatInt(monotonicUsec(), 10))
-	b = appendJournalField(b, journalFieldPrefix+"SOURCE", "initramfs")
-	c.spool.add(b)
-	return nil
-}
-
-func (c *spoolCore) Sync() error { return nil }
 
 // sendReliably sends like send, waiting out a congested journal (an import may send
 // hundreds of records at once) instead of dropping.
