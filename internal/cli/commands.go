@@ -16,7 +16,19 @@ import (
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
-// Commands returns every subcommand.
+// WithCommand returns commands with c in place of the command of the same name (or added).
+func WithCommand(commands []Command, c Command) []Command {
+	out := append([]Command(nil), commands...)
+	for i := range out {
+		if out[i].Name == c.Name {
+			out[i] = c
+			return out
+		}
+	}
+	return append(out, c)
+}
+
+// Commands returns every subcommand of the guest binary (cmd/cvmboot).
 func Commands() []Command {
 	return []Command{
 		{Name: "init", Summary: "boot the machine as PID 1 (the initramfs's /init)", Run: initCmd},

@@ -757,7 +757,7 @@ func hostVerifier() (string, error) {
 			return
 		}
 		v.path = filepath.Join(dir, "cvmboot-host")
-		build := exec.Command("go", "build", "-tags", "verifier", "-o", v.path, "./cmd/cvmboot")
+		build := exec.Command("go", "build", "-o", v.path, "./cmd/cvmboot-host")
 		build.Dir = repo
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := build.CombinedOutput(); err != nil {
