@@ -3,7 +3,6 @@ package storage
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -11,33 +10,6 @@ import (
 
 	"golang.org/x/sys/unix"
 )
-
-// Devices is the block device access the stage needs beyond device-mapper.
-type Devices interface {
-	// Number returns the device number of a block device node.
-	Number(path string) (major, minor uint32, err error)
-	// Size returns the size of a block device in bytes.
-	Size(path string) (int64, error)
-	// Open opens a device exclusively for the LUKS2 metadata writes. Close
-	// syncs and drops the device's page cache, so that later readers see
-	// what the kernel (dm-integrity) writes underneath.
-	Open(path string) (Device, error)
-	// ReadDirect reads len(b) bytes at off, bypassing the page cache (the
-	// dm-integrity superblock is written by the kernel, not through it).
-	ReadDirect(path string, off int64, b []byte) error
-	// ZeroDirect writes n zero bytes at off, bypassing the page cache.
-	ZeroDirect(path string, off, n int64) error
-	// Written returns the bytes written to a block device since it appeared, from the
-	// kernel's I/O counters.
-	Written(path string) (int64, error)
-}
-
-// Device is an opened block device.
-type Device interface {
-	io.ReaderAt
-	io.WriterAt
-	Close() error
-}
 
 // directAlign is the alignment of direct I/O offsets, lengths and buffers:
 // the largest logical block size (the crypt device's 4 KiB sectors).

@@ -14,15 +14,8 @@ import (
 	"github.com/cvmboot/cvmboot/internal/config"
 )
 
-// Formatter creates the file system on the opened volume.
-type Formatter interface {
-	Format(ctx context.Context, dev string, size int64) error
-	// MountData are the file system's mount options the format relies on.
-	MountData() string
-}
-
-// Defaults of the ext4 geometry (see the package documentation for the
-// measurements behind them).
+// Defaults of the ext4 geometry (docs/storage-measurements.md has the measurements
+// behind them).
 const (
 	// DefaultBytesPerInode: one inode per 64 KiB without integrity.
 	DefaultBytesPerInode = 64 << 10

@@ -8,11 +8,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Random fills buffers with key material.
-type Random interface {
-	Fill(b []byte) error
-}
-
 // Getrandom is the kernel CSPRNG through getrandom(2) without flags, which
 // blocks until the CRNG is initialized: early in boot a key must never come
 // from an unseeded pool.
@@ -78,16 +73,6 @@ func (k *lockedKey) Wipe() {
 	_ = unix.Munlock(k.mem)
 	_ = unix.Munmap(k.mem)
 	k.mem = nil
-}
-
-// Keyring hands the volume key to the kernel: dm-crypt reads it from a
-// logon key, so the key never appears in a table string (which would be a
-// Go heap copy nobody can wipe, and readable with dmsetup table --showkeys).
-type Keyring interface {
-	// AddLogon adds a logon key (readable by the kernel only) and returns its id.
-	AddLogon(desc string, payload []byte) (int, error)
-	// Invalidate removes the key at once; dm-crypt keeps its own copy.
-	Invalidate(id int) error
 }
 
 // KernelKeyring adds keys to the calling thread's keyring, as cryptsetup

@@ -7,13 +7,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Mounter mounts file systems.
-type Mounter interface {
-	Mount(source, target, fstype string, flags uintptr, data string) error
-	Unmount(target string) error
-	MkdirAll(path string) error
-}
-
 // SysMounter is Mounter on mount(2).
 type SysMounter struct{}
 
