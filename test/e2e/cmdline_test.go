@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cvmboot/cvmboot/internal/cmdline"
+	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/test/e2e/harness"
 )
 
@@ -15,16 +16,16 @@ import (
 // scenarios are that move, booted: the UKI off the removable path, OVMF's shell starting it
 // with the host's command line.
 
-const pinConfig = "attest:\n  require: tpm\nstorage:\n  enabled: false\noverlay:\n  enabled: false\n"
+var pinConfig = []func(*config.Config){tpm, noStorage, noOverlay}
 
-func init() {
+func cmdlineScenarios() []scenario {
 	verityRoot := func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{} }
-	scenarios = append(scenarios,
+	return []scenario{
 		scenario{
 			// The exploit: init=/bin/sh, and a debug shell as the failure action for good
 			// measure. The pinned initramfs refuses before any stage and reboots: the config
 			// file's action (qemu -no-reboot exits), not the command line's shell.
-			name: "cmdline-override", root: rootTiny, recipe: verityRoot, config: pinConfig + "failure:\n  action: reboot\n",
+			name: "cmdline-override", root: rootTiny, recipe: verityRoot, config: cfg(append(pinConfig, func(c *config.Config) { c.Failure.Action = config.FailureAction("reboot") })...),
 			cmdline:     "roothash={roothash}",
 			loadOptions: "console=ttyS0 roothash={roothash} init=/bin/sh cvmboot.debug=on cvmboot.failure.action=shell",
 			expect: []string{
@@ -39,14 +40,14 @@ func init() {
 		scenario{
 			// The control: the same move against an initramfs built with --no-cmdline-pin
 			// reaches the kernel (rootcheck's options are only in the host's load options).
-			name: "cmdline-override-unpinned", root: rootTiny, recipe: verityRoot, config: pinConfig, unpinned: true,
+			name: "cmdline-override-unpinned", root: rootTiny, recipe: verityRoot, config: cfg(pinConfig...), unpinned: true,
 			cmdline:     "roothash={roothash}",
 			loadOptions: "console=ttyS0 roothash={roothash} rootcheck.expect=cmdline:e2e.host=1 e2e.host=1",
 			expect:      []string{`the kernel command line is not pinned`, `ROOTCHECK: ok expect:cmdline:e2e.host=1`},
 			reject:      []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
 			outcome:     bootedAndChecked, timeLimit: 3 * time.Minute,
 		},
-	)
+	}
 }
 
 // expectPinDigest checks that the refusal names the digest of the UKI's own command line.

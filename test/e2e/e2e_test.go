@@ -22,11 +22,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
+	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/test/e2e/harness"
 )
 
@@ -112,34 +116,60 @@ type scenario struct {
 	initramfs func(t *testing.T, e *env, tree, work string) (func(cmdline string) (string, error), error)
 }
 
-// plainConfig turns off what a plain qemu guest cannot provide (a verified
-// root, a TEE: the TPM is swtpm's) and the storage, which these scenarios do not
-// look at; the overlay is off so the read-only check means something.
-const plainConfig = `# cvmboot e2e: plain root, no verity, swtpm TPM
-verity:
-  required: false
-attest:
-  require: tpm
-storage:
-  enabled: false
-overlay:
-  enabled: false
-`
+// cfg is a scenario's config file: the defaults (config.Default, the secure ones) with the
+// edits applied, written with every key (config.Config's MarshalYAML), so that a scenario
+// says in Go what it changes and the file is what the boot's strict parser reads.
+func cfg(edits ...func(c *config.Config)) string {
+	c := config.Default()
+	for _, e := range edits {
+		e(c)
+	}
+	b, err := yaml.Marshal(c)
+	if err != nil {
+		panic("e2e config: " + err.Error())
+	}
+	return string(b)
+}
 
-// debianConfig gives systemd a writable root: a tmpfs overlay over the read-only one.
-const debianConfig = `# cvmboot e2e: Debian root with a tmpfs overlay
-verity:
-  required: false
-attest:
-  require: tpm
-storage:
-  enabled: false
-overlay:
-  enabled: true
-  size: 256MiB
-`
+// Edits of the default config the scenarios share.
+var (
+	// noVerity allows a plain root=, which these scenarios boot.
+	noVerity = func(c *config.Config) { c.Verity.Required = false }
+	// tpm: a plain qemu guest has no TEE, its TPM is swtpm's.
+	tpm       = func(c *config.Config) { c.Attest.Require = config.AttestTPM }
+	noStorage = func(c *config.Config) { c.Storage.Enabled = false }
+	// noOverlay keeps the root read-only, so the read-only checks mean something.
+	noOverlay = func(c *config.Config) { c.Overlay.Enabled = false }
+	// overlay256 gives systemd a writable root: a 256 MiB tmpfs over the read-only one.
+	overlay256 = func(c *config.Config) {
+		c.Overlay.Enabled = true
+		c.Overlay.Size = mustSizeOrPercent("256MiB")
+	}
+)
 
-var scenarios = []scenario{
+func mustSizeOrPercent(s string) config.SizeOrPercent {
+	v, err := config.ParseSizeOrPercent(s)
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// plainConfig: a plain root, the TPM, no storage, no overlay.
+var plainConfig = cfg(noVerity, tpm, noStorage, noOverlay)
+
+// debianConfig: a Debian root with a tmpfs overlay.
+var debianConfig = cfg(noVerity, tpm, noStorage, overlay256)
+
+// allScenarios is every scenario `make e2e` boots, in this order: one table of the groups
+// each file declares.
+func allScenarios() []scenario {
+	return slices.Concat(coreScenarios, cmdlineScenarios(), matrixScenarios(), serveScenarios(), storageScenarios(),
+		overlayOnStorageScenarios(), dracutScenarios(), scratchStorageScenarios(), verityScenarios(), debianVerityScenarios())
+}
+
+// coreScenarios: the plain boots, firmware to init, and the basic refusals.
+var coreScenarios = []scenario{
 	{
 		name:         "uefi-tpm-chain",
 		root:         rootTiny,
@@ -172,7 +202,7 @@ var scenarios = []scenario{
 		root:      rootTiny,
 		recipe:    func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{} },
 		cmdline:   "roothash={roothash} rootcheck.dump=/run/cvmboot/evidence",
-		config:    "attest:\n  require: tpm\nstorage:\n  enabled: false\noverlay:\n  enabled: false\n",
+		config:    cfg(tpm, noStorage, noOverlay),
 		expect:    []string{`ROOTCHECK: FILE END /run/cvmboot/evidence/evidence.json`, `ROOTCHECK: DONE pass=\d+ fail=0`},
 		reject:    []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
 		outcome:   bootedAndChecked,
@@ -196,7 +226,7 @@ var scenarios = []scenario{
 		name:      "root-never-appears",
 		root:      rootTiny,
 		cmdline:   "root=PARTUUID={badpartuuid}",
-		config:    plainConfig + "devices:\n  timeout: 5s\n",
+		config:    cfg(noVerity, tpm, noStorage, noOverlay, func(c *config.Config) { c.Devices.Timeout = config.Duration(5 * time.Second) }),
 		expect:    []string{`(?i){fatal}.*PARTUUID={badpartuuid}`},
 		reject:    []string{`ROOTCHECK:`, `Kernel panic`},
 		outcome:   failureAction,
@@ -359,7 +389,7 @@ func TestE2E(t *testing.T) {
 			t.Logf("scenario %-22s %-5s %-12s boot %6.1fs  total %6.1fs", r.name, r.status, r.reason, r.duration.Seconds(), r.total.Seconds())
 		}
 	})
-	for _, sc := range scenarios {
+	for _, sc := range allScenarios() {
 		t.Run(sc.name, func(t *testing.T) {
 			r := runScenario(t, e, sc)
 			mu.Lock()
@@ -604,7 +634,7 @@ func lastLines(s string, n int) string {
 // checks so that expectations and outcomes are themselves tested.
 func TestVerify(t *testing.T) {
 	byName := map[string]scenario{}
-	for _, sc := range scenarios {
+	for _, sc := range allScenarios() {
 		byName[sc.name] = sc
 	}
 	subst := func(s string, quote bool) string {
@@ -765,4 +795,17 @@ func hostVerifier() (string, error) {
 		}
 	})
 	return v.path, v.err
+}
+
+// Every scenario's config is one the boot's strict parser takes, and says what its edits say.
+func TestScenarioConfigs(t *testing.T) {
+	for _, sc := range allScenarios() {
+		if _, err := config.Parse(sc.name, []byte(sc.config)); err != nil {
+			t.Errorf("scenario %s: config: %v", sc.name, err)
+		}
+	}
+	c, err := config.Parse("plain", []byte(plainConfig))
+	if err != nil || c.Verity.Required || c.Attest.Require != config.AttestTPM || c.Storage.Enabled || c.Overlay.Enabled {
+		t.Errorf("plainConfig parses to %+v, %v", c, err)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/test/e2e/harness"
 )
 
@@ -21,15 +22,7 @@ import (
 
 // matrixStorageConfig: a plain root, storage on with its secure defaults (min_size 1 GiB,
 // on_no_space fail).
-const matrixStorageConfig = `verity:
-  required: false
-attest:
-  require: tpm
-overlay:
-  enabled: false
-storage:
-  enabled: true
-`
+var matrixStorageConfig = []func(*config.Config){noVerity, tpm, noOverlay}
 
 // attackerUUID and attackerPassphrase are the host's: a LUKS2 header it planted with a
 // keyslot it can open.
@@ -38,7 +31,7 @@ const (
 	attackerPassphrase = "the host knows this passphrase"
 )
 
-func init() {
+func matrixScenarios() []scenario {
 	refuse := func(name, config string, recipe func(*harness.DiskRecipe), image func(*harness.Image) error, expect ...string) scenario {
 		return scenario{
 			name: name, root: rootTiny, cmdline: "root=PARTUUID={rootpartuuid}", config: config,
@@ -47,37 +40,37 @@ func init() {
 			outcome: failureAction, timeLimit: 3 * time.Minute,
 		}
 	}
-	scenarios = append(scenarios,
-		refuse("storage-no-space", matrixStorageConfig, nil, nil,
+	return []scenario{
+		refuse("storage-no-space", cfg(matrixStorageConfig...), nil, nil,
 			`{fatal}: stage storage failed: .*/dev/vda: largest aligned free range is \d+ bytes \(\d+ MiB\), storage\.min_size requires 1073741824 bytes \(1024 MiB\) \(storage\.on_no_space is fail`),
 		scenario{
-			name: "storage-no-space-tmpfs", root: rootTiny, config: matrixStorageConfig + "  on_no_space: tmpfs\n",
+			name: "storage-no-space-tmpfs", root: rootTiny, config: cfg(append(matrixStorageConfig, func(c *config.Config) { c.Storage.OnNoSpace = config.NoSpaceTmpfs })...),
 			cmdline: "root=PARTUUID={rootpartuuid} rootcheck.expect=mount:/run/kata-containers/image=tmpfs",
 			expect: []string{`no room for encrypted storage on the boot disk: container storage is a tmpfs in RAM`,
 				`ROOTCHECK: ok expect:mount:/run/kata-containers/image=tmpfs`},
 			reject:  []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
 			outcome: bootedAndChecked, timeLimit: 3 * time.Minute,
 		},
-		refuse("gpt-overlap", matrixStorageConfig, bigFree, withGPT(true, func(img *harness.Image, _ *harness.GPTHeader, e []byte) error {
+		refuse("gpt-overlap", cfg(matrixStorageConfig...), bigFree, withGPT(true, func(img *harness.Image, _ *harness.GPTHeader, e []byte) error {
 			root := uint64(img.Disk.Root.Start / 512)
 			return harness.PutGPTEntry(e, 2, harness.GPTEntry{TypeGUID: harness.TypeLinuxData, UniqueGUID: "0badc0de-0000-4000-8000-00000000000a",
 				FirstLBA: root + 2048, LastLBA: root + 4095, Name: "decoy"})
 		}), `{fatal}: stage storage failed: .*invalid GPT: entry 3 \("decoy", LBA \d+-\d+\) overlaps entry 2`),
-		refuse("gpt-beyond-disk", matrixStorageConfig, bigFree, withGPT(true, func(img *harness.Image, _ *harness.GPTHeader, e []byte) error {
+		refuse("gpt-beyond-disk", cfg(matrixStorageConfig...), bigFree, withGPT(true, func(img *harness.Image, _ *harness.GPTHeader, e []byte) error {
 			return harness.PutGPTEntry(e, 2, harness.GPTEntry{TypeGUID: harness.TypeLinuxData, UniqueGUID: "0badc0de-0000-4000-8000-00000000000b",
 				FirstLBA: uint64(img.Disk.FreeStart / 512), LastLBA: uint64(img.Disk.Size/512) + 1<<20, Name: "beyond"})
 		}), `{fatal}: stage storage failed: .*invalid GPT: entry 3 \("beyond", LBA \d+-\d+\) ends beyond the device's last LBA`),
-		refuse("gpt-claims-larger-disk", matrixStorageConfig, bigFree, withGPT(false, func(_ *harness.Image, h *harness.GPTHeader, _ []byte) error {
+		refuse("gpt-claims-larger-disk", cfg(matrixStorageConfig...), bigFree, withGPT(false, func(_ *harness.Image, h *harness.GPTHeader, _ []byte) error {
 			h.AlternateLBA += 1 << 22 // 2 GiB more than there is
 			return nil
 		}), `{fatal}: stage storage failed: .*invalid GPT: the GPT describes a disk of \d+ sectors \(\d+ bytes\) but the device has \d+ sectors`),
-		refuse("tee-required-missing", "verity:\n  required: false\nattest:\n  require: tee\nstorage:\n  enabled: false\noverlay:\n  enabled: false\n", nil, nil,
+		refuse("tee-required-missing", cfg(noVerity, noStorage, noOverlay), nil, nil, // the default: attest.require tee
 			`{fatal}: stage attest failed: .*attest\.require is tee`),
 		scenario{
 			// The host kills the VM at a random moment of the storage stage of the first boot
 			// (partition, header, dm-integrity format, mkfs); the next boot must come up with
 			// storage, reusing or redoing whatever the first got to.
-			name: "storage-killed-midway", root: rootTiny, config: matrixStorageConfig,
+			name: "storage-killed-midway", root: rootTiny, config: cfg(matrixStorageConfig...),
 			cmdline:    "root=PARTUUID={rootpartuuid} rootcheck.expect=mount:/run/kata-containers/image=ext4",
 			recipe:     bigFree,
 			killOn:     `stage ok stage=attest`,
@@ -90,7 +83,7 @@ func init() {
 			// The host planted a partition with our label and a LUKS2 header it has a keyslot
 			// for. The boot reuses the partition but destroys that header first: the volume gets
 			// a new key, a new UUID and no keyslot, so the host's passphrase opens nothing.
-			name: "storage-attacker-header", root: rootTiny, config: matrixStorageConfig,
+			name: "storage-attacker-header", root: rootTiny, config: cfg(matrixStorageConfig...),
 			cmdline: "root=PARTUUID={rootpartuuid} rootcheck.expect=mount:/run/kata-containers/image=ext4",
 			recipe:  plantAttackerPartition,
 			expect: []string{`storage partition from an earlier boot reused: its LUKS2 metadata was destroyed`,
@@ -99,7 +92,7 @@ func init() {
 			outcome: bootedAndChecked, timeLimit: 3 * time.Minute,
 			after: checkAttackerLockedOut,
 		},
-	)
+	}
 }
 
 // bigFree leaves room for storage, so that only the table's defect can stop it.

@@ -29,8 +29,8 @@ import (
 // serveNonce is the relying party's nonce of the scenario.
 var serveNonce = hex.EncodeToString([]byte("cvmboot e2e serve nonce"))
 
-func init() {
-	scenarios = append(scenarios, scenario{
+func serveScenarios() []scenario {
+	return []scenario{scenario{
 		name:    "serve-nonce",
 		root:    rootDebian,
 		cmdline: "root=PARTUUID={rootpartuuid}",
@@ -46,7 +46,7 @@ func init() {
 		outcome:   bootedAndChecked,
 		timeLimit: 6 * time.Minute,
 		after:     verifyServedEvidence,
-	})
+	}}
 }
 
 // serveCheckScript asks the daemon through `cvmboot serve --get` (minbase has no curl or socat).

@@ -132,16 +132,7 @@ func writeBenchResults(t *testing.T, e *env, name string, results map[string]any
 }
 
 // storageBenchConfig: the secure storage defaults; no overlay bind, nothing else to wait for.
-const storageBenchConfig = `verity:
-  required: false
-attest:
-  require: tpm
-storage:
-  enabled: true
-overlay:
-  enabled: true
-  size: 256MiB
-`
+var storageBenchConfig = cfg(noVerity, tpm, overlay256)
 
 // storageBenchScript is the reference: what the CoCo peer-pod image's storage script does
 // for a fresh disk with integrity (LUKS2 with a passphrase key file and cryptsetup's default

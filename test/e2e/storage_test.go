@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/test/e2e/harness"
 )
 
@@ -31,18 +32,7 @@ import (
 
 // storageConfig: encrypted storage with the defaults (hmac-sha256 integrity, ext4), the tmpfs
 // overlay, and a bind into the root that only exists after the overlay.
-const storageConfig = `# cvmboot e2e: encrypted storage on the free space
-verity:
-  required: false
-attest:
-  require: tpm
-storage:
-  enabled: true
-  binds: [/var/lib/containers]
-overlay:
-  enabled: true
-  size: 256MiB
-`
+var storageConfig = []func(*config.Config){noVerity, tpm, overlay256, func(c *config.Config) { c.Storage.Binds = []string{"/var/lib/containers"} }}
 
 // storageCheckScript runs in the booted Debian root. The first boot (a new partition)
 // stresses the volume and checks it offline; the second (the partition reused) looks for the
@@ -181,12 +171,12 @@ var storageExpectSecond = []string{
 // plaintextMarker is what the first boot writes 2000 times into the volume.
 const plaintextMarker = "CVMBOOT-PLAINTEXT-MARKER"
 
-func init() {
-	scenarios = append(scenarios, scenario{
+func storageScenarios() []scenario {
+	return []scenario{scenario{
 		name:    "storage-debian",
 		root:    rootDebian,
 		cmdline: "root=PARTUUID={rootpartuuid}",
-		config:  storageConfig,
+		config:  cfg(storageConfig...),
 		recipe: func(r *harness.DiskRecipe) {
 			r.FreeSpace = 2 << 30
 			repo, err := harness.RepoRoot()
@@ -215,7 +205,7 @@ func init() {
 		timeLimit: 8 * time.Minute,
 		onLine:    tamperOnRequest,
 		after:     storageReboot,
-	})
+	}}
 }
 
 var testhookKeyRe = regexp.MustCompile(`(?m)^E2E-CHECK: testhook-key=([0-9a-f]+)\r?$`)
@@ -273,7 +263,7 @@ func storageReboot(t *testing.T, e *env, first *harness.BootResult, img *harness
 }
 
 func scenarioNamed(name string) scenario {
-	for _, sc := range scenarios {
+	for _, sc := range allScenarios() {
 		if sc.name == name {
 			return sc
 		}
@@ -498,12 +488,15 @@ sync
 systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
 `
 
-func init() {
-	scenarios = append(scenarios, scenario{
+func overlayOnStorageScenarios() []scenario {
+	return []scenario{scenario{
 		name:    "debian-overlay-on-storage",
 		root:    rootDebian,
 		cmdline: "root=PARTUUID={rootpartuuid}",
-		config:  strings.Replace(storageConfig, "  size: 256MiB\n", "  upper: storage\n", 1),
+		config: cfg(append(storageConfig, func(c *config.Config) {
+			c.Overlay.Upper = config.UpperStorage
+			c.Overlay.Size = config.Default().Overlay.Size
+		})...),
 		recipe: func(r *harness.DiskRecipe) {
 			r.FreeSpace = 2 << 30
 			if err := harness.InstallCheckUnit(r.Root.Tree, overlayOnStorageScript); err != nil {
@@ -518,5 +511,5 @@ func init() {
 		reject:    []string{`{fatal}`, `Kernel panic`},
 		outcome:   bootedAndChecked,
 		timeLimit: 6 * time.Minute,
-	})
+	}}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/test/e2e/harness"
 )
 
@@ -16,15 +17,7 @@ import (
 // cvmboot's dracut module, and cvmboot runs as the units in systemd/.
 
 // dracutConfig is the secure default with swtpm as the platform and a capped overlay.
-const dracutConfig = `# cvmboot e2e: systemd initrd (dracut) with cvmboot's units
-attest:
-  require: tpm
-storage:
-  binds: [/var/lib/containers]
-overlay:
-  enabled: true
-  size: 256MiB
-`
+var dracutConfig = cfg(tpm, overlay256, func(c *config.Config) { c.Storage.Binds = []string{"/var/lib/containers"} })
 
 // dracutPackages are what the dracut scenarios' root adds: dracut itself; dmsetup, whose
 // udev rules dracut's dm module installs (they make /dev/mapper/NAME); and the TPM2
@@ -87,11 +80,11 @@ func dracutInitramfs(config string) func(t *testing.T, e *env, tree, work string
 	}
 }
 
-func init() {
+func dracutScenarios() []scenario {
 	// Debian's systemd initrd ends a boot it cannot finish in emergency mode with a root
 	// shell; with cvmboot's module a failure must end in the failure action instead.
 	noShell := []string{`Kernel panic`, `emergency mode`, `Give root password`, `sulogin`, `Entering emergency`}
-	scenarios = append(scenarios,
+	return []scenario{
 		scenario{
 			// A dracut-built systemd initrd with the cvmboot module boots the verity root to
 			// multi-user: units verity → sysroot.mount → overlay → storage → evidence.
@@ -152,7 +145,7 @@ func init() {
 			timeLimit: 6 * time.Minute,
 			after:     expectPinDigest,
 		},
-	)
+	}
 }
 
 // scratchCheckScript checks the storage cvmboot-scratch-storage.service set up in the booted
@@ -173,8 +166,8 @@ sync
 systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
 `
 
-func init() {
-	scenarios = append(scenarios, scenario{
+func scratchStorageScenarios() []scenario {
+	return []scenario{scenario{
 		// An image that keeps its own initrd (the busybox baseline: mounts the root
 		// read-only, switch_root) gets the encrypted storage from
 		// cvmboot-scratch-storage.service in the booted system.
@@ -187,13 +180,13 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			cfg := filepath.Join(work, "scratch-config.yaml")
-			if err := os.WriteFile(cfg, []byte("verity:\n  required: false\nattest:\n  require: tpm\nstorage:\n  enabled: true\n"), 0o644); err != nil {
+			cfgPath := filepath.Join(work, "scratch-config.yaml")
+			if err := os.WriteFile(cfgPath, []byte(cfg(noVerity, tpm)), 0o644); err != nil {
 				return nil, err
 			}
 			ctx := context.Background()
 			steps := [][]string{
-				{filepath.Join(repo, "systemd/install.sh"), tree, filepath.Join(repo, "bin", "cvmboot"), cfg},
+				{filepath.Join(repo, "systemd/install.sh"), tree, filepath.Join(repo, "bin", "cvmboot"), cfgPath},
 				{"mkdir", "-p", filepath.Join(tree, "usr/lib/modules")},
 				{"cp", "-a", e.kernel.ModulesDir, filepath.Join(tree, "usr/lib/modules", e.kernel.Version)},
 				{"mkdir", "-p", filepath.Join(tree, "etc/systemd/system/local-fs.target.requires")},
@@ -204,7 +197,7 @@ func init() {
 					return nil, fmt.Errorf("%v: %w\n%s", s, err, o)
 				}
 			}
-			mods, err := exec.CommandContext(ctx, filepath.Join(repo, "bin", "cvmboot"), "modules", "--config", cfg).Output()
+			mods, err := exec.CommandContext(ctx, filepath.Join(repo, "bin", "cvmboot"), "modules", "--config", cfgPath).Output()
 			if err != nil {
 				return nil, err
 			}
@@ -231,5 +224,5 @@ func init() {
 		reject:    []string{`{fatal}`, `Kernel panic`},
 		outcome:   bootedAndChecked,
 		timeLimit: 6 * time.Minute,
-	})
+	}}
 }

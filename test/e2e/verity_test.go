@@ -13,14 +13,7 @@ import (
 )
 
 // verityConfig keeps the secure defaults for the root: verity required, panic on corruption.
-const verityConfig = `# cvmboot e2e: dm-verity root, swtpm TPM
-attest:
-  require: tpm
-storage:
-  enabled: false
-overlay:
-  enabled: false
-`
+var verityConfig = cfg(tpm, noStorage, noOverlay)
 
 // withVerity asks for a root formatted by veritysetup (not by cvmboot), with the partition
 // UUIDs derived from the root hash unless set.
@@ -83,9 +76,9 @@ func otherBuild(ctx context.Context, data, hash string) error {
 	return err
 }
 
-func init() {
+func verityScenarios() []scenario {
 	refuse := []string{`ROOTCHECK:`, `Kernel panic`, `stage ok stage=root`}
-	scenarios = append(scenarios,
+	return []scenario{
 		scenario{
 			// A root formatted by veritysetup boots with only roothash= on the command line: the
 			// partitions are found by the PARTUUIDs derived from the root hash.
@@ -158,23 +151,15 @@ func init() {
 			expect:  []string{`{fatal}: stage verity failed: .*/dev/vda3.*does not match.*found .*salt`},
 			reject:  refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
 		},
-	)
+	}
 }
 
-func init() {
-	scenarios = append(scenarios, scenario{
+func debianVerityScenarios() []scenario {
+	return []scenario{scenario{
 		// The Debian root on dm-verity with the tmpfs overlay: systemd sees the device cvmboot
 		// created as ready (udev database entry) and starts with nothing failed.
 		name: "debian-verity", root: rootDebian,
-		config: `# cvmboot e2e: Debian on a dm-verity root with a tmpfs overlay
-attest:
-  require: tpm
-storage:
-  enabled: false
-overlay:
-  enabled: true
-  size: 256MiB
-`,
+		config:  cfg(tpm, noStorage, overlay256),
 		recipe:  withVerity(harness.VeritySpec{}),
 		cmdline: "roothash={roothash}",
 		expect: []string{`stage ok stage=root .*device=/dev/mapper/root`, `E2E-CHECK: system-state=running`,
@@ -182,5 +167,5 @@ overlay:
 			`E2E-CHECK: dm-root=active`},
 		reject:  []string{`{fatal}`, `Kernel panic`},
 		outcome: bootedAndChecked, timeLimit: 5 * time.Minute,
-	})
+	}}
 }
