@@ -2,20 +2,23 @@
 package cli
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/cvmboot/cvmboot/internal/cmdkit"
 )
 
-// Exit codes shared by every subcommand.
+// Exit codes shared by every subcommand (internal/cmdkit's).
 const (
-	ExitOK      = 0 // success
-	ExitFailed  = 1 // the boot, stage or check failed
-	ExitUsage   = 2 // bad arguments
-	ExitIOError = 3 // a file or device could not be read or written
+	ExitOK      = cmdkit.ExitOK
+	ExitFailed  = cmdkit.ExitFailed
+	ExitUsage   = cmdkit.ExitUsage
+	ExitIOError = cmdkit.ExitIO
 )
 
 const exitCodesHelp = `Exit codes: 0 success, 1 failure (boot, stage or check failed), 2 usage error,
@@ -74,11 +77,10 @@ func usage(w io.Writer, commands []Command) {
 	fmt.Fprintln(w, exitCodesHelp)
 }
 
-// newFlags makes a flag set whose --help prints the synopsis, the description, the flags
-// and the exit codes.
-func newFlags(name, synopsis, description string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// newFlags makes a flag set whose usage is the synopsis, the description, the flags and the
+// exit codes; parse prints it.
+func newFlags(name, synopsis, description string, _ io.Writer) *flag.FlagSet {
+	fs := cmdkit.NewFlagSet(name)
 	fs.Usage = func() {
 		w := fs.Output()
 		fmt.Fprintf(w, "Usage: cvmboot %s\n\n%s\n", synopsis, strings.TrimSpace(description))
@@ -93,13 +95,31 @@ func newFlags(name, synopsis, description string, stderr io.Writer) *flag.FlagSe
 	return fs
 }
 
-// parse parses flags; it returns the exit code to use when the command must stop here.
-func parse(fs *flag.FlagSet, args []string) (int, bool) {
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return ExitOK, false
-		}
+// parse parses flags placed before or after the positional arguments (fs.Args() gives
+// those); it returns the exit code to use when the command must stop here: 0 after --help
+// (usage on stdout), 2 after a usage error (the error and the usage on stderr).
+func parse(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (int, bool) {
+	pos, err := cmdkit.SplitArgs(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(stdout)
+		fs.Usage()
+		return ExitOK, false
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "cvmboot %s: %v\n\n", fs.Name(), err)
+		fs.SetOutput(stderr)
+		fs.Usage()
 		return ExitUsage, false
 	}
+	// Re-parse only the positional arguments, so that fs.Args() is them (flags keep their values).
+	_ = fs.Parse(append([]string{"--"}, pos...))
 	return 0, true
+}
+
+// usageError prints a usage error with the usage on stderr and returns ExitUsage.
+func usageError(fs *flag.FlagSet, stderr io.Writer, format string, a ...any) int {
+	fmt.Fprintf(stderr, "cvmboot %s: %s\n\n", fs.Name(), fmt.Sprintf(format, a...))
+	fs.SetOutput(stderr)
+	fs.Usage()
+	return ExitUsage
 }

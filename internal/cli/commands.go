@@ -48,7 +48,7 @@ func Commands() []Command {
 
 func versionCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("version", "version", "Prints the version of this cvmboot build.", stderr)
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := parse(fs, args, stdout, stderr); !ok {
 		return code
 	}
 	fmt.Fprintf(stdout, "cvmboot %s\n", version.Version)
@@ -61,7 +61,7 @@ Boots the machine: the PID 1 entry point, run as /init in an initramfs. The bina
 by itself when it runs as PID 1. It mounts the API file systems, loads kernel modules, mounts
 the verified root, runs the capability stages, switches into the new root and executes the
 real init. A failing stage runs the configured failure action (default: power off).`, stderr)
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := parse(fs, args, stdout, stderr); !ok {
 		return code
 	}
 	if os.Getpid() != 1 {
@@ -76,12 +76,11 @@ func runCmd(args []string, stdout, stderr io.Writer) int {
 Runs the named steps of the boot sequence, in boot order, for systemd units in a systemd
 initrd or in the booted system (ModeSystemd): systemd/cvmboot-*.service name theirs. The steps
 append to the boot report; the last unit's step sets its outcome. Steps: `+boot.UnitStepNames(), stderr)
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := parse(fs, args, stdout, stderr); !ok {
 		return code
 	}
 	if fs.NArg() == 0 {
-		fs.Usage()
-		return ExitUsage
+		return usageError(fs, stderr, "no step named")
 	}
 	return boot.RunUnits(boot.Real(), fs.Args(), stderr)
 }
@@ -92,7 +91,7 @@ Shows the current boot's report: every stage with its status, duration and the f
 established (devices, file systems, mount points). Exits 1 when the boot failed.`, stderr)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
 	path := fs.String("report", report.DefaultPath, "report file")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := parse(fs, args, stdout, stderr); !ok {
 		return code
 	}
 	rep, err := report.ReadFile(*path)
@@ -127,12 +126,11 @@ logged is in CVMBOOT_LOGGED_AT. The spool is renamed to PATH.imported afterwards
 run sends nothing twice. cvmboot-journal-import.service runs it early in the booted system.`, stderr)
 	spool := fs.String("spool", logging.SpoolPath, "spool file the initramfs left")
 	journal := fs.String("journal", logging.DefaultJournalPath, "journald's native socket")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := parse(fs, args, stdout, stderr); !ok {
 		return code
 	}
 	if fs.NArg() > 0 {
-		fs.Usage()
-		return ExitUsage
+		return usageError(fs, stderr, "no arguments are taken, found %q", fs.Args())
 	}
 	n, err := logging.ImportSpool(*spool, *journal)
 	if err != nil {

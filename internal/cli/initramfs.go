@@ -40,7 +40,7 @@ boot loader that writes its own.`, stderr)
 	compression := fs.String("compression", "gzip", "gzip, zstd or none")
 	binary := fs.String("binary", "", "the static cvmboot to install as /init (default: this executable)")
 	toolsRoot := fs.String("tools-root", "/", "file system tree to take mke2fs/mkfs.xfs and their libraries from (e.g. the image's root tree)")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := parse(fs, args, stdout, stderr); !ok {
 		return code
 	}
 	if *out == "" || fs.NArg() > 0 {

@@ -16,12 +16,11 @@ cvmboot unit into NORMAL_DIR with the FailureAction= of the configured failure.a
 (poweroff → poweroff-force, reboot → reboot-force, halt → halt-force, panic →
 poweroff-immediate, shell (debug only) → none), so that a failed cvmboot unit ends the boot
 that way and never in the emergency shell. An unreadable config gives poweroff-force.`, stderr)
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := parse(fs, args, stdout, stderr); !ok {
 		return code
 	}
 	if fs.NArg() < 1 || fs.NArg() > 3 {
-		fs.Usage()
-		return ExitUsage
+		return usageError(fs, stderr, "expected 1 to 3 directories, found %d", fs.NArg())
 	}
 	if err := boot.Generate(boot.Real(), fs.Arg(0), stderr); err != nil {
 		fmt.Fprintf(stderr, "cvmboot systemd-generator: %v\n", err)
@@ -38,12 +37,11 @@ device-mapper targets and ciphers of the enabled features, the CPU-accelerated c
 "cvmboot initramfs" (dracut's cvmboot module) installs these and writes them to
 /etc/cvmboot/modules.load, which "cvmboot run modules" loads.`, stderr)
 	path := fs.String("config", config.DefaultPath, "cvmboot config file (defaults when absent)")
-	if code, ok := parse(fs, args); !ok {
+	if code, ok := parse(fs, args, stdout, stderr); !ok {
 		return code
 	}
 	if fs.NArg() > 0 {
-		fs.Usage()
-		return ExitUsage
+		return usageError(fs, stderr, "no arguments are taken, found %q", fs.Args())
 	}
 	cfg, err := config.LoadOrDefault(*path)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/cvmboot/cvmboot/internal/cmdkit"
 	"io"
 	"strings"
 
@@ -19,12 +20,12 @@ import (
 	"github.com/cvmboot/cvmboot/pkg/evidence/teeverify"
 )
 
-// Exit codes.
+// Exit codes (cmdkit's): 1 is evidence that does not verify.
 const (
-	ExitOK       = 0 // verified
-	ExitMismatch = 1 // the evidence does not verify
-	ExitUsage    = 2 // bad arguments
-	ExitIO       = 3 // a file could not be read
+	ExitOK       = cmdkit.ExitOK
+	ExitMismatch = cmdkit.ExitFailed
+	ExitUsage    = cmdkit.ExitUsage
+	ExitIO       = cmdkit.ExitIO
 )
 
 const exitHelp = `Exit status: 0 verified, 1 the evidence does not verify (the first failed check
@@ -70,54 +71,23 @@ Options:
 
 // Main runs the evidence command with args (the subcommand first) and returns the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, mainUsage)
-		return ExitUsage
-	}
-	switch args[0] {
-	case "verify":
-		return verify(args[1:], stdout, stderr)
-	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, mainUsage)
-		return ExitOK
-	}
-	fmt.Fprintf(stderr, "cvmboot evidence: unknown command %q\n\n%s", args[0], mainUsage)
-	return ExitUsage
+	return cmdkit.Dispatch("cvmboot evidence", mainUsage, []cmdkit.Sub{{Name: "verify", Run: verify}}, args, stdout, stderr)
 }
 
 func verify(args []string, stdout, stderr io.Writer) int {
 	const name = "cvmboot evidence verify"
-	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	c := cmdkit.Cmd{Name: name, Usage: verifyUsage, Stdout: stdout, Stderr: stderr}
+	fs := cmdkit.NewFlagSet("verify")
 	rootHash := fs.String("expect-roothash", "", "")
 	rootsFile := fs.String("trusted-roots", "", "")
 	nonceHex := fs.String("nonce", "", "")
 	asJSON := fs.Bool("json", false, "")
 	allowUnsigned := fs.Bool("allow-unsigned", false, "")
 	allowDebug := fs.Bool("allow-debug", false, "")
-	usage := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "%s: %s\n\n%s", name, fmt.Sprintf(format, a...), verifyUsage)
-		return ExitUsage
-	}
-	// Flags may come before or after DIR.
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fmt.Fprint(stdout, verifyUsage)
-				return ExitOK
-			}
-			return usage("%v", err)
-		}
-		rest := fs.Args()
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			pos = append(pos, rest...)
-			break
-		}
-		if len(rest) == 0 {
-			break
-		}
-		pos, args = append(pos, rest[0]), rest[1:]
+	usage := c.UsageError
+	pos, code, ok := c.Parse(fs, args, -1)
+	if !ok {
+		return code
 	}
 	if len(pos) != 1 {
 		return usage("expected one evidence directory, found %d argument(s) (%s)", len(pos), strings.Join(pos, " "))

@@ -9,8 +9,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
+	"github.com/cvmboot/cvmboot/internal/cmdkit"
 	"io"
 	"os"
 	"slices"
@@ -21,15 +21,17 @@ import (
 	"github.com/cvmboot/cvmboot/internal/luks2"
 )
 
-// Exit codes.
+// Exit codes (cmdkit's): 1 is a failed operation (invalid header, refused format), 3 a
+// device or file that could not be opened, read or written.
 const (
-	ExitOK      = 0 // success
-	ExitFailure = 1 // the operation failed: unreadable device, invalid header, I/O error
-	ExitUsage   = 2 // bad arguments
+	ExitOK      = cmdkit.ExitOK
+	ExitFailure = cmdkit.ExitFailed
+	ExitUsage   = cmdkit.ExitUsage
+	ExitIO      = cmdkit.ExitIO
 )
 
-const exitHelp = `Exit status: 0 success, 1 failure (device, file or header problem),
-2 usage error (bad option or argument).
+const exitHelp = `Exit status: 0 success, 1 failure (invalid header, refused format), 2 usage
+error (bad option or argument), 3 a device or file could not be read or written.
 `
 
 const mainUsage = `Usage: cvmboot luks2 COMMAND [options]
@@ -87,64 +89,14 @@ Options:
 // Main runs the luks2 command with args (the subcommand first) and returns
 // the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, mainUsage)
-		return ExitUsage
-	}
-	c := &command{stdout: stdout, stderr: stderr, name: "cvmboot luks2 " + args[0]}
-	switch args[0] {
-	case "format":
-		return c.format(args[1:])
-	case "dump":
-		return c.dump(args[1:])
-	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, mainUsage)
-		return ExitOK
-	}
-	fmt.Fprintf(stderr, "cvmboot luks2: unknown command %q\n\n%s", args[0], mainUsage)
-	return ExitUsage
+	const prog = "cvmboot luks2"
+	return cmdkit.Dispatch(prog, mainUsage, []cmdkit.Sub{
+		cmdkit.NewSub(prog, "format", formatUsage, func(c cmdkit.Cmd, args []string) int { return (&command{c}).format(args) }),
+		cmdkit.NewSub(prog, "dump", dumpUsage, func(c cmdkit.Cmd, args []string) int { return (&command{c}).dump(args) }),
+	}, args, stdout, stderr)
 }
 
-type command struct {
-	stdout, stderr io.Writer
-	name           string
-}
-
-func (c *command) fail(format string, a ...any) int {
-	fmt.Fprintf(c.stderr, "%s: %s\n", c.name, fmt.Sprintf(format, a...))
-	return ExitFailure
-}
-
-// parse parses flags that may come before or after the positional arguments.
-// ok is false when Main must return code (help or usage error).
-func (c *command) parse(fs *flag.FlagSet, args []string, usage string, nargs int) (pos []string, code int, ok bool) {
-	fs.SetOutput(io.Discard)
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fmt.Fprint(c.stdout, usage)
-				return nil, ExitOK, false
-			}
-			fmt.Fprintf(c.stderr, "%s: %v\n\n%s", c.name, err, usage)
-			return nil, ExitUsage, false
-		}
-		rest := fs.Args()
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			pos = append(pos, rest...)
-			break
-		}
-		if len(rest) == 0 {
-			break
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
-	if len(pos) != nargs {
-		fmt.Fprintf(c.stderr, "%s: expected %d argument(s), found %d (%s)\n\n%s", c.name, nargs, len(pos), strings.Join(pos, " "), usage)
-		return nil, ExitUsage, false
-	}
-	return pos, ExitOK, true
-}
+type command struct{ cmdkit.Cmd }
 
 // Bounds on the files read by format (cryptsetup's default key file limit is 8 MiB).
 const (
@@ -176,7 +128,7 @@ func readSecret(path string, limit int64) ([]byte, error) {
 }
 
 func (c *command) format(args []string) int {
-	fs := flag.NewFlagSet("format", flag.ContinueOnError)
+	fs := cmdkit.NewFlagSet("format")
 	keyFile := fs.String("volume-key-file", "", "")
 	passFile := fs.String("passphrase-file", "", "")
 	kdf := fs.String("kdf", luks2.KDFArgon2id, "")
@@ -192,14 +144,11 @@ func (c *command) format(args []string) int {
 	subsystem := fs.String("subsystem", "", "")
 	uuid := fs.String("uuid", "", "")
 	force := fs.Bool("force", false, "")
-	pos, code, ok := c.parse(fs, args, formatUsage, 1)
+	pos, code, ok := c.Parse(fs, args, 1)
 	if !ok {
 		return code
 	}
-	usage := func(format string, a ...any) int {
-		fmt.Fprintf(c.stderr, "%s: %s\n\n%s", c.name, fmt.Sprintf(format, a...), formatUsage)
-		return ExitUsage
-	}
+	usage := c.UsageError
 	if *keyFile == "" {
 		return usage("--volume-key-file is required")
 	}
@@ -224,7 +173,7 @@ func (c *command) format(args []string) int {
 
 	key, err := readSecret(*keyFile, maxVolumeKeyFile)
 	if err != nil {
-		return c.fail("volume key file %s: %v", *keyFile, err)
+		return c.Fail(cmdkit.CodeOf(err), "volume key file %s: %v", *keyFile, err)
 	}
 	defer clear(key)
 	opts := luks2.Options{
@@ -234,7 +183,7 @@ func (c *command) format(args []string) int {
 	if *passFile != "" {
 		pass, err := readSecret(*passFile, maxPassphraseFile)
 		if err != nil {
-			return c.fail("passphrase file %s: %v", *passFile, err)
+			return c.Fail(cmdkit.CodeOf(err), "passphrase file %s: %v", *passFile, err)
 		}
 		defer clear(pass)
 		opts.Keyslots = []luks2.KeyslotSpec{{
@@ -246,64 +195,64 @@ func (c *command) format(args []string) int {
 	// O_EXCL makes Linux refuse a block device that is mounted or mapped.
 	f, err := os.OpenFile(device, os.O_RDWR|os.O_EXCL, 0)
 	if err != nil {
-		return c.fail("%v", err)
+		return c.Fail(ExitIO, "%v", err)
 	}
 	defer f.Close()
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
-		return c.fail("device %s: determining size: %v", device, err)
+		return c.Fail(ExitIO, "device %s: determining size: %v", device, err)
 	}
 	if old, err := luks2.Read(f); err == nil && !*force {
-		return c.fail("device %s already holds LUKS2 volume %s (label %q); use --force to overwrite it", device, old.UUID, clean(old.Label))
+		return c.Fail(ExitFailure, "device %s already holds LUKS2 volume %s (label %q); use --force to overwrite it", device, old.UUID, clean(old.Label))
 	}
 	h, err := luks2.Format(f, size, opts)
 	if err != nil {
-		return c.fail("device %s: %v", device, err)
+		return c.Fail(cmdkit.CodeOf(err), "device %s: %v", device, err)
 	}
 	if err := f.Close(); err != nil {
-		return c.fail("device %s: %v", device, err)
+		return c.Fail(ExitIO, "device %s: %v", device, err)
 	}
 	seg, _ := h.Metadata.DataSegment()
 	integ := "none"
 	if seg.Integrity != nil {
 		integ = seg.Integrity.Type
 	}
-	fmt.Fprintf(c.stdout, "formatted %s: LUKS2 UUID %s, cipher %s, integrity %s, sector %d, data offset %d, %d keyslot(s)\n",
+	fmt.Fprintf(c.Stdout, "formatted %s: LUKS2 UUID %s, cipher %s, integrity %s, sector %d, data offset %d, %d keyslot(s)\n",
 		device, h.UUID, seg.Encryption, integ, seg.SectorSize, seg.Offset, len(h.Metadata.Keyslots))
 	return ExitOK
 }
 
 func (c *command) dump(args []string) int {
-	fs := flag.NewFlagSet("dump", flag.ContinueOnError)
+	fs := cmdkit.NewFlagSet("dump")
 	asJSON := fs.Bool("json", false, "")
-	pos, code, ok := c.parse(fs, args, dumpUsage, 1)
+	pos, code, ok := c.Parse(fs, args, 1)
 	if !ok {
 		return code
 	}
 	f, err := os.Open(pos[0])
 	if err != nil {
-		return c.fail("%v", err)
+		return c.Fail(ExitIO, "%v", err)
 	}
 	defer f.Close()
 	h, err := luks2.Read(f)
 	if err != nil {
-		return c.fail("device %s: %v", pos[0], err)
+		return c.Fail(cmdkit.CodeOf(err), "device %s: %v", pos[0], err)
 	}
 	if *asJSON {
 		var buf bytes.Buffer
 		if err := json.Indent(&buf, h.JSON, "", "  "); err != nil {
-			return c.fail("device %s: %v", pos[0], err)
+			return c.Fail(ExitFailure, "device %s: %v", pos[0], err)
 		}
 		buf.WriteByte('\n')
-		if _, err := c.stdout.Write(buf.Bytes()); err != nil {
-			return c.fail("%v", err)
+		if _, err := c.Stdout.Write(buf.Bytes()); err != nil {
+			return c.Fail(ExitIO, "%v", err)
 		}
 		return ExitOK
 	}
 	var b strings.Builder
 	writeDump(&b, pos[0], h)
-	if _, err := io.WriteString(c.stdout, b.String()); err != nil {
-		return c.fail("%v", err)
+	if _, err := io.WriteString(c.Stdout, b.String()); err != nil {
+		return c.Fail(ExitIO, "%v", err)
 	}
 	return ExitOK
 }

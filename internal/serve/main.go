@@ -3,9 +3,9 @@ package serve
 import (
 	"bufio"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
+	"github.com/cvmboot/cvmboot/internal/cmdkit"
 	"io"
 	"io/fs"
 	"net"
@@ -25,12 +25,14 @@ import (
 	"github.com/cvmboot/cvmboot/internal/measure"
 )
 
-// Exit codes, as in the rest of the command line.
+// Exit codes, as in the rest of the command line (cmdkit's): 0 served until stopped or the
+// client got a 2xx answer, 1 serving failed or the client got an error answer, 3 the socket
+// could not be created or reached.
 const (
-	ExitOK      = 0 // served until stopped; the client got a 2xx answer
-	ExitFailed  = 1 // serving failed; the client got an error answer
-	ExitUsage   = 2 // bad arguments
-	ExitIOError = 3 // the socket could not be created or reached
+	ExitOK      = cmdkit.ExitOK
+	ExitFailed  = cmdkit.ExitFailed
+	ExitUsage   = cmdkit.ExitUsage
+	ExitIOError = cmdkit.ExitIO
 )
 
 const usage = `Usage: cvmboot serve [--socket PATH] [--group NAME] [--mode 0660] [--log-level L]
@@ -78,8 +80,7 @@ type flags struct {
 // Main runs `cvmboot serve` with args (after "serve") and returns the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
 	var f flags
-	fset := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fset.SetOutput(stderr)
+	fset := cmdkit.NewFlagSet("serve")
 	fset.StringVar(&f.socket, "socket", DefaultSocket, "Unix socket to listen on (or, with --get, to ask)")
 	fset.StringVar(&f.group, "group", "", "group (name or id) allowed to use the socket; makes it mode 0660")
 	fset.StringVar(&f.mode, "mode", "0600", "socket permissions, octal")
@@ -89,22 +90,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fset.StringVar(&f.onCorruption, "on-corruption", "", "panic, restart or ignore: overrides the measured and configured dm-verity corruption policy")
 	fset.BoolVar(&f.watchVerity, "watch-verity", true, "watch dm-verity corruption uevents")
 	fset.StringVar(&f.tempDir, "tmpdir", "", "directory for collecting evidence (default $TMPDIR or /tmp)")
-	fset.Usage = func() {
-		fmt.Fprint(fset.Output(), usage)
-		fset.PrintDefaults()
-		fmt.Fprint(fset.Output(), exitHelp)
-	}
-	if err := fset.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fset.SetOutput(stdout)
-			fset.Usage()
-			return ExitOK
-		}
-		return ExitUsage
-	}
-	if fset.NArg() > 0 {
-		fmt.Fprintf(stderr, "cvmboot serve: unexpected argument %q\n", fset.Arg(0))
-		return ExitUsage
+	var defaults strings.Builder
+	fset.SetOutput(&defaults)
+	fset.PrintDefaults()
+	fset.SetOutput(io.Discard)
+	c := cmdkit.Cmd{Name: "cvmboot serve", Usage: usage + defaults.String() + exitHelp, Stdout: stdout, Stderr: stderr}
+	if _, code, ok := c.Parse(fset, args, 0); !ok {
+		return code
 	}
 	fset.Visit(func(fl *flag.Flag) {
 		if fl.Name == "mode" {

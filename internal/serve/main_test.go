@@ -255,7 +255,7 @@ func TestMainUsage(t *testing.T) {
 		{"bad level", []string{"--log-level", "loud"}, serve.ExitUsage, "", `--log-level "loud"`},
 		{"bad action", []string{"--on-corruption", "explode"}, serve.ExitUsage, "", `corruption action "explode"`},
 		{"bad group", []string{"--group", "no-such-group-cvmboot"}, serve.ExitUsage, "", "no-such-group-cvmboot"},
-		{"argument", []string{"extra"}, serve.ExitUsage, "", `unexpected argument "extra"`},
+		{"argument", []string{"extra"}, serve.ExitUsage, "", `expected 0 arguments, found 1 (extra)`},
 		{"unknown flag", []string{"--bogus"}, serve.ExitUsage, "", "bogus"},
 		{"client path", []string{"--get", "status"}, serve.ExitUsage, "", "must start with /"},
 		{"client no daemon", []string{"--get", "/status", "--socket", "/nonexistent/cvmboot.sock"}, serve.ExitIOError, "", "/nonexistent/cvmboot.sock"},

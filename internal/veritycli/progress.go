@@ -28,10 +28,10 @@ type progressBar struct {
 // progress returns a bar on stderr when it is a terminal and total is large,
 // else a bar that draws nothing.
 func (c *command) progress(label string, total int64) *progressBar {
-	if total < progressMinBytes || !isTerminal(c.stderr) {
+	if total < progressMinBytes || !isTerminal(c.Stderr) {
 		return &progressBar{}
 	}
-	return &progressBar{w: c.stderr, label: label, total: total}
+	return &progressBar{w: c.Stderr, label: label, total: total}
 }
 
 func isTerminal(w io.Writer) bool {

@@ -17,15 +17,16 @@ import (
 	"os"
 	"strings"
 
+	"github.com/cvmboot/cvmboot/internal/cmdkit"
 	"github.com/cvmboot/cvmboot/pkg/verity"
 )
 
-// Exit codes.
+// Exit codes (cmdkit's): 1 is a verification that failed (corrupted block or superblock).
 const (
-	ExitOK     = 0 // success
-	ExitFailed = 1 // verification failed: corrupted block or superblock
-	ExitUsage  = 2 // bad arguments or parameters
-	ExitIO     = 3 // a device or file could not be opened, read or written
+	ExitOK     = cmdkit.ExitOK
+	ExitFailed = cmdkit.ExitFailed
+	ExitUsage  = cmdkit.ExitUsage
+	ExitIO     = cmdkit.ExitIO
 )
 
 const exitHelp = `Exit status: 0 success, 1 verification failed (corrupted data, hash tree or
@@ -99,37 +100,15 @@ Options:
 // Main runs the verity command with args (the subcommand first) and returns
 // the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, mainUsage)
-		return ExitUsage
-	}
-	c := &command{stdout: stdout, stderr: stderr, name: "cvmboot verity " + args[0]}
-	switch args[0] {
-	case "format":
-		return c.format(args[1:])
-	case "verify":
-		return c.verify(args[1:])
-	case "dump":
-		return c.dump(args[1:])
-	case "help", "-h", "-help", "--help":
-		fmt.Fprint(stdout, mainUsage)
-		return ExitOK
-	default:
-		fmt.Fprintf(stderr, "cvmboot verity: unknown command %q\n\n%s", args[0], mainUsage)
-		return ExitUsage
-	}
+	const prog = "cvmboot verity"
+	return cmdkit.Dispatch(prog, mainUsage, []cmdkit.Sub{
+		cmdkit.NewSub(prog, "format", formatUsage, func(c cmdkit.Cmd, args []string) int { return (&command{c}).format(args) }),
+		cmdkit.NewSub(prog, "verify", verifyUsage, func(c cmdkit.Cmd, args []string) int { return (&command{c}).verify(args) }),
+		cmdkit.NewSub(prog, "dump", dumpUsage, func(c cmdkit.Cmd, args []string) int { return (&command{c}).dump(args) }),
+	}, args, stdout, stderr)
 }
 
-type command struct {
-	stdout, stderr io.Writer
-	name           string
-}
-
-// fail prints a message and returns code.
-func (c *command) fail(code int, format string, a ...any) int {
-	fmt.Fprintf(c.stderr, "%s: %s\n", c.name, fmt.Sprintf(format, a...))
-	return code
-}
+type command struct{ cmdkit.Cmd }
 
 // paramFlags are the options describing verity parameters.
 type paramFlags struct {
@@ -146,15 +125,8 @@ type paramFlags struct {
 	json          bool
 }
 
-func newFlagSet(name string) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard) // errors and help are printed by the caller
-	fs.Usage = func() {}
-	return fs
-}
-
 func newParamFlags(name string) *paramFlags {
-	f := &paramFlags{fs: newFlagSet(name)}
+	f := &paramFlags{fs: cmdkit.NewFlagSet(name)}
 	fs := f.fs
 	fs.StringVar(&f.hash, "hash", "sha256", "")
 	fs.UintVar(&f.hashType, "format", 1, "")
@@ -174,44 +146,6 @@ func set(fs *flag.FlagSet) map[string]bool {
 	m := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { m[f.Name] = true })
 	return m
-}
-
-// parseArgs parses flags placed anywhere among the positional arguments
-// (the flag package stops at the first positional one); "--" ends options.
-func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
-	var positional []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			return append(positional, rest...), nil
-		}
-		if len(rest) == 0 {
-			return positional, nil
-		}
-		positional = append(positional, rest[0])
-		args = rest[1:]
-	}
-}
-
-// parse handles --help and usage errors; ok is false when the command must
-// return code.
-func (c *command) parse(fs *flag.FlagSet, args []string, usage string, nargs int) (pos []string, code int, ok bool) {
-	pos, err := parseArgs(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprint(c.stdout, usage)
-		return nil, ExitOK, false
-	}
-	if err == nil && len(pos) != nargs {
-		err = fmt.Errorf("expected %d arguments, found %d (%s)", nargs, len(pos), strings.Join(pos, " "))
-	}
-	if err != nil {
-		fmt.Fprintf(c.stderr, "%s: %v\n\n%s", c.name, err, usage)
-		return nil, ExitUsage, false
-	}
-	return pos, ExitOK, true
 }
 
 // params builds verity parameters from the flags (no random defaults).
@@ -291,12 +225,12 @@ func newReport(p verity.Params, g verity.Geometry) *report {
 
 func (c *command) printJSON(v any) {
 	b, _ := json.MarshalIndent(v, "", "  ")
-	fmt.Fprintf(c.stdout, "%s\n", b)
+	fmt.Fprintf(c.Stdout, "%s\n", b)
 }
 
 func (c *command) format(args []string) int {
-	f := newParamFlags(c.name)
-	pos, code, ok := c.parse(f.fs, args, formatUsage, 2)
+	f := newParamFlags(c.Name)
+	pos, code, ok := c.Parse(f.fs, args, 2)
 	if !ok {
 		return code
 	}
@@ -304,47 +238,47 @@ func (c *command) format(args []string) int {
 	dataPath, hashPath := pos[0], pos[1]
 	p, err := f.params()
 	if err != nil {
-		return c.fail(ExitUsage, "%v", err)
+		return c.Fail(ExitUsage, "%v", err)
 	}
 	if !given["salt"] {
 		p.Salt = make([]byte, 32)
 		if _, err := rand.Read(p.Salt); err != nil {
-			return c.fail(ExitIO, "generating the salt: %v", err)
+			return c.Fail(ExitIO, "generating the salt: %v", err)
 		}
 	}
 	if !given["uuid"] && !p.NoSuperblock {
 		if p.UUID, err = verity.RandomUUID(); err != nil {
-			return c.fail(ExitIO, "generating the UUID: %v", err)
+			return c.Fail(ExitIO, "generating the UUID: %v", err)
 		}
 	}
 
 	data, err := os.Open(dataPath)
 	if err != nil {
-		return c.fail(ExitIO, "%v", err)
+		return c.Fail(ExitIO, "%v", err)
 	}
 	defer data.Close()
 	dataSize, err := deviceSize(data)
 	if err != nil {
-		return c.fail(ExitIO, "%v", err)
+		return c.Fail(ExitIO, "%v", err)
 	}
 	if p.DataBlocks == 0 && p.DataBlockSize != 0 {
 		p.DataBlocks = uint64(dataSize) / uint64(p.DataBlockSize)
 		if p.DataBlocks == 0 {
-			return c.fail(ExitUsage, "%s is %d bytes: expected at least one %d-byte data block", dataPath, dataSize, p.DataBlockSize)
+			return c.Fail(ExitUsage, "%s is %d bytes: expected at least one %d-byte data block", dataPath, dataSize, p.DataBlockSize)
 		}
 	}
 	g, err := p.Geometry()
 	if err != nil {
-		return c.fail(ExitUsage, "%v", err)
+		return c.Fail(ExitUsage, "%v", err)
 	}
 	if need := p.DataBlocks * uint64(p.DataBlockSize); need > uint64(dataSize) {
-		return c.fail(ExitUsage, "%s is %d bytes: --data-blocks %d of %d bytes need %d", dataPath, dataSize, p.DataBlocks, p.DataBlockSize, need)
+		return c.Fail(ExitUsage, "%s is %d bytes: --data-blocks %d of %d bytes need %d", dataPath, dataSize, p.DataBlocks, p.DataBlockSize, need)
 	}
 	c.warnPageSize(p)
 
 	hash, err := os.OpenFile(hashPath, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return c.fail(ExitIO, "%v", err)
+		return c.Fail(ExitIO, "%v", err)
 	}
 	defer hash.Close()
 	if code, ok := c.checkHashDevice(data, hash, p, g); !ok {
@@ -356,20 +290,20 @@ func (c *command) format(args []string) int {
 	root, err := verity.Format(data, dataSize, hash, p)
 	bar.finish()
 	if err != nil {
-		return c.fail(ExitIO, "%s: %v", hashPath, err)
+		return c.Fail(ExitIO, "%s: %v", hashPath, err)
 	}
 	if err := hash.Sync(); err != nil {
-		return c.fail(ExitIO, "syncing %s: %v", hashPath, err)
+		return c.Fail(ExitIO, "syncing %s: %v", hashPath, err)
 	}
 	if err := hash.Close(); err != nil {
-		return c.fail(ExitIO, "closing %s: %v", hashPath, err)
+		return c.Fail(ExitIO, "closing %s: %v", hashPath, err)
 	}
 	if f.json {
 		r := newReport(p, g)
 		r.RootHash = hex.EncodeToString(root)
 		c.printJSON(r)
 	} else {
-		fmt.Fprintln(c.stdout, hex.EncodeToString(root))
+		fmt.Fprintln(c.Stdout, hex.EncodeToString(root))
 	}
 	return ExitOK
 }
@@ -380,19 +314,19 @@ func (c *command) checkHashDevice(data, hash *os.File, p verity.Params, g verity
 	ds, err1 := data.Stat()
 	hs, err2 := hash.Stat()
 	if err := errors.Join(err1, err2); err != nil {
-		return c.fail(ExitIO, "%v", err), false
+		return c.Fail(ExitIO, "%v", err), false
 	}
 	if os.SameFile(ds, hs) && p.DataBlocks*uint64(p.DataBlockSize) > p.HashOffset {
-		return c.fail(ExitUsage, "%s: data area (%d bytes) overlaps the hash area at --hash-offset %d",
+		return c.Fail(ExitUsage, "%s: data area (%d bytes) overlaps the hash area at --hash-offset %d",
 			hash.Name(), p.DataBlocks*uint64(p.DataBlockSize), p.HashOffset), false
 	}
 	if hs.Mode()&os.ModeDevice != 0 {
 		size, err := deviceSize(hash)
 		if err != nil {
-			return c.fail(ExitIO, "%v", err), false
+			return c.Fail(ExitIO, "%v", err), false
 		}
 		if uint64(size) < g.HashEnd {
-			return c.fail(ExitUsage, "%s is %d bytes: the verity area needs %d bytes (up to offset %d)",
+			return c.Fail(ExitUsage, "%s is %d bytes: the verity area needs %d bytes (up to offset %d)",
 				hash.Name(), size, g.HashEnd-min(g.HashEnd, p.HashOffset), g.HashEnd), false
 		}
 	}
@@ -402,16 +336,16 @@ func (c *command) checkHashDevice(data, hash *os.File, p verity.Params, g verity
 func (c *command) warnPageSize(p verity.Params) {
 	for _, bs := range []uint32{p.DataBlockSize, p.HashBlockSize} {
 		if !verity.KernelBlockSizeOK(bs) {
-			fmt.Fprintf(c.stderr, "%s: warning: block size %d is larger than the page size (%d): the kernel cannot activate this device\n",
-				c.name, bs, os.Getpagesize())
+			fmt.Fprintf(c.Stderr, "%s: warning: block size %d is larger than the page size (%d): the kernel cannot activate this device\n",
+				c.Name, bs, os.Getpagesize())
 			return
 		}
 	}
 }
 
 func (c *command) verify(args []string) int {
-	f := newParamFlags(c.name)
-	pos, code, ok := c.parse(f.fs, args, verifyUsage, 3)
+	f := newParamFlags(c.Name)
+	pos, code, ok := c.Parse(f.fs, args, 3)
 	if !ok {
 		return code
 	}
@@ -419,29 +353,29 @@ func (c *command) verify(args []string) int {
 	dataPath, hashPath, rootHex := pos[0], pos[1], pos[2]
 	want, err := f.params()
 	if err != nil {
-		return c.fail(ExitUsage, "%v", err)
+		return c.Fail(ExitUsage, "%v", err)
 	}
 	root, err := hex.DecodeString(rootHex)
 	if err != nil {
-		return c.fail(ExitUsage, "root hash %q: expected hexadecimal digits: %v", rootHex, err)
+		return c.Fail(ExitUsage, "root hash %q: expected hexadecimal digits: %v", rootHex, err)
 	}
 	if want.NoSuperblock && !given["salt"] {
-		return c.fail(ExitUsage, "--no-superblock needs --salt (--salt - for none)")
+		return c.Fail(ExitUsage, "--no-superblock needs --salt (--salt - for none)")
 	}
 
 	data, err := os.Open(dataPath)
 	if err != nil {
-		return c.fail(ExitIO, "%v", err)
+		return c.Fail(ExitIO, "%v", err)
 	}
 	defer data.Close()
 	hash, err := os.Open(hashPath)
 	if err != nil {
-		return c.fail(ExitIO, "%v", err)
+		return c.Fail(ExitIO, "%v", err)
 	}
 	defer hash.Close()
 	dataSize, err := deviceSize(data)
 	if err != nil {
-		return c.fail(ExitIO, "%v", err)
+		return c.Fail(ExitIO, "%v", err)
 	}
 
 	p := want
@@ -450,11 +384,11 @@ func (c *command) verify(args []string) int {
 		var se *verity.SuperblockError
 		switch {
 		case errors.Is(err, verity.ErrNoSuperblock):
-			return c.fail(ExitFailed, "%s: no verity superblock at offset %d (use --no-superblock for a hash device without one)", hashPath, p.HashOffset)
+			return c.Fail(ExitFailed, "%s: no verity superblock at offset %d (use --no-superblock for a hash device without one)", hashPath, p.HashOffset)
 		case errors.As(err, &se):
-			return c.fail(ExitFailed, "%s: %v", hashPath, err)
+			return c.Fail(ExitFailed, "%s: %v", hashPath, err)
 		case err != nil:
-			return c.fail(ExitIO, "%s: %v", hashPath, err)
+			return c.Fail(ExitIO, "%s: %v", hashPath, err)
 		}
 		p = sb.Params(p.HashOffset)
 		if code, ok := c.checkGiven(hashPath, given, want, p); !ok {
@@ -465,13 +399,13 @@ func (c *command) verify(args []string) int {
 	}
 	g, err := p.Geometry()
 	if err != nil {
-		return c.fail(ExitUsage, "%v", err)
+		return c.Fail(ExitUsage, "%v", err)
 	}
 	if len(root) != g.DigestSize {
-		return c.fail(ExitUsage, "root hash %s is %d bytes: expected %d for %s", rootHex, len(root), g.DigestSize, p.Algorithm)
+		return c.Fail(ExitUsage, "root hash %s is %d bytes: expected %d for %s", rootHex, len(root), g.DigestSize, p.Algorithm)
 	}
 	if need := p.DataBlocks * uint64(p.DataBlockSize); need > uint64(dataSize) {
-		return c.fail(ExitFailed, "%s is %d bytes: expected at least %d (%d blocks of %d bytes)", dataPath, dataSize, need, p.DataBlocks, p.DataBlockSize)
+		return c.Fail(ExitFailed, "%s is %d bytes: expected at least %d (%d blocks of %d bytes)", dataPath, dataSize, need, p.DataBlocks, p.DataBlockSize)
 	}
 
 	bar := c.progress("verify", int64(p.DataBlocks*uint64(p.DataBlockSize)))
@@ -480,7 +414,7 @@ func (c *command) verify(args []string) int {
 	bar.finish()
 	var ce *verity.CorruptionError
 	if err != nil && !errors.As(err, &ce) {
-		return c.fail(ExitIO, "%v", err)
+		return c.Fail(ExitIO, "%v", err)
 	}
 	if f.json {
 		r := newReport(p, g)
@@ -498,10 +432,10 @@ func (c *command) verify(args []string) int {
 		if ce.Area == verity.AreaData {
 			where = dataPath
 		}
-		return c.fail(ExitFailed, "%s: %v", where, ce)
+		return c.Fail(ExitFailed, "%s: %v", where, ce)
 	}
 	if !f.json {
-		fmt.Fprintln(c.stdout, "verified")
+		fmt.Fprintln(c.Stdout, "verified")
 	}
 	return ExitOK
 }
@@ -526,7 +460,7 @@ func (c *command) checkGiven(hashPath string, given map[string]bool, want, sb ve
 	}
 	for _, ch := range checks {
 		if given[ch.flag] && ch.differ {
-			return c.fail(ExitFailed, "%s: superblock field %s is %v, expected %v (--%s)", hashPath, ch.field, ch.found, ch.expected, ch.flag), false
+			return c.Fail(ExitFailed, "%s: superblock field %s is %v, expected %v (--%s)", hashPath, ch.field, ch.found, ch.expected, ch.flag), false
 		}
 	}
 	return 0, true
@@ -540,40 +474,40 @@ func saltString(s []byte) string {
 }
 
 func (c *command) dump(args []string) int {
-	fs := newFlagSet(c.name)
+	fs := cmdkit.NewFlagSet(c.Name)
 	offset := fs.Uint64("hash-offset", 0, "")
 	asJSON := fs.Bool("json", false, "")
-	pos, code, ok := c.parse(fs, args, dumpUsage, 1)
+	pos, code, ok := c.Parse(fs, args, 1)
 	if !ok {
 		return code
 	}
 	hashPath := pos[0]
 	hash, err := os.Open(hashPath)
 	if err != nil {
-		return c.fail(ExitIO, "%v", err)
+		return c.Fail(ExitIO, "%v", err)
 	}
 	defer hash.Close()
 	sb, err := verity.ReadSuperblock(hash, *offset)
 	var se *verity.SuperblockError
 	switch {
 	case errors.Is(err, verity.ErrNoSuperblock):
-		return c.fail(ExitFailed, "%s: no verity superblock at offset %d", hashPath, *offset)
+		return c.Fail(ExitFailed, "%s: no verity superblock at offset %d", hashPath, *offset)
 	case errors.As(err, &se):
-		return c.fail(ExitFailed, "%s: %v", hashPath, err)
+		return c.Fail(ExitFailed, "%s: %v", hashPath, err)
 	case err != nil:
-		return c.fail(ExitIO, "%s: %v", hashPath, err)
+		return c.Fail(ExitIO, "%s: %v", hashPath, err)
 	}
 	p := sb.Params(*offset)
 	g, err := p.Geometry()
 	if err != nil {
-		return c.fail(ExitFailed, "%s: superblock describes an impossible tree: %v", hashPath, err)
+		return c.Fail(ExitFailed, "%s: superblock describes an impossible tree: %v", hashPath, err)
 	}
 	if *asJSON {
 		c.printJSON(newReport(p, g))
 		return ExitOK
 	}
 	// Same labels and tabs as `veritysetup dump`.
-	w := c.stdout
+	w := c.Stdout
 	fmt.Fprintf(w, "VERITY header information for %s\n", hashPath)
 	fmt.Fprintf(w, "UUID:            \t%s\n", verity.FormatUUID(p.UUID))
 	fmt.Fprintf(w, "Hash type:       \t%d\n", p.HashType)

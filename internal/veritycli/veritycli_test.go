@@ -3,6 +3,7 @@ package veritycli
 import (
 	"bytes"
 	"encoding/json"
+	"github.com/cvmboot/cvmboot/internal/cmdkit"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -239,7 +240,7 @@ func TestProgressBar(t *testing.T) {
 	if isTerminal(&buf) {
 		t.Fatal("a buffer is not a terminal")
 	}
-	c := &command{stderr: &buf}
+	c := &command{cmdkit.Cmd{Stderr: &buf}}
 	if b := c.progress("format", 1<<30); b.w != nil {
 		t.Fatal("progress bar on a non-terminal")
 	}
