@@ -14,9 +14,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/cvmboot/cvmboot/pkg/readfile"
 	"io"
 	"io/fs"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -198,9 +198,13 @@ func (e *Error) Error() string {
 
 // Load reads, decodes and validates the configuration file at path.
 func Load(path string) (*Config, error) {
-	data, err := readLimited(path)
-	if err != nil {
-		return nil, err
+	data, err := readfile.Limit(path, MaxFileSize)
+	var tl *readfile.TooLargeError
+	switch {
+	case errors.As(err, &tl):
+		return nil, &Error{File: path, Msg: fmt.Sprintf("file is larger than %d bytes; a configuration is far smaller", MaxFileSize)}
+	case err != nil:
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	return Parse(path, data)
 }
@@ -214,22 +218,6 @@ func LoadOrDefault(path string) (*Config, error) {
 		return Default(), nil
 	}
 	return c, err
-}
-
-func readLimited(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("config: read %s: %w", path, err)
-	}
-	if len(data) > MaxFileSize {
-		return nil, &Error{File: path, Msg: fmt.Sprintf("file is larger than %d bytes; a configuration is far smaller", MaxFileSize)}
-	}
-	return data, nil
 }
 
 // Parse decodes and validates configuration text; name is used in error messages as the file.

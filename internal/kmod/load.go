@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cvmboot/cvmboot/pkg/readfile"
 	"os"
 	"path/filepath"
 	"strings"
@@ -229,7 +230,7 @@ func (l *Loader) loadOne(sys Syscalls, file, params string) (string, error) {
 			return MethodFinitCompressed, syscallError("finit_module(MODULE_INIT_COMPRESSED_FILE)", err)
 		}
 	}
-	raw, err := readAllLimited(f, maxModuleSize)
+	raw, err := readfile.From(f, f.Name(), maxModuleSize)
 	if err != nil {
 		return "", err
 	}
@@ -263,21 +264,6 @@ func syscallError(call string, err error) error {
 		hint = "; module loading is disabled or needs CAP_SYS_MODULE"
 	}
 	return fmt.Errorf("%s: %w (%s%s)", call, err, unix.ErrnoName(errno), hint)
-}
-
-func readAllLimited(f *os.File, limit int64) ([]byte, error) {
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if st.Size() > limit {
-		return nil, fmt.Errorf("%s is %d bytes, expected at most %d", f.Name(), st.Size(), limit)
-	}
-	buf := make([]byte, st.Size())
-	if _, err := f.ReadAt(buf, 0); err != nil {
-		return nil, fmt.Errorf("read %s: %w", f.Name(), err)
-	}
-	return buf, nil
 }
 
 // readProcModules returns the names listed in /proc/modules; a missing file (proc not

@@ -21,6 +21,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/tee"
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
+	"github.com/cvmboot/cvmboot/pkg/readfile"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -110,7 +111,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	if !noQuery(w, r) {
 		return
 	}
-	data, err := readLimited(s.opts.ReportPath, MaxReportSize)
+	data, err := readfile.Limit(s.opts.ReportPath, MaxReportSize)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		httpError(w, http.StatusNotFound, "no boot report at %s: this boot did not run cvmboot", s.opts.ReportPath)
@@ -154,28 +155,9 @@ func readEventLog(path string) ([]byte, error) {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	limit := int64(eventlog.MaxRecords) * eventlog.MaxRecordBytes
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	data, err := readfile.From(f, path, limit)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes, the most an event log may hold", path, limit)
-	}
-	return data, nil
-}
-
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
+		return nil, fmt.Errorf("%w, the most an event log may hold", err)
 	}
 	return data, nil
 }

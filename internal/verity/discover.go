@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cvmboot/cvmboot/internal/blockdev"
+	"github.com/cvmboot/cvmboot/pkg/readfile"
 )
 
 // Partition type GUIDs of the Discoverable Partitions Specification for x86-64, the
@@ -220,7 +221,7 @@ func (a *activation) bootDisk(devs []*blockdev.Device) string {
 // readLoaderDevicePartUUID reads the EFI variable: 4 bytes of attributes, then a UTF-16LE
 // UUID string, possibly NUL-terminated. It returns the lower-case UUID.
 func readLoaderDevicePartUUID(path string) (string, error) {
-	b, err := readLimited(path, 4096)
+	b, err := readfile.Limit(path, 4096)
 	if err != nil {
 		return "", err
 	}
@@ -244,22 +245,6 @@ func parseLoaderDevicePartUUID(b []byte) (string, error) {
 		return "", fmt.Errorf("EFI variable %s is %q: expected a UUID", loaderDevicePartUUID, s)
 	}
 	return s, nil
-}
-
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := openFile(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.NewSectionReader(f, 0, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
-	}
-	return b, nil
 }
 
 // notFound explains a discovery that ran out of time.

@@ -13,6 +13,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
+	"github.com/cvmboot/cvmboot/pkg/readfile"
 )
 
 // Version is the version of the evidence.json format written here.
@@ -218,7 +220,7 @@ func writeAtomic(dir, name string, data []byte) error {
 // format, the file names, sizes and SHA-256 digests. Errors about the content are *Error; others
 // are I/O errors.
 func Read(dir string) (*Evidence, error) {
-	desc, err := readLimited(filepath.Join(dir, FileName), MaxDescriptionSize)
+	desc, err := readBounded(filepath.Join(dir, FileName), MaxDescriptionSize)
 	if err != nil {
 		return nil, err
 	}
@@ -227,7 +229,7 @@ func Read(dir string) (*Evidence, error) {
 		return nil, err
 	}
 	for _, f := range ev.files() {
-		data, err := readLimited(filepath.Join(dir, f.Name), MaxFileSize)
+		data, err := readBounded(filepath.Join(dir, f.Name), MaxFileSize)
 		if err != nil {
 			return nil, err
 		}
@@ -240,23 +242,6 @@ func Read(dir string) (*Evidence, error) {
 		f.Data = data
 	}
 	return ev, nil
-}
-
-// readLimited reads a whole file of at most limit bytes; a larger one is an *Error.
-func readLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > limit {
-		return nil, fail("file", "%s is larger than %d bytes", path, limit)
-	}
-	return data, nil
 }
 
 // Parse decodes and checks evidence.json (without the files it names).
@@ -397,4 +382,14 @@ func ParseRegister(s string) (eventlog.Register, error) {
 // RegisterOf returns the evidence form of a register value.
 func RegisterOf(r eventlog.Register, value []byte) Register {
 	return Register{Register: r.String(), Value: hex.EncodeToString(value)}
+}
+
+// readBounded reads a whole file of at most limit bytes; a larger one is an *Error.
+func readBounded(path string, limit int64) ([]byte, error) {
+	data, err := readfile.Limit(path, limit)
+	var tl *readfile.TooLargeError
+	if errors.As(err, &tl) {
+		return nil, fail("file", "%v", err)
+	}
+	return data, err
 }

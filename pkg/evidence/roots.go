@@ -51,7 +51,7 @@ func ParseTrustedRoots(data []byte) (*TrustedRoots, error) {
 
 // ReadTrustedRoots reads a PEM bundle file; the error names the file.
 func ReadTrustedRoots(path string) (*TrustedRoots, error) {
-	data, err := readLimited(path, MaxDescriptionSize)
+	data, err := readBounded(path, MaxDescriptionSize)
 	if err != nil {
 		return nil, err
 	}
