@@ -63,14 +63,23 @@ func Start(t testing.TB) transport.TPMCloser {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	tpm, err := linuxudstpm.Open(server)
-	if err != nil {
-		t.Fatalf("open swtpm at %s: %v", server, err)
+	// The socket file exists from bind(2), before swtpm listens: a refused connection is
+	// retried until the deadline. startup-clear has run the startup already; a quick command
+	// proves the TPM answers.
+	for {
+		tpm, err := linuxudstpm.Open(server)
+		if err != nil {
+			t.Fatalf("open swtpm at %s: %v", server, err)
+		}
+		_, err = (tpm2.GetCapability{Capability: tpm2.TPMCapPCRs, PropertyCount: 1}).Execute(tpm)
+		if err == nil {
+			t.Cleanup(func() { tpm.Close() })
+			return tpm
+		}
+		tpm.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("swtpm does not answer within 10s: %v\n%s", err, out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	t.Cleanup(func() { tpm.Close() })
-	// startup-clear has run the startup already; a quick command proves the TPM answers.
-	if _, err := (tpm2.GetCapability{Capability: tpm2.TPMCapPCRs, PropertyCount: 1}).Execute(tpm); err != nil {
-		t.Fatalf("swtpm does not answer: %v\n%s", err, out.String())
-	}
-	return tpm
 }
