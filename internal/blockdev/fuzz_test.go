@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cvmboot/cvmboot/internal/gpt"
 )
 
 func TestParseUevent(t *testing.T) {
@@ -98,7 +100,7 @@ func FuzzGPT(f *testing.F) {
 			if errors.Is(err, ErrNoGPT) {
 				t.Fatal("ErrNoGPT with a table")
 			}
-			if uint64(g.EntryCount)*uint64(g.EntrySize) > maxGPTEntryArrayBytes || len(g.Partitions) > int(g.EntryCount) {
+			if uint64(g.EntryCount)*uint64(g.EntrySize) > gpt.MaxEntryArray || len(g.Partitions) > int(g.EntryCount) {
 				t.Fatalf("accepted table with %d×%d entries, %d used", g.EntryCount, g.EntrySize, len(g.Partitions))
 			}
 			for _, p := range g.Partitions {

@@ -1,28 +1,17 @@
 package blockdev
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
-	"math"
-	"strings"
-	"unicode/utf16"
+
+	"github.com/cvmboot/cvmboot/internal/gpt"
 )
 
+// Entry sizes this reader accepts: 128 bytes times a power of two, as the UEFI spec allows.
 const (
-	gptSignature     = "EFI PART"
-	gptMinHeaderSize = 92
-	gptMinEntrySize  = 128
-	gptMaxEntrySize  = 4096
-	// maxGPTEntryArrayBytes bounds how much we read for the entry array of
-	// an untrusted table. The UEFI default is 128×128 bytes = 16 KiB; 1 MiB
-	// leaves room for any real tool while keeping a forged count harmless.
-	maxGPTEntryArrayBytes = 1 << 20
-	gptNameBytes          = 72
-	mbrPartitionTypeGPT   = 0xEE
+	gptMinEntrySize = 128
+	gptMaxEntrySize = 4096
 )
 
 // GPT is a validated GUID partition table.
@@ -46,13 +35,8 @@ type GPT struct {
 // GPTPartition is one used GPT entry.
 type GPTPartition struct {
 	// Number is the kernel's partition number: entry index + 1.
-	Number     int
-	TypeGUID   string // lowercase canonical
-	UniqueGUID string // PARTUUID, lowercase canonical
-	FirstLBA   uint64
-	LastLBA    uint64
-	Attributes uint64
-	Name       string // PARTLABEL
+	Number int
+	gpt.Entry
 }
 
 // Partition returns the entry the kernel exposes as partition number n, or nil.
@@ -67,7 +51,7 @@ func (g *GPT) Partition(n int) *GPTPartition {
 
 // ErrNoGPT is wrapped by ReadGPT when the disk carries no GPT signature at
 // all (as opposed to a damaged or forged one).
-var ErrNoGPT = errors.New("no GPT signature")
+var ErrNoGPT = gpt.ErrNoGPT
 
 // ReadGPT reads and validates the GPT of a disk of diskSize bytes (0 when
 // unknown: then the backup header cannot be located and end-of-disk bounds
@@ -84,8 +68,8 @@ func ReadGPT(r io.ReaderAt, sectorSize int, diskSize int64) (*GPT, error) {
 		}
 		lastLBA = uint64(diskSize/int64(sectorSize)) - 1
 	}
-	if err := checkProtectiveMBR(r); err != nil {
-		return nil, err
+	if _, _, err := gpt.ProtectiveMBR(r); err != nil {
+		return nil, fmt.Errorf("GPT: %w", err)
 	}
 	g, perr := readGPTAt(r, sectorSize, 1, lastLBA)
 	if perr == nil {
@@ -106,63 +90,23 @@ func ReadGPT(r io.ReaderAt, sectorSize int, diskSize int64) (*GPT, error) {
 	return g, nil
 }
 
-// checkProtectiveMBR requires the 0x55AA boot signature and a partition of
-// type 0xEE in sector 0, the condition under which Linux reads a GPT.
-func checkProtectiveMBR(r io.ReaderAt) error {
-	var mbr [512]byte
-	if _, err := r.ReadAt(mbr[:], 0); err != nil {
-		return fmt.Errorf("GPT: reading protective MBR: %w", err)
-	}
-	if mbr[510] != 0x55 || mbr[511] != 0xAA {
-		return fmt.Errorf("GPT: %w: sector 0 has boot signature %02x%02x, expected 55aa", ErrNoGPT, mbr[510], mbr[511])
-	}
-	for i := 0; i < 4; i++ {
-		if mbr[446+16*i+4] == mbrPartitionTypeGPT {
-			return nil
-		}
-	}
-	return fmt.Errorf("GPT: %w: MBR has no partition of type 0xee (protective MBR)", ErrNoGPT)
-}
-
 // readGPTAt validates the header at lba and its entry array. lastLBA is the
 // disk's last LBA or 0 when unknown.
 func readGPTAt(r io.ReaderAt, sectorSize int, lba, lastLBA uint64) (*GPT, error) {
+	h, err := gpt.ReadHeader(r, sectorSize, lba)
+	if err != nil {
+		return nil, err
+	}
 	where := fmt.Sprintf("GPT header at LBA %d", lba)
-	if lba > math.MaxInt64/uint64(sectorSize) {
-		return nil, fmt.Errorf("%s: offset overflows", where)
-	}
-	hdr := make([]byte, sectorSize)
-	if _, err := r.ReadAt(hdr, int64(lba)*int64(sectorSize)); err != nil {
-		return nil, fmt.Errorf("%s: read: %w", where, err)
-	}
-	if string(hdr[0:8]) != gptSignature {
-		return nil, fmt.Errorf("%s: %w (found %q, expected %q)", where, ErrNoGPT, printable(hdr[0:8]), gptSignature)
-	}
-	le := binary.LittleEndian
-	hdrSize := le.Uint32(hdr[12:16])
-	if hdrSize < gptMinHeaderSize || int(hdrSize) > sectorSize {
-		return nil, fmt.Errorf("%s: header size %d, expected %d..%d", where, hdrSize, gptMinHeaderSize, sectorSize)
-	}
-	wantCRC := le.Uint32(hdr[16:20])
-	crcBuf := bytes.Clone(hdr[:hdrSize])
-	clear(crcBuf[16:20])
-	if got := crc32.ChecksumIEEE(crcBuf); got != wantCRC {
-		return nil, fmt.Errorf("%s: header CRC32 is %#08x, computed %#08x", where, wantCRC, got)
-	}
 	g := &GPT{
 		SectorSize:     sectorSize,
-		HeaderLBA:      le.Uint64(hdr[24:32]),
-		AlternateLBA:   le.Uint64(hdr[32:40]),
-		FirstUsableLBA: le.Uint64(hdr[40:48]),
-		LastUsableLBA:  le.Uint64(hdr[48:56]),
-		DiskGUID:       formatGUID(hdr[56:72]),
-		EntryCount:     le.Uint32(hdr[80:84]),
-		EntrySize:      le.Uint32(hdr[84:88]),
-	}
-	entriesLBA := le.Uint64(hdr[72:80])
-	entriesCRC := le.Uint32(hdr[88:92])
-	if g.HeaderLBA != lba {
-		return nil, fmt.Errorf("%s: header says it is at LBA %d", where, g.HeaderLBA)
+		HeaderLBA:      h.MyLBA,
+		AlternateLBA:   h.AlternateLBA,
+		FirstUsableLBA: h.FirstUsable,
+		LastUsableLBA:  h.LastUsable,
+		DiskGUID:       gpt.FormatGUID(h.DiskGUID[:]),
+		EntryCount:     h.EntryCount,
+		EntrySize:      h.EntrySize,
 	}
 	if g.FirstUsableLBA > g.LastUsableLBA {
 		return nil, fmt.Errorf("%s: first usable LBA %d > last usable LBA %d", where, g.FirstUsableLBA, g.LastUsableLBA)
@@ -173,75 +117,24 @@ func readGPTAt(r io.ReaderAt, sectorSize int, lba, lastLBA uint64) (*GPT, error)
 	if g.EntrySize < gptMinEntrySize || g.EntrySize > gptMaxEntrySize || g.EntrySize&(g.EntrySize-1) != 0 {
 		return nil, fmt.Errorf("%s: partition entry size %d, expected 128×2^n up to %d", where, g.EntrySize, gptMaxEntrySize)
 	}
-	arrayBytes := uint64(g.EntryCount) * uint64(g.EntrySize)
-	if arrayBytes > maxGPTEntryArrayBytes {
-		return nil, fmt.Errorf("%s: %d entries of %d bytes = %d bytes, more than the %d accepted", where, g.EntryCount, g.EntrySize, arrayBytes, maxGPTEntryArrayBytes)
+	if h.EntriesLBA < 2 && lba == 1 {
+		return nil, fmt.Errorf("%s: partition entries at LBA %d overlap the MBR or header", where, h.EntriesLBA)
 	}
-	if entriesLBA < 2 && lba == 1 {
-		return nil, fmt.Errorf("%s: partition entries at LBA %d overlap the MBR or header", where, entriesLBA)
-	}
-	if entriesLBA > math.MaxInt64/uint64(sectorSize) {
-		return nil, fmt.Errorf("%s: partition entries LBA %d overflows", where, entriesLBA)
-	}
-	entriesOff := int64(entriesLBA) * int64(sectorSize)
+	var diskSectors uint64
 	if lastLBA != 0 {
-		end := uint64(entriesOff) + arrayBytes
-		if end > (lastLBA+1)*uint64(sectorSize) {
-			return nil, fmt.Errorf("%s: partition entries at LBA %d (%d bytes) extend past the end of the disk", where, entriesLBA, arrayBytes)
-		}
+		diskSectors = lastLBA + 1
 	}
-	entries := make([]byte, arrayBytes)
-	if _, err := r.ReadAt(entries, entriesOff); err != nil {
-		return nil, fmt.Errorf("%s: reading %d bytes of partition entries at LBA %d: %w", where, arrayBytes, entriesLBA, err)
+	entries, err := h.ReadEntries(r, sectorSize, diskSectors)
+	if err != nil {
+		return nil, err
 	}
-	if got := crc32.ChecksumIEEE(entries); got != entriesCRC {
-		return nil, fmt.Errorf("%s: partition entries CRC32 is %#08x, computed %#08x", where, entriesCRC, got)
-	}
-	var zero [16]byte
-	for i := uint32(0); i < g.EntryCount; i++ {
-		e := entries[uint64(i)*uint64(g.EntrySize):]
-		if bytes.Equal(e[0:16], zero[:]) {
-			continue // unused entry
-		}
-		p := GPTPartition{
-			Number:     int(i) + 1,
-			TypeGUID:   formatGUID(e[0:16]),
-			UniqueGUID: formatGUID(e[16:32]),
-			FirstLBA:   le.Uint64(e[32:40]),
-			LastLBA:    le.Uint64(e[40:48]),
-			Attributes: le.Uint64(e[48:56]),
-			Name:       decodeUTF16Name(e[56 : 56+gptNameBytes]),
-		}
+	for _, e := range gpt.Entries(entries, g.EntryCount, g.EntrySize) {
 		// The kernel ignores entries that end before they start or lie
 		// past the end of the disk; do the same so numbering stays aligned.
-		if p.LastLBA < p.FirstLBA || (lastLBA != 0 && p.LastLBA > lastLBA) {
+		if e.LastLBA < e.FirstLBA || (lastLBA != 0 && e.LastLBA > lastLBA) {
 			continue
 		}
-		g.Partitions = append(g.Partitions, p)
+		g.Partitions = append(g.Partitions, GPTPartition{Number: e.Slot + 1, Entry: e})
 	}
 	return g, nil
-}
-
-// decodeUTF16Name decodes a NUL-terminated UTF-16LE partition name.
-// Unpaired surrogates become U+FFFD rather than failing the table.
-func decodeUTF16Name(b []byte) string {
-	u := make([]uint16, 0, len(b)/2)
-	for i := 0; i+1 < len(b); i += 2 {
-		c := binary.LittleEndian.Uint16(b[i:])
-		if c == 0 {
-			break
-		}
-		u = append(u, c)
-	}
-	return string(utf16.Decode(u))
-}
-
-// printable renders possibly binary bytes for an error message.
-func printable(b []byte) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r > 0x7e {
-			return '.'
-		}
-		return r
-	}, string(b))
 }

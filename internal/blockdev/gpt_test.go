@@ -14,7 +14,9 @@ import (
 	"unicode/utf16"
 
 	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/partition/gpt"
+	diskgpt "github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/cvmboot/cvmboot/internal/gpt"
 )
 
 // Type GUIDs from the Discoverable Partitions Specification (x86-64).
@@ -66,11 +68,11 @@ func buildGPT(t testing.TB, sectorSize int, sectors uint64, parts []testPart) *g
 	entries := make([]byte, entryCount*entrySize)
 	for _, p := range parts {
 		e := entries[p.index*entrySize:]
-		tg, err := ParseGUID(p.typeGUID)
+		tg, err := gpt.ParseGUID(p.typeGUID)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ug, err := ParseGUID(p.uniqueGUID)
+		ug, err := gpt.ParseGUID(p.uniqueGUID)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,10 +86,10 @@ func buildGPT(t testing.TB, sectorSize int, sectors uint64, parts []testPart) *g
 		}
 	}
 	entCRC := crc32.ChecksumIEEE(entries)
-	diskGUID, _ := ParseGUID("01020304-0506-0708-090a-0b0c0d0e0f10")
+	diskGUID, _ := gpt.ParseGUID("01020304-0506-0708-090a-0b0c0d0e0f10")
 	writeHdr := func(myLBA, altLBA, entLBA uint64) {
 		h := img.data[int(myLBA)*sectorSize:]
-		copy(h, gptSignature)
+		copy(h, gpt.Signature)
 		binary.LittleEndian.PutUint32(h[8:], 0x00010000)
 		binary.LittleEndian.PutUint32(h[12:], 92)
 		binary.LittleEndian.PutUint64(h[24:], myLBA)
@@ -131,13 +133,13 @@ func TestFormatGUIDMixedEndian(t *testing.T) {
 	// The root type GUID as it is stored on disk: first three fields
 	// byte-swapped, last two as written.
 	onDisk := []byte{0xe3, 0xbc, 0x68, 0x4f, 0xcd, 0xe8, 0xb1, 0x4d, 0x96, 0xe7, 0xfb, 0xca, 0xf9, 0x84, 0xb7, 0x09}
-	if got := formatGUID(onDisk); got != typeRoot {
+	if got := gpt.FormatGUID(onDisk); got != typeRoot {
 		t.Errorf("formatGUID = %s, want %s", got, typeRoot)
 	}
-	if got := formatUUID(onDisk); got == typeRoot {
+	if got := gpt.FormatUUID(onDisk); got == typeRoot {
 		t.Errorf("formatUUID must not byte-swap, got %s", got)
 	}
-	back, err := ParseGUID(strings.ToUpper(typeRoot))
+	back, err := gpt.ParseGUID(strings.ToUpper(typeRoot))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,8 +147,8 @@ func TestFormatGUIDMixedEndian(t *testing.T) {
 		t.Errorf("ParseGUID = % x, want % x", back, onDisk)
 	}
 	for _, bad := range []string{"", "4f68bce3e8cd4db196e7fbcaf984b709", "4f68bce3-e8cd-4db1-96e7-fbcaf984b70g", "4f68bce3-e8cd-4db1-96e7_fbcaf984b709"} {
-		if _, err := ParseGUID(bad); err == nil {
-			t.Errorf("ParseGUID(%q) succeeded", bad)
+		if _, err := gpt.ParseGUID(bad); err == nil {
+			t.Errorf("gpt.ParseGUID(%q) succeeded", bad)
 		}
 	}
 }
@@ -332,15 +334,15 @@ func TestDecodeUTF16Name(t *testing.T) {
 		{enc('a', 0, 'b'), "a"},
 	}
 	for _, tc := range tests {
-		if got := decodeUTF16Name(tc.in); got != tc.want {
-			t.Errorf("decodeUTF16Name(% x) = %q, want %q", tc.in[:8], got, tc.want)
+		if got := gpt.DecodeName(tc.in); got != tc.want {
+			t.Errorf("gpt.DecodeName(% x) = %q, want %q", tc.in[:8], got, tc.want)
 		}
 	}
 	full := make([]uint16, 36)
 	for i := range full {
 		full[i] = 'A'
 	}
-	if got := decodeUTF16Name(enc(full...)); got != strings.Repeat("A", 36) {
+	if got := gpt.DecodeName(enc(full...)); got != strings.Repeat("A", 36) {
 		t.Errorf("36-character name: %q", got)
 	}
 }
@@ -452,14 +454,14 @@ func TestReadGPTDiskfs(t *testing.T) {
 			}
 			defer d.Close()
 			first := uint64(1 << 20 / ss)
-			table := &gpt.Table{
+			table := &diskgpt.Table{
 				LogicalSectorSize:  ss,
 				PhysicalSectorSize: ss,
 				ProtectiveMBR:      true,
 				GUID:               "5A4D3C2B-1A09-4877-8665-544332211000",
-				Partitions: []*gpt.Partition{
-					{Index: 1, Start: first, End: first + uint64(8<<20/ss) - 1, Type: gpt.Type(strings.ToUpper(typeRoot)), Name: "root-a", GUID: "F00DF00D-1111-4222-8333-444455556666"},
-					{Index: 2, Start: first + uint64(8<<20/ss), End: first + uint64(9<<20/ss) - 1, Type: gpt.Type(strings.ToUpper(typeRootVerity)), Name: "root-a-verity", GUID: "BEEFBEEF-1111-4222-8333-444455556666", Attributes: 1 << 60},
+				Partitions: []*diskgpt.Partition{
+					{Index: 1, Start: first, End: first + uint64(8<<20/ss) - 1, Type: diskgpt.Type(strings.ToUpper(typeRoot)), Name: "root-a", GUID: "F00DF00D-1111-4222-8333-444455556666"},
+					{Index: 2, Start: first + uint64(8<<20/ss), End: first + uint64(9<<20/ss) - 1, Type: diskgpt.Type(strings.ToUpper(typeRootVerity)), Name: "root-a-verity", GUID: "BEEFBEEF-1111-4222-8333-444455556666", Attributes: 1 << 60},
 				},
 			}
 			if err := d.Partition(table); err != nil {

@@ -12,7 +12,9 @@ import (
 	"time"
 
 	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/partition/gpt"
+	diskgpt "github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/cvmboot/cvmboot/internal/gpt"
 )
 
 func randomUUID(t *testing.T) string {
@@ -22,7 +24,7 @@ func randomUUID(t *testing.T) string {
 	}
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
-	return formatUUID(b[:])
+	return gpt.FormatUUID(b[:])
 }
 
 // attachLoop attaches img with partition scanning and detaches it when the
@@ -128,8 +130,8 @@ func TestLoopDevice4K(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = d.Partition(&gpt.Table{LogicalSectorSize: 4096, PhysicalSectorSize: 4096, ProtectiveMBR: true,
-		Partitions: []*gpt.Partition{{Index: 1, Start: 256, End: 256 + 1023, Type: gpt.Type(strings.ToUpper(typeRoot)),
+	err = d.Partition(&diskgpt.Table{LogicalSectorSize: 4096, PhysicalSectorSize: 4096, ProtectiveMBR: true,
+		Partitions: []*diskgpt.Partition{{Index: 1, Start: 256, End: 256 + 1023, Type: diskgpt.Type(strings.ToUpper(typeRoot)),
 			Name: "root4k", GUID: strings.ToUpper(partUUID)}}})
 	d.Close()
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"hash/crc32"
 	"io"
 	"strings"
+
+	"github.com/cvmboot/cvmboot/internal/gpt"
 )
 
 // FSInfo is what a signature probe found on a device. Type uses libblkid's
@@ -182,7 +184,7 @@ func probeVerity(p *probeReader) (FSInfo, bool) {
 	if h == nil || string(h[:8]) != "verity\x00\x00" || le.Uint32(h[8:12]) != 1 {
 		return FSInfo{}, false
 	}
-	return FSInfo{Type: "DM_verity_hash", UUID: formatUUID(h[16:32]), Version: "1"}, true
+	return FSInfo{Type: "DM_verity_hash", UUID: gpt.FormatUUID(h[16:32]), Version: "1"}, true
 }
 
 // dm-integrity superblock: "integrt\0", version u8 (non-zero).
@@ -214,7 +216,7 @@ func probeXFS(p *probeReader) (FSInfo, bool) {
 		inodeLog < 8 || inodeLog > 11 || inodeSize != 1<<inodeLog:
 		return FSInfo{}, false
 	}
-	return FSInfo{Type: "xfs", UUID: formatUUID(h[32:48]), Label: label(h[108:120])}, true
+	return FSInfo{Type: "xfs", UUID: gpt.FormatUUID(h[32:48]), Label: label(h[108:120])}, true
 }
 
 // squashfs 4.x: "hsqs" at 0, little-endian; no UUID or label exists.
@@ -265,7 +267,7 @@ func probeEROFS(p *probeReader) (FSInfo, bool) {
 			}
 		}
 	}
-	return FSInfo{Type: "erofs", UUID: formatUUID(h[48:64]), Label: label(h[64:80])}, true
+	return FSInfo{Type: "erofs", UUID: gpt.FormatUUID(h[48:64]), Label: label(h[64:80])}, true
 }
 
 const (
@@ -294,7 +296,7 @@ func probeExt(p *probeReader) (FSInfo, bool) {
 	compat := le.Uint32(s[extFeatureCompatInSuper:])
 	incompat := le.Uint32(s[extFeatureCompatInSuper+4:])
 	roCompat := le.Uint32(s[extFeatureCompatInSuper+8:])
-	info := FSInfo{UUID: formatUUID(s[extUUIDInSuper : extUUIDInSuper+16]), Label: label(s[extLabelInSuper : extLabelInSuper+16])}
+	info := FSInfo{UUID: gpt.FormatUUID(s[extUUIDInSuper : extUUIDInSuper+16]), Label: label(s[extLabelInSuper : extLabelInSuper+16])}
 	switch {
 	case incompat&extIncompatJournalDev != 0:
 		info.Type = "jbd"
@@ -319,7 +321,7 @@ func probeBtrfs(p *probeReader) (FSInfo, bool) {
 	if s == nil || string(s[0x40:0x48]) != "_BHRfS_M" {
 		return FSInfo{}, false
 	}
-	return FSInfo{Type: "btrfs", UUID: formatUUID(s[0x20:0x30]), Label: label(s[0x12b : 0x12b+256])}, true
+	return FSInfo{Type: "btrfs", UUID: gpt.FormatUUID(s[0x20:0x30]), Label: label(s[0x12b : 0x12b+256])}, true
 }
 
 // Linux swap: magic in the last 10 bytes of the first page (page sizes
@@ -345,7 +347,7 @@ func probeSwap(p *probeReader) (FSInfo, bool) {
 			info := FSInfo{Type: "swap", Version: "1"}
 			// blkid trusts uuid/label only when this padding is clear.
 			if allZero(h[44+32*4 : 44+34*4]) {
-				info.UUID = formatUUID(h[12:28])
+				info.UUID = gpt.FormatUUID(h[12:28])
 				info.Label = label(h[28:44])
 			}
 			return info, true

@@ -6,6 +6,8 @@ import (
 	"path"
 	"strconv"
 	"strings"
+
+	"github.com/cvmboot/cvmboot/internal/gpt"
 )
 
 // SpecKind says which property a Spec matches.
@@ -110,7 +112,7 @@ func ParseSpec(s string) (Spec, error) {
 		return sp, fmt.Errorf("device spec %q: empty %s value", s, key)
 	}
 	if sp.Kind == SpecPartUUID {
-		if _, err := parseUUIDBytes(val); err != nil {
+		if _, err := gpt.ParseUUID(val); err != nil {
 			return sp, fmt.Errorf("device spec %q: %w", s, err)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cvmboot/cvmboot/internal/gpt"
 )
 
 // Uevent is one kernel object event as broadcast on NETLINK_KOBJECT_UEVENT.
@@ -31,7 +33,7 @@ func ParseUevent(msg []byte) (Uevent, error) {
 	head, rest, _ := bytes.Cut(msg, []byte{0})
 	action, devpath, ok := bytes.Cut(head, []byte{'@'})
 	if !ok || len(action) == 0 || len(devpath) == 0 || devpath[0] != '/' {
-		return ev, fmt.Errorf("uevent header %q is not ACTION@/DEVPATH", printable(head))
+		return ev, fmt.Errorf("uevent header %q is not ACTION@/DEVPATH", gpt.Printable(head))
 	}
 	ev.Action, ev.DevPath = string(action), string(devpath)
 	ev.Env = map[string]string{}

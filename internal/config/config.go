@@ -14,7 +14,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/cvmboot/cvmboot/pkg/readfile"
 	"io"
 	"io/fs"
 	"regexp"
@@ -24,6 +23,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/cvmboot/cvmboot/pkg/readfile"
 )
 
 // DefaultPath is where the agent reads its configuration.

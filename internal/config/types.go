@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cvmboot/cvmboot/internal/gpt"
 )
 
 // enum is implemented by the typed string constants below; the schema walker uses it to check
@@ -330,25 +332,17 @@ type GUID [16]byte
 
 // ParseGUID parses "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" in either letter case.
 func ParseGUID(s string) (GUID, error) {
-	var g GUID
-	bad := fmt.Errorf("%q is not a GUID (like 0fc63daf-8483-4772-8e79-3d69d8477de4)", s)
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return g, bad
+	u, err := gpt.ParseUUID(s)
+	if err != nil {
+		return GUID{}, fmt.Errorf("%q is not a GUID (like 0fc63daf-8483-4772-8e79-3d69d8477de4)", s)
 	}
-	digits := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:36]
-	if _, err := hex.Decode(g[:], []byte(digits)); err != nil {
-		return GUID{}, bad
-	}
-	return g, nil
+	return GUID(u), nil
 }
 
 // IsZero reports whether g is all zeros, the type of an unused GPT entry.
 func (g GUID) IsZero() bool { return g == GUID{} }
 
-func (g GUID) String() string {
-	h := hex.EncodeToString(g[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
-}
+func (g GUID) String() string { return gpt.FormatUUID(g[:]) }
 
 func (g GUID) MarshalText() ([]byte, error) { return []byte(g.String()), nil }
 

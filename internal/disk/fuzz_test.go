@@ -9,7 +9,9 @@ import (
 	"os"
 	"testing"
 
-	"github.com/diskfs/go-diskfs/partition/gpt"
+	diskgpt "github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/cvmboot/cvmboot/internal/gpt"
 )
 
 // memDisk is an in-memory disk for the fuzzer.
@@ -105,11 +107,11 @@ func sealHeader(b []byte, lba int64) {
 	le := binary.LittleEndian
 	h := b[lba*512 : lba*512+512]
 	entries, count, size := le.Uint64(h[72:80]), uint64(le.Uint32(h[80:84])), uint64(le.Uint32(h[84:88]))
-	if entries < uint64(len(b))/512 && count*size <= uint64(len(b))-entries*512 && count*size <= maxEntryArray {
+	if entries < uint64(len(b))/512 && count*size <= uint64(len(b))-entries*512 && count*size <= gpt.MaxEntryArray {
 		le.PutUint32(h[88:92], crc32.ChecksumIEEE(b[entries*512:entries*512+count*size]))
 	}
 	hs := uint64(le.Uint32(h[12:16]))
-	if hs >= gptMinHeader && hs <= 512 {
+	if hs >= gpt.MinHeaderSize && hs <= 512 {
 		clear(h[16:20])
 		le.PutUint32(h[16:20], crc32.ChecksumIEEE(h[:hs]))
 	}
@@ -151,7 +153,7 @@ func checkTable(t *testing.T, disk *memDisk) {
 		t.Fatalf("largest free range %v is unaligned or used", r)
 	}
 	before := bytes.Clone(disk.b)
-	newEntry := &gpt.Partition{Index: slot + 1, Start: r.First, End: r.Last, Type: gpt.Type("0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
+	newEntry := &diskgpt.Partition{Index: slot + 1, Start: r.First, End: r.Last, Type: diskgpt.Type("0FC63DAF-8483-4772-8E79-3D69D8477DE4"),
 		Name: storageName, GUID: "11111111-2222-4333-8444-555555555555"}
 	info := &diskInfo{size: fuzzDiskSize, sectorSize: 512}
 	if err := writeTable(disk, tb, info, newEntry); err != nil {

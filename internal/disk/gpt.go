@@ -2,33 +2,23 @@ package disk
 
 import (
 	"bytes"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"math"
 	"sort"
 	"strings"
-	"unicode/utf16"
+
+	"github.com/cvmboot/cvmboot/internal/gpt"
 )
 
 const (
-	gptSignature    = "EFI PART"
-	gptRevision     = 0x00010000
-	gptMinHeader    = 92
 	gptEntrySize    = 128 // the only entry size this package rewrites
-	gptNameBytes    = 72
-	gptMaxNameUnits = gptNameBytes / 2
-	// maxEntryArray bounds the entry array of an untrusted table: 128
-	// entries of 128 bytes is the norm, 1 MiB is far beyond any real tool.
-	maxEntryArray = 1 << 20
-	mbrTypeGPT    = 0xEE
+	gptMaxNameUnits = gpt.NameBytes / 2
 )
 
 // ErrNoGPT is wrapped when the disk has no protective MBR or no GPT header.
-var ErrNoGPT = errors.New("no GPT")
+var ErrNoGPT = gpt.ErrNoGPT
 
 // ErrInvalidTable is wrapped by every error about a GPT this package refuses
 // to modify: damaged headers, entries out of range or overlapping, a table
@@ -60,14 +50,8 @@ type Table struct {
 
 // Entry is one used GPT entry.
 type Entry struct {
-	Slot       int // index in the entry array; the kernel's partition number is Slot+1
-	TypeGUID   string
-	UniqueGUID string
-	FirstLBA   uint64
-	LastLBA    uint64
-	Attributes uint64
-	Name       string
-	Raw        [gptEntrySize]byte // the entry as stored, compared byte for byte after a rewrite
+	gpt.Entry
+	Raw [gptEntrySize]byte // the entry as stored, compared byte for byte after a rewrite
 }
 
 // Number is the kernel's partition number of the entry.
@@ -123,40 +107,26 @@ func ReadTable(r io.ReaderAt, sectorSize int, diskSize int64) (*Table, error) {
 	}
 	t := &Table{SectorSize: sectorSize, DiskSectors: uint64(diskSize) / ss}
 
-	mbr := make([]byte, 512)
-	if _, err := r.ReadAt(mbr, 0); err != nil {
-		return nil, fmt.Errorf("reading the protective MBR: %w", err)
+	slot, sectors, err := gpt.ProtectiveMBR(r)
+	if err != nil {
+		return nil, err
 	}
-	if mbr[510] != 0x55 || mbr[511] != 0xAA {
-		return nil, fmt.Errorf("%w: sector 0 has boot signature %02x%02x, expected 55aa (no protective MBR)", ErrNoGPT, mbr[510], mbr[511])
-	}
-	t.protectiveMBRSlot = -1
-	for i := 0; i < 4; i++ {
-		e := mbr[446+16*i:]
-		if e[4] == mbrTypeGPT {
-			t.protectiveMBRSlot = i
-			t.ProtectiveMBRSectors = binary.LittleEndian.Uint32(e[12:16])
-			break
-		}
-	}
-	if t.protectiveMBRSlot < 0 {
-		return nil, fmt.Errorf("%w: the MBR has no partition of type 0xee (protective MBR)", ErrNoGPT)
-	}
+	t.protectiveMBRSlot, t.ProtectiveMBRSectors = slot, sectors
 
 	hdr, entries, err := readHeader(r, t, 1)
 	if err != nil {
 		if backup, _, berr := readHeader(r, t, t.LastLBA()); berr == nil {
-			return nil, fmt.Errorf("%w: primary %v; the backup header at LBA %d is valid: repair the table with sgdisk or gdisk before cvmboot modifies this disk", ErrInvalidTable, err, backup.myLBA)
+			return nil, fmt.Errorf("%w: primary %v; the backup header at LBA %d is valid: repair the table with sgdisk or gdisk before cvmboot modifies this disk", ErrInvalidTable, err, backup.MyLBA)
 		}
 		return nil, fmt.Errorf("primary %w", err)
 	}
-	t.AlternateLBA = hdr.alternateLBA
-	t.FirstUsable = hdr.firstUsable
-	t.LastUsable = hdr.lastUsable
-	t.EntriesLBA = hdr.entriesLBA
-	t.EntryCount = hdr.entryCount
-	t.EntrySize = hdr.entrySize
-	t.DiskGUID = formatGUID(hdr.diskGUID[:])
+	t.AlternateLBA = hdr.AlternateLBA
+	t.FirstUsable = hdr.FirstUsable
+	t.LastUsable = hdr.LastUsable
+	t.EntriesLBA = hdr.EntriesLBA
+	t.EntryCount = hdr.EntryCount
+	t.EntrySize = hdr.EntrySize
+	t.DiskGUID = gpt.FormatGUID(hdr.DiskGUID[:])
 
 	if err := t.checkGeometry(); err != nil {
 		return nil, err
@@ -169,82 +139,49 @@ func ReadTable(r io.ReaderAt, sectorSize int, diskSize int64) (*Table, error) {
 	// repairs it. Only its presence and consistency are checked here.
 	if b, bentries, err := readHeader(r, t, t.AlternateLBA); err != nil {
 		t.BackupProblem = err.Error()
-	} else if b.entriesCRC != hdr.entriesCRC || !bytes.Equal(bentries, entries) || b.alternateLBA != 1 ||
-		b.firstUsable != hdr.firstUsable || b.lastUsable != hdr.lastUsable || b.diskGUID != hdr.diskGUID {
+	} else if b.EntriesCRC != hdr.EntriesCRC || !bytes.Equal(bentries, entries) || b.AlternateLBA != 1 ||
+		b.FirstUsable != hdr.FirstUsable || b.LastUsable != hdr.LastUsable || b.DiskGUID != hdr.DiskGUID {
 		t.BackupProblem = fmt.Sprintf("backup GPT header at LBA %d does not match the primary", t.AlternateLBA)
 	}
 	return t, nil
 }
 
-type gptHeader struct {
-	myLBA, alternateLBA     uint64
-	firstUsable, lastUsable uint64
-	entriesLBA              uint64
-	entryCount, entrySize   uint32
-	entriesCRC              uint32
-	diskGUID                [16]byte
-}
-
-// readHeader reads and checks the header at lba and its entry array.
-func readHeader(r io.ReaderAt, t *Table, lba uint64) (*gptHeader, []byte, error) {
+// readHeader reads the header at lba and its entry array, as gpt does, and refuses what
+// this package would not rewrite: another revision, entry size or array layout.
+func readHeader(r io.ReaderAt, t *Table, lba uint64) (*gpt.Header, []byte, error) {
 	where := fmt.Sprintf("GPT header at LBA %d", lba)
 	ss := uint64(t.SectorSize)
 	if lba >= t.DiskSectors {
 		return nil, nil, fmt.Errorf("%w: %s is beyond the device's last LBA %d", ErrInvalidTable, where, t.LastLBA())
 	}
-	b := make([]byte, ss)
-	if _, err := r.ReadAt(b, int64(lba*ss)); err != nil {
-		return nil, nil, fmt.Errorf("%s: read: %w", where, err)
+	invalid := func(err error) error {
+		if errors.Is(err, ErrNoGPT) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrInvalidTable, err)
 	}
-	if string(b[0:8]) != gptSignature {
-		return nil, nil, fmt.Errorf("%w: %s: signature %q, expected %q", ErrNoGPT, where, printable(b[0:8]), gptSignature)
+	h, err := gpt.ReadHeader(r, t.SectorSize, lba)
+	if err != nil {
+		return nil, nil, invalid(err)
 	}
-	le := binary.LittleEndian
-	if rev := le.Uint32(b[8:12]); rev != gptRevision {
-		return nil, nil, fmt.Errorf("%w: %s: revision %#08x, expected %#08x", ErrInvalidTable, where, rev, gptRevision)
+	if h.Revision != gpt.Revision {
+		return nil, nil, fmt.Errorf("%w: %s: revision %#08x, expected %#08x", ErrInvalidTable, where, h.Revision, gpt.Revision)
 	}
-	size := le.Uint32(b[12:16])
-	if size < gptMinHeader || uint64(size) > ss {
-		return nil, nil, fmt.Errorf("%w: %s: header size %d, expected %d to %d", ErrInvalidTable, where, size, gptMinHeader, ss)
+	if h.EntrySize != gptEntrySize {
+		return nil, nil, fmt.Errorf("%w: %s: partition entry size %d, expected %d", ErrInvalidTable, where, h.EntrySize, gptEntrySize)
 	}
-	want := le.Uint32(b[16:20])
-	c := bytes.Clone(b[:size])
-	clear(c[16:20])
-	if got := crc32.ChecksumIEEE(c); got != want {
-		return nil, nil, fmt.Errorf("%w: %s: header CRC32 %#08x, computed %#08x", ErrInvalidTable, where, want, got)
-	}
-	h := &gptHeader{
-		myLBA:        le.Uint64(b[24:32]),
-		alternateLBA: le.Uint64(b[32:40]),
-		firstUsable:  le.Uint64(b[40:48]),
-		lastUsable:   le.Uint64(b[48:56]),
-		entriesLBA:   le.Uint64(b[72:80]),
-		entryCount:   le.Uint32(b[80:84]),
-		entrySize:    le.Uint32(b[84:88]),
-		entriesCRC:   le.Uint32(b[88:92]),
-	}
-	copy(h.diskGUID[:], b[56:72])
-	if h.myLBA != lba {
-		return nil, nil, fmt.Errorf("%w: %s says it is at LBA %d", ErrInvalidTable, where, h.myLBA)
-	}
-	if h.entrySize != gptEntrySize {
-		return nil, nil, fmt.Errorf("%w: %s: partition entry size %d, expected %d", ErrInvalidTable, where, h.entrySize, gptEntrySize)
-	}
-	arrayBytes := uint64(h.entryCount) * uint64(h.entrySize)
-	if h.entryCount == 0 || arrayBytes > maxEntryArray || arrayBytes%ss != 0 {
+	arrayBytes := uint64(h.EntryCount) * uint64(h.EntrySize)
+	if h.EntryCount == 0 || arrayBytes > gpt.MaxEntryArray || arrayBytes%ss != 0 {
 		return nil, nil, fmt.Errorf("%w: %s: %d entries of %d bytes, expected 1 to %d entries filling whole %d-byte sectors",
-			ErrInvalidTable, where, h.entryCount, h.entrySize, maxEntryArray/gptEntrySize, ss)
+			ErrInvalidTable, where, h.EntryCount, h.EntrySize, gpt.MaxEntryArray/gptEntrySize, ss)
 	}
-	if h.entriesLBA < 2 || h.entriesLBA > math.MaxInt64/ss || h.entriesLBA+arrayBytes/ss > t.DiskSectors {
+	if h.EntriesLBA < 2 || h.EntriesLBA > math.MaxInt64/ss || h.EntriesLBA+arrayBytes/ss > t.DiskSectors {
 		return nil, nil, fmt.Errorf("%w: %s: entry array at LBA %d (%d sectors) is outside the device's %d sectors",
-			ErrInvalidTable, where, h.entriesLBA, arrayBytes/ss, t.DiskSectors)
+			ErrInvalidTable, where, h.EntriesLBA, arrayBytes/ss, t.DiskSectors)
 	}
-	entries := make([]byte, arrayBytes)
-	if _, err := r.ReadAt(entries, int64(h.entriesLBA*ss)); err != nil {
-		return nil, nil, fmt.Errorf("%s: reading %d bytes of entries at LBA %d: %w", where, arrayBytes, h.entriesLBA, err)
-	}
-	if got := crc32.ChecksumIEEE(entries); got != h.entriesCRC {
-		return nil, nil, fmt.Errorf("%w: %s: entry array CRC32 %#08x, computed %#08x", ErrInvalidTable, where, h.entriesCRC, got)
+	entries, err := h.ReadEntries(r, t.SectorSize, t.DiskSectors)
+	if err != nil {
+		return nil, nil, invalid(err)
 	}
 	return h, entries, nil
 }
@@ -273,24 +210,10 @@ func (t *Table) checkGeometry() error {
 // parseEntries decodes the used entries and rejects entries outside the
 // usable range and overlapping entries.
 func (t *Table) parseEntries(entries []byte) error {
-	le := binary.LittleEndian
-	var zero [16]byte
 	var problems []string
-	for i := 0; i < int(t.EntryCount); i++ {
-		raw := entries[i*gptEntrySize : (i+1)*gptEntrySize]
-		if bytes.Equal(raw[0:16], zero[:]) {
-			continue
-		}
-		e := Entry{
-			Slot:       i,
-			TypeGUID:   formatGUID(raw[0:16]),
-			UniqueGUID: formatGUID(raw[16:32]),
-			FirstLBA:   le.Uint64(raw[32:40]),
-			LastLBA:    le.Uint64(raw[40:48]),
-			Attributes: le.Uint64(raw[48:56]),
-			Name:       decodeName(raw[56 : 56+gptNameBytes]),
-		}
-		copy(e.Raw[:], raw)
+	for _, ge := range gpt.Entries(entries, t.EntryCount, gptEntrySize) {
+		e := Entry{Entry: ge}
+		copy(e.Raw[:], entries[ge.Slot*gptEntrySize:])
 		switch {
 		case e.FirstLBA > e.LastLBA:
 			problems = append(problems, fmt.Sprintf("%s ends before it starts", e.describe()))
@@ -375,47 +298,4 @@ func (t *Table) LargestFree(align uint64) (Range, bool) {
 		}
 	}
 	return best, found
-}
-
-// decodeName decodes a NUL-terminated UTF-16LE partition name.
-func decodeName(b []byte) string {
-	u := make([]uint16, 0, len(b)/2)
-	for i := 0; i+1 < len(b); i += 2 {
-		c := binary.LittleEndian.Uint16(b[i:])
-		if c == 0 {
-			break
-		}
-		u = append(u, c)
-	}
-	return string(utf16.Decode(u))
-}
-
-// nameUnits is the length of s in UTF-16 code units.
-func nameUnits(s string) int {
-	n := 0
-	for _, r := range s {
-		n += utf16.RuneLen(r)
-	}
-	return n
-}
-
-// formatGUID prints a GPT GUID (first three fields stored little-endian)
-// as a lowercase canonical string.
-func formatGUID(b []byte) string {
-	var s [16]byte
-	s[0], s[1], s[2], s[3] = b[3], b[2], b[1], b[0]
-	s[4], s[5] = b[5], b[4]
-	s[6], s[7] = b[7], b[6]
-	copy(s[8:], b[8:16])
-	h := hex.EncodeToString(s[:])
-	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
-}
-
-func printable(b []byte) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r > 0x7e {
-			return '.'
-		}
-		return r
-	}, string(b))
 }

@@ -3,6 +3,8 @@ package disk
 import (
 	"reflect"
 	"testing"
+
+	"github.com/cvmboot/cvmboot/internal/gpt"
 )
 
 // synthetic builds a validated-looking table of a 64 MiB disk (512-byte
@@ -25,29 +27,29 @@ func TestFreeRanges(t *testing.T) {
 		ok      bool
 	}{
 		{"empty table", synthetic(disk, disk-1), []Range{{34, disk - 34}}, Range{2048, disk - 2048 - 1}, true},
-		{"full table", synthetic(disk, disk-1, Entry{FirstLBA: 34, LastLBA: disk - 34}), nil, Range{}, false},
+		{"full table", synthetic(disk, disk-1, Entry{Entry: gpt.Entry{FirstLBA: 34, LastLBA: disk - 34}}), nil, Range{}, false},
 		{
 			"gaps before, between and after", synthetic(disk, disk-1,
-				Entry{FirstLBA: 2048, LastLBA: 4095}, Entry{FirstLBA: 10000, LastLBA: 20000}),
+				Entry{Entry: gpt.Entry{FirstLBA: 2048, LastLBA: 4095}}, Entry{Entry: gpt.Entry{FirstLBA: 10000, LastLBA: 20000}}),
 			[]Range{{34, 2047}, {4096, 9999}, {20001, disk - 34}},
 			Range{20480, disk - 2048 - 1}, true,
 		},
 		{
 			// entries out of slot order
 			"unsorted entries", synthetic(disk, disk-1,
-				Entry{FirstLBA: 100000, LastLBA: disk - 34}, Entry{FirstLBA: 2048, LastLBA: 4095}),
+				Entry{Entry: gpt.Entry{FirstLBA: 100000, LastLBA: disk - 34}}, Entry{Entry: gpt.Entry{FirstLBA: 2048, LastLBA: 4095}}),
 			[]Range{{34, 2047}, {4096, 99999}},
 			Range{4096, 98303}, true,
 		},
 		{
 			// a grown disk: the new space counts up to the repaired end
-			"grown disk", synthetic(2*disk, disk-1, Entry{FirstLBA: 2048, LastLBA: disk - 34}),
+			"grown disk", synthetic(2*disk, disk-1, Entry{Entry: gpt.Entry{FirstLBA: 2048, LastLBA: disk - 34}}),
 			[]Range{{34, 2047}, {disk - 33, 2*disk - 34}},
 			Range{disk, 2*disk - 2048 - 1}, true,
 		},
 		{
 			"only unaligned slivers", synthetic(disk, disk-1,
-				Entry{FirstLBA: 34, LastLBA: 2048}, Entry{FirstLBA: 4000, LastLBA: disk - 34}),
+				Entry{Entry: gpt.Entry{FirstLBA: 34, LastLBA: 2048}}, Entry{Entry: gpt.Entry{FirstLBA: 4000, LastLBA: disk - 34}}),
 			[]Range{{2049, 3999}},
 			Range{}, false,
 		},
@@ -81,7 +83,7 @@ func TestFreeSlot(t *testing.T) {
 func TestGUIDText(t *testing.T) {
 	// type of an ESP as stored on disk
 	raw := []byte{0x28, 0x73, 0x2a, 0xc1, 0x1f, 0xf8, 0xd2, 0x11, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b}
-	if got := formatGUID(raw); got != typeESP {
+	if got := gpt.FormatGUID(raw); got != typeESP {
 		t.Errorf("formatGUID = %s, want %s", got, typeESP)
 	}
 	for in, want := range map[string]string{

@@ -11,7 +11,9 @@ import (
 	"testing"
 
 	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/partition/gpt"
+	diskgpt "github.com/diskfs/go-diskfs/partition/gpt"
+
+	"github.com/cvmboot/cvmboot/internal/gpt"
 )
 
 const (
@@ -52,10 +54,10 @@ func createImage(path string, size int64, parts []part) error {
 		return err
 	}
 	defer d.Close()
-	tbl := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true}
+	tbl := &diskgpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true}
 	for i, p := range parts {
-		tbl.Partitions = append(tbl.Partitions, &gpt.Partition{Index: i + 1, Start: p.start, End: p.end,
-			Type: gpt.Type(p.typ), Name: p.name})
+		tbl.Partitions = append(tbl.Partitions, &diskgpt.Partition{Index: i + 1, Start: p.start, End: p.end,
+			Type: diskgpt.Type(p.typ), Name: p.name})
 	}
 	return d.Partition(tbl)
 }
@@ -95,7 +97,7 @@ func editEntries(t *testing.T, path string, edit func(entries []byte)) {
 	le := binary.LittleEndian
 	for _, hdrOff := range []int{512, len(b) - 512} {
 		h := b[hdrOff : hdrOff+512]
-		if string(h[0:8]) != gptSignature {
+		if string(h[0:8]) != gpt.Signature {
 			continue
 		}
 		arr := b[int(le.Uint64(h[72:80]))*512:][:int(le.Uint32(h[80:84]))*128]

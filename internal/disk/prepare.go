@@ -11,10 +11,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/diskfs/go-diskfs/partition/gpt"
+	diskgpt "github.com/diskfs/go-diskfs/partition/gpt"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/cvmboot/cvmboot/internal/gpt"
 	"github.com/cvmboot/cvmboot/internal/luks2"
 )
 
@@ -101,7 +102,7 @@ func (p *Preparer) log() *zap.Logger {
 // package refuses is an error wrapping ErrInvalidTable; in both cases the
 // disk is unchanged.
 func (p *Preparer) Prepare(ctx context.Context, diskPath string, req Request) (*Partition, error) {
-	if req.Label == "" || nameUnits(req.Label) > gptMaxNameUnits {
+	if req.Label == "" || gpt.NameUnits(req.Label) > gptMaxNameUnits {
 		return nil, fmt.Errorf("partition label %q: expected 1 to %d UTF-16 code units", req.Label, gptMaxNameUnits)
 	}
 	wantType, err := canonicalUUID(req.TypeGUID)
@@ -148,7 +149,7 @@ func (p *Preparer) Prepare(ctx context.Context, diskPath string, req Request) (*
 	}
 
 	part := &Partition{Disk: diskPath}
-	var newEntry *gpt.Partition
+	var newEntry *diskgpt.Partition
 	if len(ours) == 1 {
 		e := ours[0]
 		if e.TypeGUID != wantType {
@@ -182,11 +183,11 @@ func (p *Preparer) Prepare(ctx context.Context, diskPath string, req Request) (*
 		if uuid, err = canonicalUUID(uuid); err != nil {
 			return nil, fmt.Errorf("partition UUID: %w", err)
 		}
-		newEntry = &gpt.Partition{
+		newEntry = &diskgpt.Partition{
 			Index: slot + 1,
 			Start: r.First,
 			End:   r.Last,
-			Type:  gpt.Type(strings.ToUpper(wantType)),
+			Type:  diskgpt.Type(strings.ToUpper(wantType)),
 			Name:  req.Label,
 			GUID:  strings.ToUpper(uuid),
 		}
@@ -306,8 +307,8 @@ type diskIO interface {
 // size, with newEntry added when not nil. The result is captured, validated
 // and compared with t before it is written, backup first; on any error
 // nothing has been written.
-func writeTable(f diskIO, t *Table, dev *diskInfo, newEntry *gpt.Partition) error {
-	gt, err := gpt.Read(&capture{base: f, size: dev.size}, dev.sectorSize, dev.sectorSize)
+func writeTable(f diskIO, t *Table, dev *diskInfo, newEntry *diskgpt.Partition) error {
+	gt, err := diskgpt.Read(&capture{base: f, size: dev.size}, dev.sectorSize, dev.sectorSize)
 	if err != nil {
 		return fmt.Errorf("go-diskfs reading the GPT: %w", err)
 	}
@@ -351,7 +352,7 @@ func writeTable(f diskIO, t *Table, dev *diskInfo, newEntry *gpt.Partition) erro
 // checkRewrite re-reads the captured table and compares it with the old one:
 // same geometry and disk GUID, backup in the last sector, every old entry
 // byte for byte, and the new entry as requested.
-func checkRewrite(old *Table, c *capture, dev *diskInfo, newEntry *gpt.Partition) error {
+func checkRewrite(old *Table, c *capture, dev *diskInfo, newEntry *diskgpt.Partition) error {
 	nt, err := ReadTable(c, dev.sectorSize, dev.size)
 	if err != nil {
 		return fmt.Errorf("the table go-diskfs made does not validate: %w", err)

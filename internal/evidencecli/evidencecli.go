@@ -12,10 +12,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/cvmboot/cvmboot/internal/cmdkit"
 	"io"
 	"strings"
 
+	"github.com/cvmboot/cvmboot/internal/cmdkit"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 	"github.com/cvmboot/cvmboot/pkg/evidence/teeverify"
 )

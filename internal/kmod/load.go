@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/cvmboot/cvmboot/pkg/readfile"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +12,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/cvmboot/cvmboot/pkg/readfile"
 )
 
 // Syscalls are the kernel entry points the Loader uses; tests substitute a fake.

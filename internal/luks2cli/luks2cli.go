@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/cvmboot/cvmboot/internal/cmdkit"
 	"io"
 	"os"
 	"slices"
@@ -18,6 +17,7 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/cvmboot/cvmboot/internal/cmdkit"
 	"github.com/cvmboot/cvmboot/internal/luks2"
 )
 

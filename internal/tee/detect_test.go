@@ -8,13 +8,14 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/tee"
 	"github.com/cvmboot/cvmboot/internal/tee/teetest"
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
-	"golang.org/x/sys/unix"
 )
 
 // machine is a fake machine: device nodes and sysfs files in a temporary directory.

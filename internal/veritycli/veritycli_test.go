@@ -3,13 +3,14 @@ package veritycli
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/cvmboot/cvmboot/internal/cmdkit"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cvmboot/cvmboot/internal/cmdkit"
 )
 
 func run(args ...string) (code int, stdout, stderr string) {
