@@ -14,6 +14,8 @@ const DecisionsPath = "/run/cvmboot/decisions.json"
 
 // Decisions are what earlier steps of this boot decided.
 type Decisions struct {
+	// Plan is the plan the boot's first unit resolved; later units load it.
+	Plan *Plan `json:"plan,omitempty"`
 	// Attested: the attest step ran; Measuring: it opened the event log on the platform's
 	// registers, so later steps measure their decisions too.
 	Attested  bool `json:"attested"`

@@ -82,10 +82,6 @@ func Run(env Env, mode Mode, names []string, stderr io.Writer) int {
 			zap.Strings("overrides", info.Overrides), zap.Strings("bootstrap_mounted", l.bootstrapped))
 	}
 	logPin(log, env.CmdlinePinPath, pin)
-	plan, err := NewPlan(mode, cfg, cl)
-	if err != nil {
-		return l.fail(log, "plan", err, cfg)
-	}
 	steps, err := selectSteps(mode, names)
 	if err != nil {
 		fmt.Fprintf(stderr, "cvmboot run: %v\n", err)
@@ -99,6 +95,15 @@ func Run(env Env, mode Mode, names []string, stderr io.Writer) int {
 	dec, err := readDecisions(l.decisionsPath())
 	if err != nil {
 		return l.fail(log, steps[0].Name, err, cfg)
+	}
+	// The first unit resolves the plan, the later ones load it (the command line they
+	// read is the pinned one, the config the same file).
+	plan := dec.Plan
+	if plan == nil || plan.Mode != mode {
+		if plan, err = NewPlan(mode, cfg, cl); err != nil {
+			return l.fail(log, "plan", err, cfg)
+		}
+		dec.Plan = plan
 	}
 	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
 		Attest: env.Attest, Verity: env.Verity, Storage: env.Storage, CmdlineRaw: raw, CmdlinePin: pin, ConfigInfo: info,

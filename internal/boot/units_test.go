@@ -66,6 +66,11 @@ func TestUnitsInitrdSequence(t *testing.T) {
 			t.Errorf("after cvmboot run %v: outcome %q, want %q", unit, rep.Outcome, want)
 		}
 	}
+	// The first unit's plan is what the later ones loaded.
+	dec, err := readDecisions(h.env.DecisionsPath)
+	if err != nil || dec.Plan == nil || dec.Plan.RootVolume == nil || dec.Plan.RootVolume.Name != "root" || dec.Plan.Mode != ModeSystemdInitrd {
+		t.Errorf("decisions %+v %v", dec, err)
+	}
 	// Every unit's decision is in the one log, in unit order, bracketed by the phases.
 	want := "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.verity,cvmboot.storage,cvmboot.overlay,cvmboot.phase:leave-initrd"
 	if got := strings.Join(att.measured, ","); got != want {
@@ -280,5 +285,26 @@ func TestUnitsDisabledFeaturesMeasured(t *testing.T) {
 	}
 	if got := strings.Join(att.measured, ","); got != "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.storage,cvmboot.overlay" {
 		t.Errorf("measured %s", got)
+	}
+}
+
+// Later units take the plan the first unit resolved; they do not resolve it again.
+func TestUnitsLoadThePlan(t *testing.T) {
+	m := &fakeMachine{}
+	h, _, _ := unitHarness(t, "roothash="+goodHash, "attest: {require: none}\n", m, true)
+	if code := RunUnits(h.env, []string{"modules", "attest"}, &bytes.Buffer{}); code != 0 {
+		t.Fatalf("attest unit: exit %d", code)
+	}
+	// Were the verity unit to resolve a plan of its own, this command line names no root.
+	if err := os.WriteFile(h.env.CmdlinePath, []byte("quiet\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	if code := RunUnits(h.env, []string{"verity"}, &stderr); code != 0 {
+		t.Fatalf("verity unit: exit %d: %s", code, stderr.String())
+	}
+	v := h.env.Verity.(*fakeVerity)
+	if len(v.activated) != 1 || v.activated[0] != "root "+goodHash {
+		t.Errorf("activated %v", v.activated)
 	}
 }
