@@ -77,7 +77,7 @@ func otherBuild(ctx context.Context, data, hash string) error {
 }
 
 func verityScenarios() []scenario {
-	refuse := []string{`ROOTCHECK:`, `Kernel panic`, `stage ok stage=root`}
+	refuse := []string{`ROOTCHECK:`, `Kernel panic`, `stage ok stage=verity`, `stage ok stage=root`}
 	return []scenario{
 		scenario{
 			// A root formatted by veritysetup boots with only roothash= on the command line: the
@@ -85,8 +85,8 @@ func verityScenarios() []scenario {
 			name: "verity-partuuid", root: rootTiny, config: verityConfig,
 			recipe:  withVerity(harness.VeritySpec{}),
 			cmdline: "roothash={roothash} rootcheck.expect=rootfs:ext4",
-			expect: []string{`stage ok stage=root .*device=/dev/mapper/root`, `verity_data_source="?partuuid`,
-				`verity_status=V`, `measured event=cvmboot.verity`, `ROOTCHECK: DONE pass=\d+ fail=0`},
+			expect: []string{`stage ok stage=root .*device=/dev/mapper/root`, `stage ok stage=verity .*root_data_source="?partuuid`,
+				`root_status=V`, `measured event=cvmboot.verity`, `ROOTCHECK: DONE pass=\d+ fail=0`},
 			reject:  []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
 			outcome: bootedAndChecked, timeLimit: 3 * time.Minute,
 		},
@@ -96,8 +96,8 @@ func verityScenarios() []scenario {
 			recipe: withVerity(harness.VeritySpec{DataPartUUID: "5d3a0c6e-7f1b-4c2d-9e8f-0a1b2c3d4e5f", HashPartUUID: "6e4b1d7f-8a2c-4d3e-8f90-1b2c3d4e5f60"}),
 			cmdline: "roothash={roothash} systemd.verity_root_data=PARTUUID=5d3a0c6e-7f1b-4c2d-9e8f-0a1b2c3d4e5f " +
 				"systemd.verity_root_hash=PARTLABEL=root-verity",
-			expect: []string{`stage ok stage=root .*device=/dev/mapper/root`, `verity_data_source="command line PARTUUID=5d3a0c6e`,
-				`verity_hash_source="command line PARTLABEL=root-verity"`, `ROOTCHECK: DONE pass=\d+ fail=0`},
+			expect: []string{`stage ok stage=root .*device=/dev/mapper/root`, `root_data_source="command line PARTUUID=5d3a0c6e`,
+				`root_hash_source="command line PARTLABEL=root-verity"`, `ROOTCHECK: DONE pass=\d+ fail=0`},
 			reject:  []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
 			outcome: bootedAndChecked, timeLimit: 3 * time.Minute,
 		},
