@@ -10,6 +10,11 @@ install -D -m 0755 "$bin" "$dest/usr/bin/cvmboot"
 for unit in "$here"/*.service "$here"/*.socket; do
 	install -D -m 0644 "$unit" "$dest/usr/lib/systemd/system/$(basename "$unit")"
 done
+# Units of earlier versions, which cvmboot-root.service replaced: left behind they would run
+# steps that no longer exist alone, without the generator's FailureAction=.
+for old in cvmboot-overlay.service cvmboot-storage.service; do
+	rm -f "$dest/usr/lib/systemd/system/$old" "$dest"/etc/systemd/system/*/"$old"
+done
 install -D -m 0755 "$here/cvmboot-generator" "$dest/usr/lib/systemd/system-generators/cvmboot-generator"
 for f in "$here"/dracut/90cvmboot/*; do
 	# dracut runs module-setup.sh; the rest is data.

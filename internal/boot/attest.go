@@ -51,11 +51,11 @@ func (b *Boot) attest(ctx context.Context) (stage.Facts, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.dec.Attested = true
+	b.dec.Attested, b.dec.Measuring = true, active
 	if !active {
 		return nil, stage.Skip("no TEE or TPM found and attest.require is none: nothing is measured")
 	}
-	b.measuring, b.dec.Measuring = true, true
+	b.measuring = true
 	sum := sha256.Sum256([]byte(b.CmdlineRaw))
 	var events []eventlog.Event
 	if b.Mode.Initrd() {
@@ -85,7 +85,9 @@ func (b *Boot) resumeMeasuring() error {
 		}
 		return nil
 	}
-	if !b.dec.Measuring {
+	// A required platform is opened again whatever the decisions say: they are a file in
+	// /run, and "nothing to measure" must not be something a file can claim.
+	if !b.dec.Measuring && b.Config.Attest.Require == config.AttestNone {
 		return nil
 	}
 	_, active, err := b.Attest.Start(b.Config.Attest.Require)

@@ -254,7 +254,11 @@ func (b *Boot) checkSysroot() (stage.Facts, error) {
 	if src == "" {
 		return nil, errors.New("nothing is mounted at " + NewRoot + ": the root step must run after sysroot.mount")
 	}
-	if v := b.dec.volume("root"); v != nil && !sameDevice(src, v.Device) {
+	v := b.dec.volume("root")
+	if b.Plan.RootVolume != nil && v == nil {
+		return nil, fmt.Errorf("roothash= names a root verity volume but no verity step activated it in this boot (is cvmboot-verity.service in the initrd?): %s is not verified", NewRoot)
+	}
+	if v != nil && !sameDevice(src, v.Device) {
 		return nil, fmt.Errorf("%s is mounted from %s, not from the verified %s (roothash=%s): the command line's root= must name %s",
 			NewRoot, src, v.Device, v.RootHash, v.Device)
 	}
@@ -412,6 +416,9 @@ func (b *Boot) overlay(context.Context) (stage.Facts, error) {
 // evidence ends the initrd's measurements and writes the evidence: when every decision of
 // the initrd is in the log. It lands in /run, which the switch carries into the root.
 func (b *Boot) evidence(ctx context.Context) (stage.Facts, error) {
+	if missing := b.dec.missing(b.Mode, StageEvidence); len(missing) > 0 {
+		return nil, fmt.Errorf("the steps %s did not run in this boot: evidence now would leave out their decisions", strings.Join(missing, ", "))
+	}
 	if err := b.resumeMeasuring(); err != nil {
 		return nil, err
 	}

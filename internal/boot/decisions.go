@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // DecisionsPath carries what a unit's steps decided to the units after it (one process
@@ -14,8 +15,14 @@ const DecisionsPath = "/run/cvmboot/decisions.json"
 
 // Decisions are what earlier steps of this boot decided.
 type Decisions struct {
-	// Plan is the plan the boot's first unit resolved; later units load it.
-	Plan *Plan `json:"plan,omitempty"`
+	// Plan is the plan the boot's first unit resolved; later units load it. PlanInputs are
+	// the digests of the command line and the config it was resolved from: a later unit
+	// whose own differ refuses the decisions.
+	Plan       *Plan  `json:"plan,omitempty"`
+	PlanInputs string `json:"plan_inputs,omitempty"`
+	// Done are the steps of this boot that ran, in order: the evidence step refuses to end
+	// a boot that skipped one, and the outcome is ok only when all of the mode's ran.
+	Done []string `json:"done,omitempty"`
 	// Attested: the attest step ran; Measuring: it opened the event log on the platform's
 	// registers, so later steps measure their decisions too.
 	Attested  bool `json:"attested"`
@@ -80,4 +87,18 @@ func (d *Decisions) write(path string) error {
 		return err
 	}
 	return os.Rename(tmp, path)
+}
+
+// missing returns the steps of mode's boot before step that are not done.
+func (d *Decisions) missing(m Mode, step string) []string {
+	var out []string
+	for _, s := range StepsOf(m) {
+		if s.Name == step {
+			break
+		}
+		if !slices.Contains(d.Done, s.Name) {
+			out = append(out, s.Name)
+		}
+	}
+	return out
 }

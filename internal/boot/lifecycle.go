@@ -2,6 +2,7 @@ package boot
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -96,14 +97,22 @@ func Run(env Env, mode Mode, names []string, stderr io.Writer) int {
 	if err != nil {
 		return l.fail(log, steps[0].Name, err, cfg)
 	}
-	// The first unit resolves the plan, the later ones load it (the command line they
-	// read is the pinned one, the config the same file).
+	// The first unit resolves the plan, the later ones load it. Decisions of another mode
+	// (the initrd's, read in the booted system) are not this boot's steps: start afresh.
+	if dec.Plan != nil && dec.Plan.Mode != mode {
+		dec = &Decisions{}
+	}
+	inputs := planInputs(raw, cfg)
 	plan := dec.Plan
-	if plan == nil || plan.Mode != mode {
+	switch {
+	case plan == nil:
 		if plan, err = NewPlan(mode, cfg, cl); err != nil {
 			return l.fail(log, "plan", err, cfg)
 		}
-		dec.Plan = plan
+		dec.Plan, dec.PlanInputs = plan, inputs
+	case dec.PlanInputs != inputs:
+		return l.fail(log, "plan", fmt.Errorf("the decisions of earlier units (%s) were made from another command line or config (theirs %s, this unit's %s)",
+			l.decisionsPath(), dec.PlanInputs, inputs), cfg)
 	}
 	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
 		Attest: env.Attest, Verity: env.Verity, Storage: env.Storage, CmdlineRaw: raw, CmdlinePin: pin, ConfigInfo: info,
@@ -121,8 +130,8 @@ func Run(env Env, mode Mode, names []string, stderr io.Writer) int {
 		return l.fail(log, steps[len(steps)-1].Name, fmt.Errorf("keeping the decisions for the next unit: %w", err), cfg)
 	}
 	if mode != ModeInitramfs {
-		if isLast(mode, steps) {
-			// The boot's last unit: what follows is systemd's.
+		if isLast(mode, steps) && len(dec.missing(mode, "")) == 0 && l.rep.Outcome == report.OutcomeRunning && l.rep.Failure == nil {
+			// The boot's last unit, every step done: what follows is systemd's.
 			l.rep.Outcome, l.rep.Finished = report.OutcomeOK, clock.Now()
 			l.saveReport(l.rep)
 		}
@@ -214,4 +223,11 @@ func (l *lifecycle) fail(log *zap.Logger, stageName string, err error, cfg *conf
 	aerr := failaction.Execute(action, l.env.System)
 	l.env.Emergency(fmt.Sprintf("cvmboot: FATAL: %v; stopping", aerr))
 	return 1
+}
+
+// planInputs identifies what a plan is resolved from: the command line as read and the
+// effective config.
+func planInputs(rawCmdline string, cfg *config.Config) string {
+	c := sha256.Sum256([]byte(rawCmdline))
+	return fmt.Sprintf("cmdline sha256:%x config sha256:%x", c[:8], cfg.Digest())
 }

@@ -2,6 +2,7 @@ package boot
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -66,17 +67,19 @@ var (
 // of the measured events (phase, config, cmdline, verity, storage, overlay, phase; see
 // pkg/eventlog), so a verifier knows one order. The modes differ in which steps they have
 // and, inside a step, in what systemd already did (it mounts the root in a systemd initrd).
-var Sequence = []Step{
-	{Name: StageEarlyMounts, Modes: pid1Mode, Does: "mount /sys, /run, securityfs, configfs, efivarfs, /dev/pts", run: (*Boot).earlyMounts},
-	{Name: StageModules, Modes: allModes, Unit: "cvmboot-attest.service", Does: "load the kernel modules the image packed and the config names", run: (*Boot).modules},
-	{Name: StageAttest, Modes: allModes, Unit: "cvmboot-attest.service", Does: "find the TEE/TPM, open the event log; measure phase, config, command line", run: (*Boot).attest},
-	{Name: StageVerity, Modes: initrdModes, Unit: "cvmboot-verity.service", Does: "activate the roothash=/usrhash= dm-verity volumes, refusing any mismatch; measure them", run: (*Boot).verity},
-	{Name: StageRoot, Modes: allModes, Unit: "cvmboot-root.service", Does: "mount the root read-only at /sysroot (PID 1); check what systemd mounted (initrd); find the root's device", run: (*Boot).root},
-	{Name: StageStorage, Modes: allModes, Unit: "cvmboot-root.service", Does: "encrypted storage on the root disk's free space, mounted under /run; measure it", run: (*Boot).storage},
-	{Name: StageOverlay, Modes: initrdModes, Unit: "cvmboot-root.service", Does: "overlay a tmpfs (or the storage) over the read-only root; measure it", run: (*Boot).overlay},
-	{Name: StageBinds, Modes: allModes, Unit: "cvmboot-root.service", Does: "the storage's mounts inside the root, which the overlay would have hidden", run: (*Boot).binds},
-	{Name: StageEvidence, Modes: initrdModes, Unit: "cvmboot-evidence.service", Does: "measure leave-initrd, write the evidence bound to the event log", run: (*Boot).evidence},
-	{Name: StageHandoff, Modes: pid1Mode, Does: "switch to the root and execute its init", run: (*Boot).handoff},
+func Sequence() []Step {
+	return []Step{
+		{Name: StageEarlyMounts, Modes: pid1Mode, Does: "mount /sys, /run, securityfs, configfs, efivarfs, /dev/pts", run: (*Boot).earlyMounts},
+		{Name: StageModules, Modes: allModes, Unit: "cvmboot-attest.service", Does: "load the kernel modules the image packed and the config names", run: (*Boot).modules},
+		{Name: StageAttest, Modes: allModes, Unit: "cvmboot-attest.service", Does: "find the TEE/TPM, open the event log; measure phase, config, command line", run: (*Boot).attest},
+		{Name: StageVerity, Modes: initrdModes, Unit: "cvmboot-verity.service", Does: "activate the roothash=/usrhash= dm-verity volumes, refusing any mismatch; measure them", run: (*Boot).verity},
+		{Name: StageRoot, Modes: allModes, Unit: "cvmboot-root.service", Does: "mount the root read-only at /sysroot (PID 1); check what systemd mounted (initrd); find the root's device", run: (*Boot).root},
+		{Name: StageStorage, Modes: allModes, Unit: "cvmboot-root.service", Does: "encrypted storage on the root disk's free space, mounted under /run; measure it", run: (*Boot).storage},
+		{Name: StageOverlay, Modes: initrdModes, Unit: "cvmboot-root.service", Does: "overlay a tmpfs (or the storage) over the read-only root; measure it", run: (*Boot).overlay},
+		{Name: StageBinds, Modes: allModes, Unit: "cvmboot-root.service", Does: "the storage's mounts inside the root, which the overlay would have hidden", run: (*Boot).binds},
+		{Name: StageEvidence, Modes: initrdModes, Unit: "cvmboot-evidence.service", Does: "measure leave-initrd, write the evidence bound to the event log", run: (*Boot).evidence},
+		{Name: StageHandoff, Modes: pid1Mode, Does: "switch to the root and execute its init", run: (*Boot).handoff},
+	}
 }
 
 // has tells whether the step is part of mode's boot.
@@ -85,7 +88,7 @@ func (s Step) has(m Mode) bool { return slices.Contains(s.Modes, m) }
 // StepsOf returns mode's steps, in order.
 func StepsOf(m Mode) []Step {
 	var out []Step
-	for _, s := range Sequence {
+	for _, s := range Sequence() {
 		if s.has(m) {
 			out = append(out, s)
 		}
@@ -96,7 +99,7 @@ func StepsOf(m Mode) []Step {
 // UnitStepNames lists the steps `cvmboot run` accepts, for its help.
 func UnitStepNames() string {
 	var names []string
-	for _, s := range Sequence {
+	for _, s := range Sequence() {
 		if s.Unit != "" {
 			names = append(names, s.Name)
 		}
@@ -116,7 +119,7 @@ func selectSteps(m Mode, names []string) ([]Step, error) {
 	for _, n := range names {
 		i := slices.IndexFunc(steps, func(s Step) bool { return s.Name == n })
 		if i < 0 {
-			if slices.ContainsFunc(Sequence, func(s Step) bool { return s.Name == n }) {
+			if slices.ContainsFunc(Sequence(), func(s Step) bool { return s.Name == n }) {
 				return nil, fmt.Errorf("step %q is not part of a boot in %s mode", n, m)
 			}
 			return nil, fmt.Errorf("unknown step %q (steps: %s)", n, UnitStepNames())
@@ -140,7 +143,15 @@ func (b *Boot) stages(steps []Step) []stage.Stage {
 	out := make([]stage.Stage, len(steps))
 	for i, s := range steps {
 		run := s.run
-		out[i] = stage.Stage{Name: s.Name, Required: true, Run: func(ctx context.Context) (stage.Facts, error) { return run(b, ctx) }}
+		name := s.Name
+		out[i] = stage.Stage{Name: s.Name, Required: true, Run: func(ctx context.Context) (stage.Facts, error) {
+			facts, err := run(b, ctx)
+			var skip *stage.SkipError
+			if err == nil || errors.As(err, &skip) {
+				b.dec.Done = append(b.dec.Done, name)
+			}
+			return facts, err
+		}}
 	}
 	return out
 }

@@ -288,23 +288,81 @@ func TestUnitsDisabledFeaturesMeasured(t *testing.T) {
 	}
 }
 
-// Later units take the plan the first unit resolved; they do not resolve it again.
+// Later units take the plan the first unit resolved, and only for the command line and config
+// it was resolved from: decisions made from another are refused.
 func TestUnitsLoadThePlan(t *testing.T) {
 	m := &fakeMachine{}
 	h, _, _ := unitHarness(t, "roothash="+goodHash, "attest: {require: none}\n", m, true)
 	if code := RunUnits(h.env, []string{"modules", "attest"}, &bytes.Buffer{}); code != 0 {
 		t.Fatalf("attest unit: exit %d", code)
 	}
-	// Were the verity unit to resolve a plan of its own, this command line names no root.
 	if err := os.WriteFile(h.env.CmdlinePath, []byte("quiet\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	var stderr bytes.Buffer
-	if code := RunUnits(h.env, []string{"verity"}, &stderr); code != 0 {
-		t.Fatalf("verity unit: exit %d: %s", code, stderr.String())
+	if code := RunUnits(h.env, []string{"verity"}, &stderr); code != 1 ||
+		!strings.Contains(stderr.String(), "stage plan failed: the decisions of earlier units") {
+		t.Fatalf("verity unit with another command line: exit %d: %s", code, stderr.String())
 	}
-	v := h.env.Verity.(*fakeVerity)
-	if len(v.activated) != 1 || v.activated[0] != "root "+goodHash {
+	if v := h.env.Verity.(*fakeVerity); len(v.activated) != 0 {
 		t.Errorf("activated %v", v.activated)
 	}
+}
+
+// A decisions file cannot make a later unit skip what the config requires or what the plan
+// names: a required TPM is opened again, a planned verity root must have been activated, and
+// the evidence step refuses a boot that skipped a step.
+func TestUnitsDecisionsCannotWaive(t *testing.T) {
+	t.Run("measuring off in the file", func(t *testing.T) {
+		m := &fakeMachine{mountedAt: map[string]string{NewRoot: "/dev/vda2"}}
+		h, att, _ := unitHarness(t, "root=/dev/vda2", "verity: {required: false}\nattest: {require: tpm}\nstorage: {enabled: false}\n", m, true)
+		if code := RunUnits(h.env, []string{"modules", "attest"}, &bytes.Buffer{}); code != 0 {
+			t.Fatal("attest unit failed")
+		}
+		dec, _ := readDecisions(h.env.DecisionsPath)
+		dec.Measuring = false
+		if err := dec.write(h.env.DecisionsPath); err != nil {
+			t.Fatal(err)
+		}
+		if code := RunUnits(h.env, []string{"verity"}, &bytes.Buffer{}); code != 0 {
+			t.Fatal("verity unit failed")
+		}
+		if code := RunUnits(h.env, []string{"root", "storage", "overlay", "binds"}, &bytes.Buffer{}); code != 0 {
+			t.Fatal("root unit failed")
+		}
+		if got := strings.Join(att.measured, ","); !strings.Contains(got, "cvmboot.storage,cvmboot.overlay") {
+			t.Errorf("decisions went unmeasured: %s", got)
+		}
+	})
+	t.Run("planned verity root not activated", func(t *testing.T) {
+		m := &fakeMachine{mountedAt: map[string]string{NewRoot: "/dev/sda2"}}
+		h, _, _ := unitHarness(t, "roothash="+goodHash, "attest: {require: none}\n", m, true)
+		if code := RunUnits(h.env, []string{"modules", "attest"}, &bytes.Buffer{}); code != 0 {
+			t.Fatal("attest unit failed")
+		}
+		var stderr bytes.Buffer
+		if code := RunUnits(h.env, []string{"root", "storage", "overlay", "binds"}, &stderr); code != 1 ||
+			!strings.Contains(stderr.String(), "no verity step activated it in this boot") {
+			t.Errorf("exit %d: %s", code, stderr.String())
+		}
+	})
+	t.Run("evidence after a skipped unit", func(t *testing.T) {
+		m := &fakeMachine{}
+		h, att, _ := unitHarness(t, "root=/dev/vda2", "verity: {required: false}\nattest: {require: tpm}\n", m, true)
+		if code := RunUnits(h.env, []string{"modules", "attest"}, &bytes.Buffer{}); code != 0 {
+			t.Fatal("attest unit failed")
+		}
+		var stderr bytes.Buffer
+		if code := RunUnits(h.env, []string{"evidence"}, &stderr); code != 1 ||
+			!strings.Contains(stderr.String(), "the steps verity, root, storage, overlay, binds did not run in this boot") {
+			t.Errorf("exit %d: %s", code, stderr.String())
+		}
+		if att.evidence {
+			t.Error("evidence taken")
+		}
+		rep, _ := report.ReadFile(h.env.ReportPath)
+		if rep == nil || rep.Outcome != report.OutcomeFailed {
+			t.Errorf("report %+v", rep)
+		}
+	})
 }
