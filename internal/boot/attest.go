@@ -99,10 +99,11 @@ func (b *Boot) resumeMeasuring() error {
 }
 
 func (b *Boot) configEvent() eventlog.Event {
-	c := eventlog.Config{SHA256: fmt.Sprintf("%x", b.Config.Digest())}
-	if b.ConfigInfo != nil {
-		c.Path, c.Found, c.Overrides = b.ConfigInfo.Path, b.ConfigInfo.Found, b.ConfigInfo.Overrides
+	if i := b.ConfigInfo; i != nil {
+		// The lifecycle digested the config already (report.Config).
+		return eventlog.Config{SHA256: i.SHA256, Path: i.Path, Found: i.Found, Overrides: i.Overrides}.Event()
 	}
+	c := eventlog.Config{SHA256: fmt.Sprintf("%x", b.Config.Digest())}
 	return c.Event()
 }
 

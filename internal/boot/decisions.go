@@ -89,7 +89,10 @@ func (d *Decisions) write(path string) error {
 	return os.Rename(tmp, path)
 }
 
-// missing returns the steps of mode's boot before step that are not done.
+// allDone tells whether every step of mode's boot ran: only then is the boot ok.
+func (d *Decisions) allDone(m Mode) bool { return len(d.missing(m, "")) == 0 }
+
+// missing returns the steps of mode's boot before step ("": all of them) that are not done.
 func (d *Decisions) missing(m Mode, step string) []string {
 	var out []string
 	for _, s := range StepsOf(m) {

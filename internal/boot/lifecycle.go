@@ -102,7 +102,7 @@ func Run(env Env, mode Mode, names []string, stderr io.Writer) int {
 	if dec.Plan != nil && dec.Plan.Mode != mode {
 		dec = &Decisions{}
 	}
-	inputs := planInputs(raw, cfg)
+	inputs := planInputs(raw, info.SHA256)
 	plan := dec.Plan
 	switch {
 	case plan == nil:
@@ -130,7 +130,7 @@ func Run(env Env, mode Mode, names []string, stderr io.Writer) int {
 		return l.fail(log, steps[len(steps)-1].Name, fmt.Errorf("keeping the decisions for the next unit: %w", err), cfg)
 	}
 	if mode != ModeInitramfs {
-		if isLast(mode, steps) && len(dec.missing(mode, "")) == 0 && l.rep.Outcome == report.OutcomeRunning && l.rep.Failure == nil {
+		if dec.allDone(mode) && l.rep.Outcome == report.OutcomeRunning && l.rep.Failure == nil {
 			// The boot's last unit, every step done: what follows is systemd's.
 			l.rep.Outcome, l.rep.Finished = report.OutcomeOK, clock.Now()
 			l.saveReport(l.rep)
@@ -226,8 +226,7 @@ func (l *lifecycle) fail(log *zap.Logger, stageName string, err error, cfg *conf
 }
 
 // planInputs identifies what a plan is resolved from: the command line as read and the
-// effective config.
-func planInputs(rawCmdline string, cfg *config.Config) string {
-	c := sha256.Sum256([]byte(rawCmdline))
-	return fmt.Sprintf("cmdline sha256:%x config sha256:%x", c[:8], cfg.Digest())
+// effective config (its digest, as measured).
+func planInputs(rawCmdline, configSHA256 string) string {
+	return fmt.Sprintf("cmdline sha256:%x config sha256:%s", sha256.Sum256([]byte(rawCmdline)), configSHA256)
 }

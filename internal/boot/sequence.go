@@ -132,12 +132,6 @@ func selectSteps(m Mode, names []string) ([]Step, error) {
 	return out, nil
 }
 
-// isLast tells whether steps end mode's boot: after them only systemd (or init) remains.
-func isLast(m Mode, steps []Step) bool {
-	all := StepsOf(m)
-	return len(steps) > 0 && len(all) > 0 && steps[len(steps)-1].Name == all[len(all)-1].Name
-}
-
 // stages binds steps to b for the runner.
 func (b *Boot) stages(steps []Step) []stage.Stage {
 	out := make([]stage.Stage, len(steps))

@@ -69,31 +69,12 @@ func Parse(s string) (*Cmdline, error) {
 	}
 	c := &Cmdline{}
 	dashes := false
-	var word []byte
-	for i := 0; i < len(s); {
-		for i < len(s) && isSpace(s[i]) {
-			i++
-		}
-		if i == len(s) {
-			break
-		}
-		word = word[:0]
-		inQuote := false
-		for ; i < len(s); i++ {
-			ch := s[i]
-			if ch == '"' {
-				inQuote = !inQuote
-				continue
-			}
-			if !inQuote && isSpace(ch) {
-				break
-			}
-			word = append(word, ch)
-		}
-		if len(word) == 0 {
+	// The kernel's words (Words), every double quote removed as systemd does.
+	for _, raw := range Words(s) {
+		w := strings.ReplaceAll(raw, `"`, "")
+		if w == "" {
 			continue
 		}
-		w := string(word)
 		if dashes {
 			c.initArgs = append(c.initArgs, w)
 			continue
