@@ -95,6 +95,9 @@ func (f *fakeAttest) Measure(ev eventlog.Event) error {
 	if p, ok := ev.Data.(eventlog.PhaseData); ok {
 		name += ":" + p.Phase
 	}
+	if c, ok := ev.Data.(eventlog.Cmdline); ok && c.Pinned {
+		name += ":pinned"
+	}
 	f.measured = append(f.measured, name)
 	return nil
 }

@@ -64,7 +64,9 @@ func TestRunInitRefusesUnpinnedCmdline(t *testing.T) {
 
 func TestRunInitPinnedCmdlineBoots(t *testing.T) {
 	m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
-	h := newInitHarness(t, " "+pinnedCmdline+" \t", plainYAML, m)
+	h := newInitHarness(t, " "+pinnedCmdline+" \t", strings.Replace(plainYAML, "require: none", "require: tpm", 1), m)
+	att := &fakeAttest{present: true}
+	h.env.Attest = att
 	h.pin(t, pinnedCmdline)
 	RunInit(h.env)
 	if h.execPath != "/sbin/init" {
@@ -76,6 +78,10 @@ func TestRunInitPinnedCmdlineBoots(t *testing.T) {
 	}
 	if rep.CmdlinePinned != cmdline.PinDigest(pinnedCmdline) {
 		t.Errorf("report cmdline_pinned %q", rep.CmdlinePinned)
+	}
+	// The measured cmdline event says the line matched a pin.
+	if got := strings.Join(att.measured, ","); !strings.Contains(got, "cvmboot.cmdline:pinned") {
+		t.Errorf("measured %s", got)
 	}
 }
 
