@@ -78,9 +78,12 @@
 // Buffers this package allocates for secrets are cleared before they are
 // released: KDF output (the keyslot area key), AF-split plaintext, the
 // decrypted keyslot material, PBKDF2 intermediate blocks and digest
-// outputs. Caller buffers (Options.VolumeKey, passphrases) are neither kept
-// nor cleared. The volume key returned by Unlock belongs to the caller, who
-// must clear it. Copies inside the Go crypto packages (AES key schedules,
-// HMAC pads, Argon2 memory) cannot be reached and are left to the garbage
-// collector.
+// outputs. PBKDF2 (the volume key digest, pbkdf2 keyslots) keeps the HMAC
+// key, its pads and the hash states after them in a locked page it wipes,
+// never in crypto/hmac's heap pads (TestPBKDF2LeavesNoKeyCopy scans the
+// process for them). Caller buffers (Options.VolumeKey, passphrases) are
+// neither kept nor cleared. The volume key returned by Unlock belongs to the
+// caller, who must clear it. Copies inside other Go crypto code (AES key
+// schedules of keyslot areas, Argon2 memory) are not reached; cvmboot's
+// storage uses neither (its header has no keyslot).
 package luks2

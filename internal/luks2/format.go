@@ -379,7 +379,9 @@ func preparePlan(size int64, opts Options) (*plan, error) {
 	if err := randomBytes(digest.Salt); err != nil {
 		return nil, fmt.Errorf("generating digest salt: %w", err)
 	}
-	digest.Digest = pbkdf2Key(sha256.New, o.VolumeKey, digest.Salt, int(digest.Iterations), 32)
+	if digest.Digest, err = pbkdf2Key(sha256.New, o.VolumeKey, digest.Salt, int(digest.Iterations), 32); err != nil {
+		return nil, fmt.Errorf("volume key digest: %w", err)
+	}
 
 	meta := &Metadata{
 		Keyslots: map[int]Keyslot{},

@@ -2,7 +2,6 @@ package luks2
 
 import (
 	"crypto/aes"
-	"crypto/hmac"
 	"encoding/binary"
 	"fmt"
 	"hash"
@@ -24,44 +23,6 @@ const (
 	sectorSize          = 512 // keyslot areas are always encrypted in 512-byte sectors
 )
 
-// pbkdf2Key implements PBKDF2 (RFC 8018) over HMAC. It exists because the
-// standard library and x/crypto take the password as a string, an immutable
-// copy that cannot be wiped; here the password stays in the caller's slice.
-// Intermediate blocks are zeroed; the HMAC's internal key pads are not
-// reachable (see the package documentation on key hygiene).
-func pbkdf2Key(newHash func() hash.Hash, password, salt []byte, iterations, keyLen int) []byte {
-	mac := hmac.New(newHash, password)
-	hLen := mac.Size()
-	blocks := (keyLen + hLen - 1) / hLen
-	out := make([]byte, 0, blocks*hLen)
-	var counter [4]byte
-	u := make([]byte, 0, hLen)
-	t := make([]byte, hLen)
-	for block := 1; block <= blocks; block++ {
-		mac.Reset()
-		mac.Write(salt)
-		binary.BigEndian.PutUint32(counter[:], uint32(block))
-		mac.Write(counter[:])
-		u = mac.Sum(u[:0])
-		copy(t, u)
-		for i := 1; i < iterations; i++ {
-			mac.Reset()
-			mac.Write(u)
-			u = mac.Sum(u[:0])
-			for j := range t {
-				t[j] ^= u[j]
-			}
-		}
-		out = append(out, t...)
-	}
-	clear(u[:hLen])
-	clear(t)
-	mac.Reset()
-	key := out[:keyLen]
-	clear(out[keyLen:cap(out)])
-	return key
-}
-
 // deriveKeyslotKey runs the keyslot KDF. The returned key is owned by the
 // caller, who must clear it.
 func deriveKeyslotKey(kdf KDF, passphrase []byte, keyLen uint32) ([]byte, error) {
@@ -77,7 +38,7 @@ func deriveKeyslotKey(kdf KDF, passphrase []byte, keyLen uint32) ([]byte, error)
 		if kdf.Iterations < 1 {
 			return nil, fmt.Errorf("kdf iterations: expected >= 1, found %d", kdf.Iterations)
 		}
-		return pbkdf2Key(newH, passphrase, kdf.Salt, int(kdf.Iterations), int(keyLen)), nil
+		return pbkdf2Key(newH, passphrase, kdf.Salt, int(kdf.Iterations), int(keyLen))
 	case KDFArgon2i, KDFArgon2id:
 		if kdf.Time < 1 {
 			return nil, fmt.Errorf("kdf time: expected >= 1, found %d", kdf.Time)

@@ -48,7 +48,10 @@ func verifyDigest(id int, d Digest, key []byte) error {
 	if d.Iterations < 1 {
 		return fmt.Errorf("digest %d iterations: expected >= 1, found %d", id, d.Iterations)
 	}
-	sum := pbkdf2Key(newH, key, d.Salt, int(d.Iterations), len(d.Digest))
+	sum, err := pbkdf2Key(newH, key, d.Salt, int(d.Iterations), len(d.Digest))
+	if err != nil {
+		return fmt.Errorf("digest %d: %w", id, err)
+	}
 	ok := subtle.ConstantTimeCompare(sum, d.Digest) == 1
 	clear(sum)
 	if !ok {

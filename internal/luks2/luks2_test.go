@@ -8,6 +8,7 @@ import (
 	"crypto/sha512"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"hash"
 	"strings"
 	"testing"
@@ -15,10 +16,10 @@ import (
 
 func TestPBKDF2(t *testing.T) {
 	// RFC 7914 section 11 vector for PBKDF2-HMAC-SHA256.
-	got := pbkdf2Key(sha256.New, []byte("passwd"), []byte("salt"), 1, 64)
+	got, err := pbkdf2Key(sha256.New, []byte("passwd"), []byte("salt"), 1, 64)
 	want := "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc49ca9cccf179b645991664b39d77ef317c71b845b1e30bd509112041d3a19783"
-	if hex.EncodeToString(got) != want {
-		t.Fatalf("RFC 7914 vector: got %x", got)
+	if err != nil || hex.EncodeToString(got) != want {
+		t.Fatalf("RFC 7914 vector: got %x, %v", got, err)
 	}
 	for _, tc := range []struct {
 		name   string
@@ -32,16 +33,25 @@ func TestPBKDF2(t *testing.T) {
 		{"sha256-96", sha256.New, 1000, 96},
 		{"sha512-64", sha512.New, 7, 64},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			pw, salt := []byte("pass"+tc.name), []byte("0123456789abcdef0123456789abcdef")
-			want, err := pbkdf2.Key(tc.h, string(pw), salt, tc.iter, tc.keyLen)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := pbkdf2Key(tc.h, pw, salt, tc.iter, tc.keyLen); !bytes.Equal(got, want) {
-				t.Fatalf("got %x, want %x", got, want)
-			}
-		})
+		// Passwords around the block sizes: HMAC hashes a longer key
+		// first, and the tail's padding takes one or two blocks.
+		for _, pwLen := range []int{0, 1, 32, 55, 56, 63, 64, 65, 96, 111, 112, 119, 120, 127, 128, 129, 200, 240, 256} {
+			t.Run(fmt.Sprintf("%s/password-%d", tc.name, pwLen), func(t *testing.T) {
+				pw := make([]byte, pwLen)
+				for i := range pw {
+					pw[i] = byte(i*7 + len(tc.name))
+				}
+				salt := []byte("0123456789abcdef0123456789abcdef")
+				want, err := pbkdf2.Key(tc.h, string(pw), salt, tc.iter, tc.keyLen)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := pbkdf2Key(tc.h, pw, salt, tc.iter, tc.keyLen)
+				if err != nil || !bytes.Equal(got, want) {
+					t.Fatalf("got %x, %v; want %x", got, err, want)
+				}
+			})
+		}
 	}
 }
 

@@ -3,7 +3,6 @@ package storage
 import (
 	"errors"
 	"fmt"
-	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,53 +25,6 @@ func (Getrandom) Fill(b []byte) error {
 		b = b[n:]
 	}
 	return nil
-}
-
-// lockedKey is key material in its own anonymous mapping: locked in RAM
-// (never swapped), excluded from core dumps and from forked children, and
-// zeroed by Wipe. The Go heap never holds a copy.
-type lockedKey struct {
-	mem []byte // the whole mapping (one page)
-	n   int
-}
-
-func newLockedKey(n int) (*lockedKey, error) {
-	page := os.Getpagesize()
-	if n <= 0 || n > page {
-		return nil, fmt.Errorf("key size %d: expected 1 to %d bytes", n, page)
-	}
-	mem, err := unix.Mmap(-1, 0, page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		return nil, fmt.Errorf("mapping key memory: %w", err)
-	}
-	k := &lockedKey{mem: mem, n: n}
-	if err := unix.Mlock(mem); err != nil {
-		k.Wipe()
-		return nil, fmt.Errorf("locking key memory in RAM (mlock): %w", err)
-	}
-	// Best effort: a kernel without these advices still has a locked key.
-	_ = unix.Madvise(mem, unix.MADV_DONTDUMP)
-	_ = unix.Madvise(mem, unix.MADV_WIPEONFORK)
-	return k, nil
-}
-
-// Bytes is the key; it is valid until Wipe.
-func (k *lockedKey) Bytes() []byte {
-	if k.mem == nil {
-		return nil
-	}
-	return k.mem[:k.n]
-}
-
-// Wipe zeroes the key and releases its mapping; it may be called again.
-func (k *lockedKey) Wipe() {
-	if k.mem == nil {
-		return
-	}
-	clear(k.mem)
-	_ = unix.Munlock(k.mem)
-	_ = unix.Munmap(k.mem)
-	k.mem = nil
 }
 
 // KernelKeyring adds keys to the calling thread's keyring, as cryptsetup

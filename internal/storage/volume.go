@@ -12,6 +12,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/disk"
 	"github.com/cvmboot/cvmboot/internal/dm"
 	"github.com/cvmboot/cvmboot/internal/luks2"
+	"github.com/cvmboot/cvmboot/internal/secret"
 )
 
 // volume is the activated encryption stack.
@@ -50,7 +51,7 @@ func (s *Stage) activate(dmc DeviceMapper, part *disk.Partition, l Layout) (*vol
 	}
 	partDev := fmt.Sprintf("%d:%d", pmaj, pmin)
 
-	key, err := newLockedKey(l.KeySize)
+	key, err := secret.New(l.KeySize)
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +131,7 @@ func (s *Stage) activate(dmc DeviceMapper, part *disk.Partition, l Layout) (*vol
 // loadCrypt hands the key to the thread keyring, wipes it from memory and
 // loads the dm-crypt table that references it, all on one OS thread (the
 // thread keyring is that thread's), then drops the key from the keyring.
-func (s *Stage) loadCrypt(dmc DeviceMapper, key *lockedKey, l Layout, luksUUID, dataDev string, dataOffset int64, sectors uint64) error {
+func (s *Stage) loadCrypt(dmc DeviceMapper, key *secret.Locked, l Layout, luksUUID, dataDev string, dataOffset int64, sectors uint64) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	desc := KeyDescription(luksUUID)
