@@ -46,7 +46,7 @@ internal/serve for the bundle format.
 Endpoints:
   GET /status              the boot report (/run/cvmboot/report.json)
   GET /eventlog            the event log (/run/cvmboot/eventlog)
-  GET /evidence?nonce=HEX  evidence bound to the nonce (1-64 bytes) and the event log: a JSON
+  GET /evidence?nonce=HEX  evidence bound to the nonce (8-64 bytes) and the event log: a JSON
                            bundle of the evidence directory ('cvmboot evidence verify' checks
                            it once unpacked)
 
@@ -54,7 +54,7 @@ A dm-verity corruption is logged at critical priority with the device and block,
 policy applies: panic (the kernel panics by itself), restart (reboot), ignore (log only).
 
 With --get PATH the command is the client: it asks the daemon for PATH, e.g.
-'/evidence?nonce=0011', and writes the answer's body to standard output.
+'/evidence?nonce=0011223344556677', and writes the answer's body to standard output.
 
 Options:
 `

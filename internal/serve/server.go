@@ -162,7 +162,11 @@ func readEventLog(path string) ([]byte, error) {
 	return data, nil
 }
 
-// ParseNonce checks the query of an evidence request: exactly one nonce parameter, hex, 1 to
+// MinNonceSize is the shortest nonce /evidence takes: a shorter one is a counter or a guess
+// the host could answer from evidence it collected earlier, not a verifier's fresh secret.
+const MinNonceSize = 8
+
+// ParseNonce checks the query of an evidence request: exactly one nonce parameter, hex, 8 to
 // 64 bytes, and nothing else. The error names the problem for a 400 answer.
 func ParseNonce(rawQuery string) ([]byte, error) {
 	var hexNonce string
@@ -181,7 +185,7 @@ func ParseNonce(rawQuery string) ([]byte, error) {
 		hexNonce, found = value, true
 	}
 	if !found || hexNonce == "" {
-		return nil, fmt.Errorf("no nonce: ask for /evidence?nonce=HEX with 1 to %d bytes of your own, fresh for each request", eventlog.MaxNonceSize)
+		return nil, fmt.Errorf("no nonce: ask for /evidence?nonce=HEX with %d to %d bytes of your own, fresh for each request", MinNonceSize, eventlog.MaxNonceSize)
 	}
 	if len(hexNonce) > 2*eventlog.MaxNonceSize {
 		return nil, fmt.Errorf("nonce of %d hex digits: at most %d bytes (%d hex digits)", len(hexNonce), eventlog.MaxNonceSize, 2*eventlog.MaxNonceSize)
@@ -192,6 +196,9 @@ func ParseNonce(rawQuery string) ([]byte, error) {
 	nonce, err := hex.DecodeString(hexNonce)
 	if err != nil {
 		return nil, fmt.Errorf("nonce %q is not hex: %v", truncate(hexNonce, 40), err)
+	}
+	if len(nonce) < MinNonceSize {
+		return nil, fmt.Errorf("nonce of %d bytes: at least %d bytes (%d hex digits), random and fresh for each request", len(nonce), MinNonceSize, 2*MinNonceSize)
 	}
 	return nonce, nil
 }

@@ -112,7 +112,7 @@ func TestEvidenceFromTPM(t *testing.T) {
 	h := serve.NewServer(m.opts).Handler()
 
 	// Concurrent requests are serialized; each gets evidence bound to its own nonce.
-	nonces := []string{"00112233445566778899aabbccddeeff", "01", strings.Repeat("ff", 64)}
+	nonces := []string{"00112233445566778899aabbccddeeff", "0102030405060708", strings.Repeat("ff", 64)}
 	bodies := make([][]byte, len(nonces))
 	var wg sync.WaitGroup
 	for i, n := range nonces {
@@ -173,7 +173,7 @@ func TestEvidenceFromTDX(t *testing.T) {
 	m.opts.TEE.ConfigfsDir = "" // faketsm answers only for /sys/kernel/config; no file is touched
 	m.boot(t)
 	h := serve.NewServer(m.opts).Handler()
-	rec := get(t, h, "GET", "/evidence?nonce=cafe")
+	rec := get(t, h, "GET", "/evidence?nonce=cafe0123456789ab")
 	if rec.Code != http.StatusOK {
 		t.Fatalf("%d %s", rec.Code, rec.Body)
 	}
@@ -181,7 +181,7 @@ func TestEvidenceFromTDX(t *testing.T) {
 	if err := serve.UnpackBundle(rec.Body, dir); err != nil {
 		t.Fatal(err)
 	}
-	claims, err := evidence.Verify(dir, evidence.Options{Nonce: []byte{0xca, 0xfe}, AllowUnsigned: true, AllowDebug: true})
+	claims, err := evidence.Verify(dir, evidence.Options{Nonce: []byte{0xca, 0xfe, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab}, AllowUnsigned: true, AllowDebug: true})
 	if err != nil {
 		t.Fatalf("evidence rejected: %v", err)
 	}
@@ -207,16 +207,16 @@ func TestEvidenceErrors(t *testing.T) {
 		{"odd nonce", nil, "/evidence?nonce=abc", "GET", 400, "odd number of hex digits"},
 		{"not hex", nil, "/evidence?nonce=zz", "GET", 400, `nonce "zz" is not hex`},
 		{"too long", nil, "/evidence?nonce=" + strings.Repeat("00", 65), "GET", 400, "at most 64 bytes"},
-		{"twice", nil, "/evidence?nonce=00&nonce=01", "GET", 400, "nonce given twice"},
-		{"unknown parameter", nil, "/evidence?nonce=00&format=tar", "GET", 400, `unknown query parameter "format"`},
-		{"method", nil, "/evidence?nonce=00", "POST", 405, "only GET"},
-		{"no event log", nil, "/evidence?nonce=00", "GET", 404, "no event log at"},
-		{"no platform", func(t *testing.T, m *machine) { m.boot(t) }, "/evidence?nonce=00", "GET", 503, "no TEE or TPM"},
+		{"twice", nil, "/evidence?nonce=0011223344556677&nonce=0011223344556677", "GET", 400, "nonce given twice"},
+		{"unknown parameter", nil, "/evidence?nonce=0011223344556677&format=tar", "GET", 400, `unknown query parameter "format"`},
+		{"method", nil, "/evidence?nonce=0011223344556677", "POST", 405, "only GET"},
+		{"no event log", nil, "/evidence?nonce=0011223344556677", "GET", 404, "no event log at"},
+		{"no platform", func(t *testing.T, m *machine) { m.boot(t) }, "/evidence?nonce=0011223344556677", "GET", 503, "no TEE or TPM"},
 		{"collection fails", func(t *testing.T, m *machine) {
 			m.boot(t)
 			m.device(t, tee.TPMDevice)
 			m.opts.TEE.OpenTPM = func() (transport.TPMCloser, error) { return nil, os.ErrPermission }
-		}, "/evidence?nonce=00", "GET", 500, "tpmrm0"},
+		}, "/evidence?nonce=0011223344556677", "GET", 500, "tpmrm0"},
 		{"status missing", nil, "/status", "GET", 404, "no boot report"},
 		{"status query", nil, "/status?x=1", "GET", 400, "takes no query"},
 		{"eventlog missing", nil, "/eventlog", "GET", 404, "no event log"},
@@ -266,10 +266,12 @@ func TestParseNonce(t *testing.T) {
 		query string
 		want  string // hex; "" means an error
 	}{
-		{"nonce=00", "00"},
-		{"nonce=DEADbeef", "deadbeef"},
+		{"nonce=0011223344556677", "0011223344556677"},
+		{"nonce=DEADbeefDEADbeef", "deadbeefdeadbeef"},
+		{"nonce=00", ""},
+		{"nonce=00112233445566", ""},
 		{"nonce=" + strings.Repeat("a", 128), strings.Repeat("a", 128)},
-		{"&nonce=01&", "01"},
+		{"&nonce=0102030405060708&", "0102030405060708"},
 		{"nonce=" + strings.Repeat("a", 130), ""},
 		{"nonce=0", ""},
 		{"nonce=0g", ""},
@@ -288,7 +290,7 @@ func TestParseNonce(t *testing.T) {
 }
 
 func FuzzParseNonce(f *testing.F) {
-	for _, s := range []string{"nonce=00", "nonce=", "nonce=00&nonce=11", "x=1&nonce=ab", "nonce=" + strings.Repeat("ff", 64)} {
+	for _, s := range []string{"nonce=00", "nonce=0011223344556677", "nonce=", "nonce=00&nonce=11", "x=1&nonce=ab", "nonce=" + strings.Repeat("ff", 64)} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, q string) {
@@ -296,7 +298,7 @@ func FuzzParseNonce(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if len(n) == 0 || len(n) > eventlog.MaxNonceSize {
+		if len(n) < serve.MinNonceSize || len(n) > eventlog.MaxNonceSize {
 			t.Fatalf("ParseNonce(%q) accepted %d bytes", q, len(n))
 		}
 	})
@@ -317,7 +319,7 @@ func TestEvidenceCanceled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	rec := httptest.NewRecorder()
-	serve.NewServer(m.opts).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/evidence?nonce=00", nil).WithContext(ctx))
+	serve.NewServer(m.opts).Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/evidence?nonce=0011223344556677", nil).WithContext(ctx))
 	if rec.Code != http.StatusInternalServerError || !strings.Contains(rec.Body.String(), "context canceled") {
 		t.Errorf("%d %q, want 500 naming the cancellation", rec.Code, rec.Body)
 	}

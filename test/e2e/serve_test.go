@@ -39,7 +39,8 @@ func serveScenarios() []scenario {
 		expect: []string{`E2E-CHECK: system-state=running`, `E2E-CHECK: failed-units=none`,
 			`E2E-CHECK: serve-socket=active 600 root:root socket`, `E2E-CHECK: serve-service=active`,
 			`E2E-CHECK: status=ok`, `E2E-CHECK: eventlog=same`,
-			`E2E-CHECK: bad-nonce=exit 1: .*400 Bad Request`, `E2E-CHECK: nobody=exit 3: .*permission denied`,
+			`E2E-CHECK: bad-nonce=exit 1: .*400 Bad Request`,
+			`E2E-CHECK: short-nonce=exit 1: .*400 Bad Request.*nonce of 7 bytes: at least 8 bytes`, `E2E-CHECK: nobody=exit 3: .*permission denied`,
 			`E2E-CHECK: evidence=ok`, `E2E-CHECK: eventlog-unchanged=yes`, `E2E-CHECK: BUNDLE END`,
 			`E2E-CHECK: JOURNAL .*watching dm-verity corruption events`, `E2E-CHECK: JOURNAL .*evidence served`},
 		reject:    []string{`{fatal}`, `Kernel panic`},
@@ -71,6 +72,8 @@ $cvm serve --get /eventlog >/tmp/eventlog 2>/tmp/err
 if cmp -s /tmp/eventlog /run/cvmboot/eventlog; then say "eventlog=same $(wc -l </tmp/eventlog) records"; else say "eventlog=differs $(cat /tmp/err)"; fi
 $cvm serve --get '/evidence?nonce=zz' >/dev/null 2>/tmp/err
 say "bad-nonce=exit $?: $(tr '\n' ' ' </tmp/err)"
+$cvm serve --get '/evidence?nonce=00112233445566' >/dev/null 2>/tmp/err
+say "short-nonce=exit $?: $(tr '\n' ' ' </tmp/err)"
 setpriv --reuid=65534 --regid=65534 --clear-groups $cvm serve --get /status >/dev/null 2>/tmp/err
 say "nobody=exit $?: $(tr '\n' ' ' </tmp/err)"
 before=$(sha256sum /run/cvmboot/eventlog | cut -d' ' -f1)
