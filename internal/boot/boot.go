@@ -232,15 +232,30 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 	if b.Plan.RootOptions != "" {
 		facts["options"] = b.Plan.RootOptions
 	}
-	// usrhash=: a separate /usr volume under the same rules, mounted read-only on the root.
-	if v := b.dec.volume("usr"); v != nil {
-		usrType, err := b.Mounts.Root(v.Device, "auto", NewRoot+"/usr", "")
-		if err != nil {
-			return nil, err
-		}
-		facts["usr_device"], facts["usr_fstype"], facts["usr_root_hash"] = v.Device, usrType, v.RootHash
-	}
 	return facts, nil
+}
+
+// usr mounts the verified /usr (usrhash=) read-only on the assembled root. It runs after the
+// overlay: an overlay mounted over /sysroot covers what is mounted below it, and its lower
+// layer is the root file system alone, so a /usr mounted with the root would leave the
+// running system the root partition's own /usr while the log claims a verified one.
+func (b *Boot) usr(context.Context) (stage.Facts, error) {
+	v := b.dec.volume("usr")
+	if v == nil {
+		if b.Plan.UsrVolume != nil {
+			return nil, fmt.Errorf("usrhash= names a /usr verity volume but no verity step activated it in this boot: %s/usr is not verified", NewRoot)
+		}
+		return nil, stage.Skip("no usrhash= on the kernel command line: /usr is the root's")
+	}
+	if b.rootDevice == "" {
+		return nil, errors.New("no root was mounted at " + NewRoot + " to mount /usr on")
+	}
+	target := NewRoot + "/usr"
+	usrType, err := b.Mounts.Root(v.Device, "auto", target, "")
+	if err != nil {
+		return nil, err
+	}
+	return stage.Facts{"device": v.Device, "fstype": usrType, "target": target, "mode": "ro", "root_hash": v.RootHash}, nil
 }
 
 // checkSysroot finds what systemd's sysroot.mount mounted at /sysroot. With a verity root

@@ -250,6 +250,7 @@ func TestVerityUsr(t *testing.T) {
 	v := &fakeVerity{}
 	cfg := plainConfig()
 	cfg.Attest.Require = config.AttestTPM
+	cfg.Overlay.Enabled = true
 	root, usr := strings.Repeat("00", 31)+"11", strings.Repeat("00", 31)+"22"
 	cl, _ := cmdline.Parse("roothash=" + root + " usrhash=" + usr)
 	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: att, Verity: v}
@@ -260,8 +261,12 @@ func TestVerityUsr(t *testing.T) {
 	if strings.Join(v.activated, ",") != "root "+root+",usr "+usr {
 		t.Errorf("activated %v", v.activated)
 	}
-	if !strings.Contains(strings.Join(m.calls, "|"), "mount /dev/mapper/usr auto /sysroot/usr") {
-		t.Errorf("calls %v", m.calls)
+	// /usr goes on after the overlay: mounted before it, the overlay would hide it.
+	if calls := strings.Join(m.calls, "|"); !strings.Contains(calls, "mount /dev/mapper/root auto /sysroot |overlay /sysroot /run/cvmboot/overlay 50%|mount /dev/mapper/usr auto /sysroot/usr |switch /sysroot /sbin/init") {
+		t.Errorf("calls %v", calls)
+	}
+	if f := rep.Stage(StageUsr).Facts; f["device"] != "/dev/mapper/usr" || f["root_hash"] != usr || f["target"] != "/sysroot/usr" {
+		t.Errorf("usr facts %v", f)
 	}
 	if n := strings.Count(strings.Join(att.measured, ","), "cvmboot.verity"); n != 2 {
 		t.Errorf("verity events measured %d, want 2: %v", n, att.measured)
@@ -339,7 +344,7 @@ func TestSequence(t *testing.T) {
 		return strings.Join(n, " ")
 	}
 	for mode, want := range map[Mode]string{
-		ModeInitramfs:     "early-mounts modules attest verity root storage overlay binds evidence handoff",
+		ModeInitramfs:     "early-mounts modules attest verity root storage overlay usr binds evidence handoff",
 		ModeSystemdInitrd: "modules attest verity root storage overlay binds evidence",
 		ModeSystemd:       "modules attest root storage binds",
 	} {

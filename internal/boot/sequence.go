@@ -39,6 +39,7 @@ const (
 	StageRoot        = "root"
 	StageStorage     = "storage"
 	StageOverlay     = "overlay"
+	StageUsr         = "usr"
 	StageBinds       = "binds"
 	StageEvidence    = "evidence"
 	StageHandoff     = "handoff"
@@ -76,6 +77,7 @@ func Sequence() []Step {
 		{Name: StageRoot, Modes: allModes, Unit: "cvmboot-root.service", Does: "mount the root read-only at /sysroot (PID 1); check what systemd mounted (initrd); find the root's device", run: (*Boot).root},
 		{Name: StageStorage, Modes: allModes, Unit: "cvmboot-root.service", Does: "encrypted storage on the root disk's free space, mounted under /run; measure it", run: (*Boot).storage},
 		{Name: StageOverlay, Modes: initrdModes, Unit: "cvmboot-root.service", Does: "overlay a tmpfs (or the storage) over the read-only root; measure it", run: (*Boot).overlay},
+		{Name: StageUsr, Modes: pid1Mode, Does: "mount the verified /usr (usrhash=) read-only over the assembled root, after the overlay that would hide it", run: (*Boot).usr},
 		{Name: StageBinds, Modes: allModes, Unit: "cvmboot-root.service", Does: "the storage's mounts inside the root, which the overlay would have hidden", run: (*Boot).binds},
 		{Name: StageEvidence, Modes: initrdModes, Unit: "cvmboot-evidence.service", Does: "measure leave-initrd, write the evidence bound to the event log", run: (*Boot).evidence},
 		{Name: StageHandoff, Modes: pid1Mode, Does: "switch to the root and execute its init", run: (*Boot).handoff},

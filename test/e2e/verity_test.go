@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -155,7 +156,30 @@ func verityScenarios() []scenario {
 }
 
 func debianVerityScenarios() []scenario {
-	return []scenario{scenario{
+	return []scenario{{
+		// usrhash= with a plain root= and verity.required false: the running system's /usr must
+		// be the verified volume, not the root partition's own /usr (which the host can write),
+		// also with the overlay over the root. The root keeps a decoy /usr saying so.
+		name: "debian-usrhash", root: rootDebian,
+		config:  debianConfig,
+		recipe:  withUsrFromRoot,
+		cmdline: "root=PARTUUID={rootpartuuid} usrhash={usrhash}",
+		expect: []string{`stage ok stage=usr .*device=/dev/mapper/usr`, `E2E-CHECK: system-state=running`,
+			`E2E-CHECK: failed-units=none`, `E2E-CHECK: usr=/dev/mapper/usr\s+ext4\s+ro,`, `E2E-CHECK: usr-source=usr-verity`,
+			`E2E-CHECK: usr-write=.*Read-only file system`, `E2E-CHECK: root=overlay overlay rw`, `E2E-CHECK: DONE`},
+		reject:  []string{`{fatal}`, `Kernel panic`, `usr-source=root-partition`},
+		outcome: bootedAndChecked, timeLimit: 5 * time.Minute,
+	}, {
+		// The host flips a byte of the /usr file system's first block: refused before the
+		// device exists, the usr data partition named.
+		name: "usrhash-tamper-data", root: rootTiny, config: plainConfig,
+		recipe: func(r *harness.DiskRecipe) {
+			r.Usr = &harness.UsrSpec{Tree: r.Root.Tree, Tamper: flipAt(false, 1024+0x78)}
+		},
+		cmdline: "root=PARTUUID={rootpartuuid} usrhash={usrhash}",
+		expect:  []string{`{fatal}: stage verity failed: .*/dev/vda3.*does not match.*expects [0-9a-f]{64}`},
+		reject:  []string{`ROOTCHECK:`, `Kernel panic`, `stage ok stage=root`}, outcome: failureAction, timeLimit: 3 * time.Minute,
+	}, {
 		// The Debian root on dm-verity with the tmpfs overlay: systemd sees the device cvmboot
 		// created as ready (udev database entry) and starts with nothing failed.
 		name: "debian-verity", root: rootDebian,
@@ -169,3 +193,32 @@ func debianVerityScenarios() []scenario {
 		outcome: bootedAndChecked, timeLimit: 5 * time.Minute,
 	}}
 }
+
+// withUsrFromRoot moves the Debian root's /usr onto a verity pair of its own, leaves a decoy
+// /usr on the root that says where it is, and checks which /usr the booted system sees.
+func withUsrFromRoot(r *harness.DiskRecipe) {
+	must := func(err error) {
+		if err != nil {
+			panic(fmt.Sprintf("debian-usrhash: preparing the Debian root: %v", err))
+		}
+	}
+	tree := r.Root.Tree
+	usr := tree + "-usr"
+	must(os.RemoveAll(usr))
+	must(harness.InstallCheckUnit(tree, harness.CheckPrelude+usrCheckScript))
+	must(os.Rename(filepath.Join(tree, "usr"), usr))
+	must(os.WriteFile(filepath.Join(usr, "lib/cvmboot-e2e-usr-source"), []byte("usr-verity\n"), 0o644))
+	must(os.MkdirAll(filepath.Join(tree, "usr/lib"), 0o755))
+	must(os.WriteFile(filepath.Join(tree, "usr/lib/cvmboot-e2e-usr-source"), []byte("root-partition\n"), 0o644))
+	r.Usr = &harness.UsrSpec{Tree: usr}
+}
+
+// usrCheckScript follows harness.CheckPrelude: which /usr the system runs on.
+const usrCheckScript = `say "usr=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS /usr 2>&1)"
+say "usr-source=$(cat /usr/lib/cvmboot-e2e-usr-source 2>&1)"
+say "usr-write=$(touch /usr/cvmboot-e2e-write 2>&1 && echo written)"
+say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
+say DONE
+sync
+systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
+`

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -26,11 +27,14 @@ const (
 	TypeRoot           = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
 	TypeRootVerity     = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
 	TypeRootVeritySig  = "41092b05-9fc8-4523-994f-2def0408b176"
+	TypeUsr            = "8484680c-9521-48c6-9c11-b0720656f69e"
+	TypeUsrVerity      = "77ff5f63-e7b6-4633-acf4-1565b864c0e6"
 	TypeLinuxData      = "0fc63daf-8483-4772-8e79-3d69d8477de4"
 	DefaultRootPartUID = "6b1d4a53-3c8e-4c55-9f0c-7d2a1e5c0b01"
 	DefaultESPPartUID  = "6b1d4a53-3c8e-4c55-9f0c-7d2a1e5c0e5f"
 	DefaultRootFSUUID  = "6b1d4a53-3c8e-4c55-9f0c-7d2a1e5c0f50"
 	DefaultDiskGUID    = "6b1d4a53-3c8e-4c55-9f0c-7d2a1e5c0d15"
+	DefaultUsrFSUUID   = "6b1d4a53-3c8e-4c55-9f0c-7d2a1e5c0a55"
 	MiB                = int64(1) << 20
 	sectorSize         = 512
 )
@@ -96,6 +100,18 @@ type DiskRecipe struct {
 	FreeSpace  int64  // unallocated space at the end of the disk (sparse)
 	DiskGUID   string // DefaultDiskGUID when empty
 	Verity     *VeritySpec
+	// Usr puts /usr on a dm-verity pair of its own after the other partitions.
+	Usr *UsrSpec
+}
+
+// UsrSpec is a /usr file system on dm-verity, found by usrhash= alone: the usr and
+// usr-verity partitions get the PARTUUIDs derived from its hash, as systemd expects.
+type UsrSpec struct {
+	Tree string // the /usr tree (ext4, 4 KiB blocks)
+	// Tamper changes the formatted data or hash image before they go on the disk.
+	Tamper func(ctx context.Context, data, hash string) error
+	// Image, HashImage and UsrHash are set by PrepareUsr.
+	Image, HashImage, UsrHash string
 }
 
 // PartitionInfo is where a partition ended up.
@@ -124,6 +140,9 @@ type DiskImage struct {
 	FreeStart       int64
 	RootHash        string // hex, when the recipe asked for dm-verity
 	Verity          *PartitionInfo
+	// Usr and UsrVerity are the /usr pair (DiskRecipe.Usr), UsrHash its hash (hex).
+	Usr, UsrVerity *PartitionInfo
+	UsrHash        string
 }
 
 // BuildDisk writes the image described by r. The root filesystem is built with
@@ -206,6 +225,14 @@ func BuildDisk(ctx context.Context, r DiskRecipe) (*DiskImage, error) {
 		root.PartUUID = dataUUID
 		extra = append([]ExtraPartition{{Name: "root-verity", Type: TypeRootVerity, PartUUID: hashUUID, Contents: hashImage}}, extra...)
 	}
+	if u := r.Usr; u != nil {
+		if u.Image == "" || u.HashImage == "" || u.UsrHash == "" {
+			return nil, fmt.Errorf("disk %s: the /usr verity pair is not formatted (PrepareUsr)", r.Path)
+		}
+		dataUUID, hashUUID := PartUUIDsFromRootHash(u.UsrHash)
+		extra = append(slices.Clone(extra), ExtraPartition{Name: "usr", Type: TypeUsr, PartUUID: dataUUID, Contents: u.Image},
+			ExtraPartition{Name: "usr-verity", Type: TypeUsrVerity, PartUUID: hashUUID, Contents: u.HashImage})
+	}
 
 	img := &DiskImage{Path: r.Path, DiskGUID: strings.ToLower(diskGUID), RootFSUUID: root.FSUUID, RootFSType: root.FSType, RootHash: rootHash}
 	var parts []*gpt.Partition
@@ -286,6 +313,10 @@ func BuildDisk(ctx context.Context, r DiskRecipe) (*DiskImage, error) {
 	}
 	if r.Verity != nil {
 		img.Verity = &img.Extra[0]
+	}
+	if r.Usr != nil {
+		n := len(img.Extra)
+		img.Usr, img.UsrVerity, img.UsrHash = &img.Extra[n-2], &img.Extra[n-1], r.Usr.UsrHash
 	}
 	for i, x := range extra {
 		if x.Contents == "" {
@@ -524,6 +555,33 @@ func PrepareVerity(ctx context.Context, r *DiskRecipe, dir string) (string, erro
 	}
 	r.Root.Image, v.HashImage, v.RootHash = data, hash, rootHash
 	return rootHash, nil
+}
+
+// PrepareUsr formats r.Usr: an ext4 image of its tree and its dm-verity hash tree (by
+// `veritysetup format`), then applies its Tamper; it returns the usr hash (hex).
+func PrepareUsr(ctx context.Context, r *DiskRecipe, dir string) (string, error) {
+	u := r.Usr
+	if u == nil {
+		return "", nil
+	}
+	if u.Tree == "" {
+		return "", errors.New("disk recipe: Usr.Tree is empty")
+	}
+	data, hash := filepath.Join(dir, "usrfs.img"), filepath.Join(dir, "usrhash.img")
+	if _, err := makeRootFS(ctx, RootSpec{Tree: u.Tree, FSType: FSExt4, FSUUID: DefaultUsrFSUUID, Label: "usr"}, data); err != nil {
+		return "", fmt.Errorf("/usr file system: %w", err)
+	}
+	usrHash, err := VeritysetupFormat(ctx, data, hash)
+	if err != nil {
+		return "", fmt.Errorf("/usr dm-verity format: %w", err)
+	}
+	if u.Tamper != nil {
+		if err := u.Tamper(ctx, data, hash); err != nil {
+			return "", fmt.Errorf("tampering with /usr: %w", err)
+		}
+	}
+	u.Image, u.HashImage, u.UsrHash = data, hash, usrHash
+	return usrHash, nil
 }
 
 // FlipByte inverts the bits of one byte of a file, as an attacker on the host would.

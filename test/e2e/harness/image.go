@@ -147,6 +147,12 @@ func BuildImage(ctx context.Context, spec ImageSpec) (*Image, error) {
 		r := strings.NewReplacer("{datapartuuid}", data, "{hashpartuuid}", hash)
 		spec.Cmdline, spec.LoadOptions = r.Replace(spec.Cmdline), r.Replace(spec.LoadOptions)
 	}
+	usrHash, err := PrepareUsr(ctx, &spec.Recipe, spec.WorkDir)
+	if err != nil {
+		return nil, err
+	}
+	spec.Cmdline = strings.ReplaceAll(spec.Cmdline, "{usrhash}", usrHash)
+	spec.LoadOptions = strings.ReplaceAll(spec.LoadOptions, "{usrhash}", usrHash)
 	img.Cmdline = spec.Cmdline
 	switch spec.Init {
 	case InitCvmboot:
