@@ -80,6 +80,9 @@ func dracutInitramfs(config string) func(t *testing.T, e *env, tree, work string
 	}
 }
 
+// decoyPartUUID is the partition holding an unverified copy of the root.
+const decoyPartUUID = "6b1d4a53-3c8e-4c55-9f0c-7d2a1e5c0dec"
+
 func dracutScenarios() []scenario {
 	// Debian's systemd initrd ends a boot it cannot finish in emergency mode with a root
 	// shell; with cvmboot's module a failure must end in the failure action instead.
@@ -124,6 +127,23 @@ func dracutScenarios() []scenario {
 			expect: []string{`{fatal}: stage verity failed: .*/dev/vda2.*does not match`,
 				`cvmboot: failure action: poweroff \(FailureAction=poweroff-force\)`},
 			reject:    noShell,
+			outcome:   failureAction,
+			timeLimit: 6 * time.Minute,
+		},
+		scenario{
+			// The UKI's command line has roothash= but its root= names a partition holding an
+			// unverified copy of the root (the data partition itself is held by dm-verity):
+			// systemd mounts the copy at /sysroot, cvmboot-root refuses it before the overlay
+			// or storage, and its FailureAction= powers off.
+			name: "dracut-root-not-verity", root: rootDebian, debianPackages: dracutPackages,
+			config:    dracutConfig,
+			recipe:    func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{DecoyPartUUID: decoyPartUUID} },
+			initramfs: dracutInitramfs(dracutConfig),
+			cmdline:   "roothash={roothash} root=PARTUUID=" + decoyPartUUID + " ro",
+			expect: []string{`Finished .*cvmboot-verity`,
+				`{fatal}: stage root failed: /sysroot is mounted from /dev/vda4, not from the verified /dev/mapper/root`,
+				`cvmboot: failure action: poweroff \(FailureAction=poweroff-force\)`},
+			reject:    append([]string{`stage ok stage=overlay`, `stage ok stage=storage`, `E2E-CHECK:`}, noShell...),
 			outcome:   failureAction,
 			timeLimit: 6 * time.Minute,
 		},

@@ -88,6 +88,9 @@ type VeritySpec struct {
 	// Tamper changes the formatted data or hash image before they go on the disk
 	// (PrepareVerity only).
 	Tamper func(ctx context.Context, data, hash string) error
+	// DecoyPartUUID, when set, adds a partition with this PARTUUID holding a copy of the
+	// data image: the same root, unverified, for a host that names it in root=.
+	DecoyPartUUID string
 }
 
 type DiskRecipe struct {
@@ -224,6 +227,9 @@ func BuildDisk(ctx context.Context, r DiskRecipe) (*DiskImage, error) {
 		}
 		root.PartUUID = dataUUID
 		extra = append([]ExtraPartition{{Name: "root-verity", Type: TypeRootVerity, PartUUID: hashUUID, Contents: hashImage}}, extra...)
+		if v.DecoyPartUUID != "" {
+			extra = append(slices.Clone(extra), ExtraPartition{Name: "root-decoy", Type: TypeLinuxData, PartUUID: v.DecoyPartUUID, Contents: fsImage})
+		}
 	}
 	if u := r.Usr; u != nil {
 		if u.Image == "" || u.HashImage == "" || u.UsrHash == "" {
