@@ -120,6 +120,29 @@ func TestLoopBLKPG(t *testing.T) {
 	if _, err := luks2.Read(pf); err == nil {
 		t.Error("LUKS2 header still readable through the partition node after reuse")
 	}
+
+	// A partition in use (claimed exclusively, as a mount or a dm-verity table claims the
+	// root's partitions) is never reused, whatever its label: nothing is written to it.
+	wf, err := os.OpenFile(got.Path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := luks2.Format(wf, got.Size, luks2.Options{VolumeKey: make([]byte, 64), Label: "in use"}); err != nil {
+		t.Fatal(err)
+	}
+	wf.Close()
+	held, err := os.OpenFile(got.Path, os.O_RDONLY|unix.O_EXCL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	_, err = p.Prepare(context.Background(), loop, storageRequest())
+	if err == nil || !strings.Contains(err.Error(), "carries the storage label but is in use (mounted or opened exclusively): refusing to reuse or destroy it") {
+		t.Errorf("Prepare on a partition in use: %v", err)
+	}
+	if h, err := luks2.Read(held); err != nil || h.Label != "in use" {
+		t.Errorf("the partition in use was written to: %v", err)
+	}
 }
 
 // ensureNodeFor makes sure the node of an existing partition exists (for

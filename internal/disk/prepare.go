@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -158,6 +159,10 @@ func (p *Preparer) Prepare(ctx context.Context, diskPath string, req Request) (*
 		part.Number, part.PartUUID, part.Reused = e.Number(), e.UniqueGUID, true
 		part.Start = int64(e.FirstLBA) * int64(dev.sectorSize)
 		part.Size = int64(e.LastLBA-e.FirstLBA+1) * int64(dev.sectorSize)
+		if part.Size < req.MinSize {
+			return nil, fmt.Errorf("disk %s: %s has the storage label but is %d bytes (%d MiB), storage.min_size requires %d bytes (%d MiB); refusing to reuse it",
+				diskPath, e.describe(), part.Size, part.Size>>20, req.MinSize, req.MinSize>>20)
+		}
 	} else {
 		r, ok := t.LargestFree(uint64(align))
 		largest := int64(0)
@@ -253,7 +258,14 @@ func (p *Preparer) destroyOld(disk *os.File, dev *diskInfo, part *Partition) err
 		sync   func() error
 	)
 	if part.Path != "" {
-		pf, err := os.OpenFile(part.Path, os.O_RDWR|unix.O_CLOEXEC, 0)
+		// Exclusively: the kernel then refuses a partition that is mounted or held by a
+		// device-mapper target (this boot's root, /usr, their hash devices), which a host
+		// can give the storage label and type.
+		pf, err := os.OpenFile(part.Path, os.O_RDWR|unix.O_EXCL|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("disk %s: partition %d (PARTUUID %s) carries the storage label but is in use (%s): refusing to reuse or destroy it",
+				part.Disk, part.Number, part.PartUUID, p.inUseBy(dev, part))
+		}
 		if err != nil {
 			return fmt.Errorf("opening reused partition %s: %w", part.Path, err)
 		}
@@ -269,6 +281,23 @@ func (p *Preparer) destroyOld(disk *os.File, dev *diskInfo, part *Partition) err
 		return fmt.Errorf("syncing reused partition %d on %s: %w", part.Number, part.Disk, err)
 	}
 	return nil
+}
+
+// inUseBy says what holds a busy partition: the devices stacked on it, else a mount.
+func (p *Preparer) inUseBy(dev *diskInfo, part *Partition) string {
+	dir, err := p.sysDir(dev.major, dev.minor)
+	if err == nil {
+		if name, _, found, _ := findPartition(dir, part.Number); found {
+			if hs, err := os.ReadDir(filepath.Join(dir, name, "holders")); err == nil && len(hs) > 0 {
+				var names []string
+				for _, h := range hs {
+					names = append(names, h.Name())
+				}
+				return "held by " + strings.Join(names, ", ") + ", e.g. this boot's dm-verity root or /usr"
+			}
+		}
+	}
+	return "mounted or opened exclusively"
 }
 
 // window is a section of a file, readable and writable.
