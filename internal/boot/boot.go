@@ -147,7 +147,19 @@ func (b *Boot) modules(ctx context.Context) (stage.Facts, error) {
 	if err != nil {
 		return nil, err
 	}
-	return stage.Facts{"requested": strings.Join(names, ","), "loaded": strings.Join(loaded, ",")}, nil
+	facts := stage.Facts{"requested": strings.Join(names, ","), "loaded": strings.Join(loaded, ",")}
+	if b.Mode == ModeInitramfs {
+		// API file systems that are modules (efivarfs, configfs in Debian's kernels) could
+		// not be mounted before their modules were loaded: mount them now.
+		mounted, err := b.Mounts.Early()
+		if err != nil {
+			return nil, err
+		}
+		if len(mounted) > 0 {
+			facts["mounted"] = strings.Join(mounted, ",")
+		}
+	}
+	return facts, nil
 }
 
 // errNoRoot is returned when nothing names the root device.

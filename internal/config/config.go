@@ -302,6 +302,9 @@ func (c *Config) KernelModules(extra ...string) KernelModules {
 	m.Required = appendNew(m.Required, c.Modules...)
 	m.Required = appendNew(m.Required, c.FeatureModules()...)
 	m.Optional = appendNew(m.Optional, c.AcceleratedModules()...)
+	// efivarfs (a module in Debian's kernels): LoaderDevicePartUUID tells which disk booted,
+	// so that discovery by partition type stays on it.
+	m.Optional = appendNew(m.Optional, "efivarfs")
 	if c.Attest.Require != AttestNone {
 		m.Optional = appendNew(m.Optional, TPMModules...)
 	}

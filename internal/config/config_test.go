@@ -411,11 +411,11 @@ func TestKernelModules(t *testing.T) {
 	if got := strings.Join(m.Required, " "); got != "virtio_blk nvme dm_verity dm_crypt xts ecb dm_integrity authenc hmac sha256_generic overlay" {
 		t.Errorf("required %s", got)
 	}
-	if got := strings.Join(m.Optional, " "); got != "aesni_intel sha256_ssse3 tpm_crb tpm_tis" {
+	if got := strings.Join(m.Optional, " "); got != "aesni_intel sha256_ssse3 efivarfs tpm_crb tpm_tis" {
 		t.Errorf("optional %s", got)
 	}
 	c.Modules, c.Attest.Require, c.Storage.Enabled, c.Overlay.Enabled = nil, AttestNone, false, false
-	if got := strings.Join(c.KernelModules().All(), " "); got != "dm_verity" {
+	if got := strings.Join(c.KernelModules().All(), " "); got != "dm_verity efivarfs" {
 		t.Errorf("all features off: %s", got)
 	}
 }
