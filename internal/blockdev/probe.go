@@ -21,6 +21,9 @@ type FSInfo struct {
 	UUID    string // lowercase canonical for binary UUIDs; LUKS: as stored; vfat: XXXX-XXXX
 	Label   string
 	Version string // e.g. "2" for LUKS2, "FAT32", "4.0" for squashfs
+	// BlockSize is the file system's block size in bytes where the probe reads it (ext2/3/4);
+	// 0 when unknown.
+	BlockSize int
 }
 
 // ErrUnknownFS is returned by Probe when no known signature is present.
@@ -283,6 +286,7 @@ const (
 	extUUIDInSuper          = 0x68
 	extLabelInSuper         = 0x78
 	extFeatureCompatInSuper = 0x5C
+	extLogBlockSizeInSuper  = 0x18
 )
 
 // ext2/3/4 superblock at 1024. The flavour follows libblkid: a journal
@@ -297,6 +301,10 @@ func probeExt(p *probeReader) (FSInfo, bool) {
 	incompat := le.Uint32(s[extFeatureCompatInSuper+4:])
 	roCompat := le.Uint32(s[extFeatureCompatInSuper+8:])
 	info := FSInfo{UUID: gpt.FormatUUID(s[extUUIDInSuper : extUUIDInSuper+16]), Label: label(s[extLabelInSuper : extLabelInSuper+16])}
+	// s_log_block_size: the block size is 1024 << it; ext4 allows up to 64 KiB.
+	if lg := le.Uint32(s[extLogBlockSizeInSuper:]); lg <= 6 {
+		info.BlockSize = 1024 << lg
+	}
 	switch {
 	case incompat&extIncompatJournalDev != 0:
 		info.Type = "jbd"

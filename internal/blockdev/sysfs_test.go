@@ -202,8 +202,8 @@ func TestScanFakeSysfs(t *testing.T) {
 		t.Errorf("disk with partitions probed as %q", m["vda"].FS.Type)
 	}
 	want := map[string]FSInfo{
-		"vda1": {Type: "ext4", UUID: ext4UUID, Label: "rootfs"},
-		"dm-0": {Type: "ext4", UUID: ext4UUID, Label: "rootfs"},
+		"vda1": {Type: "ext4", UUID: ext4UUID, Label: "rootfs", BlockSize: 1024},
+		"dm-0": {Type: "ext4", UUID: ext4UUID, Label: "rootfs", BlockSize: 1024},
 		"vdb1": {Type: "crypto_LUKS", UUID: luks2UUID, Label: "lukslbl", Version: "2"},
 		"vdc":  {Type: "xfs", UUID: xfsUUID, Label: "xfsl"},
 		"vda3": {Type: "DM_verity_hash", UUID: "7e57ab1e-0000-4000-8000-000000000003", Version: "1"},

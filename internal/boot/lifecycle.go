@@ -206,7 +206,11 @@ func (l *lifecycle) fail(log *zap.Logger, stageName string, err error, cfg *conf
 	l.rep.Finished = l.clock.Now()
 	l.saveReport(l.rep)
 	if log != nil {
-		log.Error("boot failed", zap.String("failed_stage", stageName), zap.Error(err))
+		fields := []zap.Field{zap.String("failed_stage", stageName), zap.Error(err)}
+		if d := errorDetail(err); len(d) > 0 {
+			fields = append(fields, zap.Strings("detail", d))
+		}
+		log.Error("boot failed", fields...)
 	}
 	emergencyLines(l.env.Emergency, "stage "+stageName+" failed", err)
 	if l.mode.Units() {

@@ -76,6 +76,8 @@ type rootMounter struct {
 	filesystemsPath string
 	mount           func(source, target, fstype string, flags uintptr, data string) error
 	probe           func(dev string) (blockdev.FSInfo, error)
+	// logicalBlockSize is the device's logical block size (BLKSSZGET); nil: unknown.
+	logicalBlockSize func(dev string) (int, error)
 }
 
 // Root mounts dev read-only on target. fstype "auto" (or "") probes the
@@ -83,12 +85,22 @@ type rootMounter struct {
 // lists in /proc/filesystems. extraOpts is a mount(8) option list; "rw" is
 // refused. It returns the file system type that mounted.
 func Root(dev, fstype, target, extraOpts string) (string, error) {
-	return (&rootMounter{filesystemsPath: "/proc/filesystems", mount: unix.Mount, probe: probeDevice}).mountRoot(dev, fstype, target, extraOpts)
+	return (&rootMounter{filesystemsPath: "/proc/filesystems", mount: unix.Mount, probe: probeDevice, logicalBlockSize: logicalBlockSize}).mountRoot(dev, fstype, target, extraOpts)
 }
 
 // RootWithLog is Root with step logging.
 func RootWithLog(log *zap.Logger, dev, fstype, target, extraOpts string) (string, error) {
-	return (&rootMounter{log: log, filesystemsPath: "/proc/filesystems", mount: unix.Mount, probe: probeDevice}).mountRoot(dev, fstype, target, extraOpts)
+	return (&rootMounter{log: log, filesystemsPath: "/proc/filesystems", mount: unix.Mount, probe: probeDevice, logicalBlockSize: logicalBlockSize}).mountRoot(dev, fstype, target, extraOpts)
+}
+
+// logicalBlockSize asks the kernel for the device's logical block size (BLKSSZGET).
+func logicalBlockSize(dev string) (int, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return unix.IoctlGetInt(int(f.Fd()), unix.BLKSSZGET)
 }
 
 func probeDevice(dev string) (blockdev.FSInfo, error) {
@@ -129,6 +141,11 @@ func (r *rootMounter) mountRoot(dev, fstype, target, extraOpts string) (string, 
 				zap.String("target", target), zap.String("options", data))
 			return t, nil
 		}
+		if errors.Is(err, unix.EINVAL) {
+			if serr := r.blockSizeMismatch(dev, t); serr != nil {
+				return "", serr
+			}
+		}
 		me := &Error{Op: "mount read-only", Source: dev, Target: target, FSType: t, Options: data, Err: err}
 		log.Debug("root mount attempt failed", zap.Error(me))
 		errs = append(errs, me)
@@ -141,6 +158,25 @@ func (r *rootMounter) mountRoot(dev, fstype, target, extraOpts string) (string, 
 		return "", errs[0]
 	}
 	return "", fmt.Errorf("mounting root %s on %s failed with every candidate type %v: %w", dev, target, candidates, errors.Join(errs...))
+}
+
+// blockSizeMismatch explains an EINVAL from mount: a file system whose blocks are smaller
+// than the device's logical blocks (ext4 made with 1 KiB blocks under a dm-verity device with
+// 4 KiB data blocks) cannot be read by the kernel at all. nil when that is not the cause.
+func (r *rootMounter) blockSizeMismatch(dev, fstype string) error {
+	if r.probe == nil || r.logicalBlockSize == nil {
+		return nil
+	}
+	info, err := r.probe(dev)
+	if err != nil || info.BlockSize == 0 {
+		return nil
+	}
+	lbs, err := r.logicalBlockSize(dev)
+	if err != nil || lbs <= info.BlockSize {
+		return nil
+	}
+	return fmt.Errorf("mounting root %s on its %s: the %s file system has %d-byte blocks but the device's logical block size is %d bytes (for dm-verity: its data block size), which the kernel cannot serve blocks that small from: make the file system with %d-byte blocks (mkfs.ext4 -b %d) or format dm-verity with --data-block-size=%d",
+		dev, fstype, info.Type, info.BlockSize, lbs, lbs, lbs, info.BlockSize)
 }
 
 // candidates lists the file system types to try, best first.

@@ -56,6 +56,7 @@ func TestRootCandidates(t *testing.T) {
 		accept   string // the fstype the fake kernel mounts; "" rejects all
 		tried    string
 		err      string
+		lbs      int // the device's logical block size; 0: unknown
 	}{
 		{name: "probed ext4", fstype: "auto", probe: blockdev.FSInfo{Type: "ext4"}, accept: "ext4", tried: "ext4"},
 		{name: "explicit type, no probe", fstype: "xfs", probeErr: errors.New("must not probe"), accept: "xfs", tried: "xfs"},
@@ -68,6 +69,10 @@ func TestRootCandidates(t *testing.T) {
 		{name: "verity hash device", fstype: "auto", probe: blockdev.FSInfo{Type: "DM_verity_hash"}, err: "holds DM_verity_hash"},
 		{name: "explicit type refused", fstype: "ext4", accept: "", tried: "ext4",
 			err: `mount read-only /dev/vdz on TARGET as ext4 with options "errors=panic": invalid argument (EINVAL)`},
+		{name: "same block sizes: EINVAL stays", fstype: "ext4", probe: blockdev.FSInfo{Type: "ext4", BlockSize: 4096}, lbs: 4096, tried: "ext4",
+			err: `invalid argument (EINVAL)`},
+		{name: "blocks smaller than the device's", fstype: "auto", probe: blockdev.FSInfo{Type: "ext4", BlockSize: 1024}, lbs: 4096, tried: "ext4",
+			err: `mounting root /dev/vdz on its ext4: the ext4 file system has 1024-byte blocks but the device's logical block size is 4096 bytes`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -77,6 +82,12 @@ func TestRootCandidates(t *testing.T) {
 				log:             zaptest.NewLogger(t),
 				filesystemsPath: fsList,
 				probe:           func(string) (blockdev.FSInfo, error) { return tc.probe, tc.probeErr },
+				logicalBlockSize: func(string) (int, error) {
+					if tc.lbs == 0 {
+						return 0, unix.ENOTTY
+					}
+					return tc.lbs, nil
+				},
 				mount: func(src, tgt, fstype string, flags uintptr, data string) error {
 					if flags&unix.MS_RDONLY == 0 || flags&unix.MS_NOATIME == 0 || src != "/dev/vdz" || tgt != target || data != "errors=panic" {
 						t.Errorf("mount(%q, %q, %q, %#x, %q)", src, tgt, fstype, flags, data)
@@ -138,6 +149,12 @@ func TestRootRefusesLUKSImage(t *testing.T) {
 // the device; both go away when the test ends.
 func loopExt4(t *testing.T) string {
 	t.Helper()
+	return loopExt4With(t, nil, nil)
+}
+
+// loopExt4With is loopExt4 with extra mkfs.ext4 and losetup arguments.
+func loopExt4With(t *testing.T, mkfsArgs, losetupArgs []string) string {
+	t.Helper()
 	mkfs, err1 := exec.LookPath("mkfs.ext4")
 	losetup, err2 := exec.LookPath("losetup")
 	if err1 != nil || err2 != nil {
@@ -150,10 +167,10 @@ func loopExt4(t *testing.T) string {
 	if err := os.Truncate(img, 32<<20); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command(mkfs, "-q", "-L", "testroot", img).CombinedOutput(); err != nil {
+	if out, err := exec.Command(mkfs, append(append([]string{"-q", "-L", "testroot"}, mkfsArgs...), img)...).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v: %s", err, out)
 	}
-	out, err := exec.Command(losetup, "--find", "--show", img).CombinedOutput()
+	out, err := exec.Command(losetup, append(append([]string{"--find", "--show"}, losetupArgs...), img)...).CombinedOutput()
 	if err != nil {
 		t.Skipf("losetup: %v: %s", err, out)
 	}
@@ -208,6 +225,24 @@ func TestRootLoopExt4(t *testing.T) {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("error %q lacks %q", err, want)
 			}
+		}
+	})
+	t.Run("blocks smaller than the device's", func(t *testing.T) {
+		// ext4 with 1 KiB blocks on a device with 4 KiB logical blocks, as under dm-verity
+		// with 4 KiB data blocks: the kernel says EINVAL; the error names both sizes.
+		small := loopExt4With(t, []string{"-b", "1024"}, []string{"--sector-size", "4096"})
+		if n, err := logicalBlockSize(small); err != nil || n != 4096 {
+			t.Skipf("loop device with 4 KiB sectors not available: %d, %v", n, err)
+		}
+		target := t.TempDir()
+		_, err := Root(small, "auto", target, "")
+		if err == nil {
+			unix.Unmount(target, 0)
+			t.Fatal("mounted 1 KiB blocks on a 4 KiB device")
+		}
+		if !strings.Contains(err.Error(), "the ext4 file system has 1024-byte blocks but the device's logical block size is 4096 bytes") ||
+			!strings.Contains(err.Error(), "mkfs.ext4 -b 4096") || !strings.Contains(err.Error(), small) {
+			t.Errorf("err = %v", err)
 		}
 	})
 	t.Run("missing device", func(t *testing.T) {

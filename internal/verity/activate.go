@@ -134,6 +134,8 @@ type activation struct {
 	rootWhat string // the root hash's parameter, for messages
 	facts    map[string]string
 	checked  map[string]error // discovery: pairs already checked, by "data|hash"
+	// bootDiskSaid: the boot disk (or why it is unknown) was logged once.
+	bootDiskSaid bool
 }
 
 func newActivation(o Options) (*activation, error) {

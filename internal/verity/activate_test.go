@@ -468,8 +468,55 @@ func TestNotFound(t *testing.T) {
 	opts.Timeout = 30 * time.Millisecond
 	du, hu := a.partUUIDs()
 	_, err := Activate(context.Background(), opts)
-	wantErr(t, err, "no data partition PARTUUID="+du, "no hash partition PARTUUID="+hu, "within 30ms",
-		"GPT types "+TypeRoot, "rejected: vda2 + vda3:", "top hash block", "block devices seen: vda2", "TYPE-GUID="+TypeRootVerity)
+	// The FATAL line is short; what was rejected and seen follows, a line each.
+	wantErr(t, err, "no partition pair matches roothash="+hex.EncodeToString(a.root), "no data PARTUUID="+du+", no hash PARTUUID="+hu, "waited 30ms")
+	if len(err.Error()) > 300 {
+		t.Errorf("the summary is %d bytes: %q", len(err.Error()), err)
+	}
+	var nf *NotFoundError
+	if !errors.As(err, &nf) {
+		t.Fatalf("%T is not a *NotFoundError", err)
+	}
+	detail := strings.Join(nf.Detail(), "\n")
+	for _, want := range []string{"rejected vda2 + vda3:", "top hash block", "seen vda2", "TYPE-GUID=" + TypeRootVerity} {
+		if !strings.Contains(detail, want) {
+			t.Errorf("detail %q\nlacks %q", detail, want)
+		}
+	}
+	for _, l := range nf.Detail() {
+		if len(l) > maxDetailLine+len("…") {
+			t.Errorf("detail line of %d bytes", len(l))
+		}
+	}
+}
+
+// TestNotFoundOnBootDisk: with the boot disk known and its only pair of the volume's types
+// rejected, discovery answers after one scan instead of waiting out the timeout, and says
+// that it looked at the boot disk.
+func TestNotFoundOnBootDisk(t *testing.T) {
+	e := newEnv(t)
+	a := makeBuild(t, e.dir, "a", "build-a", 20, pverity.DefaultParams())
+	other := makeBuild(t, e.dir, "b", "build-b", 20, pverity.DefaultParams())
+	esp := filepath.Join(e.dir, "esp")
+	if err := os.WriteFile(esp, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.devs.devs = []*blockdev.Device{
+		part(t, "vda1", esp, "vda", "6a1b2c3d-0000-4000-8000-00000000e5b0", "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"),
+		part(t, "vda2", other.dataPath, "vda", "", TypeRoot), part(t, "vda3", other.hashPath, "vda", "", TypeRootVerity),
+	}
+	writeEFIVar(t, filepath.Join(e.dir, "efivars"), "6A1B2C3D-0000-4000-8000-00000000E5B0")
+	opts := e.options(volume(t, rootCmd(a)))
+	opts.Timeout = time.Minute
+	start := time.Now()
+	_, err := Activate(context.Background(), opts)
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("took %s: waited for partitions the boot disk cannot gain", d)
+	}
+	if e.devs.scans != 1 {
+		t.Errorf("%d scans, want 1", e.devs.scans)
+	}
+	wantErr(t, err, "no partition pair matches roothash="+hex.EncodeToString(a.root), "every pair of the volume's GPT types on boot disk vda was checked (1 rejected)")
 }
 
 func TestExplicitDeviceMissing(t *testing.T) {

@@ -3,6 +3,7 @@ package verity
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -117,9 +118,15 @@ func (a *activation) locate(ctx context.Context) (*pair, error) {
 				zap.String("data", p.data.Path), zap.String("hash", p.hash.Path))
 			return p, nil
 		}
+		// The kernel adds a disk's partitions together with the disk: once the boot disk
+		// is there and every pair of the volume's types on it was checked and rejected,
+		// waiting longer only delays the same answer (a wrong roothash=, another build).
+		if disk := a.bootDisk(devs); disk != "" && len(rejected) > 0 {
+			return nil, a.notFound(nil, d, h, devs, rejected, disk)
+		}
 		select {
 		case <-ctx.Done():
-			return nil, a.notFound(ctx, data, hash, lastDevs, rejected)
+			return nil, a.notFound(ctx, d, h, lastDevs, rejected, a.bootDisk(lastDevs))
 		case <-time.After(a.PollInterval):
 		}
 	}
@@ -206,12 +213,20 @@ func (a *activation) byPartitionType(devs []*blockdev.Device, fixedData, fixedHa
 // bootDisk returns the kernel name of the disk the firmware booted from, by the ESP
 // PARTUUID in LoaderDevicePartUUID, or "" when unknown.
 func (a *activation) bootDisk(devs []*blockdev.Device) string {
+	say := func(msg string, fields ...zap.Field) {
+		if !a.bootDiskSaid {
+			a.bootDiskSaid = true
+			a.log.Info(msg, fields...)
+		}
+	}
 	u, err := readLoaderDevicePartUUID(filepath.Join(a.EFIVarsDir, loaderDevicePartUUID))
 	if err != nil || u == "" {
+		say("boot disk unknown: every disk is searched by partition type", zap.Error(err))
 		return ""
 	}
 	for _, d := range devs {
 		if d.IsPartition && d.PartUUID == u {
+			say("boot disk from LoaderDevicePartUUID", zap.String("esp_partuuid", u), zap.String("disk", d.Parent))
 			return d.Parent
 		}
 	}
@@ -247,32 +262,66 @@ func parseLoaderDevicePartUUID(b []byte) (string, error) {
 	return s, nil
 }
 
-// notFound explains a discovery that ran out of time.
-func (a *activation) notFound(ctx context.Context, data, hash *blockdev.Device, devs []*blockdev.Device, rejected []string) error {
+// NotFoundError says that no partition pair matches a volume's root hash. Its message is
+// one short line; Detail has the pairs rejected and the devices seen, a line each, so that
+// the console never splits a FATAL line.
+type NotFoundError struct {
+	Summary string
+	Lines   []string
+}
+
+func (e *NotFoundError) Error() string { return e.Summary }
+
+// Detail implements the boot's FATAL detail lines.
+func (e *NotFoundError) Detail() []string { return e.Lines }
+
+// maxDetailLine bounds a detail line below the kernel's console record size.
+const maxDetailLine = 900
+
+// notFound explains a discovery that found no matching pair: after the timeout (ctx done),
+// or at once when the boot disk's candidates were all rejected (ctx nil). data and hash
+// are the devices the command line or the derived PARTUUIDs gave, if any.
+func (a *activation) notFound(ctx context.Context, data, hash *blockdev.Device, devs []*blockdev.Device, rejected []string, disk string) error {
 	v := a.vol
 	var b strings.Builder
-	fmt.Fprintf(&b, "verity %s: ", v.Name)
-	var missing []string
-	if data == nil {
-		missing = append(missing, "data partition "+v.DataSpec)
+	fmt.Fprintf(&b, "verity %s: no partition pair matches %s=%s", v.Name, hashOption(v.Name), hex.EncodeToString(v.RootHash))
+	var found, missing []string
+	for _, x := range []struct {
+		role, spec string
+		dev        *blockdev.Device
+	}{{"data", v.DataSpec, data}, {"hash", v.HashSpec, hash}} {
+		if x.dev != nil {
+			found = append(found, fmt.Sprintf("%s %s is %s", x.role, x.spec, x.dev.Path))
+		} else {
+			missing = append(missing, fmt.Sprintf("%s %s", x.role, x.spec))
+		}
 	}
-	if hash == nil {
-		missing = append(missing, "hash partition "+v.HashSpec)
+	if len(missing) > 0 {
+		fmt.Fprintf(&b, ": no %s", strings.Join(missing, ", no "))
 	}
-	fmt.Fprintf(&b, "no %s", strings.Join(missing, " and no "))
-	if a.Timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		fmt.Fprintf(&b, " within %s", a.Timeout)
-	} else {
+	if len(found) > 0 {
+		fmt.Fprintf(&b, "; %s", strings.Join(found, ", "))
+	}
+	switch {
+	case ctx == nil:
+		fmt.Fprintf(&b, "; every pair of the volume's GPT types on boot disk %s was checked (%d rejected)", disk, len(rejected))
+	case a.Timeout > 0 && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		fmt.Fprintf(&b, "; waited %s", a.Timeout)
+	default:
 		fmt.Fprintf(&b, " (%v)", ctx.Err())
 	}
 	dataType, hashType, _ := partitionTypes(v.Name)
-	fmt.Fprintf(&b, ", and no pair of partitions of GPT types %s (data) and %s (hash) matches the root hash", dataType, hashType)
-	if disk := a.bootDisk(devs); disk != "" {
-		fmt.Fprintf(&b, " on boot disk %s", disk)
+	var lines []string
+	if len(rejected) == 0 {
+		where := "on any disk"
+		if disk != "" {
+			where = "on boot disk " + disk
+		}
+		lines = append(lines, fmt.Sprintf("no pair of partitions of GPT types %s (data) and %s (hash) %s", dataType, hashType, where))
 	}
-	if len(rejected) > 0 {
-		sort.Strings(rejected)
-		fmt.Fprintf(&b, "; rejected: %s", strings.Join(rejected, "; "))
+	sort.Strings(rejected)
+	for _, r := range rejected {
+		lines = append(lines, clip("rejected "+r, maxDetailLine))
 	}
 	var seen []string
 	for _, d := range devs {
@@ -281,11 +330,27 @@ func (a *activation) notFound(ctx context.Context, data, hash *blockdev.Device, 
 		}
 	}
 	if len(seen) == 0 {
-		b.WriteString("; no block devices seen")
-	} else {
-		fmt.Fprintf(&b, "; block devices seen: %s", strings.Join(seen, ", "))
+		lines = append(lines, "no block devices seen")
 	}
-	return errors.New(b.String())
+	for _, s := range seen {
+		lines = append(lines, clip("seen "+s, maxDetailLine))
+	}
+	return &NotFoundError{Summary: b.String(), Lines: lines}
+}
+
+// hashOption is the command-line option that carries the volume's root hash.
+func hashOption(volume string) string {
+	if volume == "usr" {
+		return "usrhash"
+	}
+	return "roothash"
+}
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 func typeNote(d *blockdev.Device) string {

@@ -141,8 +141,11 @@ func verityScenarios() []scenario {
 			name: "verity-roothash-nibble", root: rootTiny, config: verityConfig,
 			recipe:  withVerity(harness.VeritySpec{}),
 			cmdline: "roothash={roothashflip}",
-			expect:  []string{`{fatal}: stage verity failed: .*does not match`},
-			reject:  refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
+			// The only pair of the boot disk is rejected after the first scan, not after
+			// devices.timeout; the FATAL line is short, the rejected pair follows.
+			expect: []string{`{fatal}: stage verity failed: verity root: no partition pair matches roothash=[0-9a-f]{64}: no data PARTUUID=\S+; hash PARTUUID=\S+ is /dev/vda3; every pair of the volume's GPT types on boot disk vda was checked \(1 rejected\)`,
+				`\] cvmboot: rejected vda2 \+ vda3: .*does not match`, `\] cvmboot: seen vda2 `},
+			reject: refuse, outcome: failureAction, timeLimit: 3 * time.Minute,
 		},
 		scenario{
 			// The hash partition of another build swapped in.
