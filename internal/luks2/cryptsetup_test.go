@@ -1,16 +1,21 @@
 package luks2
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -428,6 +433,280 @@ func TestDestroyCryptsetup(t *testing.T) {
 			}
 			if b, _ := blkidExport(t, image); len(b) != 0 {
 				t.Errorf("blkid -p still finds %v", b)
+			}
+		})
+	}
+}
+
+// extractImages unpacks a (sparse) tar.gz of disk images from testdata into
+// dir, keeping holes as holes, and returns the image paths by name.
+func extractImages(t *testing.T, archive, dir string) map[string]string {
+	t.Helper()
+	f, err := os.Open(filepath.Join("testdata", archive))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	paths := map[string]string{}
+	buf := make([]byte, 64<<10)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return paths
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", archive, err)
+		}
+		p := filepath.Join(dir, filepath.Base(hdr.Name))
+		out, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := int64(0); ; {
+			n, err := io.ReadFull(tr, buf)
+			if n > 0 && !allZero(buf[:n]) {
+				if _, werr := out.WriteAt(buf[:n], off); werr != nil {
+					t.Fatal(werr)
+				}
+			}
+			off += int64(n)
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				break
+			}
+			if err != nil {
+				t.Fatalf("%s: %s: %v", archive, hdr.Name, err)
+			}
+		}
+		if err := out.Truncate(hdr.Size); err != nil {
+			t.Fatal(err)
+		}
+		if err := out.Close(); err != nil {
+			t.Fatal(err)
+		}
+		paths[filepath.Base(hdr.Name)] = p
+	}
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// verdict is whether a reader accepts an image as LUKS2.
+func verdict(ok bool) string {
+	if ok {
+		return "accept"
+	}
+	return "refuse"
+}
+
+// cryptsetupVerdict asks cryptsetup whether it loads image as LUKS2.
+// --disable-locks also disables its header auto-recovery, so the image is
+// not written to.
+func cryptsetupVerdict(t *testing.T, image string) (string, string) {
+	out, err := runTool(t, "cryptsetup", "luksDump", "--type", "luks2", "--disable-locks", image)
+	var exit *exec.ExitError
+	if err != nil && !errors.As(err, &exit) {
+		t.Fatalf("cryptsetup luksDump: %v", err)
+	}
+	return verdict(err == nil), strings.TrimSpace(out)
+}
+
+func ourVerdict(t *testing.T, image string) (string, error) {
+	f, err := os.Open(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	_, err = Read(f)
+	return verdict(err == nil), err
+}
+
+// TestCryptsetupValidationImages runs the images of cryptsetup's own LUKS2
+// validation test (tests/luks2-validation-test and its generators) and its
+// other LUKS2 test images through Read (see testdata/README). Read must
+// reach cryptsetup's verdict on every one: the installed cryptsetup's when
+// there is one, else the verdict cryptsetup's test suite expects.
+func TestCryptsetupValidationImages(t *testing.T) {
+	manifest, err := os.ReadFile(filepath.Join("testdata", "cryptsetup-validation-images.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := extractImages(t, "cryptsetup-validation-images.tar.gz", t.TempDir())
+	_, lookErr := exec.LookPath("cryptsetup")
+	live := lookErr == nil
+	if !live {
+		t.Logf("cryptsetup not installed (%v): comparing with the recorded verdicts only", lookErr)
+	}
+	want := map[string]string{}
+	for _, line := range strings.Split(string(manifest), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, v, ok := strings.Cut(line, " ")
+		if !ok || (v != "accept" && v != "refuse") {
+			t.Fatalf("manifest line %q: expected \"IMAGE accept|refuse\"", line)
+		}
+		want[name] = v
+	}
+	if len(want) != len(images) {
+		t.Errorf("manifest lists %d images, the archive holds %d", len(want), len(images))
+	}
+	var mu sync.Mutex
+	count := map[string]int{}
+	t.Run("images", func(t *testing.T) {
+		for name, expected := range want {
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				image, ok := images[name]
+				if !ok {
+					t.Fatalf("image %s is not in the archive", name)
+				}
+				ours, err := ourVerdict(t, image)
+				reference, detail := expected, "recorded verdict"
+				if live {
+					var out string
+					reference, out = cryptsetupVerdict(t, image)
+					detail = "cryptsetup: " + out
+					if reference != expected {
+						t.Logf("installed cryptsetup says %s, its test suite expects %s", reference, expected)
+					}
+				}
+				if ours != reference {
+					t.Errorf("Read: %s (%v); cryptsetup: %s (%s)", ours, err, reference, detail)
+				}
+				mu.Lock()
+				count[ours]++
+				mu.Unlock()
+			})
+		}
+	})
+	t.Logf("Read's verdicts on %d cryptsetup images: %d accepted, %d refused (cryptsetup installed: %v)",
+		len(want), count["accept"], count["refuse"], live)
+}
+
+// compareVerdicts writes img to a file and checks that Read and cryptsetup
+// agree on it; it returns Read's error.
+func compareVerdicts(t *testing.T, img []byte) error {
+	t.Helper()
+	image := writeFile(t, "image", img)
+	ours, err := ourVerdict(t, image)
+	theirs, out := cryptsetupVerdict(t, image)
+	if ours != theirs {
+		t.Errorf("Read: %s (%v); cryptsetup: %s (%s)", ours, err, theirs, out)
+	}
+	return err
+}
+
+// TestCryptsetupAmbiguousSignatures checks that Read refuses a device with
+// one usable header copy and another format's signature exactly when
+// cryptsetup (through libblkid) does: on the synthetic signatures of the
+// unit tests, and on what mkfs and partitioning tools write over a wiped
+// primary header.
+func TestCryptsetupAmbiguousSignatures(t *testing.T) {
+	needTool(t, "cryptsetup")
+	base := smallVolume(t)
+	t.Run("synthetic", func(t *testing.T) {
+		for _, tc := range foreignSignatureCases {
+			t.Run(tc.name, func(t *testing.T) {
+				img := bytes.Clone(base)
+				clear(img[:DefaultHeaderSize])
+				tc.put(img)
+				compareVerdicts(t, img)
+			})
+		}
+	})
+	t.Run("one copy alone", func(t *testing.T) {
+		for _, tc := range []struct {
+			name   string
+			mutate func(img []byte)
+		}{
+			{"both valid, signature in keyslots area", func(img []byte) { copy(img[65526:], "SWAP-SPACE") }},
+			{"secondary broken, signature in keyslots area", func(img []byte) {
+				copy(img[65526:], "SWAP-SPACE")
+				img[DefaultHeaderSize+binHeaderSize] = 'x'
+			}},
+			{"secondary broken", func(img []byte) { img[DefaultHeaderSize+binHeaderSize] = 'x' }},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				img := bytes.Clone(base)
+				tc.mutate(img)
+				compareVerdicts(t, img)
+			})
+		}
+	})
+	image, _ := cryptsetupFormat(t, 20<<20, []byte("pw"), "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000")
+	luks, err := os.ReadFile(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("tools", func(t *testing.T) {
+		for _, tc := range []struct {
+			name string
+			size int64
+			tool string
+			args []string // the image path is appended
+			want string
+		}{
+			{"mkfs.ext4", 64 << 20, "mkfs.ext4", []string{"-q", "-F"}, "ext4"},
+			{"mkfs.xfs", 320 << 20, "mkfs.xfs", []string{"-q", "-f"}, "xfs"},
+			{"mkswap", 20 << 20, "mkswap", nil, "swap"},
+			{"mkfs.vfat", 64 << 20, "mkfs.vfat", nil, "vfat"},
+			{"sgdisk", 20 << 20, "sgdisk", []string{"-n1:2048:0"}, "gpt or PMBR"},
+			{"sfdisk", 20 << 20, "sfdisk", []string{"-q"}, "dos partition table"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				needTool(t, tc.tool)
+				src, path := tempImage(t, tc.size)
+				cmd := exec.Command(tc.tool, append(tc.args, path)...)
+				if tc.tool == "sfdisk" {
+					cmd.Stdin = strings.NewReader("start=2048, type=83\n")
+				}
+				if out, err := cmd.CombinedOutput(); err != nil {
+					t.Fatalf("%s: %v\n%s", tc.tool, err, out)
+				}
+				// What the tool wrote in the first 4 KiB replaces the primary
+				// binary header; the rest of the LUKS2 metadata stays.
+				head := make([]byte, binHeaderSize)
+				if _, err := src.ReadAt(head, 0); err != nil {
+					t.Fatal(err)
+				}
+				img := bytes.Clone(luks)
+				copy(img, head)
+				err := compareVerdicts(t, img)
+				if !errors.Is(err, ErrAmbiguous) || !strings.Contains(err.Error(), "found "+tc.want) {
+					t.Errorf("Read: %v, want ErrAmbiguous finding %s", err, tc.want)
+				}
+			})
+		}
+	})
+}
+
+// TestCryptsetupKDFVariants checks the keyslot KDF leftovers cryptsetup
+// repairs in memory, and the KDF types it lists but cannot open, against the
+// installed cryptsetup: same verdict, and the passphrase opens the keyslot
+// for both or for neither.
+func TestCryptsetupKDFVariants(t *testing.T) {
+	needTool(t, "cryptsetup")
+	for _, tc := range kdfVariantCases {
+		t.Run(tc.name, func(t *testing.T) {
+			img, _ := volumeWithKDF(t, tc.kdf, tc.edit)
+			if err := compareVerdicts(t, img); err != nil {
+				return
+			}
+			image := writeFile(t, "opened", img)
+			out, err := runTool(t, "cryptsetup", "open", "--test-passphrase", "--disable-locks", "--key-file", writeFile(t, "pw", []byte("pw")), image)
+			if (err == nil) != tc.unlock {
+				t.Errorf("cryptsetup open --test-passphrase: %v (want success %v)\n%s", err, tc.unlock, out)
 			}
 		})
 	}

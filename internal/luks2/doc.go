@@ -72,6 +72,17 @@
 // invalid UTF-8 and anything but NUL after the text, and ignores fields it
 // does not know, like cryptsetup.
 //
+// Read is as strict as cryptsetup and no stricter; cryptsetup's own LUKS2
+// validation images are part of the tests. Like cryptsetup since 2.0.3 it
+// drops, in memory, keyslot KDF members the KDF does not use (parameters
+// of a previous KDF left behind by older cryptsetup; Metadata.Repaired says
+// what went). KDF types other than pbkdf2, argon2i and argon2id (such as
+// "argon2", argon2i's name in early headers) are listed but cannot be
+// opened, as with cryptsetup. When one copy is invalid or older, Read
+// refuses the device if it also carries another format's signature
+// (ErrAmbiguous), as cryptsetup does through libblkid; signatures.go lists
+// the formats looked for.
+//
 // # Key hygiene
 //
 // Nothing in this package logs or formats key material; Header holds no key.

@@ -26,6 +26,10 @@ const (
 // deriveKeyslotKey runs the keyslot KDF. The returned key is owned by the
 // caller, who must clear it.
 func deriveKeyslotKey(kdf KDF, passphrase []byte, keyLen uint32) ([]byte, error) {
+	if kdf.Type != KDFPBKDF2 && kdf.Type != KDFArgon2i && kdf.Type != KDFArgon2id {
+		// cryptsetup cannot open other types either (e.g. the early name "argon2").
+		return nil, fmt.Errorf("kdf type: expected pbkdf2, argon2i or argon2id, found %q", kdf.Type)
+	}
 	if len(kdf.Salt) != saltSize {
 		return nil, fmt.Errorf("kdf salt: expected %d bytes, found %d", saltSize, len(kdf.Salt))
 	}
@@ -54,7 +58,7 @@ func deriveKeyslotKey(kdf KDF, passphrase []byte, keyLen uint32) ([]byte, error)
 		}
 		return argon2.IDKey(passphrase, kdf.Salt, kdf.Time, kdf.Memory, uint8(kdf.CPUs), keyLen), nil
 	}
-	return nil, fmt.Errorf("kdf type: expected pbkdf2, argon2i or argon2id, found %q", kdf.Type)
+	return nil, fmt.Errorf("kdf type %q", kdf.Type) // not reached: checked above
 }
 
 // afDiffuse is the LUKS1 AF diffusion: each digest-sized block is replaced by

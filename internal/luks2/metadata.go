@@ -13,6 +13,11 @@ type Metadata struct {
 	Segments map[int]Segment
 	Digests  map[int]Digest
 	Config   Config
+
+	// Repaired lists what was dropped in memory while reading, as
+	// cryptsetup's LUKS2_hdr_repair does: KDF parameters older cryptsetup
+	// left behind. The JSON text on disk still has them.
+	Repaired []string
 }
 
 // Keyslot types and KDF names as written in the JSON area.
@@ -21,6 +26,10 @@ const (
 	KDFPBKDF2        = "pbkdf2"
 	KDFArgon2i       = "argon2i"
 	KDFArgon2id      = "argon2id"
+	// KDFArgon2 is argon2i's name in early LUKS2 headers (cryptsetup's own
+	// test images use it). cryptsetup lists such keyslots but cannot open
+	// them; neither can Unlock.
+	KDFArgon2 = "argon2"
 )
 
 // Priority is a keyslot's unlock priority.
@@ -74,13 +83,13 @@ type Area struct {
 
 // KDF turns a passphrase into the area encryption key.
 type KDF struct {
-	Type       string // pbkdf2, argon2i, argon2id
+	Type       string // pbkdf2, argon2i, argon2id; others are kept but cannot be opened
 	Hash       string // pbkdf2 only
 	Iterations uint32 // pbkdf2 only
 	Time       uint32 // argon2 only: passes
 	Memory     uint32 // argon2 only: KiB
 	CPUs       uint32 // argon2 only: lanes
-	Salt       []byte
+	Salt       []byte // nil for other types when absent or not base64
 }
 
 // Token is an opaque token (e.g. systemd-tpm2); only the fields cryptsetup

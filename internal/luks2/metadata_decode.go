@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 )
 
 // ParseMetadata parses and validates a whole JSON area: the JSON text, a NUL
@@ -57,12 +59,13 @@ func decodeMetadata(root *object) (*Metadata, error) {
 		return nil, err
 	}
 	for id, raw := range raws {
-		ks, err := decodeKeyslot(fmt.Sprintf("keyslots.%d", id), raw)
+		ks, err := decodeKeyslot(fmt.Sprintf("keyslots.%d", id), raw, &m.Repaired)
 		if err != nil {
 			return nil, err
 		}
 		m.Keyslots[id] = ks
 	}
+	slices.Sort(m.Repaired)
 	if raws, err = root.idMap("tokens"); err != nil {
 		return nil, err
 	}
@@ -129,7 +132,7 @@ func decodeMetadata(root *object) (*Metadata, error) {
 	return m, nil
 }
 
-func decodeKeyslot(path string, raw json.RawMessage) (Keyslot, error) {
+func decodeKeyslot(path string, raw json.RawMessage, repairs *[]string) (Keyslot, error) {
 	var ks Keyslot
 	o, err := decodeObject(path, raw)
 	if err != nil {
@@ -201,12 +204,12 @@ func decodeKeyslot(path string, raw json.RawMessage) (Keyslot, error) {
 	if ks.KDF.Type, err = kdf.str("type"); err != nil {
 		return ks, err
 	}
-	// Exact field sets, as cryptsetup's luks2_keyslot_validate demands.
+	if dropped := repairKDF(kdf, ks.KDF.Type); len(dropped) > 0 {
+		*repairs = append(*repairs, fmt.Sprintf("%s: dropped %s, not used by %s",
+			child(path, "kdf"), strings.Join(dropped, ", "), ks.KDF.Type))
+	}
 	switch ks.KDF.Type {
 	case KDFPBKDF2:
-		if len(kdf.fields) != 4 {
-			return ks, fieldErr(child(path, "kdf"), "exactly type, hash, iterations, salt", fmt.Sprintf("%d fields", len(kdf.fields)))
-		}
 		if ks.KDF.Hash, err = kdf.str("hash"); err != nil {
 			return ks, err
 		}
@@ -214,9 +217,6 @@ func decodeKeyslot(path string, raw json.RawMessage) (Keyslot, error) {
 			return ks, err
 		}
 	case KDFArgon2i, KDFArgon2id:
-		if len(kdf.fields) != 5 {
-			return ks, fieldErr(child(path, "kdf"), "exactly type, time, memory, cpus, salt", fmt.Sprintf("%d fields", len(kdf.fields)))
-		}
 		if ks.KDF.Time, err = kdf.int31("time"); err != nil {
 			return ks, err
 		}
@@ -226,11 +226,53 @@ func decodeKeyslot(path string, raw json.RawMessage) (Keyslot, error) {
 		if ks.KDF.CPUs, err = kdf.int31("cpus"); err != nil {
 			return ks, err
 		}
+	default:
+		// cryptsetup validates nothing but the type of other KDFs, such as
+		// "argon2", the name of argon2i in early LUKS2 headers: it lists
+		// them (luksDump shows time, memory and cpus for any KDF but
+		// pbkdf2) and fails only when a keyslot is opened. Keep what can
+		// be shown; refuse nothing.
+		ks.KDF.Time, _ = kdf.int31("time")
+		ks.KDF.Memory, _ = kdf.int31("memory")
+		ks.KDF.CPUs, _ = kdf.int31("cpus")
+		ks.KDF.Salt, _ = kdf.base64("salt")
+		return ks, nil
 	}
 	if ks.KDF.Salt, err = kdf.base64("salt"); err != nil {
 		return ks, err
 	}
 	return ks, nil
+}
+
+// kdfFields are the members a pbkdf2 or argon2 keyslot KDF may have.
+var kdfFields = map[string][]string{
+	KDFPBKDF2:   {"type", "salt", "hash", "iterations"},
+	KDFArgon2i:  {"type", "salt", "time", "memory", "cpus"},
+	KDFArgon2id: {"type", "salt", "time", "memory", "cpus"},
+}
+
+// repairKDF drops the members a KDF of its type does not use, and returns
+// them sorted. cryptsetup before 2.0.3 left the parameters of the previous
+// KDF behind when a keyslot changed KDF (e.g. time, memory and cpus in a
+// pbkdf2 object); since 2.0.3 it deletes every such member in memory
+// (luks2_keyslot_repair) instead of refusing the header, then validates the
+// rest as usual. Other KDF types are left alone, as there.
+func repairKDF(kdf *object, typ string) []string {
+	want, ok := kdfFields[typ]
+	if !ok {
+		return nil
+	}
+	var dropped []string
+	for name := range kdf.fields {
+		if !slices.Contains(want, name) {
+			dropped = append(dropped, name)
+		}
+	}
+	slices.Sort(dropped)
+	for _, name := range dropped {
+		delete(kdf.fields, name)
+	}
+	return dropped
 }
 
 func decodeSegment(path string, raw json.RawMessage) (Segment, error) {

@@ -136,7 +136,7 @@ func TestParseMetadataErrors(t *testing.T) {
 		{"keyslots_size into data", `"keyslots_size":"16744448"`, `"keyslots_size":"16748544"`, "config.keyslots_size", "data segment at offset 16777216"},
 		{"area inside headers", `"offset":"32768"`, `"offset":"16384"`, "keyslots.0.area", "inside the keyslots area [32768, 16777216)"},
 		{"area beyond keyslots", `"size":"258048"`, `"size":"16744449"`, "keyslots.0.area", "found [32768, +16744449)"},
-		{"kdf extra field", `"iterations":1000,"salt"`, `"iterations":1000,"extra":1,"salt"`, "keyslots.0.kdf", "exactly type, hash, iterations, salt, found 5 fields"},
+		{"kdf type not a string", `"type":"pbkdf2","hash"`, `"type":2,"hash"`, "keyslots.0.kdf.type", "expected string, found number 2"},
 		{"salt not base64", `"salt":"`, `"salt":"!!`, "keyslots.0.kdf.salt", "expected standard base64"},
 		{"af type", `"type":"luks1"`, `"type":"luks2"`, "keyslots.0.af.type", `expected "luks1", found "luks2"`},
 		{"area type", `"type":"raw"`, `"type":"journal"`, "keyslots.0.area.type", `expected "raw"`},
@@ -210,5 +210,114 @@ func TestParseMetadataAccepts(t *testing.T) {
 				t.Errorf("config %+v", m.Config)
 			}
 		})
+	}
+}
+
+// kdfVariantCases edit the kdf object of keyslot 0 in both header copies of
+// a volume whose keyslot uses kdf (see volumeWithKDF). want is what Read
+// must do, as cryptsetup does: "accept" (with repaired listing what the
+// in-memory repair dropped) or a substring of the error.
+var kdfVariantCases = []struct {
+	name     string
+	kdf      string
+	edit     func(obj string) string
+	want     string
+	repaired string
+	unlock   bool // the passphrase still opens the keyslot
+}{
+	// cryptsetup < 2.0.3 changed a keyslot's KDF and kept the old one's
+	// parameters; cryptsetup >= 2.0.3 drops them in memory.
+	{"pbkdf2 with argon2 leftovers", KDFPBKDF2, insertBeforeSalt(`"time":4,"memory":1024,"cpus":4,`),
+		"accept", "keyslots.0.kdf: dropped cpus, memory, time, not used by pbkdf2", true},
+	{"argon2id with pbkdf2 leftovers", KDFArgon2id, insertBeforeSalt(`"hash":"sha256","iterations":1000,`),
+		"accept", "keyslots.0.kdf: dropped hash, iterations, not used by argon2id", true},
+	{"argon2i with pbkdf2 leftovers", KDFArgon2i, insertBeforeSalt(`"hash":"sha256","iterations":1000,`),
+		"accept", "keyslots.0.kdf: dropped hash, iterations, not used by argon2i", true},
+	// The repair drops any member the KDF does not use, whatever it is.
+	{"pbkdf2 with any extra member", KDFPBKDF2, insertBeforeSalt(`"x":{"y":[1]},`),
+		"accept", "keyslots.0.kdf: dropped x, not used by pbkdf2", true},
+	// It does not make up what is missing.
+	{"pbkdf2 parameters replaced by argon2 ones", KDFPBKDF2,
+		func(o string) string { return strings.Replace(o, `"iterations":1000`, `"time":4`, 1) },
+		"keyslots.0.kdf.iterations: expected integer", "", false},
+	{"argon2id without memory", KDFArgon2id,
+		func(o string) string { return strings.Replace(o, `"memory":64,`, `"iterations":1000,`, 1) },
+		"keyslots.0.kdf.memory: expected integer", "", false},
+	// The name of argon2i in early LUKS2 headers: listed with its
+	// parameters, not repaired, and cryptsetup cannot open it.
+	{"legacy argon2", KDFArgon2i, func(o string) string { return strings.Replace(o, `"argon2i"`, `"argon2"`, 1) },
+		"accept", "", false},
+	// Other KDF types are checked for nothing but a type.
+	{"legacy argon2 without parameters", KDFArgon2i, func(string) string { return `{"type":"argon2"}` }, "accept", "", false},
+	{"unknown KDF with odd members", KDFPBKDF2, func(string) string { return `{"type":"scrypt","salt":12,"time":"x"}` }, "accept", "", false},
+}
+
+func insertBeforeSalt(text string) func(string) string {
+	return func(obj string) string { return strings.Replace(obj, `"salt"`, text+`"salt"`, 1) }
+}
+
+// volumeWithKDF formats a volume with one keyslot (passphrase "pw") using
+// kdf, and rewrites that keyslot's kdf object with edit in both copies. It
+// returns the image and the volume key.
+func volumeWithKDF(t *testing.T, kdf string, edit func(string) string) ([]byte, []byte) {
+	t.Helper()
+	spec := fastPBKDF2("pw")
+	if kdf != KDFPBKDF2 {
+		spec = fastArgon2("pw")
+		spec.KDF = kdf
+	}
+	key := randomKey(t, 64)
+	dev := newMemDev(3 << 20)
+	if _, err := Format(dev, int64(len(dev.b)), Options{VolumeKey: key, DataOffset: 2 << 20, Keyslots: []KeyslotSpec{spec}}); err != nil {
+		t.Fatal(err)
+	}
+	text := string(jsonText(dev.b, 0))
+	start := strings.Index(text, `"kdf":{`) + len(`"kdf":`)
+	end := start + strings.Index(text[start:], "}") + 1
+	text = text[:start] + edit(text[start:end]) + text[end:]
+	replaceJSON(t, dev.b, 0, []byte(text))
+	replaceJSON(t, dev.b, DefaultHeaderSize, []byte(text))
+	return dev.b, key
+}
+
+func TestReadKDFVariants(t *testing.T) {
+	for _, tc := range kdfVariantCases {
+		t.Run(tc.name, func(t *testing.T) {
+			img, key := volumeWithKDF(t, tc.kdf, tc.edit)
+			h, err := Read(&memDev{b: img})
+			if tc.want != "accept" {
+				if err == nil || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("Read: %v, want an error with %q", err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Read: %v", err)
+			}
+			if got := strings.Join(h.Metadata.Repaired, "; "); got != tc.repaired {
+				t.Errorf("repaired %q, want %q", got, tc.repaired)
+			}
+			got, err := h.UnlockKeyslot(&memDev{b: img}, 0, []byte("pw"))
+			if tc.unlock {
+				if err != nil || !bytes.Equal(got, key) {
+					t.Errorf("UnlockKeyslot: %v", err)
+				}
+			} else if err == nil || errors.Is(err, ErrWrongPassphrase) || !strings.Contains(err.Error(), "kdf type: expected pbkdf2, argon2i or argon2id") {
+				t.Errorf("UnlockKeyslot: %v, want an unsupported KDF error", err)
+			}
+		})
+	}
+}
+
+func TestParseMetadataLegacyArgon2(t *testing.T) {
+	// As in cryptsetup's luks2_valid_hdr.img; luksDump shows these values.
+	text := bytes.Replace(baseJSON(t), []byte(`"type":"pbkdf2","hash":"sha256","iterations":1000,`),
+		[]byte(`"type":"argon2","time":58,"memory":16,"cpus":2,`), 1)
+	m, err := ParseMetadata(padArea(text, 12288))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := m.Keyslots[0].KDF; k.Type != KDFArgon2 || k.Time != 58 || k.Memory != 16 || k.CPUs != 2 || len(k.Salt) != saltSize {
+		t.Errorf("kdf %+v", k)
 	}
 }

@@ -12,6 +12,11 @@ import (
 // holds no LUKS2 volume (as opposed to a damaged one).
 var ErrNotLUKS2 = errors.New("no LUKS2 header")
 
+// ErrAmbiguous means only one header copy is usable and the device also
+// carries another format's signature, so it is unclear which of the two the
+// device belongs to. cryptsetup refuses such a device as well.
+var ErrAmbiguous = errors.New("ambiguous signatures")
+
 // Header is a validated LUKS2 header: the binary fields of the copy in use
 // and its parsed JSON metadata.
 type Header struct {
@@ -22,7 +27,7 @@ type Header struct {
 	UUID        string
 	ChecksumAlg string
 	Metadata    *Metadata
-	JSON        []byte // the JSON text as stored, without NUL padding
+	JSON        []byte // the JSON text as stored, without NUL padding or Metadata.Repaired's repairs
 
 	// Copies describes the primary (index 0) and secondary (index 1) copy;
 	// Used is the index of the copy the fields above come from.
@@ -130,9 +135,20 @@ func (c *copyData) parseJSON(secondary bool) error {
 	return nil
 }
 
+// deviceName names dev in errors: its file name when it has one (*os.File).
+func deviceName(dev io.ReaderAt) string {
+	if n, ok := dev.(interface{ Name() string }); ok && n.Name() != "" {
+		return "device " + n.Name()
+	}
+	return "device"
+}
+
 // Read reads both header copies and returns the valid one with the highest
 // seqid (the primary on a tie), as cryptsetup does. When the primary copy is
 // unreadable the secondary is searched at every allowed header size.
+// When one copy is invalid or older than the other, the device must carry
+// no other format's signature (see signatures.go); otherwise Read returns an
+// error wrapping ErrAmbiguous.
 // Nothing is written: repairing a damaged copy is left to the caller.
 func Read(dev io.ReaderAt) (*Header, error) {
 	var copies [2]*copyData
@@ -200,6 +216,25 @@ func Read(dev io.ReaderAt) (*Header, error) {
 		return nil, fmt.Errorf("no valid LUKS2 header copy: %v; %v", status[0].Err, status[1].Err)
 	}
 	c := copies[used]
+	// The copy in use stands alone when the other is invalid or older;
+	// cryptsetup would then repair the other from it, but only on a device
+	// that blkid finds no other signature on.
+	if other := copies[1-used]; other == nil || other.bin.seqID != c.bin.seqID {
+		why := fmt.Sprint(status[1-used].Err)
+		if other != nil {
+			why = fmt.Sprintf("%s header at offset %d: seqid %d, older than %d",
+				copyName(used == 0), other.bin.hdrOffset, other.bin.seqID, c.bin.seqID)
+		}
+		sig, err := foreignSignature(dev)
+		if err != nil {
+			return nil, fmt.Errorf("%s: probing for other signatures before relying on the %s header copy alone (%s): %w",
+				deviceName(dev), copyName(used == 1), why, err)
+		}
+		if sig != "" {
+			return nil, fmt.Errorf("%s: %w: expected no signature besides LUKS2 before relying on the %s header copy alone (%s), found %s",
+				deviceName(dev), ErrAmbiguous, copyName(used == 1), why, sig)
+		}
+	}
 	return &Header{
 		HeaderSize:  c.bin.hdrSize,
 		SeqID:       c.bin.seqID,

@@ -326,6 +326,9 @@ func writeDump(w io.Writer, device string, h *luks2.Header) {
 	if len(m.Config.Requirements) > 0 {
 		p("Requirements:   %s\n", clean(strings.Join(m.Config.Requirements, " ")))
 	}
+	for _, r := range m.Repaired {
+		p("Repaired:       %s (in memory only)\n", clean(r))
+	}
 	p("Primary copy:   offset %d, %s\n", h.Copies[0].Offset, copyState(0, h))
 	p("Secondary copy: offset %d, %s\n", h.Copies[1].Offset, copyState(1, h))
 	p("\nData segments:\n")

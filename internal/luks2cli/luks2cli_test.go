@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"os"
@@ -214,6 +215,66 @@ func TestDumpShowsDamagedCopy(t *testing.T) {
 	}
 	if strings.Contains(dump, "\x1b") {
 		t.Error("dump printed a raw escape character")
+	}
+}
+
+// editJSON replaces old by new in the JSON text of both header copies of a
+// 16 KiB-header image and recomputes their sha256 checksums.
+func editJSON(t *testing.T, image, old, new string) {
+	t.Helper()
+	img, err := os.ReadFile(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const hdrSize, binSize, csumOff, csumLen = 16 << 10, 4096, 0x1c0, 64
+	for _, off := range []int{0, hdrSize} {
+		copyBytes := img[off : off+hdrSize]
+		area := copyBytes[binSize:]
+		text := string(area[:bytes.IndexByte(area, 0)])
+		if !strings.Contains(text, old) {
+			t.Fatalf("JSON at %d lacks %q", off, old)
+		}
+		clear(area)
+		copy(area, strings.Replace(text, old, new, 1))
+		clear(copyBytes[csumOff : csumOff+csumLen])
+		sum := sha256.Sum256(copyBytes)
+		copy(copyBytes[csumOff:], sum[:])
+	}
+	if err := os.WriteFile(image, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The dump shows the parameters of a keyslot whose KDF has the early name
+// "argon2", as luksDump does, and says what the reader repaired in memory.
+func TestDumpLegacyAndRepairedKDF(t *testing.T) {
+	for _, tc := range []struct {
+		name, old, new string
+		want           []string
+	}{
+		{"legacy argon2", `"type":"argon2id"`, `"type":"argon2"`,
+			[]string{"PBKDF:      argon2\n\tTime cost:  3\n\tMemory:     64\n\tThreads:    1\n"}},
+		{"leftover pbkdf2 parameters", `"salt"`, `"hash":"sha256","iterations":1000,"salt"`,
+			[]string{"Repaired:       keyslots.0.kdf: dropped hash, iterations, not used by argon2id (in memory only)\n",
+				"PBKDF:      argon2id\n\tTime cost:  3\n"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fx := newFixture(t, 64)
+			if code, _, stderr := run("format", fx.image, "--volume-key-file", fx.keyFile, "--passphrase-file", fx.passFile,
+				"--argon2-time", "3", "--argon2-memory", "64", "--argon2-parallel", "1"); code != ExitOK {
+				t.Fatal(stderr)
+			}
+			editJSON(t, fx.image, tc.old, tc.new)
+			code, dump, stderr := run("dump", fx.image)
+			if code != ExitOK {
+				t.Fatalf("dump: exit %d: %s", code, stderr)
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(dump, want) {
+					t.Errorf("dump lacks %q:\n%s", want, dump)
+				}
+			}
+		})
 	}
 }
 
