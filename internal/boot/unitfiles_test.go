@@ -1,10 +1,14 @@
 package boot
 
 import (
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cvmboot/cvmboot/internal/cmdline"
 )
 
 // The unit files in systemd/ run the steps Sequence assigns them, in its order: together the
@@ -78,6 +82,29 @@ func TestUnitFiles(t *testing.T) {
 			if !strings.Contains(read(unit, "After"), d) {
 				t.Errorf("%s is not After=%s", unit, d)
 			}
+		}
+	}
+}
+
+// The dracut module reads systemd.import_credentials as cmdline.ImportsCredentials does.
+func TestDracutModuleImportsCredentials(t *testing.T) {
+	bash, err := exec.LookPath("bash")
+	if err != nil {
+		t.Skip("no bash")
+	}
+	for _, line := range []string{"ro", "a systemd.import_credentials=no", "systemd.import_credentials=no systemd.import_credentials=1",
+		`systemd.import_credentials="off" x`, "systemd.import_credentials", "systemd.import_credentials=FALSE", "rd.systemd.import_credentials=no"} {
+		c, err := cmdline.Parse(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = exec.Command(bash, "-c", `source ../../systemd/dracut/90cvmboot/module-setup.sh && cvmboot_imports_credentials "$1"`, "test", line).Run()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatal(err)
+		}
+		if got := err == nil; got != c.ImportsCredentials() {
+			t.Errorf("%q: the dracut module says imports=%v, cmdline.ImportsCredentials %v", line, got, c.ImportsCredentials())
 		}
 	}
 }

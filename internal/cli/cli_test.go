@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -108,5 +109,14 @@ func TestInitramfsPinRequired(t *testing.T) {
 	}
 	if code, _, errOut := runCLI("initramfs", "-o", out, "--cmdline-file", "/nonexistent"); code != ExitIOError {
 		t.Errorf("missing file: %d %q", code, errOut)
+	}
+	// A pinned line must keep systemd from importing the host's credentials.
+	for _, line := range []string{"ro", "ro systemd.import_credentials=no systemd.import_credentials=yes", "systemd.import_credentials"} {
+		if code, _, errOut := runCLI("initramfs", "-o", out, "--cmdline", line); code != ExitUsage || !strings.Contains(errOut, "lacks systemd.import_credentials=no") {
+			t.Errorf("%q: %d %q", line, code, errOut)
+		}
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Error("an initramfs was written for a refused command line")
 	}
 }

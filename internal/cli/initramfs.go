@@ -29,10 +29,17 @@ anything else, any other kernel command line: the same bytes are required, but f
 space around them, and at most 2047 of them (systemd-stub before 255 replaces
 .cmdline with the boot entry's load options when Secure Boot is off, and the host writes
 boot entries). --no-cmdline-pin builds an initramfs that accepts any command line, for a
-boot loader that writes its own.`, stderr)
+boot loader that writes its own.
+
+The pinned command line must turn off systemd's credential import
+(systemd.import_credentials=no): systemd before 254 imports credentials from SMBIOS type 11
+strings and qemu's fw_cfg, which the host sets, also in a confidential VM, and some of them
+act as root in the booted system (tmpfiles.extra, sysctl.extra, passwd.*).
+--allow-host-credentials builds without it.`, stderr)
 	pinText := fs.String("cmdline", "", "the kernel command line the UKI carries, pinned")
 	pinFile := fs.String("cmdline-file", "", "file holding the command line to pin (as for ukify's --cmdline=@FILE)")
 	noPin := fs.Bool("no-cmdline-pin", false, "accept any kernel command line (not for UKIs)")
+	allowCreds := fs.Bool("allow-host-credentials", false, "pin a command line without systemd.import_credentials=no")
 	modDir := fs.String("kernel-modules", "", "kernel modules directory (…/lib/modules/VERSION)")
 	modules := fs.String("modules", "", "comma-separated kernel modules to include (default: the config's modules:)")
 	cfg := fs.String("config", "", "cvmboot config file to include")
@@ -63,6 +70,17 @@ boot loader that writes its own.`, stderr)
 		}
 		// ukify and objcopy-built UKIs end the section with a NUL or a newline.
 		pinned = strings.TrimRight(string(b), "\x00\n")
+	}
+	if pinned != "" && !*allowCreds {
+		c, err := cmdline.Parse(pinned)
+		if err != nil {
+			fmt.Fprintf(stderr, "cvmboot initramfs: the command line to pin: %v\n", err)
+			return ExitUsage
+		}
+		if c.ImportsCredentials() {
+			fmt.Fprintf(stderr, "cvmboot initramfs: the command line to pin lacks %s=no: systemd in the booted system would import credentials the host passes through SMBIOS or fw_cfg (tmpfiles.extra lines run as root). Add it to the UKI's command line, or pass --allow-host-credentials\n", cmdline.ImportCredentialsKey)
+			return ExitUsage
+		}
 	}
 	if *binary == "" {
 		exe, err := os.Executable()

@@ -294,3 +294,20 @@ func parseBoolWord(s string) (bool, bool) {
 	}
 	return false, false
 }
+
+// ImportCredentialsKey is systemd's switch for importing credentials from the command line,
+// SMBIOS type 11 strings, qemu's fw_cfg and the stub: all of them the host's in a
+// confidential VM.
+const ImportCredentialsKey = "systemd.import_credentials"
+
+// ImportsCredentials tells whether systemd in the booted system imports credentials, as
+// systemd reads the line there: the last systemd.import_credentials= decides (no rd. form
+// outside the initrd), and a missing or unparsable value leaves import on.
+func (c *Cmdline) ImportsCredentials() bool {
+	p, ok := c.GetParam(ImportCredentialsKey)
+	if !ok {
+		return true
+	}
+	v, err := ParseBool(p)
+	return err != nil || v
+}

@@ -350,3 +350,26 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestImportsCredentials(t *testing.T) {
+	for line, want := range map[string]bool{
+		"":                                   true,
+		"root=/dev/vda2":                     true,
+		"systemd.import_credentials=no":      false,
+		"systemd.import_credentials=0 quiet": false,
+		"systemd.import_credentials=off systemd.import_credentials=yes":   true,
+		"systemd.import_credentials=yes systemd.import_credentials=false": false,
+		"systemd.import_credentials":                                      true,
+		"systemd.import_credentials=maybe":                                true,
+		"rd.systemd.import_credentials=no":                                true, // the booted system ignores rd.
+		`systemd.import_credentials="no"`:                                 false,
+	} {
+		c, err := Parse(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.ImportsCredentials(); got != want {
+			t.Errorf("%q: %v, want %v", line, got, want)
+		}
+	}
+}

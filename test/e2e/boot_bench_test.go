@@ -52,7 +52,7 @@ func TestBootBench(t *testing.T) {
 				t.Fatal(err)
 			}
 			spec := harness.ImageSpec{WorkDir: work, Kernel: e.kernel, Tools: e.tools, Init: harness.InitCvmboot,
-				Config: plainConfig, Cmdline: "console=ttyS0 root=PARTUUID=" + harness.DefaultRootPartUID,
+				Config: plainConfig, Cmdline: "console=ttyS0 systemd.import_credentials=no root=PARTUUID=" + harness.DefaultRootPartUID,
 				Recipe: harness.DiskRecipe{Root: harness.RootSpec{Tree: tree}, FreeSpace: 64 * harness.MiB}}
 			if kind == "busybox" {
 				spec.Init, spec.Initramfs = harness.InitPrebuilt, baseline

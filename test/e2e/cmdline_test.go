@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/base64"
 	"fmt"
 	"strings"
 	"testing"
@@ -21,6 +22,29 @@ var pinConfig = []func(*config.Config){tpm, noStorage, noOverlay}
 func cmdlineScenarios() []scenario {
 	verityRoot := func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{} }
 	return []scenario{
+		scenario{
+			// The host passes systemd credentials through SMBIOS type 11 and fw_cfg, among them
+			// tmpfiles.extra (a file the booted system creates). The image's command line has
+			// systemd.import_credentials=no: none reaches the booted Debian.
+			name: "host-credentials", root: rootDebian, config: debianConfig,
+			cmdline: "root=PARTUUID={rootpartuuid}", recipe: installCredentialCheck, qemuArgs: hostCredentialArgs,
+			expect: []string{`E2E-CHECK: system-state=running`, `E2E-CHECK: credentials=none`, `E2E-CHECK: host-file=absent`,
+				`E2E-CHECK: cmdline=.*systemd\.import_credentials=no`, `E2E-CHECK: DONE`},
+			reject:  []string{`{fatal}`, `Kernel panic`, `written-by-the-host`},
+			outcome: bootedAndChecked, timeLimit: 5 * time.Minute,
+		},
+		scenario{
+			// Control: the same host without systemd.import_credentials=no on the command line.
+			// systemd 252 imports the SMBIOS credentials and runs the host's tmpfiles line as
+			// root. (fw_cfg's are not seen here only because the test root has no kernel
+			// modules, so no qemu_fw_cfg; an image with its modules imports those as well.)
+			name: "host-credentials-imported", root: rootDebian, config: debianConfig, importCredentials: true,
+			cmdline: "root=PARTUUID={rootpartuuid}", recipe: installCredentialCheck, qemuArgs: hostCredentialArgs,
+			expect: []string{`E2E-CHECK: system-state=running`, `E2E-CHECK: credentials=.*cvmboot\.e2e\.smbios.*tmpfiles\.extra`,
+				`E2E-CHECK: host-file=written-by-the-host`, `E2E-CHECK: DONE`},
+			reject:  []string{`{fatal}`, `Kernel panic`},
+			outcome: bootedAndChecked, timeLimit: 5 * time.Minute,
+		},
 		scenario{
 			// The exploit: init=/bin/sh, and a debug shell as the failure action for good
 			// measure. The pinned initramfs refuses before any stage and reboots: the config
@@ -57,4 +81,29 @@ func expectPinDigest(_ *testing.T, _ *env, boot *harness.BootResult, img *harnes
 		return []string{fmt.Sprintf("the refusal does not name the pinned command line's digest: %q not in the serial log", want)}
 	}
 	return nil
+}
+
+// hostCredentialArgs are the host's credentials: two harmless ones and a tmpfiles.extra line
+// that makes the booted system write a file as root.
+var hostCredentialArgs = []string{
+	"-smbios", "type=11,value=io.systemd.credential:cvmboot.e2e.smbios=from-smbios",
+	"-fw_cfg", "name=opt/io.systemd.credentials/cvmboot.e2e.fwcfg,string=from-fwcfg",
+	"-smbios", "type=11,value=io.systemd.credential.binary:tmpfiles.extra=" +
+		base64.StdEncoding.EncodeToString([]byte("f /run/cvmboot-e2e-host-file 0644 root root - written-by-the-host\n")),
+}
+
+// installCredentialCheck replaces the Debian root's check script: which credentials systemd
+// has, and whether the host's tmpfiles line ran.
+func installCredentialCheck(r *harness.DiskRecipe) {
+	script := harness.CheckPrelude + `c=$(ls /run/credentials/@system 2>/dev/null | tr '\n' ' ')
+say "credentials=${c:-none}"
+if [ -e /run/cvmboot-e2e-host-file ]; then say "host-file=$(cat /run/cvmboot-e2e-host-file)"; else say "host-file=absent"; fi
+say "cmdline=$(cat /proc/cmdline)"
+say DONE
+sync
+systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
+`
+	if err := harness.InstallCheckUnit(r.Root.Tree, script); err != nil {
+		panic(fmt.Sprintf("host-credentials: %v", err))
+	}
 }

@@ -109,6 +109,11 @@ type scenario struct {
 	loadOptions string
 	// unpinned builds the initramfs with --no-cmdline-pin.
 	unpinned bool
+	// importCredentials leaves systemd.import_credentials=no (which every other scenario's
+	// command line carries, as the README asks of images) off the command line.
+	importCredentials bool
+	// qemuArgs are more qemu arguments: what the host adds to the VM's configuration.
+	qemuArgs []string
 	// initramfs, when set, makes the scenario's initramfs from the prepared root tree (after
 	// recipe), instead of `cvmboot initramfs`: a systemd initrd built by dracut. It may change
 	// the tree; the initramfs itself is built by the function it returns, once the UKI's
@@ -399,6 +404,17 @@ func TestE2E(t *testing.T) {
 	}
 }
 
+// hardening is what every image's command line carries unless the scenario is about its
+// absence: systemd.import_credentials=no, so that systemd in the booted root does not import
+// credentials the host passes through SMBIOS or fw_cfg (systemd before 254 does so in a
+// confidential VM too).
+func hardening(sc scenario) string {
+	if sc.importCredentials {
+		return ""
+	}
+	return "systemd.import_credentials=no "
+}
+
 func runScenario(t *testing.T, e *env, sc scenario) result {
 	start := time.Now()
 	res := result{name: sc.name, status: "FAIL"}
@@ -443,7 +459,7 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 		return strings.NewReplacer("{rootpartuuid}", q(harness.DefaultRootPartUID),
 			"{badpartuuid}", q(badPartUUID), "{fatal}", q("cvmboot: FATAL")).Replace(s)
 	}
-	cmdline := "console=ttyS0 " + subst(sc.cmdline, false)
+	cmdline := "console=ttyS0 " + hardening(sc) + subst(sc.cmdline, false)
 	recipe := harness.DiskRecipe{
 		Root:       harness.RootSpec{Tree: tree},
 		VerityRoom: 64 * harness.MiB,
@@ -473,7 +489,7 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 	img, err := harness.BuildImage(ctx, harness.ImageSpec{
 		WorkDir: work, Kernel: e.kernel, Tools: tools, Init: init,
 		Modules: sc.modules, Config: sc.config, Cmdline: cmdline, Recipe: recipe, InitramfsFor: prebuilt,
-		LoadOptions: subst(sc.loadOptions, false), UnpinnedCmdline: sc.unpinned,
+		LoadOptions: strings.Replace(subst(sc.loadOptions, false), "console=ttyS0 ", "console=ttyS0 "+hardening(sc), 1), UnpinnedCmdline: sc.unpinned,
 	})
 	if err != nil {
 		t.Fatalf("scenario %s: build image: %v", sc.name, err)
@@ -537,7 +553,7 @@ func bootSpec(t *testing.T, e *env, sc scenario, work string, img *harness.Image
 	var killOnce sync.Once
 	return harness.BootSpec{
 		Name: sc.name, WorkDir: work, Disk: img.Disk.Path, Accel: e.accel,
-		Timeout: sc.timeLimit, MemoryMiB: sc.memoryMiB,
+		Timeout: sc.timeLimit, MemoryMiB: sc.memoryMiB, ExtraArgs: sc.qemuArgs,
 		OnLine: func(l string) {
 			if stream {
 				t.Log(l)

@@ -44,7 +44,7 @@ func TestStorageBench(t *testing.T) {
 		}
 		img, err := harness.BuildImage(context.Background(), harness.ImageSpec{
 			WorkDir: work, Kernel: e.kernel, Tools: e.tools, Init: harness.InitCvmboot,
-			Config: storageBenchConfig, Cmdline: "console=ttyS0 root=PARTUUID=" + harness.DefaultRootPartUID,
+			Config: storageBenchConfig, Cmdline: "console=ttyS0 systemd.import_credentials=no root=PARTUUID=" + harness.DefaultRootPartUID,
 			Recipe: harness.DiskRecipe{Root: harness.RootSpec{Tree: tree}, VerityRoom: 64 * harness.MiB, FreeSpace: diskSize},
 		})
 		if err != nil {

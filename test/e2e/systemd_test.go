@@ -19,12 +19,9 @@ import (
 // dracutConfig is the secure default with swtpm as the platform and a capped overlay.
 var dracutConfig = cfg(tpm, overlay256, func(c *config.Config) { c.Storage.Binds = []string{"/var/lib/containers"} })
 
-// dracutPackages are what the dracut scenarios' root adds: dracut itself; dmsetup, whose
-// udev rules dracut's dm module installs (they make /dev/mapper/NAME); and the TPM2
-// libraries systemd-pcrphase needs in the booted system, which a systemd initrd leaves with
-// efivarfs mounted, so its "UKI booted" condition holds there.
-var dracutPackages = []string{"dracut", "dmsetup", "libtss2-esys-3.0.2-0", "libtss2-mu0", "libtss2-rc0",
-	"libtss2-tctildr0", "libtss2-tcti-device0"}
+// dracutPackages are what the dracut scenarios' root adds: dracut itself and dmsetup, whose
+// udev rules dracut's dm module installs (they make /dev/mapper/NAME).
+var dracutPackages = []string{"dracut", "dmsetup"}
 
 // dracutCheckScript is DefaultCheckScript's checks plus the storage, the device units, the
 // journal records of the units and cvmboot status.

@@ -40,6 +40,26 @@ installkernel() {
     done
 }
 
+# cvmboot_imports_credentials LINE: whether systemd in the booted system imports credentials
+# with LINE: the last systemd.import_credentials word decides, as systemd reads it (a flag or
+# a value other than a false word leaves import on).
+cvmboot_imports_credentials() {
+    local -a words
+    local w v=yes
+    read -ra words <<< "$1"
+    for w in "${words[@]}"; do
+        w="${w//\"/}"
+        case "$w" in
+            systemd.import_credentials=*) v="${w#*=}" ;;
+            systemd.import_credentials) v=yes ;;
+        esac
+    done
+    case "${v,,}" in
+        0 | no | n | false | f | off) return 1 ;;
+    esac
+    return 0
+}
+
 # called by dracut
 install() {
     local cfg
@@ -53,6 +73,12 @@ install() {
         # kernel's 2047 bytes.
         if [[ -z "${cvmboot_cmdline//[[:space:]]/}" ]] || ((${#cvmboot_cmdline} > 2047)); then
             dfatal "cvmboot: cvmboot_cmdline is blank or longer than the kernel keeps (2047 bytes)"
+            exit 1
+        fi
+        # systemd before 254 imports the host's SMBIOS/fw_cfg credentials in a confidential VM
+        # too, and some act as root (tmpfiles.extra): the pinned line must turn that off.
+        if cvmboot_imports_credentials "$cvmboot_cmdline" && [[ "${cvmboot_host_credentials-}" != yes ]]; then
+            dfatal "cvmboot: cvmboot_cmdline lacks systemd.import_credentials=no: systemd would import credentials the host passes through SMBIOS or fw_cfg; add it to the UKI's command line, or set cvmboot_host_credentials=yes"
             exit 1
         fi
         mkdir -p "$initdir/etc/cvmboot"

@@ -89,8 +89,12 @@ type DebianSpec struct {
 	Include []string // DefaultDebianInclude when nil
 }
 
-// DefaultDebianInclude is the package list the e2e Debian root is built with.
-var DefaultDebianInclude = []string{"systemd", "systemd-sysv", "udev", "cryptsetup-bin", "util-linux", "e2fsprogs", "kmod"}
+// DefaultDebianInclude is the package list the e2e Debian root is built with. The TPM2
+// libraries are there because a UKI boot has them in practice: systemd-pcrphase runs (the
+// stub's variables are in efivarfs, which cvmboot mounts) and extends PCR 11, and without
+// the libraries it fails.
+var DefaultDebianInclude = []string{"systemd", "systemd-sysv", "udev", "cryptsetup-bin", "util-linux", "e2fsprogs", "kmod",
+	"libtss2-esys-3.0.2-0", "libtss2-mu0", "libtss2-rc0", "libtss2-tctildr0", "libtss2-tcti-device0"}
 
 // DebianRoot is a cached debootstrap tree stored as a tarball.
 type DebianRoot struct {

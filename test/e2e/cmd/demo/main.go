@@ -75,7 +75,7 @@ func run(ctx context.Context, configFile, extra string, timeout time.Duration) e
 	if err != nil {
 		return err
 	}
-	cmdline := strings.TrimSpace("console=ttyS0 root=PARTUUID=" + harness.DefaultRootPartUID + " " + extra)
+	cmdline := strings.TrimSpace("console=ttyS0 systemd.import_credentials=no root=PARTUUID=" + harness.DefaultRootPartUID + " " + extra)
 	work := cache.Path("work", "demo")
 	_ = os.RemoveAll(work)
 	img, err := harness.BuildImage(ctx, harness.ImageSpec{
