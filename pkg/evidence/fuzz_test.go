@@ -94,8 +94,10 @@ func FuzzReadEvidence(f *testing.F) {
 	})
 }
 
-// FuzzParseReport feeds hostile bytes to the report parsers and the TPM structure decoders.
-func FuzzParseReport(f *testing.F) {
+// FuzzParseTEEReport feeds hostile bytes to the TEE report parsers (SEV-SNP attestation
+// reports, TDX quotes and reports, TPM quotes) and the TPM structure decoders. It is not
+// about the boot report (pkg/report has FuzzUnmarshalReport for that).
+func FuzzParseTEEReport(f *testing.F) {
 	_, files := seedDirs(f)
 	for _, p := range files {
 		for len(p) >= 4 {
