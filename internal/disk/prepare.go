@@ -33,6 +33,9 @@ type Request struct {
 	MinSize int64
 	// Align is the alignment of both ends in bytes; DefaultAlign when zero.
 	Align int64
+	// ESPPartUUID is the PARTUUID of the ESP the firmware booted from (LoaderDevicePartUUID),
+	// lower case; "" when unknown. It is never reused, whatever its label and type.
+	ESPPartUUID string
 }
 
 // Partition is the storage partition Prepare made or found.
@@ -159,6 +162,10 @@ func (p *Preparer) Prepare(ctx context.Context, diskPath string, req Request) (*
 		part.Number, part.PartUUID, part.Reused = e.Number(), e.UniqueGUID, true
 		part.Start = int64(e.FirstLBA) * int64(dev.sectorSize)
 		part.Size = int64(e.LastLBA-e.FirstLBA+1) * int64(dev.sectorSize)
+		if req.ESPPartUUID != "" && e.UniqueGUID == req.ESPPartUUID {
+			return nil, fmt.Errorf("disk %s: %s has the storage label but is the ESP this boot was loaded from (LoaderDevicePartUUID %s); refusing to reuse or destroy it",
+				diskPath, e.describe(), req.ESPPartUUID)
+		}
 		if part.Size < req.MinSize {
 			return nil, fmt.Errorf("disk %s: %s has the storage label but is %d bytes (%d MiB), storage.min_size requires %d bytes (%d MiB); refusing to reuse it",
 				diskPath, e.describe(), part.Size, part.Size>>20, req.MinSize, req.MinSize>>20)

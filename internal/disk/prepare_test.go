@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -322,5 +323,32 @@ func TestPrepareSgdiskImage(t *testing.T) {
 	out, _ = execOut(sgdisk, "-i", "3", img)
 	if !strings.Contains(strings.ToLower(string(out)), storageName) || !strings.Contains(strings.ToLower(string(out)), typeLinux) {
 		t.Errorf("sgdisk -i 3:\n%s", out)
+	}
+}
+
+// TestPrepareRefusesESP: the ESP the boot came from is never reused, whatever label and type
+// the host gave it; nothing is written.
+func TestPrepareRefusesESP(t *testing.T) {
+	img := makeImage(t, 64*MiB, append(append([]part(nil), espRootParts...), part{52 * 2048, 60*2048 - 1, typeLinux, storageName}))
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := f.Stat()
+	tab, err := ReadTable(f, 512, st.Size())
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	esp := tab.Entries[len(tab.Entries)-1].UniqueGUID
+	before, _ := os.ReadFile(img)
+	req := storageRequest()
+	req.ESPPartUUID = esp
+	_, err = (&Preparer{}).Prepare(context.Background(), img, req)
+	if err == nil || !strings.Contains(err.Error(), "has the storage label but is the ESP this boot was loaded from (LoaderDevicePartUUID "+esp+")") {
+		t.Fatalf("err = %v", err)
+	}
+	if after, _ := os.ReadFile(img); !bytes.Equal(before, after) {
+		t.Error("the image changed")
 	}
 }

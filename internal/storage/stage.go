@@ -14,6 +14,7 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/disk"
+	"github.com/cvmboot/cvmboot/internal/efivar"
 )
 
 // DeviceName is the device-mapper name of the volume (/dev/mapper/NAME);
@@ -57,6 +58,9 @@ type Stage struct {
 	TargetRoot string
 	// DevDir holds the mapper/ nodes; "/dev" when empty.
 	DevDir string
+	// EFIVarsDir is efivarfs (efivar.Dir when empty; "-" reads nothing), for the ESP the
+	// boot came from, which is never reused.
+	EFIVarsDir string
 
 	Disk    Disk
 	Devices Devices
@@ -87,6 +91,20 @@ func New(cfg config.Storage, log *zap.Logger, rootDevice func() string, targetRo
 		Random:  Getrandom{},
 		Keyring: KernelKeyring{},
 	}
+}
+
+// espPartUUID is the ESP the firmware booted from, which storage never reuses; "" when the
+// firmware did not say (no systemd-boot or -stub, no efivarfs).
+func (s *Stage) espPartUUID() string {
+	if s.EFIVarsDir == "-" {
+		return ""
+	}
+	u, err := efivar.LoaderDevicePartUUID(s.EFIVarsDir)
+	if err != nil {
+		s.log().Debug("the ESP the boot came from is unknown", zap.Error(err))
+		return ""
+	}
+	return u
 }
 
 // LayoutFor maps storage.integrity to the encryption layout.
@@ -191,7 +209,7 @@ func (s *Stage) Setup(ctx context.Context) (*Result, error) {
 	}
 
 	part, err := s.Disk.Prepare(ctx, root, disk.Request{
-		Label: cfg.Label, TypeGUID: cfg.TypeGUID.String(), MinSize: int64(cfg.MinSize),
+		Label: cfg.Label, TypeGUID: cfg.TypeGUID.String(), MinSize: int64(cfg.MinSize), ESPPartUUID: s.espPartUUID(),
 	})
 	if errors.Is(err, disk.ErrNoSpace) {
 		if cfg.OnNoSpace == config.NoSpaceTmpfs {

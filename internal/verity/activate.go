@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cvmboot/cvmboot/internal/blockdev"
+	"github.com/cvmboot/cvmboot/internal/efivar"
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/dm"
 	pverity "github.com/cvmboot/cvmboot/pkg/verity"
@@ -167,7 +168,7 @@ func newActivation(o Options) (*activation, error) {
 		a.DevDir = "/dev"
 	}
 	if a.EFIVarsDir == "" {
-		a.EFIVarsDir = "/sys/firmware/efi/efivars"
+		a.EFIVarsDir = efivar.Dir
 	}
 	if a.PollInterval <= 0 {
 		a.PollInterval = 250 * time.Millisecond

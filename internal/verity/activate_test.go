@@ -18,6 +18,7 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/blockdev"
 	"github.com/cvmboot/cvmboot/internal/dm"
+	"github.com/cvmboot/cvmboot/internal/efivar"
 	pverity "github.com/cvmboot/cvmboot/pkg/verity"
 )
 
@@ -419,29 +420,8 @@ func writeEFIVar(t *testing.T, dir, uuid string) {
 	for _, r := range uuid + "\x00" {
 		b = append(b, byte(r), 0)
 	}
-	if err := os.WriteFile(filepath.Join(dir, loaderDevicePartUUID), b, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, efivar.LoaderDevicePartUUIDName), b, 0o600); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestParseLoaderDevicePartUUID(t *testing.T) {
-	enc := func(s string) []byte {
-		b := []byte{6, 0, 0, 0}
-		for _, r := range s {
-			b = append(b, byte(r), 0)
-		}
-		return b
-	}
-	good := "6A1B2C3D-0000-4000-8000-00000000E5B0"
-	for _, in := range [][]byte{enc(good), enc(good + "\x00"), enc(good + "\x00junk")} {
-		if got, err := parseLoaderDevicePartUUID(in); err != nil || got != strings.ToLower(good) {
-			t.Errorf("%q: %q, %v", in, got, err)
-		}
-	}
-	for _, in := range [][]byte{nil, {1, 2, 3}, enc("nope"), append(enc(good), 1)} {
-		if _, err := parseLoaderDevicePartUUID(in); err == nil {
-			t.Errorf("%q: no error", in)
-		}
 	}
 }
 

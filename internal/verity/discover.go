@@ -7,16 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
-	"unicode/utf16"
 
 	"go.uber.org/zap"
 
 	"github.com/cvmboot/cvmboot/internal/blockdev"
-	"github.com/cvmboot/cvmboot/pkg/readfile"
+	"github.com/cvmboot/cvmboot/internal/efivar"
 )
 
 // Partition type GUIDs of the Discoverable Partitions Specification for x86-64, the
@@ -37,10 +35,6 @@ func partitionTypes(volume string) (data, hash, sig string) {
 	}
 	return TypeRoot, TypeRootVerity, TypeRootVeritySig
 }
-
-// loaderDevicePartUUID is the EFI variable in which systemd-boot and systemd-stub record
-// the PARTUUID of the ESP they were loaded from, i.e. which disk booted.
-const loaderDevicePartUUID = "LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 
 // locate finds the data and hash devices and checks them against the root hash.
 //
@@ -219,7 +213,7 @@ func (a *activation) bootDisk(devs []*blockdev.Device) string {
 			a.log.Info(msg, fields...)
 		}
 	}
-	u, err := readLoaderDevicePartUUID(filepath.Join(a.EFIVarsDir, loaderDevicePartUUID))
+	u, err := efivar.LoaderDevicePartUUID(a.EFIVarsDir)
 	if err != nil || u == "" {
 		say("boot disk unknown: every disk is searched by partition type", zap.Error(err))
 		return ""
@@ -231,35 +225,6 @@ func (a *activation) bootDisk(devs []*blockdev.Device) string {
 		}
 	}
 	return ""
-}
-
-// readLoaderDevicePartUUID reads the EFI variable: 4 bytes of attributes, then a UTF-16LE
-// UUID string, possibly NUL-terminated. It returns the lower-case UUID.
-func readLoaderDevicePartUUID(path string) (string, error) {
-	b, err := readfile.Limit(path, 4096)
-	if err != nil {
-		return "", err
-	}
-	return parseLoaderDevicePartUUID(b)
-}
-
-func parseLoaderDevicePartUUID(b []byte) (string, error) {
-	if len(b) < 4 || (len(b)-4)%2 != 0 {
-		return "", fmt.Errorf("EFI variable %s: %d bytes: expected attributes and a UTF-16 string", loaderDevicePartUUID, len(b))
-	}
-	u16 := make([]uint16, 0, (len(b)-4)/2)
-	for i := 4; i+1 < len(b); i += 2 {
-		c := uint16(b[i]) | uint16(b[i+1])<<8
-		if c == 0 {
-			break
-		}
-		u16 = append(u16, c)
-	}
-	s := strings.ToLower(string(utf16.Decode(u16)))
-	if _, err := parseID128(s); err != nil || len(s) != 36 {
-		return "", fmt.Errorf("EFI variable %s is %q: expected a UUID", loaderDevicePartUUID, s)
-	}
-	return s, nil
 }
 
 // NotFoundError says that no partition pair matches a volume's root hash. Its message is

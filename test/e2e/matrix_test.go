@@ -65,7 +65,10 @@ func matrixScenarios() []scenario {
 			h.AlternateLBA += 1 << 22 // 2 GiB more than there is
 			return nil
 		}), `{fatal}: stage storage failed: .*invalid GPT: the GPT describes a disk of \d+ sectors \(\d+ bytes\) but the device has \d+ sectors`),
-		storageLabelOnRoot(),
+		storageLabelOn("storage-label-on-root", false,
+			`{fatal}: stage storage failed: disk /dev/vda: partition 2 \(PARTUUID [0-9a-f-]{36}\) carries the storage label but is in use \(held by dm-0`),
+		storageLabelOn("storage-label-on-esp", true,
+			`{fatal}: stage storage failed: disk /dev/vda: entry 1 .* has the storage label but is the ESP this boot was loaded from \(LoaderDevicePartUUID [0-9a-f-]{36}\)`),
 		refuse("tee-required-missing", cfg(noVerity, noStorage, noOverlay), nil, nil, // the default: attest.require tee
 			`{fatal}: stage attest failed: .*attest\.require is tee`),
 		scenario{
@@ -100,55 +103,63 @@ func matrixScenarios() []scenario {
 // bigFree leaves room for storage, so that only the table's defect can stop it.
 func bigFree(r *harness.DiskRecipe) { r.FreeSpace = 1200 * harness.MiB }
 
-// storageLabelOnRoot: the host gives the verity root's data partition the storage label and
-// type (its PARTUUID, by which verity finds it, stays). The storage step must not wipe it:
-// refused, naming the device-mapper device that holds it, and not one byte of it changed.
-func storageLabelOnRoot() scenario {
+// storageLabelOn: the host gives a partition this boot relies on the storage label and type
+// (its PARTUUID stays): the verity root's data partition (verity finds it by PARTUUID) or the
+// ESP the firmware booted from. The storage step must not wipe it: refused, and not one byte
+// of it changed.
+func storageLabelOn(name string, esp bool, expect string) scenario {
 	var before [32]byte
-	rootSum := func(img *harness.Image) ([32]byte, error) {
+	target := func(img *harness.Image) harness.PartitionInfo {
+		if esp {
+			return img.Disk.ESP
+		}
+		return img.Disk.Root
+	}
+	sum := func(img *harness.Image) ([32]byte, error) {
 		f, err := os.Open(img.Disk.Path)
 		if err != nil {
 			return [32]byte{}, err
 		}
 		defer f.Close()
+		p := target(img)
 		h := sha256.New()
-		if _, err := io.Copy(h, io.NewSectionReader(f, img.Disk.Root.Start, img.Disk.Root.Size)); err != nil {
+		if _, err := io.Copy(h, io.NewSectionReader(f, p.Start, p.Size)); err != nil {
 			return [32]byte{}, err
 		}
 		return [32]byte(h.Sum(nil)), nil
 	}
 	def := config.Default().Storage
-	return scenario{
-		name: "storage-label-on-root", root: rootTiny,
+	sc := scenario{
+		name: name, root: rootTiny,
 		config: cfg(tpm, noOverlay, func(c *config.Config) { c.Storage.MinSize = config.MiB }),
 		recipe: func(r *harness.DiskRecipe) { bigFree(r); r.Verity = &harness.VeritySpec{} },
 		image: func(img *harness.Image) error {
-			root := img.Disk.Root
+			p := target(img)
 			err := harness.EditGPT(img.Disk.Path, true, func(_ *harness.GPTHeader, e []byte) error {
-				return harness.PutGPTEntry(e, root.Index-1, harness.GPTEntry{TypeGUID: def.TypeGUID.String(), UniqueGUID: root.PartUUID,
-					FirstLBA: uint64(root.Start / 512), LastLBA: uint64((root.Start+root.Size)/512 - 1), Name: def.Label})
+				return harness.PutGPTEntry(e, p.Index-1, harness.GPTEntry{TypeGUID: def.TypeGUID.String(), UniqueGUID: p.PartUUID,
+					FirstLBA: uint64(p.Start / 512), LastLBA: uint64((p.Start+p.Size)/512 - 1), Name: def.Label})
 			})
 			if err == nil {
-				before, err = rootSum(img)
+				before, err = sum(img)
 			}
 			return err
 		},
 		cmdline: "roothash={roothash}",
-		expect: []string{`stage ok stage=root .*device=/dev/mapper/root`,
-			`{fatal}: stage storage failed: disk /dev/vda: partition 2 \(PARTUUID [0-9a-f-]{36}\) carries the storage label but is in use \(held by dm-0`},
+		expect:  []string{`stage ok stage=root .*device=/dev/mapper/root`, expect},
 		reject:  []string{`ROOTCHECK:`, `Kernel panic`, `encrypted storage ready`, `LUKS2 header written`},
 		outcome: failureAction, timeLimit: 3 * time.Minute,
 		after: func(_ *testing.T, _ *env, _ *harness.BootResult, img *harness.Image) []string {
-			after, err := rootSum(img)
+			after, err := sum(img)
 			if err != nil {
 				return []string{err.Error()}
 			}
 			if after != before {
-				return []string{fmt.Sprintf("the root partition changed in the boot: sha256 %x before, %x after", before, after)}
+				return []string{fmt.Sprintf("partition %d changed in the boot: sha256 %x before, %x after", target(img).Index, before, after)}
 			}
 			return nil
 		},
 	}
+	return sc
 }
 
 func withGPT(both bool, edit func(img *harness.Image, h *harness.GPTHeader, entries []byte) error) func(*harness.Image) error {
