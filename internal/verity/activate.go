@@ -28,9 +28,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cvmboot/cvmboot/internal/blockdev"
-	"github.com/cvmboot/cvmboot/internal/efivar"
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/dm"
+	"github.com/cvmboot/cvmboot/internal/efivar"
 	pverity "github.com/cvmboot/cvmboot/pkg/verity"
 )
 
