@@ -93,7 +93,9 @@ func TestDracutModuleImportsCredentials(t *testing.T) {
 		t.Skip("no bash")
 	}
 	for _, line := range []string{"ro", "a systemd.import_credentials=no", "systemd.import_credentials=no systemd.import_credentials=1",
-		`systemd.import_credentials="off" x`, "systemd.import_credentials", "systemd.import_credentials=FALSE", "rd.systemd.import_credentials=no"} {
+		`systemd.import_credentials="off" x`, "systemd.import_credentials", "systemd.import_credentials=FALSE", "rd.systemd.import_credentials=no",
+		"systemd.import_credentials=no systemd.import-credentials=yes", "systemd.import-credentials=no",
+		"systemd.import_credentials=no -- systemd.import_credentials=yes", "-- systemd.import_credentials=no"} {
 		c, err := cmdline.Parse(line)
 		if err != nil {
 			t.Fatal(err)

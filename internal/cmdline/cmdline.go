@@ -301,13 +301,25 @@ func parseBoolWord(s string) (bool, bool) {
 const ImportCredentialsKey = "systemd.import_credentials"
 
 // ImportsCredentials tells whether systemd in the booted system imports credentials, as
-// systemd reads the line there: the last systemd.import_credentials= decides (no rd. form
-// outside the initrd), and a missing or unparsable value leaves import on.
+// systemd reads the line there: the last systemd.import_credentials= decides, systemd
+// equating '-' and '_' in keys and reading on past "--" (no rd. form outside the initrd); a
+// missing or unparsable value leaves import on.
 func (c *Cmdline) ImportsCredentials() bool {
-	p, ok := c.GetParam(ImportCredentialsKey)
-	if !ok {
+	if c == nil {
 		return true
 	}
-	v, err := ParseBool(p)
-	return err != nil || v
+	params := append([]Param(nil), c.params...)
+	for _, w := range c.initArgs {
+		k, v, ok := strings.Cut(w, "=")
+		params = append(params, Param{Key: k, Value: v, HasValue: ok})
+	}
+	imports := true
+	for _, p := range params {
+		if strings.ReplaceAll(p.Key, "-", "_") != ImportCredentialsKey {
+			continue
+		}
+		v, err := ParseBool(p)
+		imports = err != nil || v
+	}
+	return imports
 }

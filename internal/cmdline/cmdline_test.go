@@ -363,6 +363,11 @@ func TestImportsCredentials(t *testing.T) {
 		"systemd.import_credentials=maybe":                                true,
 		"rd.systemd.import_credentials=no":                                true, // the booted system ignores rd.
 		`systemd.import_credentials="no"`:                                 false,
+		// systemd equates - and _ in keys and reads past "--".
+		"systemd.import_credentials=no systemd.import-credentials=yes":    true,
+		"systemd.import-credentials=no":                                   false,
+		"systemd.import_credentials=no -- systemd.import_credentials=yes": true,
+		"-- systemd.import_credentials=no":                                false,
 	} {
 		c, err := Parse(line)
 		if err != nil {

@@ -41,18 +41,19 @@ installkernel() {
 }
 
 # cvmboot_imports_credentials LINE: whether systemd in the booted system imports credentials
-# with LINE: the last systemd.import_credentials word decides, as systemd reads it (a flag or
-# a value other than a false word leaves import on).
+# with LINE: the last systemd.import_credentials word decides, as systemd reads it ('-' and
+# '_' alike in the key, words after "--" too; a flag or a value other than a false word
+# leaves import on).
 cvmboot_imports_credentials() {
     local -a words
-    local w v=yes
+    local w k v=yes
     read -ra words <<< "$1"
     for w in "${words[@]}"; do
         w="${w//\"/}"
-        case "$w" in
-            systemd.import_credentials=*) v="${w#*=}" ;;
-            systemd.import_credentials) v=yes ;;
-        esac
+        k="${w%%=*}"
+        k="${k//-/_}"
+        [[ "$k" == systemd.import_credentials ]] || continue
+        if [[ "$w" == *=* ]]; then v="${w#*=}"; else v=yes; fi
     done
     case "${v,,}" in
         0 | no | n | false | f | off) return 1 ;;
