@@ -293,6 +293,31 @@ func (b *Boot) checkSysroot() (stage.Facts, error) {
 	return stage.Facts{"device": src, "target": NewRoot, "mounted_by": "systemd (sysroot.mount)"}, nil
 }
 
+// checkSysrootUsr is checkSysroot for usrhash= in a systemd initrd: systemd mounted
+// /sysroot/usr (sysroot-usr.mount, by initrd-fs.target, which the evidence unit follows),
+// and it must be the verified volume, not what mount.usr= or the initrd's fstab named.
+func (b *Boot) checkSysrootUsr() error {
+	v := b.dec.volume("usr")
+	if b.Plan.UsrVolume == nil && v == nil {
+		return nil
+	}
+	target := NewRoot + "/usr"
+	if v == nil {
+		return fmt.Errorf("usrhash= names a /usr verity volume but no verity step activated it in this boot: %s is not verified", target)
+	}
+	src, err := b.Mounts.MountedAt(target)
+	if err != nil {
+		return err
+	}
+	if src == "" {
+		return fmt.Errorf("usrhash=%s but nothing is mounted at %s: the verified %s is not the system's /usr", v.RootHash, target, v.Device)
+	}
+	if !sameDevice(src, v.Device) {
+		return fmt.Errorf("%s is mounted from %s, not from the verified %s (usrhash=%s): mount.usr= must name %s", target, src, v.Device, v.RootHash, v.Device)
+	}
+	return nil
+}
+
 // sameDevice tells whether two device paths name the same node (a /dev/mapper link and
 // the dm-N node it points to are the same).
 func sameDevice(a, b string) bool {
@@ -445,6 +470,11 @@ func (b *Boot) overlay(context.Context) (stage.Facts, error) {
 func (b *Boot) evidence(ctx context.Context) (stage.Facts, error) {
 	if missing := b.dec.missing(b.Mode, StageEvidence); len(missing) > 0 {
 		return nil, fmt.Errorf("the steps %s did not run in this boot: evidence now would leave out their decisions", strings.Join(missing, ", "))
+	}
+	if b.Mode == ModeSystemdInitrd {
+		if err := b.checkSysrootUsr(); err != nil {
+			return nil, err
+		}
 	}
 	if err := b.resumeMeasuring(); err != nil {
 		return nil, err

@@ -104,6 +104,42 @@ func TestUnitsInitrdSequence(t *testing.T) {
 	}
 }
 
+// With usrhash= in a systemd initrd, the evidence unit (after initrd-fs.target) refuses a
+// /sysroot/usr that is not the verified /dev/mapper/usr.
+func TestUnitsSysrootUsr(t *testing.T) {
+	usrHash := goodHash // the fake verity accepts this hash for any volume
+	for _, tt := range []struct {
+		name, usr, want string
+	}{
+		{"verified", "/dev/mapper/usr", ""},
+		{"another partition", "/dev/vda5", "/sysroot/usr is mounted from /dev/vda5, not from the verified /dev/mapper/usr (usrhash=" + usrHash + ")"},
+		{"not mounted", "", "nothing is mounted at /sysroot/usr"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &fakeMachine{devices: map[string]string{"/dev/mapper/root": "/dev/mapper/root"},
+				mountedAt: map[string]string{NewRoot: "/dev/mapper/root", NewRoot + "/usr": tt.usr}}
+			h, _, _ := unitHarness(t, "roothash="+goodHash+" usrhash="+usrHash+" root=/dev/mapper/root", unitsYAML, m, true)
+			for _, unit := range [][]string{{"modules", "attest"}, {"verity"}, {"root", "storage", "overlay", "binds"}} {
+				var stderr bytes.Buffer
+				if code := RunUnits(h.env, unit, &stderr); code != 0 {
+					t.Fatalf("cvmboot run %v: exit %d: %s", unit, code, stderr.String())
+				}
+			}
+			var stderr bytes.Buffer
+			code := RunUnits(h.env, []string{"evidence"}, &stderr)
+			if tt.want == "" {
+				if code != 0 {
+					t.Fatalf("evidence: exit %d: %s", code, stderr.String())
+				}
+				return
+			}
+			if code != 1 || !strings.Contains(strings.Join(h.emergency, "\n"), tt.want) {
+				t.Errorf("evidence: exit %d, emergency lines:\n%s\nwant %q", code, strings.Join(h.emergency, "\n"), tt.want)
+			}
+		})
+	}
+}
+
 func TestUnitsFailClosed(t *testing.T) {
 	t.Run("verity mismatch", func(t *testing.T) {
 		m := &fakeMachine{}
