@@ -44,6 +44,9 @@ type Device struct {
 	Holders []string
 	// HasPartitions is set on a disk the kernel found partitions on.
 	HasPartitions bool
+	// GPTPartitions is the number of used entries in a disk's GPT (0 when it has none or
+	// it was rejected): with as many partitions of the disk in sysfs, none is still to come.
+	GPTPartitions int
 
 	// GPT identity, partitions only.
 	PartUUID       string // unique partition GUID, lowercase canonical
@@ -301,6 +304,9 @@ func (s *Scanner) attachGPT(devs []*Device, byName map[string]*Device) {
 			} else if res.gpt != nil && res.gpt.FromBackup {
 				s.warnOnce(disk.Path+res.gpt.PrimaryError.Error(), "primary GPT rejected, using the backup like the kernel",
 					zap.String("disk", disk.Path), zap.NamedError("primary", res.gpt.PrimaryError))
+			}
+			if res.err == nil {
+				disk.GPTPartitions = len(res.gpt.Partitions)
 			}
 		}
 		if res.err != nil {

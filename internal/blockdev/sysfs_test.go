@@ -194,6 +194,9 @@ func TestScanFakeSysfs(t *testing.T) {
 	if !m["vda"].HasPartitions || m["vdc"].HasPartitions {
 		t.Errorf("HasPartitions: vda %v vdc %v", m["vda"].HasPartitions, m["vdc"].HasPartitions)
 	}
+	if n := m["vda"].GPTPartitions; n == 0 || m["vdc"].GPTPartitions != 0 {
+		t.Errorf("GPTPartitions: vda %d (want its used entries), vdc %d", n, m["vdc"].GPTPartitions)
+	}
 	// Content probing: disks with partitions are left alone.
 	for _, d := range devs {
 		s.ProbeFS(d)

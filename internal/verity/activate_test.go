@@ -481,7 +481,8 @@ func TestNotFoundOnBootDisk(t *testing.T) {
 	if err := os.WriteFile(esp, make([]byte, 4096), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e.devs.devs = []*blockdev.Device{
+	disk := &blockdev.Device{Name: "vda", Path: "/dev/vda", GPTPartitions: 3}
+	e.devs.devs = []*blockdev.Device{disk,
 		part(t, "vda1", esp, "vda", "6a1b2c3d-0000-4000-8000-00000000e5b0", "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"),
 		part(t, "vda2", other.dataPath, "vda", "", TypeRoot), part(t, "vda3", other.hashPath, "vda", "", TypeRootVerity),
 	}
@@ -497,6 +498,17 @@ func TestNotFoundOnBootDisk(t *testing.T) {
 		t.Errorf("%d scans, want 1", e.devs.scans)
 	}
 	wantErr(t, err, "no partition pair matches roothash="+hex.EncodeToString(a.root), "every pair of the volume's GPT types on boot disk vda was checked (1 rejected)")
+
+	// A GPT entry of the boot disk not in sysfs yet (the kernel adds partitions one by one):
+	// the real pair may be that one, so discovery waits.
+	disk.GPTPartitions = 4
+	e.devs.scans = 0
+	opts.Timeout = 300 * time.Millisecond
+	_, err = Activate(context.Background(), opts)
+	if e.devs.scans < 2 {
+		t.Errorf("%d scans: gave up while a partition of the boot disk was still to come", e.devs.scans)
+	}
+	wantErr(t, err, "waited 300ms")
 }
 
 func TestExplicitDeviceMissing(t *testing.T) {

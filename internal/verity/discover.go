@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
@@ -112,10 +113,12 @@ func (a *activation) locate(ctx context.Context) (*pair, error) {
 				zap.String("data", p.data.Path), zap.String("hash", p.hash.Path))
 			return p, nil
 		}
-		// The kernel adds a disk's partitions together with the disk: once the boot disk
-		// is there and every pair of the volume's types on it was checked and rejected,
-		// waiting longer only delays the same answer (a wrong roothash=, another build).
-		if disk := a.bootDisk(devs); disk != "" && len(rejected) > 0 {
+		// Once every partition of the boot disk's GPT is in sysfs and every pair of the
+		// volume's types on it was checked and rejected, waiting longer only delays the same
+		// answer (a wrong roothash=, another build). The volume may still be on another disk
+		// found by PARTUUID: only a boot disk that holds rejected pairs ends the wait, and
+		// naming the devices on the command line avoids that.
+		if disk := a.bootDisk(devs); disk != "" && len(rejected) > 0 && diskComplete(devs, disk) {
 			return nil, a.notFound(nil, d, h, devs, rejected, disk)
 		}
 		select {
@@ -227,6 +230,20 @@ func (a *activation) bootDisk(devs []*blockdev.Device) string {
 	return ""
 }
 
+// diskComplete tells whether every used entry of disk's GPT has its partition in sysfs.
+func diskComplete(devs []*blockdev.Device, disk string) bool {
+	want, have := 0, 0
+	for _, d := range devs {
+		switch {
+		case !d.IsPartition && d.Name == disk:
+			want = d.GPTPartitions
+		case d.IsPartition && d.Parent == disk:
+			have++
+		}
+	}
+	return want > 0 && have >= want
+}
+
 // NotFoundError says that no partition pair matches a volume's root hash. Its message is
 // one short line; Detail has the pairs rejected and the devices seen, a line each, so that
 // the console never splits a FATAL line.
@@ -314,6 +331,9 @@ func hashOption(volume string) string {
 func clip(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n-- // never half a character
 	}
 	return s[:n] + "…"
 }
