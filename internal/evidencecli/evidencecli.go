@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/cvmboot/cvmboot/internal/cmdkit"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 	"github.com/cvmboot/cvmboot/pkg/evidence/teeverify"
 )
@@ -108,8 +109,8 @@ func verify(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return usage("--nonce %q is not hex (an even number of digits 0-9, a-f)", *nonceHex)
 		}
-		if len(n) > 64 {
-			return usage("--nonce is %d bytes, at most 64", len(n))
+		if len(n) < eventlog.MinNonceSize || len(n) > eventlog.MaxNonceSize {
+			return usage("--nonce is %d bytes: expected %d to %d bytes, random and fresh for each request", len(n), eventlog.MinNonceSize, eventlog.MaxNonceSize)
 		}
 		opts.Nonce = n
 	}

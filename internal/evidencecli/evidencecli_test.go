@@ -41,7 +41,7 @@ func snpEvidence(t *testing.T) (dir, roots, nonce, rootHash string) {
 		Client:    teetest.TSM("sev_guest", func(in []byte) ([]byte, error) { return teetest.SNPReport(signer, in) }, teetest.SNPCerts(t, signer)),
 		ReportDir: "/sys/kernel/config/tsm/report",
 	}}
-	n := []byte{1, 2, 3, 4}
+	n := []byte{1, 2, 3, 4, 5, 6, 7, 8}
 	dir = filepath.Join(tmp, "evidence")
 	if _, err := tee.Collect(context.Background(), log, []tee.Source{snp}, n, dir); err != nil {
 		t.Fatal(err)
@@ -78,17 +78,18 @@ func TestCommands(t *testing.T) {
 		{"two directories", []string{"verify", dir, dir}, ExitUsage, nil, "found 2 argument(s)"},
 		{"unknown flag", []string{"verify", dir, "--frobnicate"}, ExitUsage, nil, "flag provided but not defined: -frobnicate"},
 		{"verified", []string{"verify", dir, "--trusted-roots", roots, "--nonce", nonce, "--expect-roothash", rootHash}, ExitOK,
-			[]string{dir + ": verified", "platform sev-snp (snp-report via configfs-tsm): report signed by the VCEK", "nonce \"01020304\": as expected",
+			[]string{dir + ": verified", "platform sev-snp (snp-report via configfs-tsm): report signed by the VCEK", "nonce \"0102030405060708\": as expected",
 				"root: dm-verity root hash " + rootHash + " (as expected, enforced)", "storage: encrypted with aes-xts-plain64 (512-bit random key), integrity hmac-sha256",
 				"overlay: tmpfs of size 50% over the read-only root", "phases: enter-initrd"}, ""},
 		{"flags first, upper-case root hash", []string{"verify", "--trusted-roots", roots, "--expect-roothash", strings.ToUpper(rootHash), dir}, ExitOK,
-			[]string{"nonce \"01020304\": not checked"}, ""},
-		{"wrong nonce", []string{"verify", dir, "--trusted-roots", roots, "--nonce", "ff"}, ExitMismatch, nil, `NOT VERIFIED: nonce: the evidence was made for nonce "01020304", expected "ff"`},
+			[]string{"nonce \"0102030405060708\": not checked"}, ""},
+		{"wrong nonce", []string{"verify", dir, "--trusted-roots", roots, "--nonce", "ffffffffffffffff"}, ExitMismatch, nil, `NOT VERIFIED: nonce: the evidence was made for nonce "0102030405060708", expected "ffffffffffffffff"`},
+		{"short nonce", []string{"verify", dir, "--nonce", "01020304"}, ExitUsage, nil, "--nonce is 4 bytes: expected 8 to 64 bytes"},
 		{"wrong root hash", []string{"verify", dir, "--trusted-roots", roots, "--expect-roothash", strings.Repeat("00", 32)}, ExitMismatch, nil, "root-hash: the root was verified against root hash " + rootHash},
 		{"AMD's real roots", []string{"verify", dir}, ExitMismatch, nil, "signature: sev-snp: signature chain"},
 		{"missing directory", []string{"verify", filepath.Join(dir, "nope")}, ExitIO, nil, "no such file or directory"},
 		{"bad nonce", []string{"verify", dir, "--nonce", "xyz"}, ExitUsage, nil, `--nonce "xyz" is not hex`},
-		{"long nonce", []string{"verify", dir, "--nonce", strings.Repeat("00", 65)}, ExitUsage, nil, "--nonce is 65 bytes, at most 64"},
+		{"long nonce", []string{"verify", dir, "--nonce", strings.Repeat("00", 65)}, ExitUsage, nil, "--nonce is 65 bytes: expected 8 to 64 bytes"},
 		{"bad root hash", []string{"verify", dir, "--expect-roothash", "zz"}, ExitUsage, nil, `--expect-roothash "zz" is not hex`},
 		{"missing roots", []string{"verify", dir, "--trusted-roots", filepath.Join(dir, "nope.pem")}, ExitIO, nil, "nope.pem"},
 		{"garbage roots", []string{"verify", dir, "--trusted-roots", garbage}, ExitUsage, nil, "no CERTIFICATE or PUBLIC KEY PEM block found"},

@@ -162,9 +162,8 @@ func readEventLog(path string) ([]byte, error) {
 	return data, nil
 }
 
-// MinNonceSize is the shortest nonce /evidence takes: a shorter one is a counter or a guess
-// the host could answer from evidence it collected earlier, not a verifier's fresh secret.
-const MinNonceSize = 8
+// MinNonceSize is the shortest nonce /evidence takes (eventlog.MinNonceSize).
+const MinNonceSize = eventlog.MinNonceSize
 
 // ParseNonce checks the query of an evidence request: exactly one nonce parameter, hex, 8 to
 // 64 bytes, and nothing else. The error names the problem for a 400 answer.

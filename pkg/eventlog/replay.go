@@ -92,6 +92,10 @@ const ReportDataDomain = "cvmboot-evidence-v1\x00"
 // MaxNonceSize bounds the nonce bound into REPORT_DATA.
 const MaxNonceSize = 64
 
+// MinNonceSize is the shortest nonce a verifier asks fresh evidence with: a shorter one is a
+// counter or a guess the host could have asked for before and kept the answer to.
+const MinNonceSize = 8
+
 // ReportData returns the REPORT_DATA that binds an event log and a nonce:
 // SHA-512(ReportDataDomain ‖ SHA-256(eventLog) ‖ nonce). The domain and the log digest have a
 // fixed size, so the nonce needs no length prefix.

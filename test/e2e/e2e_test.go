@@ -774,7 +774,7 @@ func verifyEvidence(t *testing.T, e *env, boot *harness.BootResult, img *harness
 	} else {
 		t.Logf("evidence verify (edited event, evidence.json consistent): exit 1: %s", strings.TrimSpace(out))
 	}
-	if code, out := run(write(nil), "--nonce", "00"); code != 1 {
+	if code, out := run(write(nil), "--nonce", "0000000000000000"); code != 1 {
 		problems = append(problems, fmt.Sprintf("evidence checked with another nonce: exit %d, want 1: %s", code, out))
 	} else {
 		t.Logf("evidence verify (other nonce): exit 1: %s", strings.TrimSpace(out))

@@ -202,10 +202,10 @@ func verifyServedEvidence(t *testing.T, _ *env, boot *harness.BootResult, _ *har
 	} else if !strings.Contains(out, fmt.Sprintf("nonce %q: as expected", serveNonce)) {
 		problems = append(problems, "the verifier did not report the nonce as checked")
 	}
-	if code, out := run("00"); code != 1 {
+	if code, out := run("0000000000000000"); code != 1 {
 		problems = append(problems, fmt.Sprintf("served evidence checked with another nonce: exit %d, want 1: %s", code, out))
 	} else {
-		t.Logf("evidence verify --nonce 00: exit 1: %s", strings.TrimSpace(out))
+		t.Logf("evidence verify --nonce 0000000000000000: exit 1: %s", strings.TrimSpace(out))
 	}
 	return problems
 }
