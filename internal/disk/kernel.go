@@ -283,3 +283,58 @@ func diskOfDir(dir string, depth int) (string, error) {
 	}
 	return disk, nil
 }
+
+// busyOverlap refuses a storage range that overlaps another partition the kernel knows of
+// on this disk while that partition is in use (mounted, or held by dm-verity or another
+// target). The on-disk GPT can differ from the kernel's view: the host may have rewritten it
+// after the kernel read it, so free space on disk can still be the mounted root's blocks.
+func (p *Preparer) busyOverlap(dev *diskInfo, part *Partition) error {
+	dir, err := p.sysDir(dev.major, dev.minor)
+	if err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("listing %s: %w", dir, err)
+	}
+	first, end := part.Start/512, (part.Start+part.Size)/512
+	for _, e := range ents {
+		pdir := filepath.Join(dir, e.Name())
+		num, err := readSysInt(filepath.Join(pdir, "partition"))
+		if err != nil || (part.Reused && int(num) == part.Number) {
+			continue // a reused partition itself is opened exclusively before it is written
+		}
+		start, err1 := readSysInt(filepath.Join(pdir, "start"))
+		size, err2 := readSysInt(filepath.Join(pdir, "size"))
+		if err1 != nil || err2 != nil || start >= end || start+size <= first {
+			continue
+		}
+		devb, err := os.ReadFile(filepath.Join(pdir, "dev"))
+		if err != nil {
+			return fmt.Errorf("reading %s: %w", filepath.Join(pdir, "dev"), err)
+		}
+		node, err := p.ensureNode(e.Name(), strings.TrimSpace(string(devb)))
+		if err != nil {
+			return err
+		}
+		f, err := os.OpenFile(node, os.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+		if err == nil {
+			f.Close()
+			continue
+		}
+		if errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("disk %s: storage partition %d (512-byte sectors %d-%d) overlaps the kernel's partition %s (sectors %d-%d), which is in use: the GPT on disk is not the one the kernel read; refusing to write",
+				part.Disk, part.Number, first, end-1, e.Name(), start, start+size-1)
+		}
+		return fmt.Errorf("checking partition %s, which overlaps the storage range: %w", node, err)
+	}
+	return nil
+}
+
+func readSysInt(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}

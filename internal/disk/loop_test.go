@@ -1,6 +1,7 @@
 package disk
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
@@ -210,4 +211,48 @@ func blkpgDel(disk string, number int) error {
 		return errno
 	}
 	return nil
+}
+
+// TestLoopBusyOverlap: the host deletes the root's entry from the GPT on disk after the kernel
+// read the table; the free range storage would take is the root's, which is in use. Nothing
+// is written.
+func TestLoopBusyOverlap(t *testing.T) {
+	img := makeImage(t, 96*MiB, espRootParts)
+	loop := attachLoop(t, img)
+	name := filepath.Base(loop)
+	if _, err := os.Stat("/sys/class/block/" + name + "/" + name + "p2"); err != nil {
+		f, err := os.OpenFile(loop, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, p := range espRootParts {
+			if err := blkpgAdd(f, i+1, int64(p.start)*512, int64(p.end-p.start+1)*512); err != nil {
+				f.Close()
+				t.Skipf("BLKPG_ADD_PARTITION on %s: %v", loop, err)
+			}
+		}
+		f.Close()
+	}
+	p := &Preparer{Mknod: true, Timeout: 10 * time.Second}
+	rootNode, err := p.ensureNodeFor(loop + "p2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := os.OpenFile(rootNode, os.O_RDONLY|unix.O_EXCL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	editEntries(t, img, func(e []byte) { clear(e[128:256]) })
+	before, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.Prepare(context.Background(), loop, storageRequest())
+	if err == nil || !strings.Contains(err.Error(), "overlaps the kernel's partition "+name+"p2") || !strings.Contains(err.Error(), "which is in use") {
+		t.Fatalf("Prepare over the in-use root's range: %v", err)
+	}
+	if after, _ := os.ReadFile(img); !bytes.Equal(before, after) {
+		t.Error("the disk was written")
+	}
 }

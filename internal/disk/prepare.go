@@ -208,6 +208,11 @@ func (p *Preparer) Prepare(ctx context.Context, diskPath string, req Request) (*
 		part.Size = largest
 	}
 
+	if dev.block {
+		if err := p.busyOverlap(dev, part); err != nil {
+			return nil, err
+		}
+	}
 	if newEntry != nil || t.Grown() {
 		if err := writeTable(f, t, dev, newEntry); err != nil {
 			return nil, fmt.Errorf("disk %s: %w", diskPath, err)
