@@ -1,6 +1,6 @@
 // Command cvmboot-host is cvmboot's host-side tool: every command of the guest binary plus
 // the offline evidence verifier, whose signature-chain checks would put the boot binary over
-// its size budget. See README.md.
+// its size budget, and the reference values of a UKI. See README.md.
 package main
 
 import (
@@ -10,8 +10,13 @@ import (
 	"github.com/cvmboot/cvmboot/internal/evidencecli"
 )
 
-func main() {
-	commands := cli.WithCommand(cli.Commands(), cli.Command{
+func commands() []cli.Command {
+	c := cli.WithCommand(cli.Commands(), cli.Command{
 		Name: "evidence", Summary: "verify a boot's evidence offline", Run: evidencecli.Main})
-	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr, commands))
+	return cli.WithCommand(c, cli.Command{
+		Name: "reference-values", Summary: "compute what firmware and systemd-stub measure when booting a UKI (PCR 4 digest, PCR 11)", Run: referenceValues})
+}
+
+func main() {
+	os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr, commands()))
 }

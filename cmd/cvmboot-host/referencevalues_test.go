@@ -1,0 +1,109 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cvmboot/cvmboot/internal/cmdkit"
+	"github.com/cvmboot/cvmboot/pkg/reference"
+	"github.com/cvmboot/cvmboot/pkg/uki/ukitest"
+)
+
+func runRV(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	code := referenceValues(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func testUKI(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "BOOTX64.EFI")
+	b := ukitest.UKI(ukitest.Magic252, ukitest.S(".linux", "kernel"), ukitest.S(".cmdline", "quiet"), ukitest.S(".osrel", "ID=t\n")).Build()
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestReferenceValuesWired(t *testing.T) {
+	for _, c := range commands() {
+		if c.Name == "reference-values" {
+			return
+		}
+	}
+	t.Fatal("reference-values is not a command of cvmboot-host")
+}
+
+func TestReferenceValuesJSON(t *testing.T) {
+	p := testUKI(t)
+	code, out, errs := runRV(p)
+	if code != cmdkit.ExitOK || errs != "" {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var v reference.Values
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatal(err)
+	}
+	want, err := reference.Compute(p, reference.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.PCR11.ValueAfterPhases != want.PCR11.ValueAfterPhases || v.UKI.AuthenticodeSHA256 != want.UKI.AuthenticodeSHA256 ||
+		len(v.PCR11.Phases) != 2 || *v.Cmdline != "quiet" || v.Format != reference.Format {
+		t.Errorf("output %+v", v)
+	}
+	// Flags after the positional argument; no phases; another stub version.
+	code, out, _ = runRV(p, "--phases", "", "--stub-version", "254")
+	json.Unmarshal([]byte(out), &v)
+	if code != 0 || len(v.PCR11.Phases) != 0 || v.PCR11.ValueAfterPhases != v.PCR11.Value || v.Stub.Major != 254 {
+		t.Errorf("--phases '' --stub-version 254: exit %d %+v", code, v.PCR11)
+	}
+}
+
+func TestReferenceValuesTrustee(t *testing.T) {
+	p := testUKI(t)
+	code, out, _ := runRV("--format", "trustee", "--phases", "enter-initrd:leave-initrd:sysinit:ready", p)
+	var m map[string][]string
+	if err := json.Unmarshal([]byte(out), &m); err != nil || code != 0 {
+		t.Fatalf("exit %d, %v: %s", code, err, out)
+	}
+	want, _ := reference.Compute(p, reference.Options{Phases: []string{"enter-initrd", "leave-initrd", "sysinit", "ready"}})
+	if len(m) != 3 {
+		t.Errorf("keys %v", m)
+	}
+	for _, k := range []string{"tpm_pcr11", "snp_pcr11", "tdx_pcr11"} {
+		if len(m[k]) != 1 || m[k][0] != want.PCR11.ValueAfterPhases {
+			t.Errorf("%s: %v, want [%s]", k, m[k], want.PCR11.ValueAfterPhases)
+		}
+	}
+}
+
+func TestReferenceValuesErrors(t *testing.T) {
+	p := testUKI(t)
+	notPE := filepath.Join(t.TempDir(), "x")
+	os.WriteFile(notPE, []byte("not a PE image at all, but long enough for a DOS header......................"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"--help"}, cmdkit.ExitOK, "Usage: cvmboot-host reference-values UKI"},
+		{nil, cmdkit.ExitUsage, "expected 1 arguments"},
+		{[]string{p, p}, cmdkit.ExitUsage, "expected 1 arguments"},
+		{[]string{"--format", "yaml", p}, cmdkit.ExitUsage, `--format "yaml"`},
+		{[]string{"--phases", "Enter", p}, cmdkit.ExitUsage, `--phases "Enter"`},
+		{[]string{"--stub-version", "x", p}, cmdkit.ExitUsage, `--stub-version "x"`},
+		{[]string{"--stub-version", "258", p}, cmdkit.ExitFailed, "newer than the section tables"},
+		{[]string{filepath.Join(t.TempDir(), "missing")}, cmdkit.ExitIO, "no such file"},
+		{[]string{notPE}, cmdkit.ExitFailed, "no MZ signature"},
+	} {
+		code, out, errs := runRV(tc.args...)
+		if code != tc.code || !strings.Contains(out+errs, tc.want) {
+			t.Errorf("%q: exit %d, want %d with %q:\n%s%s", tc.args, code, tc.code, tc.want, out, errs)
+		}
+	}
+}
