@@ -72,8 +72,9 @@
 // invalid UTF-8 and anything but NUL after the text, and ignores fields it
 // does not know, like cryptsetup.
 //
-// Read is as strict as cryptsetup and no stricter; cryptsetup's own LUKS2
-// validation images are part of the tests. Like cryptsetup since 2.0.3 it
+// Read gives cryptsetup's verdict on cryptsetup's own LUKS2 validation images
+// (part of the tests). Its ambiguous-signature check knows fewer formats than
+// libblkid (see signatures.go): there it accepts what cryptsetup refuses. Like cryptsetup since 2.0.3 it
 // drops, in memory, keyslot KDF members the KDF does not use (parameters
 // of a previous KDF left behind by older cryptsetup; Metadata.Repaired says
 // what went). KDF types other than pbkdf2, argon2i and argon2id (such as

@@ -197,8 +197,9 @@ func debianVerityScenarios() []scenario {
 	}}
 }
 
-// withUsrFromRoot moves the Debian root's /usr onto a verity pair of its own, leaves a decoy
-// /usr on the root that says where it is, and checks which /usr the booted system sees.
+// withUsrFromRoot copies the Debian root's /usr onto a verity pair of its own, keeps the
+// root's own /usr as a working decoy, marks each with where it is, and checks which /usr the
+// booted system sees: a boot that hid the verified /usr would run on the decoy.
 func withUsrFromRoot(r *harness.DiskRecipe) {
 	must := func(err error) {
 		if err != nil {
@@ -209,9 +210,10 @@ func withUsrFromRoot(r *harness.DiskRecipe) {
 	usr := tree + "-usr"
 	must(os.RemoveAll(usr))
 	must(harness.InstallCheckUnit(tree, harness.CheckPrelude+usrCheckScript))
-	must(os.Rename(filepath.Join(tree, "usr"), usr))
+	if out, err := exec.Command("cp", "-a", filepath.Join(tree, "usr"), usr).CombinedOutput(); err != nil {
+		must(fmt.Errorf("cp -a: %v: %s", err, out))
+	}
 	must(os.WriteFile(filepath.Join(usr, "lib/cvmboot-e2e-usr-source"), []byte("usr-verity\n"), 0o644))
-	must(os.MkdirAll(filepath.Join(tree, "usr/lib"), 0o755))
 	must(os.WriteFile(filepath.Join(tree, "usr/lib/cvmboot-e2e-usr-source"), []byte("root-partition\n"), 0o644))
 	r.Usr = &harness.UsrSpec{Tree: usr}
 }
