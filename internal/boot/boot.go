@@ -106,6 +106,9 @@ type Boot struct {
 	// (initramfs.ModulesLoadPath); the config's modules: list adds to them.
 	PackedModules []string
 
+	// EFIVarsDir is efivarfs, for the handoff's check of SystemdOptions (Env.EFIVarsDir).
+	EFIVarsDir string
+
 	// Mode is how this boot runs; Plan what the config and the command line decided.
 	Mode Mode
 	Plan *Plan
@@ -488,6 +491,10 @@ func (b *Boot) evidence(ctx context.Context) (stage.Facts, error) {
 func (b *Boot) handoff(context.Context) (stage.Facts, error) {
 	if b.rootDevice == "" {
 		return nil, errors.New("no root was mounted at " + NewRoot)
+	}
+	// efivarfs is mounted now (after the modules step): systemd would read SystemdOptions.
+	if err := checkEFIOptions(b.EFIVarsDir, b.CmdlinePin); err != nil {
+		return nil, err
 	}
 	init := b.Plan.Init
 	if err := b.Mounts.SwitchRoot(NewRoot, init); err != nil {

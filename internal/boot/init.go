@@ -44,7 +44,10 @@ type Env struct {
 	CmdlinePath string
 	// CmdlinePinPath is the command line the image was built for (cmdline.PinPath); absent
 	// when the image pins none.
-	CmdlinePinPath  string
+	CmdlinePinPath string
+	// EFIVarsDir is efivarfs, where the host-writable SystemdOptions variable would add to the
+	// command line systemd reads; "" checks nothing.
+	EFIVarsDir      string
 	ConfigPath      string
 	ModulesLoadPath string // the initramfs's module list; absent means none
 	ReportPath      string

@@ -65,6 +65,10 @@ func Run(env Env, mode Mode, names []string, stderr io.Writer) int {
 	l.rep.Cmdline = cl.String()
 	// Before anything reads the command line: the host may have replaced it.
 	pin, err := checkPin(env.CmdlinePinPath, raw)
+	if err == nil {
+		// In PID 1 efivarfs is not mounted yet: the handoff checks again.
+		err = checkEFIOptions(env.EFIVarsDir, pin)
+	}
 	if err != nil {
 		return l.fail(nil, StageCmdline, err, pinFailureConfig(env.ConfigPath))
 	}
@@ -116,7 +120,7 @@ func Run(env Env, mode Mode, names []string, stderr io.Writer) int {
 	}
 	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
 		Attest: env.Attest, Verity: env.Verity, Storage: env.Storage, CmdlineRaw: raw, CmdlinePin: pin, ConfigInfo: info,
-		PackedModules: packed, Mode: mode, Plan: plan, dec: dec}
+		PackedModules: packed, Mode: mode, Plan: plan, dec: dec, EFIVarsDir: env.EFIVarsDir}
 	runner := stage.Runner{Log: log, Clock: clock, Report: l.rep, Save: l.saveReport}
 	if err := runner.Run(context.Background(), b.stages(steps)); err != nil {
 		name := "boot"

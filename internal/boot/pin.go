@@ -3,11 +3,13 @@ package boot
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"go.uber.org/zap"
 
 	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/efivar"
 	"github.com/cvmboot/cvmboot/internal/failaction"
 )
 
@@ -30,6 +32,31 @@ func checkPin(pinPath, raw string) (string, error) {
 		return "", err
 	}
 	return cmdline.PinDigest(pin), nil
+}
+
+// checkEFIOptions refuses, in an image that pins its command line, the SystemdOptions EFI
+// variable: systemd (Secure Boot off) reads it as command line before /proc/cmdline, so the
+// host could add what the pin keeps out (systemd.unit=, systemd.debug_shell, …).
+func checkEFIOptions(efiVarsDir, pin string) error {
+	if efiVarsDir == "" || pin == "" {
+		return nil
+	}
+	v, found, err := efivar.SystemdOptions(efiVarsDir)
+	if err != nil {
+		return fmt.Errorf("the command line is pinned but the firmware variable %s cannot be checked: %w", efivar.SystemdOptionsName, err)
+	}
+	if found && strings.TrimSpace(v) != "" {
+		return fmt.Errorf("the firmware variable %s adds %q to the command line systemd reads: the host writes firmware variables, and only the pinned command line (%s) may configure the boot",
+			efivar.SystemdOptionsName, clipOptions(v), pin)
+	}
+	return nil
+}
+
+func clipOptions(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "…"
+	}
+	return s
 }
 
 // pinFailureConfig is the config a refused command line stops the boot with: the file's,

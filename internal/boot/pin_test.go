@@ -2,12 +2,15 @@ package boot
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"unicode/utf16"
 
 	"github.com/cvmboot/cvmboot/internal/cmdline"
+	"github.com/cvmboot/cvmboot/internal/efivar"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -139,5 +142,66 @@ func TestGenerateRefusesUnpinnedCmdline(t *testing.T) {
 	h.pin(t, pinnedCmdline)
 	if err := Generate(h.env, t.TempDir(), &stderr); err != nil || h.sys.rebootCmd != 0 || len(h.emergency) != 0 {
 		t.Errorf("pinned: err %v reboot %#x emergency %q", err, h.sys.rebootCmd, h.emergency)
+	}
+}
+
+// systemdOptions writes the SystemdOptions EFI variable as the host would set it.
+func (h *initHarness) systemdOptions(t *testing.T, value string) {
+	t.Helper()
+	h.env.EFIVarsDir = t.TempDir()
+	b := []byte{7, 0, 0, 0}
+	for _, c := range utf16.Encode([]rune(value)) {
+		b = append(b, byte(c), byte(c>>8))
+	}
+	if err := os.WriteFile(filepath.Join(h.env.EFIVarsDir, efivar.SystemdOptionsName), append(b, 0, 0), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The host sets SystemdOptions, which systemd reads as more command line: PID 1 refuses it at
+// the handoff (efivarfs is mounted by then), the generator at once; an image that pins
+// nothing, or an empty variable, boots.
+func TestSystemdOptionsRefused(t *testing.T) {
+	const want = `the firmware variable SystemdOptions-8cf2644b-4b0b-428f-9387-6d876050dc67 adds "systemd.unit=emergency.target" to the command line systemd reads`
+	m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
+	h := newInitHarness(t, pinnedCmdline, plainYAML+"failure: {action: halt}\n", m)
+	h.pin(t, pinnedCmdline)
+	h.systemdOptions(t, "systemd.unit=emergency.target")
+	if code := RunInit(h.env); code == 0 || h.execPath != "" {
+		t.Fatalf("RunInit: exit %d, exec %q", code, h.execPath)
+	}
+	// Here efivarfs is readable from the start, so the first check refuses it; in a real
+	// PID 1 boot efivarfs is mounted only after the modules step and the handoff refuses.
+	if got := strings.Join(h.emergency, "\n"); !strings.Contains(got, "cvmboot: FATAL: stage cmdline failed: "+want) || h.sys.rebootCmd != 0xcdef0123 {
+		t.Errorf("reboot cmd %#x, emergency output:\n%s", h.sys.rebootCmd, got)
+	}
+	b := &Boot{Mounts: m, rootDevice: "/dev/vda2", Plan: &Plan{Init: "/sbin/init"}, EFIVarsDir: h.env.EFIVarsDir, CmdlinePin: "sha256:x"}
+	m.calls = nil
+	if _, err := b.handoff(context.Background()); err == nil || !strings.Contains(err.Error(), want) || len(m.calls) != 0 {
+		t.Errorf("handoff: %v, calls %v", err, m.calls)
+	}
+
+	h = newInitHarness(t, pinnedCmdline, "failure: {action: reboot}\n", &fakeMachine{})
+	h.pin(t, pinnedCmdline)
+	h.systemdOptions(t, "systemd.unit=emergency.target")
+	var stderr bytes.Buffer
+	if err := Generate(h.env, t.TempDir(), &stderr); err == nil || h.sys.rebootCmd != 0x01234567 {
+		t.Errorf("Generate: %v, reboot cmd %#x", err, h.sys.rebootCmd)
+	}
+	if got := strings.Join(h.emergency, "\n"); !strings.Contains(got, "cvmboot: FATAL: stage cmdline failed: "+want) {
+		t.Errorf("emergency output:\n%s", got)
+	}
+
+	for _, tc := range []struct{ pinned, value string }{{"", "systemd.unit=emergency.target"}, {pinnedCmdline, ""}} {
+		m := &fakeMachine{devices: map[string]string{"/dev/vda2": "/dev/vda2"}}
+		h := newInitHarness(t, pinnedCmdline, plainYAML, m)
+		if tc.pinned != "" {
+			h.pin(t, tc.pinned)
+		}
+		h.systemdOptions(t, tc.value)
+		RunInit(h.env)
+		if h.execPath != "/sbin/init" {
+			t.Errorf("pinned %q, SystemdOptions %q: exec %q, emergency %q", tc.pinned, tc.value, h.execPath, h.emergency)
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/dm"
+	"github.com/cvmboot/cvmboot/internal/efivar"
 	"github.com/cvmboot/cvmboot/internal/failaction"
 	"github.com/cvmboot/cvmboot/internal/initramfs"
 	"github.com/cvmboot/cvmboot/internal/kmod"
@@ -126,6 +127,7 @@ func Real() Env {
 		},
 		CmdlinePath:     "/proc/cmdline",
 		CmdlinePinPath:  cmdline.PinPath,
+		EFIVarsDir:      efivar.Dir,
 		ConfigPath:      config.DefaultPath,
 		ModulesLoadPath: initramfs.ModulesLoadPath,
 		ReportPath:      report.DefaultPath,

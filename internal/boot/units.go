@@ -53,7 +53,10 @@ func Generate(env Env, dir string, stderr io.Writer) error {
 	cl, raw, err := readCmdline(env.CmdlinePath)
 	var pinErr error
 	if err == nil {
-		_, pinErr = checkPin(env.CmdlinePinPath, raw)
+		var pin string
+		if pin, pinErr = checkPin(env.CmdlinePinPath, raw); pinErr == nil {
+			pinErr = checkEFIOptions(env.EFIVarsDir, pin)
+		}
 	}
 	switch {
 	case err != nil:

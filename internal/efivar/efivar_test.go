@@ -154,3 +154,39 @@ func FuzzLoaderDevicePartUUID(f *testing.F) {
 		}
 	})
 }
+
+func TestSystemdOptions(t *testing.T) {
+	dir := t.TempDir()
+	if _, found, err := SystemdOptions(dir); found || err != nil {
+		t.Fatalf("absent: found %v, %v", found, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, SystemdOptionsName), append(encodeLoaderDevicePartUUID([4]byte{7}, "systemd.unit=rescue.target"), 0, 0, 'x', 0), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if v, found, err := SystemdOptions(dir); !found || err != nil || v != "systemd.unit=rescue.target" {
+		t.Errorf("%q %v %v", v, found, err)
+	}
+	if _, err := ParseSystemdOptions([]byte{7, 0}); err == nil {
+		t.Error("2 bytes: no error")
+	}
+}
+
+// FuzzSystemdOptions: the host writes the variable; parsing never panics, and what it returns
+// is the text up to the first NUL, which encodes back to a prefix of the input.
+func FuzzSystemdOptions(f *testing.F) {
+	f.Add(encodeLoaderDevicePartUUID([4]byte{7}, "systemd.unit=rescue.target"))
+	f.Add([]byte{7, 0, 0, 0, 0x3d, 0xd8})
+	f.Add([]byte{7, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		v, err := ParseSystemdOptions(b)
+		if err != nil {
+			if len(b) >= 4 {
+				t.Fatalf("%q: %v", b, err)
+			}
+			return
+		}
+		if strings.ContainsRune(v, 0) {
+			t.Fatalf("%q: NUL in %q", b, v)
+		}
+	})
+}

@@ -46,6 +46,28 @@ func cmdlineScenarios() []scenario {
 			outcome: bootedAndChecked, timeLimit: 5 * time.Minute,
 		},
 		scenario{
+			// The host sets the SystemdOptions EFI variable, which systemd (Secure Boot off)
+			// reads as command line besides /proc/cmdline, and boots the UKI with its own line:
+			// the pin holds, and the handoff (efivarfs is mounted by then) refuses.
+			name: "systemd-options", root: rootTiny, config: cfg(append(pinConfig, noVerity)...),
+			cmdline: "root=PARTUUID={rootpartuuid}", loadOptions: "console=ttyS0 root=PARTUUID={rootpartuuid}",
+			shellPrelude: []string{setSystemdOptions},
+			expect: []string{`stage ok stage=root`,
+				`{fatal}: stage handoff failed: the firmware variable SystemdOptions-8cf2644b-4b0b-428f-9387-6d876050dc67 adds "systemd\.hostname=hostchosen" to the command line systemd reads`},
+			reject:  []string{`ROOTCHECK:`, `Kernel panic`},
+			outcome: failureAction, timeLimit: 3 * time.Minute,
+		},
+		scenario{
+			// Control: the same move against an image that pins nothing: systemd in the booted
+			// Debian takes the host's option (its hostname).
+			name: "systemd-options-unpinned", root: rootDebian, config: debianConfig, unpinned: true,
+			cmdline: "root=PARTUUID={rootpartuuid}", loadOptions: "console=ttyS0 root=PARTUUID={rootpartuuid}",
+			shellPrelude: []string{setSystemdOptions}, recipe: installHostnameCheck,
+			expect:  []string{`E2E-CHECK: hostname=hostchosen`, `E2E-CHECK: DONE`},
+			reject:  []string{`{fatal}`, `Kernel panic`},
+			outcome: bootedAndChecked, timeLimit: 5 * time.Minute,
+		},
+		scenario{
 			// The exploit: init=/bin/sh, and a debug shell as the failure action for good
 			// measure. The pinned initramfs refuses before any stage and reboots: the config
 			// file's action (qemu -no-reboot exits), not the command line's shell.
@@ -105,5 +127,21 @@ systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
 `
 	if err := harness.InstallCheckUnit(r.Root.Tree, script); err != nil {
 		panic(fmt.Sprintf("host-credentials: %v", err))
+	}
+}
+
+// setSystemdOptions is the host setting SystemdOptions from OVMF's shell (UTF-16 text, as
+// bootctl set-options writes it).
+const setSystemdOptions = "setvar SystemdOptions -guid 8cf2644b-4b0b-428f-9387-6d876050dc67 -bs -rt -nv =Lsystemd.hostname=hostchosen"
+
+// installHostnameCheck replaces the Debian root's check script: which hostname systemd set.
+func installHostnameCheck(r *harness.DiskRecipe) {
+	script := harness.CheckPrelude + `say "hostname=$(cat /proc/sys/kernel/hostname)"
+say DONE
+sync
+systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
+`
+	if err := harness.InstallCheckUnit(r.Root.Tree, script); err != nil {
+		panic(fmt.Sprintf("systemd-options: %v", err))
 	}
 }

@@ -114,6 +114,8 @@ type scenario struct {
 	importCredentials bool
 	// qemuArgs are more qemu arguments: what the host adds to the VM's configuration.
 	qemuArgs []string
+	// shellPrelude are UEFI shell commands run before the UKI (with loadOptions).
+	shellPrelude []string
 	// initramfs, when set, makes the scenario's initramfs from the prepared root tree (after
 	// recipe), instead of `cvmboot initramfs`: a systemd initrd built by dracut. It may change
 	// the tree; the initramfs itself is built by the function it returns, once the UKI's
@@ -490,6 +492,7 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 		WorkDir: work, Kernel: e.kernel, Tools: tools, Init: init,
 		Modules: sc.modules, Config: sc.config, Cmdline: cmdline, Recipe: recipe, InitramfsFor: prebuilt,
 		LoadOptions: strings.Replace(subst(sc.loadOptions, false), "console=ttyS0 ", "console=ttyS0 "+hardening(sc), 1), UnpinnedCmdline: sc.unpinned,
+		ShellPrelude: sc.shellPrelude,
 	})
 	if err != nil {
 		t.Fatalf("scenario %s: build image: %v", sc.name, err)

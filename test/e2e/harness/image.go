@@ -92,7 +92,10 @@ type ImageSpec struct {
 	// then passes them to the kernel instead of .cmdline (Secure Boot is off). Placeholders
 	// are substituted as in Cmdline.
 	LoadOptions string
-	Recipe      DiskRecipe
+	// ShellPrelude are UEFI shell commands startup.nsh runs before it starts the UKI (with
+	// LoadOptions): the host's other moves, such as setting firmware variables.
+	ShellPrelude []string
+	Recipe       DiskRecipe
 	// Initramfs is the initramfs to use with InitPrebuilt.
 	Initramfs string
 	// InitramfsFor, with InitPrebuilt and no Initramfs, makes the initramfs once the UKI's
@@ -203,7 +206,11 @@ func BuildImage(ctx context.Context, spec ImageSpec) (*Image, error) {
 	files := map[string]string{"EFI/BOOT/BOOTX64.EFI": img.UKI}
 	if spec.LoadOptions != "" {
 		nsh := filepath.Join(spec.WorkDir, "startup.nsh")
-		if err := os.WriteFile(nsh, []byte(ShellBootScript(spec.LoadOptions)), 0o644); err != nil {
+		script := ""
+		for _, l := range spec.ShellPrelude {
+			script += l + "\r\n"
+		}
+		if err := os.WriteFile(nsh, []byte(script+ShellBootScript(spec.LoadOptions)), 0o644); err != nil {
 			return nil, err
 		}
 		files = map[string]string{UKIShellPath: img.UKI, "startup.nsh": nsh}
