@@ -492,7 +492,7 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 		WorkDir: work, Kernel: e.kernel, Tools: tools, Init: init,
 		Modules: sc.modules, Config: sc.config, Cmdline: cmdline, Recipe: recipe, InitramfsFor: prebuilt,
 		LoadOptions: strings.Replace(subst(sc.loadOptions, false), "console=ttyS0 ", "console=ttyS0 "+hardening(sc), 1), UnpinnedCmdline: sc.unpinned,
-		ShellPrelude: sc.shellPrelude,
+		ShellPrelude: sc.shellPrelude, AllowHostCredentials: sc.importCredentials,
 	})
 	if err != nil {
 		t.Fatalf("scenario %s: build image: %v", sc.name, err)

@@ -86,6 +86,9 @@ type ImageSpec struct {
 	// UnpinnedCmdline builds cvmboot's initramfs with --no-cmdline-pin instead of pinning
 	// Cmdline (the default, as for any UKI).
 	UnpinnedCmdline bool
+	// AllowHostCredentials pins a command line without systemd.import_credentials=no
+	// (cvmboot initramfs --allow-host-credentials).
+	AllowHostCredentials bool
 	// LoadOptions, when set, is the host booting the UKI through a boot entry of its own: the
 	// UKI goes to UKIShellPath instead of the removable path, so OVMF falls back to its
 	// shell, whose startup.nsh starts it with these load options. systemd-stub before 255
@@ -172,6 +175,9 @@ func BuildImage(ctx context.Context, spec ImageSpec) (*Image, error) {
 			args = append(args, "--no-cmdline-pin")
 		} else {
 			args = append(args, "--cmdline", spec.Cmdline)
+			if spec.AllowHostCredentials {
+				args = append(args, "--allow-host-credentials")
+			}
 		}
 		if o, err := runCmd(ctx, "", spec.Tools.Cvmboot, args...); err != nil {
 			return nil, fmt.Errorf("%s %s: %w\n%s", spec.Tools.Cvmboot, strings.Join(args, " "), err, tail(o, 3000))
