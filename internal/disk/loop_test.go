@@ -37,6 +37,28 @@ func attachLoop(t *testing.T, img string) string {
 	return dev
 }
 
+// addPartitions makes the kernel know the loop device's partitions. Partition scanning is
+// off on kernels without a GPT parser; BLKPG does not need the parser, so the existing ones
+// are added that way.
+func addPartitions(t *testing.T, loop string, parts []part) {
+	t.Helper()
+	name := filepath.Base(loop)
+	if _, err := os.Stat("/sys/class/block/" + name + "/" + name + "p2"); err == nil {
+		return
+	}
+	f, err := os.OpenFile(loop, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for i, p := range parts {
+		if err := blkpgAdd(f, i+1, int64(p.start)*512, int64(p.end-p.start+1)*512); err != nil {
+			t.Skipf("BLKPG_ADD_PARTITION on %s: %v (loop devices without partition support here)", loop, err)
+		}
+	}
+	t.Logf("kernel did not scan %s; added the existing partitions with BLKPG", loop)
+}
+
 // TestLoopBLKPG runs the kernel side on a loop device: the new partition is
 // announced with BLKPG_ADD_PARTITION (the root partition of the image stays
 // open, so a whole-table re-read could not be used), its sysfs entry and
@@ -45,23 +67,8 @@ func TestLoopBLKPG(t *testing.T) {
 	img := makeImage(t, 96*MiB, espRootParts)
 	loop := attachLoop(t, img)
 	name := filepath.Base(loop)
-	// Partition scanning is off on kernels without a GPT parser; BLKPG
-	// does not need the parser, so add the existing ones the same way.
 	rootNode := loop + "p2"
-	if _, err := os.Stat("/sys/class/block/" + name + "/" + name + "p2"); err != nil {
-		f, err := os.OpenFile(loop, os.O_RDWR, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i, p := range espRootParts {
-			if err := blkpgAdd(f, i+1, int64(p.start)*512, int64(p.end-p.start+1)*512); err != nil {
-				f.Close()
-				t.Skipf("BLKPG_ADD_PARTITION on %s: %v (loop devices without partition support here)", loop, err)
-			}
-		}
-		f.Close()
-		t.Logf("kernel did not scan %s; added the existing partitions with BLKPG", loop)
-	}
+	addPartitions(t, loop, espRootParts)
 	// Hold the "root" open, as the mounted root is during boot.
 	p := &Preparer{Mknod: true, Timeout: 10 * time.Second}
 	if _, err := p.ensureNodeFor(rootNode); err != nil {
@@ -220,19 +227,7 @@ func TestLoopBusyOverlap(t *testing.T) {
 	img := makeImage(t, 96*MiB, espRootParts)
 	loop := attachLoop(t, img)
 	name := filepath.Base(loop)
-	if _, err := os.Stat("/sys/class/block/" + name + "/" + name + "p2"); err != nil {
-		f, err := os.OpenFile(loop, os.O_RDWR, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i, p := range espRootParts {
-			if err := blkpgAdd(f, i+1, int64(p.start)*512, int64(p.end-p.start+1)*512); err != nil {
-				f.Close()
-				t.Skipf("BLKPG_ADD_PARTITION on %s: %v", loop, err)
-			}
-		}
-		f.Close()
-	}
+	addPartitions(t, loop, espRootParts)
 	p := &Preparer{Mknod: true, Timeout: 10 * time.Second}
 	rootNode, err := p.ensureNodeFor(loop + "p2")
 	if err != nil {
