@@ -18,22 +18,48 @@ it, and TPM PCR 11 once cvmboot's initramfs has measured its boot phases (SHA-25
 
   uki.authenticode_sha256   the UKI's Authenticode (PE image) digest: the digest of the PCR 4
                             event the firmware logs when it loads the UKI (as pesign -h)
+  uki.authenticode_sha384   the same with SHA-384: the digest of the RTMR 1 event TDX
+                            firmware logs for it (as osslsigncode extract-data -h sha384)
+  uki.linux_authenticode_*  the same for the kernel in .linux, which newer stubs start
+                            through the firmware (a second PCR 4 / RTMR 1 event)
   pcr11.events              systemd-stub's PCR 11 measurements, section name then data, in
                             the stub's order for the version its .sdmagic names (252-257;
                             checked against systemd-measure 252, 254 and 257)
   pcr11.value               PCR 11 after the stub (as systemd-measure calculate --phase=)
   pcr11.value_after_phases  PCR 11 after the phase words too: by default enter-initrd and
                             leave-initrd, which cvmboot measures in its initramfs
+  rtmr2.events, .value      TDX RTMR 2 after the stub: the same section events with SHA-384
+                            digests, which systemd-stub 256 and later also measures through
+                            the CC protocol (PCR 11 maps to RTMR 2). Absent for older stubs,
+                            which measure nothing into the RTMRs: notes says so
+  pcr12                     PCR 12 as a clean boot leaves it: zeros (no command-line
+                            override, credentials, confexts or add-ons measured)
+  pcr9.load_options, .initrd  the kernel's EFI stub's events (SHA-256 and _sha384): the
+                            .cmdline as load options (UTF-16LE with its NUL; Linux 6.1 on)
+                            and the .initrd; pcr9.value after both (checked against the
+                            firmware log of the e2e boots: Debian's 6.1 kernel, stub 252)
   cmdline                   the .cmdline section
 
-Not computed: the PCR 4 value (only the UKI's event digest), PCR 9, PCR 12, TDX RTMR 1 and 2,
-the SEV-SNP launch measurement, the SHA-1 and SHA-384 banks.
+rtmr2.value is RTMR 2 right after the stub. What is measured into RTMR 2 later is not in it:
+a kernel that measures through the CC protocol (Linux 6.9 and later, when the firmware has
+no TCG2 protocol) adds its initrd and command-line events (PCR 9), and a quote then shows
+another RTMR 2; compare the CC event log's first RTMR 2 events with rtmr2.events instead.
+
+Not computed: the PCR 4 and RTMR 1 values (they also hold firmware and boot-loader events;
+only the UKI's own event digests are given), RTMR 2 with the kernel's events, TDX MRTD and
+RTMR 0, the SEV-SNP launch measurement (both measure the firmware, not the UKI), the TPM's
+SHA-1 and SHA-384 banks; pcr9 digests for a .cmdline with control characters or a UKI with
+.ucode (the stub rewrites or prepends them).
 
 Options:
   --format F        json (default): cvmboot's reference-value document (pkg/reference);
                     trustee: {"tpm_pcr11":[V],"snp_pcr11":[V],"tdx_pcr11":[V]} with V the
-                    PCR 11 value after the phases, the names Trustee's default attestation
-                    policy queries, in the shape of its sample reference-value provenance
+                    PCR 11 value after the phases, and "rtmr_2":[rtmr2.value] when RTMR 2 is
+                    computed: the names Trustee's default attestation policy queries, in the
+                    shape of its sample reference-value provenance. rtmr_1, mr_td and
+                    snp_launch_measurement, which that policy also queries (its TDX check
+                    needs rtmr_1 next to rtmr_2), are not given: they depend on the firmware
+                    binary and its events, not on the UKI alone
   --phases LIST     colon-separated phase words measured after the stub ("" for none); add
                     sysinit:ready when the booted system's systemd-pcrphase measures them
                     before the quote is taken

@@ -19,10 +19,12 @@ func runRV(args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
-func testUKI(t *testing.T) string {
+func testUKI(t *testing.T) string { return testUKIOn(t, ukitest.Magic252) }
+
+func testUKIOn(t *testing.T, magic string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "BOOTX64.EFI")
-	b := ukitest.UKI(ukitest.Magic252, ukitest.S(".linux", "kernel"), ukitest.S(".cmdline", "quiet"), ukitest.S(".osrel", "ID=t\n")).Build()
+	b := ukitest.UKI(magic, ukitest.S(".linux", "kernel"), ukitest.S(".cmdline", "quiet"), ukitest.S(".osrel", "ID=t\n")).Build()
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -56,11 +58,24 @@ func TestReferenceValuesJSON(t *testing.T) {
 		len(v.PCR11.Phases) != 2 || *v.Cmdline != "quiet" || v.Format != reference.Format {
 		t.Errorf("output %+v", v)
 	}
+	if v.UKI.AuthenticodeSHA384 != want.UKI.AuthenticodeSHA384 || len(v.UKI.AuthenticodeSHA384) != 96 ||
+		v.PCR12 != strings.Repeat("0", 64) || v.RTMR2 != nil || len(v.Notes) != 1 || v.Notes[0] != reference.NoCCNote(252) {
+		t.Errorf("stub 252: uki %+v pcr12 %q rtmr2 %+v notes %q", v.UKI, v.PCR12, v.RTMR2, v.Notes)
+	}
 	// Flags after the positional argument; no phases; another stub version.
 	code, out, _ = runRV(p, "--phases", "", "--stub-version", "254")
 	json.Unmarshal([]byte(out), &v)
 	if code != 0 || len(v.PCR11.Phases) != 0 || v.PCR11.ValueAfterPhases != v.PCR11.Value || v.Stub.Major != 254 {
 		t.Errorf("--phases '' --stub-version 254: exit %d %+v", code, v.PCR11)
+	}
+	// A stub that measures through the CC protocol gets RTMR 2 and no note.
+	var v256 reference.Values
+	code, out, _ = runRV(p, "--stub-version", "256")
+	if err := json.Unmarshal([]byte(out), &v256); err != nil || code != 0 {
+		t.Fatalf("--stub-version 256: exit %d %v", code, err)
+	}
+	if v256.RTMR2 == nil || len(v256.RTMR2.Events) != len(v256.PCR11.Events) || len(v256.RTMR2.Value) != 96 || len(v256.Notes) != 0 {
+		t.Errorf("--stub-version 256: rtmr2 %+v notes %q", v256.RTMR2, v256.Notes)
 	}
 }
 
@@ -78,6 +93,22 @@ func TestReferenceValuesTrustee(t *testing.T) {
 	for _, k := range []string{"tpm_pcr11", "snp_pcr11", "tdx_pcr11"} {
 		if len(m[k]) != 1 || m[k][0] != want.PCR11.ValueAfterPhases {
 			t.Errorf("%s: %v, want [%s]", k, m[k], want.PCR11.ValueAfterPhases)
+		}
+	}
+	// Stub 256 and later: rtmr_2 too, never rtmr_1, mr_td or snp_launch_measurement.
+	p = testUKIOn(t, "#### LoaderInfo: systemd-stub 257.13-1~deb13u1 ####")
+	code, out, _ = runRV("--format", "trustee", p)
+	m = nil
+	if err := json.Unmarshal([]byte(out), &m); err != nil || code != 0 {
+		t.Fatalf("stub 257: exit %d, %v: %s", code, err, out)
+	}
+	want, _ = reference.Compute(p, reference.Options{})
+	if len(m) != 4 || want.RTMR2 == nil || len(m["rtmr_2"]) != 1 || m["rtmr_2"][0] != want.RTMR2.Value {
+		t.Errorf("stub 257: %v, want rtmr_2 [%+v]", m, want.RTMR2)
+	}
+	for _, k := range []string{"rtmr_1", "mr_td", "snp_launch_measurement"} {
+		if _, ok := m[k]; ok {
+			t.Errorf("trustee output has %s", k)
 		}
 	}
 }

@@ -1,7 +1,9 @@
 package reference
 
 import (
+	"crypto"
 	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -97,8 +100,17 @@ func TestCompute(t *testing.T) {
 	if v.Format != Format || v.UKI.File != path || v.UKI.Size != int64(len(b)) || v.UKI.SHA256 != hexsum(string(b)) {
 		t.Errorf("uki %+v", v.UKI)
 	}
-	if len(v.UKI.AuthenticodeSHA256) != 64 || v.UKI.LinuxAuthenticodeSHA256 != "" {
+	if len(v.UKI.AuthenticodeSHA256) != 64 || v.UKI.LinuxAuthenticodeSHA256 != "" ||
+		len(v.UKI.AuthenticodeSHA384) != 96 || v.UKI.LinuxAuthenticodeSHA384 != "" {
 		t.Errorf("authenticode %+v", v.UKI)
+	}
+	// Stub 252 measures nothing through the CC protocol: no RTMR 2, a note saying so.
+	if v.RTMR2 != nil || len(v.Notes) != 1 || v.Notes[0] != NoCCNote(252) ||
+		!strings.HasPrefix(v.Notes[0], "systemd-stub 252 measures nothing into the TDX RTMRs (CC measurement from v256): RTMR 2 holds no UKI section events; ") {
+		t.Errorf("stub 252: rtmr2 %+v, notes %q", v.RTMR2, v.Notes)
+	}
+	if v.PCR12 != strings.Repeat("0", 64) {
+		t.Errorf("pcr12 %q", v.PCR12)
 	}
 	if v.Stub.Major != 252 || v.Stub.Version != "252.39-1~deb12u2" || v.Stub.Magic != ukitest.Magic252 {
 		t.Errorf("stub %+v", v.Stub)
@@ -137,9 +149,114 @@ func TestCompute(t *testing.T) {
 	// The JSON field names are the documented ones.
 	j, _ := json.Marshal(v)
 	for _, k := range []string{`"authenticode_sha256"`, `"pcr11":{"bank":"sha256","events":[{"section":".linux","size":15,"name_digest"`,
-		`"value_after_phases"`, `"phases":[{"phase":"enter-initrd","digest"`, `"cmdline":"console=ttyS0 quiet"`} {
+		`"value_after_phases"`, `"phases":[{"phase":"enter-initrd","digest"`, `"cmdline":"console=ttyS0 quiet"`,
+		`"authenticode_sha384":"` + v.UKI.AuthenticodeSHA384, `"pcr12":"` + strings.Repeat("0", 64) + `"`, `"notes":["systemd-stub 252 measures nothing`} {
 		if !strings.Contains(string(j), k) {
 			t.Errorf("JSON lacks %s:\n%s", k, j)
+		}
+	}
+	for _, k := range []string{`"rtmr2"`, `"linux_authenticode_sha384"`} {
+		if strings.Contains(string(j), k) {
+			t.Errorf("JSON has %s:\n%s", k, j)
+		}
+	}
+}
+
+func hexsum384(s string) string { d := sha512.Sum384([]byte(s)); return hex.EncodeToString(d[:]) }
+
+func extend384(mr, digestHex string) string {
+	a, _ := hex.DecodeString(mr)
+	b, _ := hex.DecodeString(digestHex)
+	d := sha512.Sum384(append(a, b...))
+	return hex.EncodeToString(d[:])
+}
+
+const magic256 = "#### LoaderInfo: systemd-stub 256.7-1 ####"
+
+// TestComputeRTMR2 checks a stub-256 UKI: RTMR 2 holds the PCR 11 events' bytes with SHA-384
+// digests, and the kernel's Authenticode digests are given when .linux is a PE image.
+func TestComputeRTMR2(t *testing.T) {
+	kernel := ukitest.Spec{Sections: []ukitest.Section{ukitest.S(".text", "kernel code")}, Trailing: []byte("odd")}.Build()
+	sections := map[string]string{".linux": string(kernel), ".osrel": "ID=test\n", ".cmdline": "console=ttyS0\x00",
+		".initrd": "cpio", ".ucode": "microcode", ".uname": "6.12.0", ".sbat": "sbat,1\n", ".pcrsig": "{}"}
+	spec := ukitest.UKI(magic256, ukitest.S(".pcrsig", sections[".pcrsig"]), ukitest.S(".ucode", sections[".ucode"]),
+		ukitest.S(".osrel", sections[".osrel"]), ukitest.S(".linux", sections[".linux"]), ukitest.S(".cmdline", sections[".cmdline"]),
+		ukitest.S(".uname", sections[".uname"]), ukitest.S(".initrd", sections[".initrd"]))
+	path := writeUKI(t, spec)
+	v, err := Compute(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Stub.Major != 256 || v.RTMR2 == nil || len(v.Notes) != 0 || v.PCR12 != ZeroPCR {
+		t.Fatalf("stub %+v rtmr2 %+v notes %q pcr12 %s", v.Stub, v.RTMR2, v.Notes, v.PCR12)
+	}
+	// The stub's order for 256 (.ucode after .initrd), .sbat from ukitest.UKI's stub sections.
+	want := []string{".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".uname", ".sbat"}
+	if len(v.RTMR2.Events) != len(want) || len(v.PCR11.Events) != len(want) {
+		t.Fatalf("events: rtmr2 %+v pcr11 %+v", v.RTMR2.Events, v.PCR11.Events)
+	}
+	mr := strings.Repeat("0", 96)
+	for i, e := range v.RTMR2.Events {
+		p := v.PCR11.Events[i]
+		if e.Section != want[i] || p.Section != want[i] || e.Size != p.Size || e.Size != uint32(len(sections[e.Section])) {
+			t.Errorf("event %d: rtmr2 %+v pcr11 %+v", i, e, p)
+		}
+		if e.NameDigest != hexsum384(e.Section+"\x00") || e.DataDigest != hexsum384(sections[e.Section]) {
+			t.Errorf("%s: SHA-384 digests %s %s", e.Section, e.NameDigest, e.DataDigest)
+		}
+		if p.DataDigest != hexsum(sections[e.Section]) {
+			t.Errorf("%s: PCR 11 data digest %s", e.Section, p.DataDigest)
+		}
+		mr = extend384(extend384(mr, e.NameDigest), e.DataDigest)
+	}
+	if v.RTMR2.Value != mr {
+		t.Errorf("rtmr2 value %s, replayed %s", v.RTMR2.Value, mr)
+	}
+	// The kernel's Authenticode digests, both banks, as pkg/uki computes them for the file.
+	k, err := uki.Parse(strings.NewReader(string(kernel)), int64(len(kernel)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k256, _ := k.Authenticode(crypto.SHA256, false)
+	k384, _ := k.Authenticode(crypto.SHA384, false)
+	if v.UKI.LinuxAuthenticodeSHA256 != hex.EncodeToString(k256) || v.UKI.LinuxAuthenticodeSHA384 != hex.EncodeToString(k384) {
+		t.Errorf("kernel authenticode %s %s, want %x %x", v.UKI.LinuxAuthenticodeSHA256, v.UKI.LinuxAuthenticodeSHA384, k256, k384)
+	}
+	b, _ := os.ReadFile(path)
+	im, _ := uki.Parse(strings.NewReader(string(b)), int64(len(b)))
+	if a, _ := im.Authenticode(crypto.SHA384, false); v.UKI.AuthenticodeSHA384 != hex.EncodeToString(a) {
+		t.Errorf("authenticode_sha384 %s, want %x", v.UKI.AuthenticodeSHA384, a)
+	}
+	tr := v.Trustee()
+	if len(tr) != 4 || len(tr["rtmr_2"]) != 1 || tr["rtmr_2"][0] != mr || tr["tpm_pcr11"][0] != v.PCR11.ValueAfterPhases {
+		t.Errorf("trustee %v", tr)
+	}
+	for _, k := range []string{"rtmr_1", "mr_td", "snp_launch_measurement"} {
+		if _, ok := tr[k]; ok {
+			t.Errorf("trustee has %s, which the UKI does not determine", k)
+		}
+	}
+	j, _ := json.Marshal(v)
+	for _, k := range []string{`"rtmr2":{"events":[{"section":".linux","size":` + fmt.Sprint(len(kernel)) + `,"name_digest":"` + hexsum384(".linux\x00") + `","data_digest":"`,
+		`"value":"` + mr + `"},"pcr12":"`, `"linux_authenticode_sha384":"` + hex.EncodeToString(k384) + `"`} {
+		if !strings.Contains(string(j), k) {
+			t.Errorf("JSON lacks %s:\n%s", k, j)
+		}
+	}
+	if strings.Contains(string(j), `"notes"`) {
+		t.Errorf("notes for stub 256:\n%s", j)
+	}
+	// The stub version decides, also when given: 255 measures nothing into RTMR 2, 257 does.
+	for major, cc := range map[int]bool{255: false, 257: true} {
+		o, err := Compute(path, Options{StubMajor: major})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (o.RTMR2 != nil) != cc || (len(o.Notes) == 0) != cc {
+			t.Errorf("stub %d: rtmr2 %+v notes %q", major, o.RTMR2, o.Notes)
+		}
+		if !cc && o.Notes[0] != NoCCNote(255) {
+			t.Errorf("stub 255 note %q", o.Notes[0])
 		}
 	}
 }
@@ -258,4 +375,43 @@ func TestPhasesMatchSystemdMeasure(t *testing.T) {
 		}
 		t.Logf("%s: PCR 11 after %s = %s (systemd-measure agrees on every prefix)", path, strings.Join(phases, ":"), v.PCR11.ValueAfterPhases)
 	}
+}
+
+// TestRTMR2MatchesSystemdMeasure compares rtmr2.value with systemd-measure's SHA-384 bank of
+// PCR 11 for the same sections: the stub measures the same buffers into RTMR 2 as into PCR 11,
+// and an RTMR extends like a SHA-384 PCR, so the two are equal. The UKI has only sections
+// every systemd-measure knows (no .sbat, which 252's lacks).
+func TestRTMR2MatchesSystemdMeasure(t *testing.T) {
+	const tool = "/usr/lib/systemd/systemd-measure"
+	if _, err := os.Stat(tool); err != nil {
+		t.Skipf("%s not found (Debian package systemd): interop test skipped", tool)
+	}
+	sections := []ukitest.Section{ukitest.S(".text", "code"), ukitest.S(".sdmagic", magic256), ukitest.S(".linux", "not a PE kernel"),
+		ukitest.S(".osrel", "ID=test\n"), ukitest.S(".cmdline", "console=ttyS0 roothash=00\x00"), ukitest.S(".initrd", "cpio")}
+	path := writeUKI(t, ukitest.Spec{Sections: sections})
+	v, err := Compute(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.RTMR2 == nil || len(v.RTMR2.Events) != 4 {
+		t.Fatalf("rtmr2 %+v", v.RTMR2)
+	}
+	dir := t.TempDir()
+	args := []string{"calculate", "--bank=sha384", "--phase="}
+	for _, s := range sections[2:] {
+		f := filepath.Join(dir, s.Name[1:])
+		if err := os.WriteFile(f, s.Data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args, "--"+s.Name[1:]+"="+f)
+	}
+	out, err := exec.Command(tool, args...).Output()
+	m := regexp.MustCompile(`(?m)^11:sha384=([0-9a-f]{96})$`).FindStringSubmatch(string(out))
+	if err != nil || m == nil {
+		t.Fatalf("systemd-measure %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	if v.RTMR2.Value != m[1] {
+		t.Errorf("rtmr2.value %s, systemd-measure's sha384 bank %s", v.RTMR2.Value, m[1])
+	}
+	t.Logf("rtmr2.value %s = systemd-measure calculate --bank=sha384", m[1])
 }

@@ -29,6 +29,9 @@ func FuzzParse(f *testing.F) {
 		if _, err := im.Authenticode(crypto.SHA256, true); err != nil {
 			t.Fatalf("parsed but Authenticode fails: %v", err)
 		}
+		if _, err := im.Authenticode(crypto.SHA384, false); err != nil {
+			t.Fatalf("parsed but the SHA-384 Authenticode fails: %v", err)
+		}
 		for i := range im.Sections {
 			s := &im.Sections[i]
 			n, err := io.Copy(io.Discard, im.SectionReader(s))

@@ -24,9 +24,16 @@ const (
 	tLfanew    = ukitest.Lfanew
 )
 
-// refAuthenticode is the Authenticode digest computed the plain way, on the whole file in
-// memory, for comparison with the streaming implementation.
+// refAuthenticode is the SHA-256 Authenticode digest computed the plain way, on the whole file
+// in memory, for comparison with the streaming implementation.
 func refAuthenticode(t *testing.T, b []byte, pad bool) []byte {
+	t.Helper()
+	d := sha256.Sum256(refAuthenticodeMessage(t, b, pad))
+	return d[:]
+}
+
+// refAuthenticodeMessage is the byte string the Authenticode digest covers, whatever the hash.
+func refAuthenticodeMessage(t *testing.T, b []byte, pad bool) []byte {
 	t.Helper()
 	le := binary.LittleEndian
 	lf := int(le.Uint32(b[0x3c:]))
@@ -72,8 +79,7 @@ func refAuthenticode(t *testing.T, b []byte, pad bool) []byte {
 			msg = append(msg, make([]byte, 8-len(tail)%8)...)
 		}
 	}
-	d := sha256.Sum256(msg)
-	return d[:]
+	return msg
 }
 
 func parseBytes(t *testing.T, b []byte) *Image {

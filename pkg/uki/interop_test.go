@@ -3,10 +3,15 @@ package uki
 // Interop tests: the digests against the tools a verifier would otherwise use. Each skips only
 // when its peer tool is missing, and says so.
 //
-//	pesign -h [-P]            Authenticode (Debian package pesign)
+//	pesign -h [-P]            Authenticode (Debian package pesign; SHA-256: pesign 0.112
+//	                          has no SHA-384, -d sha384 is used when a newer one does)
+//	osslsigncode extract-data SHA-384 and SHA-256 Authenticode, padded form (Debian package
+//	                          osslsigncode)
 //	sbsign                    a signed image (sbsigntool), with openssl for a throwaway key
-//	systemd-measure calculate PCR 11 (package systemd; set CVMBOOT_TEST_SYSTEMD_MEASURE to a
-//	                          colon-separated list of other versions' binaries or wrappers)
+//	systemd-measure calculate PCR 11, SHA-256 and SHA-384 banks (the SHA-384 bank after the
+//	                          stub is TDX RTMR 2's value; package systemd; set
+//	                          CVMBOOT_TEST_SYSTEMD_MEASURE to a colon-separated list of other
+//	                          versions' binaries or wrappers)
 //	objcopy                   builds small UKIs from each systemd-stub found (the installed
 //	                          one, plus CVMBOOT_TEST_STUBS, colon-separated), and extracts
 //	                          sections for systemd-measure independently of this package
@@ -15,11 +20,14 @@ package uki
 // present; -short takes only the first.
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/sha256"
+	"crypto/sha512"
 	"debug/pe"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -183,6 +191,31 @@ func pesign(t *testing.T, bin, path string, pad bool) string {
 
 func TestAuthenticodeMatchesPesign(t *testing.T) {
 	bin := tool(t, "pesign", "pesign")
+	for name, path := range authenticodeInputs(t) {
+		t.Run(name, func(t *testing.T) {
+			im := openImage(t, path)
+			if strings.HasPrefix(name, "sbsign-signed") && im.CertTable.Size == 0 {
+				t.Fatalf("sbsign left no certificate table")
+			}
+			for _, pad := range []bool{false, true} {
+				d, err := im.Authenticode(crypto.SHA256, pad)
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := pesign(t, bin, path, pad)
+				if got := hex.EncodeToString(d); got != want {
+					t.Errorf("padded=%v: %s, pesign %s", pad, got, want)
+				}
+				t.Logf("padded=%v authenticode %s = pesign (unaligned trailing data: %v, certificate table %d bytes)", pad, want, im.TrailingDataUnaligned(), im.CertTable.Size)
+			}
+		})
+	}
+}
+
+// authenticodeInputs are the PE images the Authenticode interop tests digest, by name:
+// synthetic ones, the stubs, UKIs objcopy built on them, sbsign-signed stubs and the e2e UKIs.
+func authenticodeInputs(t *testing.T) map[string]string {
+	t.Helper()
 	dir := t.TempDir()
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)
@@ -224,25 +257,130 @@ func TestAuthenticodeMatchesPesign(t *testing.T) {
 	for _, u := range e2eUKIs(t) {
 		inputs["e2e "+u.name] = u.path
 	}
+	return inputs
+}
+
+// digestInfo is the DER of a DigestInfo's start, AlgorithmIdentifier and OCTET STRING header,
+// for the digests osslsigncode puts in the SpcIndirectDataContent it writes.
+var digestInfo = map[crypto.Hash][]byte{
+	crypto.SHA256: {0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20},
+	crypto.SHA384: {0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00, 0x04, 0x30},
+}
+
+// osslsigncode returns the Authenticode digest osslsigncode computes for the file: the one
+// DigestInfo in the unsigned PKCS#7 data that `extract-data -h ALG` writes. osslsigncode pads
+// unaligned trailing data, like pesign -P. ok is false when the command fails.
+func osslsigncode(t *testing.T, bin, path string, alg crypto.Hash) (digest string, out string, ok bool) {
+	t.Helper()
+	name := map[crypto.Hash]string{crypto.SHA256: "sha256", crypto.SHA384: "sha384"}[alg]
+	der := filepath.Join(t.TempDir(), "data.der")
+	o, err := exec.Command(bin, "extract-data", "-h", name, "-in", path, "-out", der).CombinedOutput()
+	if err != nil {
+		return "", string(o), false
+	}
+	b, err := os.ReadFile(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := digestInfo[alg]
+	i := bytes.Index(b, prefix)
+	if i < 0 || bytes.Count(b, prefix) != 1 || len(b) < i+len(prefix)+alg.Size() {
+		t.Fatalf("osslsigncode extract-data -h %s %s: not one %s DigestInfo in %x", name, path, name, b)
+	}
+	return hex.EncodeToString(b[i+len(prefix) : i+len(prefix)+alg.Size()]), string(o), true
+}
+
+// TestAuthenticodeSHA384MatchesPeers proves the SHA-384 Authenticode digest (the TDX RTMR 1
+// boot-application event) against independent implementations. Debian 12's pesign 0.112
+// knows no SHA-384 ("Digest "sha384" not found"), so:
+//   - osslsigncode extract-data -h sha384 gives the padded digest, equal to the unpadded one
+//     the firmware measures whenever the trailing data is aligned or absent;
+//   - for every input, the SHA-256 of the very bytes Authenticode hashes (writeAuthenticode,
+//     unpadded) equals pesign -h, and the SHA-384 digest is of those same bytes;
+//   - a pesign that accepts -d sha384 is compared directly.
+func TestAuthenticodeSHA384MatchesPeers(t *testing.T) {
+	ossl := tool(t, "osslsigncode", "osslsigncode")
+	pesignBin, _ := exec.LookPath("pesign")
+	if pesignBin == "" {
+		t.Log("pesign not found (Debian package pesign): the unpadded bytes are checked against osslsigncode only where padding changes nothing")
+	}
+	inputs := authenticodeInputs(t)
+	probe := inputs["synthetic"]
+	if _, out, ok := osslsigncode(t, ossl, probe, crypto.SHA384); !ok {
+		t.Skipf("osslsigncode extract-data -h sha384 fails (a version without extract-data?): interop test skipped\n%s", out)
+	}
+	pesign384 := false
+	if pesignBin != "" {
+		out, err := exec.Command(pesignBin, "-h", "-d", "sha384", "-i", probe).CombinedOutput()
+		pesign384 = err == nil && pesignHash384.Match(out)
+		if !pesign384 {
+			t.Logf("pesign -h -d sha384: %v %q: this pesign has no SHA-384", err, strings.TrimSpace(string(out)))
+		}
+	}
+	direct := 0
 	for name, path := range inputs {
 		t.Run(name, func(t *testing.T) {
 			im := openImage(t, path)
-			if strings.HasPrefix(name, "sbsign-signed") && im.CertTable.Size == 0 {
-				t.Fatalf("sbsign left no certificate table")
-			}
 			for _, pad := range []bool{false, true} {
-				d, err := im.Authenticode(crypto.SHA256, pad)
+				got, err := im.Authenticode(crypto.SHA384, pad)
 				if err != nil {
 					t.Fatal(err)
 				}
-				want := pesign(t, bin, path, pad)
-				if got := hex.EncodeToString(d); got != want {
-					t.Errorf("padded=%v: %s, pesign %s", pad, got, want)
+				h256, h384 := sha256.New(), sha512.New384()
+				if err := im.writeAuthenticode(io.MultiWriter(h256, h384), pad); err != nil {
+					t.Fatal(err)
 				}
-				t.Logf("padded=%v authenticode %s = pesign (unaligned trailing data: %v, certificate table %d bytes)", pad, want, im.TrailingDataUnaligned(), im.CertTable.Size)
+				if !bytes.Equal(got, h384.Sum(nil)) {
+					t.Fatalf("padded=%v: Authenticode(SHA384) %x is not the SHA-384 of writeAuthenticode's bytes", pad, got)
+				}
+				if pesignBin != "" {
+					if want := pesign(t, pesignBin, path, pad); hex.EncodeToString(h256.Sum(nil)) != want {
+						t.Errorf("padded=%v: the bytes hashed have SHA-256 %x, pesign %s", pad, h256.Sum(nil), want)
+					}
+				}
+				if pad || !im.TrailingDataUnaligned() {
+					want, out, ok := osslsigncode(t, ossl, path, crypto.SHA384)
+					if !ok {
+						t.Fatalf("osslsigncode extract-data -h sha384 %s:\n%s", path, out)
+					}
+					if hex.EncodeToString(got) != want {
+						t.Errorf("padded=%v: SHA-384 %x, osslsigncode %s", pad, got, want)
+					} else if !pad {
+						direct++
+					}
+				}
+				if pesign384 {
+					if want := pesignSHA384(t, pesignBin, path, pad); hex.EncodeToString(got) != want {
+						t.Errorf("padded=%v: SHA-384 %x, pesign -d sha384 %s", pad, got, want)
+					}
+				}
+				t.Logf("padded=%v SHA-384 authenticode %x (unaligned trailing data: %v)", pad, got, im.TrailingDataUnaligned())
+			}
+			// osslsigncode's SHA-256 too, as a second peer for pesign's.
+			if want, _, ok := osslsigncode(t, ossl, path, crypto.SHA256); ok {
+				if got, _ := im.Authenticode(crypto.SHA256, true); hex.EncodeToString(got) != want {
+					t.Errorf("padded SHA-256 %x, osslsigncode %s", got, want)
+				}
 			}
 		})
 	}
+	t.Logf("%d of %d inputs: the unpadded SHA-384 digest equals osslsigncode's directly (trailing data aligned or absent)", direct, len(inputs))
+}
+
+var pesignHash384 = regexp.MustCompile(`(?m)^hash: ([0-9a-f]{96})$`)
+
+func pesignSHA384(t *testing.T, bin, path string, pad bool) string {
+	t.Helper()
+	args := []string{"-h", "-d", "sha384", "-i", path}
+	if pad {
+		args = append(args, "-P")
+	}
+	out, err := exec.Command(bin, args...).Output()
+	m := pesignHash384.FindStringSubmatch(string(out))
+	if err != nil || m == nil {
+		t.Fatalf("pesign %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return m[1]
 }
 
 // TestKernelAuthenticodeMatchesPesign checks SectionImage on the kernel of the e2e UKIs.
@@ -269,6 +407,29 @@ func TestKernelAuthenticodeMatchesPesign(t *testing.T) {
 		t.Errorf(".linux of %s: %s, pesign %s", ukis[0].name, got, want)
 	} else {
 		t.Logf(".linux of %s: authenticode %s = pesign", ukis[0].name, got)
+	}
+	ossl, err := exec.LookPath("osslsigncode")
+	if err != nil {
+		t.Log("osslsigncode not found (Debian package osslsigncode): the kernel's SHA-384 digest is not compared")
+		return
+	}
+	for _, pad := range []bool{false, true} {
+		if !pad && k.TrailingDataUnaligned() {
+			continue // osslsigncode pads
+		}
+		d384, err := k.Authenticode(crypto.SHA384, pad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, o, ok := osslsigncode(t, ossl, out, crypto.SHA384)
+		if !ok {
+			t.Fatalf("osslsigncode extract-data -h sha384 %s:\n%s", out, o)
+		}
+		if got := hex.EncodeToString(d384); got != want {
+			t.Errorf(".linux of %s, padded=%v: SHA-384 %s, osslsigncode %s", ukis[0].name, pad, got, want)
+		} else {
+			t.Logf(".linux of %s, padded=%v: SHA-384 authenticode %s = osslsigncode", ukis[0].name, pad, got)
+		}
 	}
 }
 
@@ -309,9 +470,10 @@ func (mt *measureTool) probeHWIDs(t *testing.T) {
 }
 
 var (
-	versionLine  = regexp.MustCompile(`^systemd ([0-9]+)`)
-	sectionFlag  = regexp.MustCompile(`--([a-z]+)=PATH`)
-	measureValue = regexp.MustCompile(`(?m)^11:sha256=([0-9a-f]{64})`)
+	versionLine     = regexp.MustCompile(`^systemd ([0-9]+)`)
+	sectionFlag     = regexp.MustCompile(`--([a-z]+)=PATH`)
+	measureValue    = regexp.MustCompile(`(?m)^11:sha256=([0-9a-f]{64})`)
+	measureValue384 = regexp.MustCompile(`(?m)^11:sha384=([0-9a-f]{96})`)
 )
 
 func measureTools(t *testing.T) []measureTool {
@@ -346,11 +508,14 @@ func measureTools(t *testing.T) []measureTool {
 }
 
 // measure runs systemd-measure calculate on the UKI's sections, extracted with objcopy: every
-// section the tool has an option for, so that a section this package forgot would show.
-func (mt measureTool) measure(t *testing.T, objcopy, uki string, im *Image) string {
+// section the tool has an option for, so that a section this package forgot would show. It
+// returns PCR 11's SHA-256 and SHA-384 banks: the SHA-384 bank after the stub's events is TDX
+// RTMR 2 after a stub that measures through the CC protocol (the same events, the same extend,
+// from zero).
+func (mt measureTool) measure(t *testing.T, objcopy, uki string, im *Image) (sha256Value, sha384Value string) {
 	t.Helper()
 	dir := t.TempDir()
-	args := []string{"calculate", "--bank=sha256", "--phase="}
+	args := []string{"calculate", "--bank=sha256", "--bank=sha384", "--phase="}
 	var names []string
 	for _, s := range im.Sections {
 		if !mt.options[s.Name] || slices.Contains(names, s.Name) {
@@ -366,11 +531,11 @@ func (mt measureTool) measure(t *testing.T, objcopy, uki string, im *Image) stri
 		args = append(args, "--"+opt[1:]+"="+out)
 	}
 	out := run(t, mt.path, args...)
-	m := measureValue.FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("systemd-measure %s: no 11:sha256= line in\n%s", strings.Join(args, " "), out)
+	m, m384 := measureValue.FindStringSubmatch(out), measureValue384.FindStringSubmatch(out)
+	if m == nil || m384 == nil {
+		t.Fatalf("systemd-measure %s: no 11:sha256= and 11:sha384= lines in\n%s", strings.Join(args, " "), out)
 	}
-	return m[1]
+	return m[1], m384[1]
 }
 
 func TestPCR11MatchesSystemdMeasure(t *testing.T) {
@@ -400,8 +565,8 @@ func TestPCR11MatchesSystemdMeasure(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", uk.name, err)
 		}
-		got := Replay(ev)
-		want := tools[i].measure(t, objcopy, u, im)
+		got, got384 := Replay(ev), Replay384(ev)
+		want, want384 := tools[i].measure(t, objcopy, u, im)
 		var secs []string
 		for _, e := range ev {
 			secs = append(secs, e.Section)
@@ -410,8 +575,13 @@ func TestPCR11MatchesSystemdMeasure(t *testing.T) {
 			t.Errorf("%s (stub %s, sections %v): PCR 11 %x, systemd-measure %d says %s", uk.name, st.Version, secs, got, st.Major, want)
 			continue
 		}
+		if hex.EncodeToString(got384[:]) != want384 {
+			t.Errorf("%s (stub %s, sections %v): SHA-384 replay (RTMR 2) %x, systemd-measure %d's sha384 bank %s", uk.name, st.Version, secs, got384, st.Major, want384)
+			continue
+		}
 		compared++
-		t.Logf("%s: stub %s, sections %v: PCR 11 %s = systemd-measure %d", uk.name, st.Version, secs, want, st.Major)
+		t.Logf("%s: stub %s, sections %v: PCR 11 %s = systemd-measure %d; SHA-384 (RTMR 2 when the stub measures through CC: %v) %s = its sha384 bank",
+			uk.name, st.Version, secs, want, st.Major, StubMeasuresCC(st.Major), want384)
 	}
 	if compared == 0 {
 		t.Skip("no UKI whose stub version has a systemd-measure of the same version")

@@ -304,45 +304,59 @@ func (im *Image) hashRange(w io.Writer, off, n int64) error {
 //     end of the file less the certificate table's size.
 //
 // padTrailing false is what UEFI firmware measures into PCR 4 (EDK2's
-// MeasurePeImageAndExtend / HashPeImage: the trailing data as it is) and what Debian's
-// `pesign -h` prints; padTrailing true zero-pads that trailing data to a multiple of 8 bytes,
-// as `pesign -h -P` does and as signing tools do when they pad the file before appending the
-// certificate table. The two differ only when TrailingDataUnaligned.
+// MeasurePeImageAndExtend / HashPeImage: the trailing data as it is), with SHA-384 what TDX
+// firmware extends into RTMR 1 (EDK2's OvmfPkg/Tcg/TdTcg2Dxe/MeasureBootPeCoff.c, the same
+// ranges), and what Debian's `pesign -h` prints (SHA-256; pesign 0.112 has no SHA-384).
+// padTrailing true zero-pads that trailing data to a multiple of 8 bytes, as `pesign -h -P`
+// and `osslsigncode extract-data` do and as signing tools do when they pad the file before
+// appending the certificate table. The two differ only when TrailingDataUnaligned. alg is
+// any linked-in hash: crypto.SHA384 needs crypto/sha512, which this package imports.
 func (im *Image) Authenticode(alg crypto.Hash, padTrailing bool) ([]byte, error) {
 	if !alg.Available() {
 		return nil, fmt.Errorf("hash %v is not linked in", alg)
 	}
 	h := alg.New()
-	hdrEnd := int64(im.SizeOfHeaders)
-	if err := im.hashRange(h, 0, im.checksumOff); err != nil {
+	if err := im.writeAuthenticode(h, padTrailing); err != nil {
 		return nil, err
 	}
+	return h.Sum(nil), nil
+}
+
+// writeAuthenticode writes the bytes the Authenticode digest covers to w, whatever the hash:
+// SHA-256 and SHA-384 digests (PCR 4 / TDX RTMR 1) are of the same bytes.
+func (im *Image) writeAuthenticode(w io.Writer, padTrailing bool) error {
+	hdrEnd := int64(im.SizeOfHeaders)
+	if err := im.hashRange(w, 0, im.checksumOff); err != nil {
+		return err
+	}
 	if im.certDirOff >= 0 {
-		if err := im.hashRange(h, im.checksumOff+4, im.certDirOff-(im.checksumOff+4)); err != nil {
-			return nil, err
+		if err := im.hashRange(w, im.checksumOff+4, im.certDirOff-(im.checksumOff+4)); err != nil {
+			return err
 		}
-		if err := im.hashRange(h, im.certDirOff+8, hdrEnd-(im.certDirOff+8)); err != nil {
-			return nil, err
+		if err := im.hashRange(w, im.certDirOff+8, hdrEnd-(im.certDirOff+8)); err != nil {
+			return err
 		}
-	} else if err := im.hashRange(h, im.checksumOff+4, hdrEnd-(im.checksumOff+4)); err != nil {
-		return nil, err
+	} else if err := im.hashRange(w, im.checksumOff+4, hdrEnd-(im.checksumOff+4)); err != nil {
+		return err
 	}
 	sum := hdrEnd
 	for _, s := range im.byFileOffset() {
-		if err := im.hashRange(h, int64(s.PointerToRawData), int64(s.SizeOfRawData)); err != nil {
-			return nil, err
+		if err := im.hashRange(w, int64(s.PointerToRawData), int64(s.SizeOfRawData)); err != nil {
+			return err
 		}
 		sum += int64(s.SizeOfRawData)
 	}
 	if n := im.trailingSize(); n > 0 {
-		if err := im.hashRange(h, sum, n); err != nil {
-			return nil, err
+		if err := im.hashRange(w, sum, n); err != nil {
+			return err
 		}
 		if pad := (8 - n%8) % 8; padTrailing && pad > 0 {
-			h.Write(make([]byte, pad))
+			if _, err := w.Write(make([]byte, pad)); err != nil {
+				return err
+			}
 		}
 	}
-	return h.Sum(nil), nil
+	return nil
 }
 
 // trailingSize is the length of the trailing data Authenticode hashes after the sections: the

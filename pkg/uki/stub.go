@@ -3,6 +3,7 @@ package uki
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/sha512"
 	"fmt"
 	"io"
 	"regexp"
@@ -120,13 +121,33 @@ type Event struct {
 	Size       uint32   // bytes measured: the section's VirtualSize
 	NameDigest [32]byte // SHA-256 of the name with its terminating NUL (".linux\x00")
 	DataDigest [32]byte // SHA-256 of the section as loaded (VirtualSize bytes)
+	// NameDigest384 and DataDigest384 are the SHA-384 digests of the same bytes: what TDX
+	// firmware extends into RTMR 2 when a stub from CCMinStubMajor on measures the section
+	// through EFI_CC_MEASUREMENT_PROTOCOL (see StubMeasuresCC).
+	NameDigest384 [48]byte
+	DataDigest384 [48]byte
 }
+
+// CCMinStubMajor is the first systemd-stub that measures into EFI_CC_MEASUREMENT_PROTOCOL
+// (systemd commit 7ff0e0a5e0, "efi: Add EFI CC measurement protocol to stub", first in v256).
+const CCMinStubMajor = 256
+
+// StubMeasuresCC tells whether systemd-stub of major version major measures its PCR 11
+// section events through EFI_CC_MEASUREMENT_PROTOCOL too. From 256 on, tpm_log_event
+// (tpm_log_ipl_event in 257) in src/boot/efi/measure.c (src/boot/measure.c in 257) measures
+// every EV_IPL event first through the CC protocol, into the measurement register
+// MapPcrToMrIndex gives for the PCR, then through TCG2: the same buffer, so the same bytes,
+// hashed by the firmware with its CC algorithm (SHA-384 on TDX). EDK2's TDX firmware maps
+// PCR 8-15 to CC MR 3, TDX RTMR 2 (OvmfPkg/IntelTdx/TdxMeasurementLib/TdxMeasurementCommon.c).
+// Stubs 252-255 have no CC code: on a TDX guest without a vTPM they measure nothing.
+func StubMeasuresCC(major int) bool { return major >= CCMinStubMajor }
 
 // StubEvents returns the events systemd-stub of major version major extends into PCR 11 (the
 // SHA-256 bank) when it runs this UKI: for each section of StubSections present with a
 // non-zero VirtualSize, SHA-256 of its name and NUL, then SHA-256 of its VirtualSize bytes as
 // loaded (file data, zeros past SizeOfRawData). systemd-measure hashes the same bytes when
-// given the section contents as files.
+// given the section contents as files. Each event carries the SHA-384 digests of the same
+// bytes too, for TDX RTMR 2 (StubMeasuresCC).
 //
 // Refused, because the stub's result would depend on more than the file: a measured section
 // name present twice (older stubs use the last one, newer ones the first); a section whose name
@@ -165,12 +186,14 @@ func (im *Image) StubEvents(major int) ([]Event, error) {
 		if len(secs) == 0 || secs[0].VirtualSize == 0 {
 			continue
 		}
-		h := sha256.New()
-		if _, err := io.Copy(h, im.SectionReader(secs[0])); err != nil {
+		h, h384 := sha256.New(), sha512.New384()
+		if _, err := io.Copy(io.MultiWriter(h, h384), im.SectionReader(secs[0])); err != nil {
 			return nil, fmt.Errorf("read section %s: %w", name, err)
 		}
-		ev := Event{Section: name, Size: secs[0].VirtualSize, NameDigest: sha256.Sum256(append([]byte(name), 0))}
+		nameNUL := append([]byte(name), 0)
+		ev := Event{Section: name, Size: secs[0].VirtualSize, NameDigest: sha256.Sum256(nameNUL), NameDigest384: sha512.Sum384(nameNUL)}
 		h.Sum(ev.DataDigest[:0])
+		h384.Sum(ev.DataDigest384[:0])
 		events = append(events, ev)
 	}
 	return events, nil
@@ -189,4 +212,22 @@ func Replay(events []Event) [32]byte {
 		pcr = Extend(Extend(pcr, e.NameDigest), e.DataDigest)
 	}
 	return pcr
+}
+
+// Extend384 returns the register value after extending mr with digest: SHA-384(mr ‖ digest),
+// the extend of TDX RTMRs (TDG.MR.RTMR.EXTEND) and of a TPM's SHA-384 bank.
+func Extend384(mr, digest [48]byte) [48]byte {
+	return sha512.Sum384(append(mr[:], digest[:]...))
+}
+
+// Replay384 returns a 48-byte register after the events' SHA-384 digests (name, then data),
+// starting from zero: TDX RTMR 2 once a stub that StubMeasuresCC has run, when nothing was
+// measured into RTMR 2 before it (TDX firmware maps only PCR 8-15 there, and EDK2's TDVF logs
+// no event for those PCRs; a shim or boot loader started before the UKI may).
+func Replay384(events []Event) [48]byte {
+	var mr [48]byte
+	for _, e := range events {
+		mr = Extend384(Extend384(mr, e.NameDigest384), e.DataDigest384)
+	}
+	return mr
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	_ "crypto/sha256"
+	"crypto/sha512"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -37,6 +38,13 @@ func TestAuthenticodeMatchesPlainComputation(t *testing.T) {
 				}
 				if want := refAuthenticode(t, b, pad); !bytes.Equal(got, want) {
 					t.Errorf("pad=%v: %x, want %x", pad, got, want)
+				}
+				got384, err := im.Authenticode(crypto.SHA384, pad)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := sha512.Sum384(refAuthenticodeMessage(t, b, pad)); !bytes.Equal(got384, want[:]) {
+					t.Errorf("SHA-384 pad=%v: %x, want %x", pad, got384, want)
 				}
 			}
 		})
@@ -179,9 +187,37 @@ func TestStubEvents(t *testing.T) {
 	if Replay(ev) != pcr {
 		t.Errorf("Replay %x, want %x", Replay(ev), pcr)
 	}
+	// The SHA-384 digests are of the same bytes; RTMR 2 is replayed the same way.
+	data := map[string]string{".linux": "KERNEL", ".osrel": "ID=x\n", ".cmdline": "console=ttyS0", ".initrd": "CPIO"}
+	var mr [48]byte
+	for _, e := range ev {
+		if e.NameDigest384 != sha512.Sum384([]byte(e.Section+"\x00")) || e.DataDigest384 != sha512.Sum384([]byte(data[e.Section])) {
+			t.Errorf("%s: SHA-384 digests %x %x", e.Section, e.NameDigest384, e.DataDigest384)
+		}
+		for _, d := range [][48]byte{e.NameDigest384, e.DataDigest384} {
+			mr = sha512.Sum384(append(mr[:], d[:]...))
+		}
+	}
+	if Replay384(ev) != mr {
+		t.Errorf("Replay384 %x, want %x", Replay384(ev), mr)
+	}
+	// Computed with Python's hashlib: the four events above, name then data, extended into a
+	// zero 48-byte register with SHA-384.
+	const golden = "b806451daa043b2a504d5fe0f6a0cf29958ac461d0df5d087c99078f86b2e16df1c98f9d53a3419d0cfbbc5e5c281bef"
+	if got := Replay384(ev); hex.EncodeToString(got[:]) != golden {
+		t.Errorf("Replay384 %x, hashlib says %s", got, golden)
+	}
 	ev254, _ := im.StubEvents(254)
 	if len(ev254) != 5 || ev254[4].Section != ".sbat" {
 		t.Errorf("254: %+v", ev254)
+	}
+}
+
+func TestStubMeasuresCC(t *testing.T) {
+	for major := MinStubMajor; major <= MaxStubMajor; major++ {
+		if got, want := StubMeasuresCC(major), major >= 256; got != want {
+			t.Errorf("StubMeasuresCC(%d) = %v, want %v", major, got, want)
+		}
 	}
 }
 
