@@ -151,6 +151,9 @@ func parseRecord(line []byte, index int) (Record, error) {
 	if len(line) > MaxRecordBytes {
 		return rec, fmt.Errorf("%d bytes, at most %d are accepted", len(line), MaxRecordBytes)
 	}
+	if key, dup := duplicateKey(line); dup {
+		return rec, fmt.Errorf("the key %q appears twice in one object: encoding/json would keep the last, another reader the first", key)
+	}
 	dec := json.NewDecoder(bytes.NewReader(line))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&rec); err != nil {
@@ -232,4 +235,55 @@ func checkContent(raw json.RawMessage) (content, string, error) {
 		return c, "", fmt.Errorf("content: %s data %.100s: expected {\"phase\":\"[a-z0-9:-]…\"}", c.Type, c.Data)
 	}
 	return c, p.Phase, nil
+}
+
+// duplicateKey finds a key that occurs twice in one JSON object of data (at any depth).
+// Malformed JSON reports none: decoding it fails anyway.
+func duplicateKey(data []byte) (string, bool) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	type frame struct {
+		keys      map[string]bool
+		expectKey bool
+	}
+	var stack []*frame
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return "", false
+		}
+		var top *frame
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		if top != nil && top.keys != nil && top.expectKey {
+			if k, ok := tok.(string); ok {
+				if top.keys[k] {
+					return k, true
+				}
+				top.keys[k] = true
+				top.expectKey = false
+				continue
+			}
+		}
+		switch tok {
+		case json.Delim('{'):
+			if top != nil && top.keys != nil {
+				top.expectKey = true // the object is this key's value
+			}
+			stack = append(stack, &frame{keys: map[string]bool{}, expectKey: true})
+			continue
+		case json.Delim('['):
+			if top != nil && top.keys != nil {
+				top.expectKey = true
+			}
+			stack = append(stack, &frame{})
+			continue
+		case json.Delim('}'), json.Delim(']'):
+			stack = stack[:len(stack)-1]
+			continue
+		}
+		if top != nil && top.keys != nil {
+			top.expectKey = true // a scalar value; the next token is a key
+		}
+	}
 }

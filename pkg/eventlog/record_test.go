@@ -51,6 +51,7 @@ func TestParseLogRejects(t *testing.T) {
 		{"content member", replaceLine(0, `,"type":"cvmboot.phase"}`, `,"type":"cvmboot.phase","z":1}`), `unknown field "z"`},
 		{"phase data", replaceLine(0, `{"phase":"enter-initrd"}`, `{"phase":"enter-initrd","x":1}`), "expected {\"phase\""},
 		{"wrong PCR", replaceLine(0, `"pcr":11`, `"pcr":15`), "cvmboot.phase event in PCR 15, expected PCR 11"},
+		{"duplicate key", replaceLine(1, `"pcr":15`, `"pcr":11,"pcr":15`), `the key "pcr" appears twice`},
 		{"wrong RTMR", replaceLine(0, `"rtmr":3`, `"rtmr":2`), "RTMR 2, expected RTMR 3"},
 		{"edited event", replaceLine(3, `"on_corruption":"panic"`, `"on_corruption":"ignore"`), "record 3: sha256 digest is"},
 		{"relabelled phase", replaceLine(0, `"content":{"data":{"phase":"enter-initrd"},"type":"cvmboot.phase"}`, `"content":{"data":{"phase":"enter-initrd"},"type":"cvmboot.other"}`), "cvmboot.other event in PCR 11, expected PCR 15"},
@@ -130,5 +131,25 @@ func TestReportData(t *testing.T) {
 	wantQ := sha256.Sum256(got[:])
 	if hex.EncodeToString(q) != hex.EncodeToString(wantQ[:]) {
 		t.Errorf("QualifyingData = %x, want %x", q, wantQ)
+	}
+}
+
+func TestDuplicateKey(t *testing.T) {
+	for _, c := range []struct {
+		in  string
+		key string
+	}{
+		{`{"a":1,"b":2}`, ""},
+		{`{"a":1,"a":2}`, "a"},
+		{`{"a":{"x":1,"y":[1,{"x":2}]},"b":[{"c":1},{"c":2}]}`, ""},
+		{`{"a":{"x":1,"x":[]}}`, "x"},
+		{`{"a":[{"c":1,"c":2}]}`, "c"},
+		{`{"recnum":0,"pcr":15,"pcr":11}`, "pcr"},
+		{`{"a":[1,2],"b":{},"a":3}`, "a"},
+	} {
+		k, dup := duplicateKey([]byte(c.in))
+		if k != c.key || dup != (c.key != "") {
+			t.Errorf("duplicateKey(%s) = %q, %t; want %q", c.in, k, dup, c.key)
+		}
 	}
 }

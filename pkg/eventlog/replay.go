@@ -116,3 +116,15 @@ func QualifyingData(reportData [64]byte) []byte {
 	d := sha256.Sum256(reportData[:])
 	return d[:]
 }
+
+// Extends returns the digest the record extended reg with, as Replay computes it, or nil when
+// it did not extend reg. The record must come from ParseLog (or Measure).
+func (r *Record) Extends(reg Register) []byte {
+	switch {
+	case reg.Kind == KindPCR && r.PCR != nil && *r.PCR == reg.Index:
+		return r.Digest(reg.Alg)
+	case reg.Kind == KindRTMR && r.RTMR != nil && *r.RTMR == reg.Index && r.measured != nil:
+		return sum(crypto.SHA384, r.measured)
+	}
+	return nil
+}
