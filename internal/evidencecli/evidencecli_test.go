@@ -77,16 +77,22 @@ func TestCommands(t *testing.T) {
 		{"no directory", []string{"verify"}, ExitUsage, nil, "expected one evidence directory, found 0"},
 		{"two directories", []string{"verify", dir, dir}, ExitUsage, nil, "found 2 argument(s)"},
 		{"unknown flag", []string{"verify", dir, "--frobnicate"}, ExitUsage, nil, "flag provided but not defined: -frobnicate"},
-		{"verified", []string{"verify", dir, "--trusted-roots", roots, "--nonce", nonce, "--expect-roothash", rootHash}, ExitOK,
-			[]string{dir + ": verified", "platform sev-snp (snp-report via configfs-tsm): report signed by the VCEK", "nonce \"0102030405060708\": as expected",
+		{"verified", []string{"verify", dir, "--trusted-roots", roots, "--nonce", nonce, "--expect-roothash", rootHash, "--allow-unknown-uki"}, ExitOK,
+			[]string{dir + ": accepted with waived links, NOT verified through the whole chain: firmware-log (--allow-unknown-uki), uki (--allow-unknown-uki), cvmboot-log (--allow-unknown-uki)", "platform sev-snp (snp-report via configfs-tsm): report signed by the VCEK", "nonce \"0102030405060708\": as expected",
 				"root: dm-verity root hash " + rootHash + " (as expected, enforced)", "storage: encrypted with aes-xts-plain64 (512-bit random key), integrity hmac-sha256",
 				"overlay: tmpfs of size 50% over the read-only root", "phases: enter-initrd"}, ""},
-		{"flags first, upper-case root hash", []string{"verify", "--trusted-roots", roots, "--expect-roothash", strings.ToUpper(rootHash), dir}, ExitOK,
+		{"flags first, upper-case root hash", []string{"verify", "--trusted-roots", roots, "--expect-roothash", strings.ToUpper(rootHash), dir, "--allow-unknown-uki"}, ExitOK,
 			[]string{"nonce \"0102030405060708\": not checked"}, ""},
-		{"wrong nonce", []string{"verify", dir, "--trusted-roots", roots, "--nonce", "ffffffffffffffff"}, ExitMismatch, nil, `NOT VERIFIED: nonce: the evidence was made for nonce "0102030405060708", expected "ffffffffffffffff"`},
+		{"wrong nonce", []string{"verify", dir, "--trusted-roots", roots, "--nonce", "ffffffffffffffff", "--allow-unknown-uki"}, ExitMismatch, nil, `NOT VERIFIED: nonce: the evidence was made for nonce "0102030405060708", expected "ffffffffffffffff"`},
 		{"short nonce", []string{"verify", dir, "--nonce", "01020304"}, ExitUsage, nil, "--nonce is 4 bytes: expected 8 to 64 bytes"},
-		{"wrong root hash", []string{"verify", dir, "--trusted-roots", roots, "--expect-roothash", strings.Repeat("00", 32)}, ExitMismatch, nil, "root-hash: the root was verified against root hash " + rootHash},
-		{"AMD's real roots", []string{"verify", dir}, ExitMismatch, nil, "signature: sev-snp: signature chain"},
+		{"wrong root hash", []string{"verify", dir, "--trusted-roots", roots, "--expect-roothash", strings.Repeat("00", 32), "--allow-unknown-uki"}, ExitMismatch, nil, "root-hash: the root was verified against root hash " + rootHash},
+		{"no reference values", []string{"verify", dir, "--trusted-roots", roots}, ExitMismatch, nil, "NOT VERIFIED: chain: the boot claims are not anchored in hardware: sev-snp snp-report lacks the link(s) firmware-log (SEV-SNP has no firmware event log"},
+		{"allow-unsigned needs platforms", []string{"verify", dir, "--allow-unsigned"}, ExitUsage, nil, "flag needs an argument: -allow-unsigned"},
+		{"allow-unsigned unknown platform", []string{"verify", dir, "--allow-unsigned=sgx"}, ExitUsage, nil, `--allow-unsigned "sgx": expected a comma-separated list of sev-snp, tdx, tpm`},
+		{"expect-uki and reference-values", []string{"verify", dir, "--expect-uki", "a", "--reference-values", "b"}, ExitUsage, nil, "give one"},
+		{"missing UKI", []string{"verify", dir, "--expect-uki", filepath.Join(dir, "nope.efi")}, ExitIO, nil, "nope.efi"},
+		{"bad measurement", []string{"verify", dir, "--expect-measurement", "00"}, ExitUsage, nil, "expected 48 bytes of hex"},
+		{"AMD's real roots", []string{"verify", dir, "--allow-unknown-uki"}, ExitMismatch, nil, "signature: sev-snp: signature chain"},
 		{"missing directory", []string{"verify", filepath.Join(dir, "nope")}, ExitIO, nil, "no such file or directory"},
 		{"bad nonce", []string{"verify", dir, "--nonce", "xyz"}, ExitUsage, nil, `--nonce "xyz" is not hex`},
 		{"long nonce", []string{"verify", dir, "--nonce", strings.Repeat("00", 65)}, ExitUsage, nil, "--nonce is 65 bytes: expected 8 to 64 bytes"},
@@ -114,7 +120,7 @@ func TestCommands(t *testing.T) {
 
 func TestVerifyJSON(t *testing.T) {
 	dir, roots, nonce, rootHash := snpEvidence(t)
-	code, out, errOut := run("verify", "--json", dir, "--trusted-roots", roots, "--nonce", nonce, "--expect-roothash", rootHash)
+	code, out, errOut := run("verify", "--json", dir, "--trusted-roots", roots, "--nonce", nonce, "--expect-roothash", rootHash, "--allow-unknown-uki")
 	if code != ExitOK {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}

@@ -112,19 +112,44 @@ func ReadPCRs(t transport.TPM, alg crypto.Hash, pcrs []int) (eventlog.Values, er
 		return nil, fmt.Errorf("TPM PCR read: unsupported bank %v", alg)
 	}
 	out := eventlog.Values{}
-	// PCR_Read returns at most 8 digests; cvmboot reads one at a time for simplicity.
-	for _, pcr := range pcrs {
-		sel := tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
-			Hash: tpm2.TPMIAlgHash(bank), PCRSelect: tpm2.PCClientCompatible.PCRs(uint(pcr)),
-		}}}
-		rsp, err := tpm2.PCRRead{PCRSelectionIn: sel}.Execute(t)
+	// PCR_Read returns at most 8 digests per call and says in its selection which: ask again
+	// for the rest until every PCR is read.
+	left := slices.Clone(pcrs)
+	for len(left) > 0 {
+		sel := make([]uint, len(left))
+		for i, p := range left {
+			sel[i] = uint(p)
+		}
+		rsp, err := tpm2.PCRRead{PCRSelectionIn: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{
+			Hash: tpm2.TPMIAlgHash(bank), PCRSelect: tpm2.PCClientCompatible.PCRs(sel...),
+		}}}}.Execute(t)
 		if err != nil {
-			return nil, fmt.Errorf("TPM PCR %d (%s) read: %w", pcr, eventlog.HashName(alg), err)
+			return nil, fmt.Errorf("TPM PCR %v (%s) read: %w", left, eventlog.HashName(alg), err)
 		}
-		if len(rsp.PCRValues.Digests) != 1 || len(rsp.PCRValues.Digests[0].Buffer) != alg.Size() {
-			return nil, fmt.Errorf("TPM PCR %d (%s) read: expected one %d-byte value, found %d values", pcr, eventlog.HashName(alg), alg.Size(), len(rsp.PCRValues.Digests))
+		var got []int
+		for _, s := range rsp.PCRSelectionOut.PCRSelections {
+			if s.Hash != tpm2.TPMIAlgHash(bank) {
+				continue
+			}
+			for i, b := range s.PCRSelect {
+				for bit := 0; bit < 8; bit++ {
+					if b&(1<<bit) != 0 {
+						got = append(got, i*8+bit)
+					}
+				}
+			}
 		}
-		out[eventlog.PCR(pcr, alg)] = rsp.PCRValues.Digests[0].Buffer
+		if len(got) == 0 || len(got) != len(rsp.PCRValues.Digests) {
+			return nil, fmt.Errorf("TPM PCR %v (%s) read: %d PCRs selected in the answer, %d values", left, eventlog.HashName(alg), len(got), len(rsp.PCRValues.Digests))
+		}
+		for i, pcr := range got {
+			d := rsp.PCRValues.Digests[i].Buffer
+			if !slices.Contains(left, pcr) || len(d) != alg.Size() {
+				return nil, fmt.Errorf("TPM PCR %d (%s) read: an unrequested PCR or a %d-byte value", pcr, eventlog.HashName(alg), len(d))
+			}
+			out[eventlog.PCR(pcr, alg)] = d
+			left = slices.DeleteFunc(left, func(p int) bool { return p == pcr })
+		}
 	}
 	return out, nil
 }

@@ -48,15 +48,29 @@ func TestTPMReplayMatchesPCRs(t *testing.T) {
 	}
 	replayed := eventlog.Replay(recs)
 	for _, alg := range pcrs.Algorithms() {
-		got, err := measure.ReadPCRs(tpm, alg, eventlog.QuotedPCRs)
+		mine := []int{eventlog.PCRPhases, eventlog.PCRSystem}
+		got, err := measure.ReadPCRs(tpm, alg, mine)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, pcr := range eventlog.QuotedPCRs {
+		for _, pcr := range mine {
 			r := eventlog.PCR(pcr, alg)
 			if !bytes.Equal(got[r], replayed[r]) {
 				t.Errorf("%s: TPM holds %x, the log replays to %x", r, got[r], replayed[r])
 			}
+		}
+	}
+	// More PCRs than one PCR_Read answers (8): the same values as read one by one.
+	all := []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 23}
+	many, err := measure.ReadPCRs(tpm, crypto.SHA256, all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pcr := range all {
+		one, err := measure.ReadPCRs(tpm, crypto.SHA256, []int{pcr})
+		r := eventlog.PCR(pcr, crypto.SHA256)
+		if err != nil || len(many) != len(all) || !bytes.Equal(one[r], many[r]) {
+			t.Errorf("PCR %d: %x read with others, %x alone (%v)", pcr, many[r], one[r], err)
 		}
 	}
 	t.Logf("active banks: %v", pcrs.Algorithms())

@@ -33,21 +33,6 @@ type Bundle struct {
 	Files   map[string][]byte `json:"files"` // file name → content (base64 in JSON)
 }
 
-// evidenceFiles returns the names of the files ev names, the event log first.
-func evidenceFiles(ev *evidence.Evidence) []*evidence.File {
-	files := []*evidence.File{&ev.EventLog}
-	for i := range ev.Attestations {
-		a := &ev.Attestations[i]
-		files = append(files, &a.Report)
-		for _, f := range []*evidence.File{a.Certificates, a.Signature, a.AKPublic} {
-			if f != nil {
-				files = append(files, f)
-			}
-		}
-	}
-	return files
-}
-
 // PackBundle reads the evidence directory dir (as tee.Collect writes it) and writes it to w as
 // a bundle. Only evidence.json and the files it names are packed, after checking their digests,
 // so that a bundle never carries a file the evidence does not vouch for.
@@ -61,7 +46,7 @@ func PackBundle(dir string, w io.Writer) error {
 		return err
 	}
 	b := Bundle{Format: BundleFormat, Version: BundleVersion, Files: map[string][]byte{evidence.FileName: desc}}
-	for _, f := range evidenceFiles(ev) {
+	for _, f := range ev.Files() {
 		b.Files[f.Name] = f.Data
 	}
 	return json.NewEncoder(w).Encode(&b)
@@ -126,7 +111,7 @@ func parseBundle(r io.Reader) (*Bundle, error) {
 		return nil, fmt.Errorf("evidence bundle: %w", err)
 	}
 	named := map[string]bool{evidence.FileName: true}
-	for _, f := range evidenceFiles(ev) {
+	for _, f := range ev.Files() {
 		named[f.Name] = true
 		data, ok := b.Files[f.Name]
 		if !ok {

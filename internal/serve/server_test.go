@@ -141,14 +141,14 @@ func TestEvidenceFromTPM(t *testing.T) {
 			t.Fatalf("nonce %s: %v", n, err)
 		}
 		nonce, _ := hex.DecodeString(n)
-		claims, err := evidence.Verify(dir, evidence.Options{Nonce: nonce, AllowUnsigned: true})
+		claims, err := evidence.Verify(dir, evidence.Options{Nonce: nonce, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true})
 		if err != nil {
 			t.Fatalf("nonce %s: evidence rejected: %v", n, err)
 		}
 		if !claims.NonceChecked || claims.RootHash != strings.Repeat("ab", 32) || len(claims.Platforms) != 1 || claims.Platforms[0].Platform != evidence.PlatformTPM {
 			t.Errorf("nonce %s: claims %+v", n, claims)
 		}
-		if _, err := evidence.Verify(dir, evidence.Options{Nonce: []byte{0xde, 0xad}, AllowUnsigned: true}); err == nil {
+		if _, err := evidence.Verify(dir, evidence.Options{Nonce: []byte{0xde, 0xad}, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true}); err == nil {
 			t.Errorf("nonce %s: evidence accepted for another nonce", n)
 		}
 	}
@@ -181,7 +181,7 @@ func TestEvidenceFromTDX(t *testing.T) {
 	if err := serve.UnpackBundle(rec.Body, dir); err != nil {
 		t.Fatal(err)
 	}
-	claims, err := evidence.Verify(dir, evidence.Options{Nonce: []byte{0xca, 0xfe, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab}, AllowUnsigned: true, AllowDebug: true})
+	claims, err := evidence.Verify(dir, evidence.Options{Nonce: []byte{0xca, 0xfe, 0x01, 0x23, 0x45, 0x67, 0x89, 0xab}, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true, AllowDebug: true})
 	if err != nil {
 		t.Fatalf("evidence rejected: %v", err)
 	}

@@ -253,7 +253,9 @@ func (d *Detection) Sources() []Source {
 		out = append(out, s)
 	}
 	if d.TDX.Present {
-		t := &TDX{DevicePath: filepath.Join(d.opts.DevDir, TDXGuestDevice)}
+		t := &TDX{DevicePath: filepath.Join(d.opts.DevDir, TDXGuestDevice),
+			CCELTablePath: filepath.Join(d.opts.SysfsDir, strings.TrimPrefix(CCELTablePath, "/sys/")),
+			CCELPath:      filepath.Join(d.opts.SysfsDir, strings.TrimPrefix(CCELPath, "/sys/"))}
 		if d.tsm != nil && d.tsmHas(ProviderTDX) {
 			t.TSM = d.tsm
 		}
@@ -263,7 +265,8 @@ func (d *Detection) Sources() []Source {
 		out = append(out, t)
 	}
 	if d.TPM.Present {
-		out = append(out, &TPM{Open: d.openTPM, Path: d.TPM.Via[0]})
+		out = append(out, &TPM{Open: d.openTPM, Path: d.TPM.Via[0],
+			FirmwareLogPath: filepath.Join(d.opts.SysfsDir, strings.TrimPrefix(FirmwareLogPath, "/sys/"))})
 	}
 	return out
 }

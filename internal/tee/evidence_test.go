@@ -195,8 +195,12 @@ func TestTPMEvidence(t *testing.T) {
 	if err != nil {
 		t.Fatalf("AK: %v", err)
 	}
-	if got := []string{a.Registers[0].Register, a.Registers[1].Register}; got[0] != "pcr11:sha256" || got[1] != "pcr15:sha256" {
-		t.Errorf("registers %v", got)
+	var got []string
+	for _, r := range a.Registers {
+		got = append(got, r.Register)
+	}
+	if want := "pcr0:sha256 pcr1:sha256 pcr2:sha256 pcr3:sha256 pcr4:sha256 pcr5:sha256 pcr6:sha256 pcr7:sha256 pcr8:sha256 pcr9:sha256 pcr11:sha256 pcr12:sha256 pcr13:sha256 pcr14:sha256 pcr15:sha256"; strings.Join(got, " ") != want {
+		t.Errorf("registers %v, want %s", got, want)
 	}
 	// The AK is a primary key: the same TPM gives the same key again, so it can be pinned.
 	b, err := src.Evidence(context.Background(), reportDataOf(4))

@@ -19,6 +19,32 @@ type TDX struct {
 	TSM        *TSM                   // nil: no configfs-tsm with the tdx_guest provider
 	Open       func() (Device, error) // nil: no /dev/tdx_guest
 	DevicePath string
+	// CCELTablePath and CCELPath are the firmware's CC event log (ACPI table CCEL and its
+	// data); empty: none is attached.
+	CCELTablePath, CCELPath string
+}
+
+// Where Linux shows the firmware's CC event log.
+const (
+	CCELTablePath = "/sys/firmware/acpi/tables/CCEL"
+	CCELPath      = "/sys/firmware/acpi/tables/data/CCEL"
+)
+
+// attachCCEL adds the firmware's CC event log, which a verifier needs to replay RTMR 0-2.
+func (t *TDX) attachCCEL(a *evidence.Attestation) {
+	if t.CCELPath == "" {
+		return
+	}
+	table, err := readFirmwareLog(t.CCELTablePath)
+	if err == nil {
+		var data []byte
+		if data, err = readFirmwareLog(t.CCELPath); err == nil {
+			a.FirmwareLogTable = &evidence.File{Name: "tdx-ccel-table.bin", Data: table}
+			a.FirmwareLog = &evidence.File{Name: "tdx-ccel.bin", Data: data}
+			return
+		}
+	}
+	a.Meta["firmware_log_error"] = err.Error()
 }
 
 // Platform implements Source.
@@ -30,6 +56,7 @@ func (t *TDX) Evidence(ctx context.Context, reportData [64]byte) (*evidence.Atte
 	if t.TSM != nil {
 		a, err := t.quote(reportData)
 		if err == nil {
+			t.attachCCEL(a)
 			return a, nil
 		}
 		errs = append(errs, err)
@@ -40,6 +67,7 @@ func (t *TDX) Evidence(ctx context.Context, reportData [64]byte) (*evidence.Atte
 	if t.Open != nil {
 		a, err := t.tdReport(reportData)
 		if err == nil {
+			t.attachCCEL(a)
 			if len(errs) > 0 {
 				a.Meta["quote_error"] = errs[0].Error()
 			} else {

@@ -12,13 +12,20 @@ import (
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
+	"github.com/cvmboot/cvmboot/pkg/readfile"
 )
 
 // TPM takes TPM 2.0 quotes over the PCRs cvmboot measures into.
 type TPM struct {
 	Open func() (transport.TPMCloser, error)
 	Path string // the device, for messages and the evidence's source
+	// FirmwareLogPath is the firmware's TCG event log (securityfs binary_bios_measurements);
+	// empty: none is attached.
+	FirmwareLogPath string
 }
+
+// FirmwareLogPath is where Linux shows the firmware's TPM event log of the first TPM.
+const FirmwareLogPath = "/sys/kernel/security/tpm0/binary_bios_measurements"
 
 // akTemplate is the attestation key: a restricted ECC P-256 ECDSA-SHA256 signing key. It is a
 // primary key without a unique value, so the TPM derives the same key from the hierarchy's seed
@@ -98,6 +105,16 @@ func (p *TPM) Evidence(ctx context.Context, reportData [64]byte) (*evidence.Atte
 		AKPublic:  &evidence.File{Name: "tpm-ak.pub", Data: tpm2.Marshal(*akPublic)},
 		Meta:      map[string]string{"ak_hierarchy": hierarchy},
 	}
+	if p.FirmwareLogPath != "" {
+		// Without the firmware's log a verifier can replay only cvmboot's own PCRs and cannot
+		// tell which UKI booted; the evidence still says what it can.
+		data, err := readFirmwareLog(p.FirmwareLogPath)
+		if err != nil {
+			a.Meta["firmware_log_error"] = err.Error()
+		} else {
+			a.FirmwareLog = &evidence.File{Name: "tpm-firmware-log.bin", Data: data}
+		}
+	}
 	for _, r := range values.Registers() {
 		a.Registers = append(a.Registers, evidence.RegisterOf(r, values[r]))
 	}
@@ -123,4 +140,17 @@ func createAK(t transport.TPM) (*tpm2.CreatePrimaryResponse, string, error) {
 		errs = append(errs, fmt.Errorf("%s hierarchy: %w", h.name, err))
 	}
 	return nil, "", fmt.Errorf("cannot create the attestation key: %w", errors.Join(errs...))
+}
+
+// readFirmwareLog reads a firmware event log (securityfs and sysfs report size 0, so it is read
+// to its end), bounded by what evidence accepts.
+func readFirmwareLog(path string) ([]byte, error) {
+	data, err := readfile.Limit(path, evidence.MaxFileSize)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) == 0 {
+		return nil, fmt.Errorf("%s is empty", path)
+	}
+	return data, nil
 }

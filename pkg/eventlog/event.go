@@ -30,8 +30,11 @@ const (
 	RTMRIndex = 3  // TDX RTMR of every event
 )
 
-// QuotedPCRs are the PCRs a TPM quote covers, ascending (the order of the quote's digest).
-var QuotedPCRs = []int{PCRPhases, PCRSystem}
+// QuotedPCRs are the PCRs a TPM quote covers, ascending (the order of the quote's digest):
+// every PCR the firmware, the boot loader, systemd-stub, the kernel's EFI stub and cvmboot
+// measure into, so that a verifier replays them all from the firmware's log and cvmboot's.
+// PCR 10 is left out: IMA extends it at run time and keeps its own log.
+var QuotedPCRs = []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, PCRSystem}
 
 // PCRFor returns the TPM PCR an event of type typ is extended into.
 func PCRFor(typ string) int {
@@ -57,6 +60,12 @@ var (
 type PhaseData struct {
 	Phase string `json:"phase"`
 }
+
+// Boot phase words cvmboot measures in an initrd.
+const (
+	PhaseEnterInitrd = "enter-initrd"
+	PhaseLeaveInitrd = "leave-initrd"
+)
 
 // Phase returns the event for entering a boot phase. cvmboot measures "enter-initrd" when it
 // starts and "leave-initrd" before switching root, the words systemd-pcrphase uses.

@@ -11,12 +11,20 @@ import (
 
 // fromEvents fills the claims from the event log. Where an event type occurs more than once the
 // last one counts, as each stage's final decision is measured last; a second verity event for
-// the same target is an error because two root hashes cannot both have been enforced.
+// the same target is an error because two root hashes cannot both have been enforced. Records
+// after the leave-initrd phase were measured by the booted system, where root may measure
+// anything: they are listed as runtime events and change no boot claim.
 func (c *Claims) fromEvents(recs []eventlog.Record) error {
 	verityTargets := map[string]int{}
+	left := false
 	for i := range recs {
 		r := &recs[i]
 		typ, data := r.Type(), r.Data()
+		c.rtmrRecords = c.rtmrRecords || r.RTMR != nil
+		if left {
+			c.RuntimeEvents = append(c.RuntimeEvents, EventRef{RecNum: r.RecNum, Type: typ, Data: string(data)})
+			continue
+		}
 		c.Events = append(c.Events, EventRef{RecNum: r.RecNum, Type: typ, Data: string(data)})
 		bad := func(err error) error {
 			return fail("event-log", "record %d (%s): %v", r.RecNum, typ, err)
@@ -28,6 +36,7 @@ func (c *Claims) fromEvents(recs []eventlog.Record) error {
 				return bad(err)
 			}
 			c.Phases = append(c.Phases, p.Phase)
+			left = p.Phase == eventlog.PhaseLeaveInitrd
 		case eventlog.TypeVerity:
 			var v Verity
 			if err := json.Unmarshal(data, &v); err != nil {

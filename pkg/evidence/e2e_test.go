@@ -250,14 +250,15 @@ func TestEndToEndTPM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts := evidence.Options{ExpectRootHash: rootHash, TrustedRoots: roots, Nonce: nonce}
+	opts := evidence.Options{ExpectRootHash: rootHash, TrustedRoots: roots, Nonce: nonce, AllowUnknownUKI: true}
 	claims, err := evidence.Verify(good, opts)
 	if err != nil {
 		t.Fatalf("Verify of genuine evidence: %v", err)
 	}
 	checkBootClaims(t, claims)
 	p := claims.Platforms[0]
-	if !p.Authenticated || len(p.Registers) != 2 || !p.Registers[1].Replayed || p.Registers[1].Register != "pcr15:sha256" {
+	last := p.Registers[len(p.Registers)-1]
+	if !p.Authenticated || len(p.Registers) != len(eventlog.QuotedPCRs) || !last.Replayed || last.Register != "pcr15:sha256" {
 		t.Errorf("platform claims %+v", p)
 	}
 	t.Logf("claims:\n%s", claims)
@@ -266,7 +267,10 @@ func TestEndToEndTPM(t *testing.T) {
 	cases = append(cases,
 		rejection{name: "AK not pinned", opts: func(o *evidence.Options) { o.TrustedRoots = nil }, wantCheck: "signature", wantMsg: "the attestation key is not among the trusted keys"},
 		rejection{name: "PCR value changed", dir: func(t *testing.T, good string) string {
-			return tamper(t, good, func(ev *evidence.Evidence) { ev.Attestations[0].Registers[1].Value = strings.Repeat("00", 32) })
+			return tamper(t, good, func(ev *evidence.Evidence) {
+				regs := ev.Attestations[0].Registers
+				regs[len(regs)-1].Value = strings.Repeat("00", 32) // PCR 15
+			})
 		}, wantCheck: "registers", wantMsg: "digest to"},
 		rejection{name: "quote byte flipped", dir: func(t *testing.T, good string) string {
 			return tamper(t, good, func(ev *evidence.Evidence) {
@@ -278,7 +282,7 @@ func TestEndToEndTPM(t *testing.T) {
 
 	// Unpinned but accepted: the claims say the signer is unknown and show the key to pin.
 	unpinned := opts
-	unpinned.TrustedRoots, unpinned.AllowUnsigned = nil, true
+	unpinned.TrustedRoots, unpinned.AllowUnsigned = nil, evidence.AllPlatforms
 	c, err := evidence.Verify(good, unpinned)
 	if err != nil || c.Platforms[0].Authenticated || !strings.Contains(c.Platforms[0].Authenticity, "not established") || c.Platforms[0].AKPublicPEM != pem {
 		t.Errorf("unpinned verify: %v, %+v", err, c)
@@ -324,7 +328,7 @@ func TestEndToEndSNP(t *testing.T) {
 			if _, err := tee.Collect(context.Background(), log, []tee.Source{snp}, nonce, good); err != nil {
 				t.Fatal(err)
 			}
-			opts := evidence.Options{ExpectRootHash: rootHash, TrustedRoots: roots, Nonce: nonce, Signatures: teeverify.Verifier{}}
+			opts := evidence.Options{ExpectRootHash: rootHash, TrustedRoots: roots, Nonce: nonce, Signatures: teeverify.Verifier{}, AllowUnknownUKI: true}
 			claims, err := evidence.Verify(good, opts)
 			if err != nil {
 				t.Fatalf("Verify of genuine evidence: %v", err)
@@ -371,7 +375,7 @@ func TestEndToEndTDX(t *testing.T) {
 		if _, err := tee.Collect(context.Background(), log, []tee.Source{src}, nonce, good); err != nil {
 			t.Fatal(err)
 		}
-		opts := evidence.Options{ExpectRootHash: rootHash, Nonce: nonce, Signatures: teeverify.Verifier{}, AllowUnsigned: true}
+		opts := evidence.Options{ExpectRootHash: rootHash, Nonce: nonce, Signatures: teeverify.Verifier{}, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true}
 		claims, err := evidence.Verify(good, opts)
 		if err != nil {
 			t.Fatalf("Verify: %v", err)
@@ -382,7 +386,7 @@ func TestEndToEndTDX(t *testing.T) {
 			t.Errorf("platform claims %+v", p)
 		}
 		cases := append(commonRejections(exts, "tdx: the tdx-report binds REPORT_DATA"),
-			rejection{name: "unsigned not allowed", opts: func(o *evidence.Options) { o.AllowUnsigned = false }, wantCheck: "signature", wantMsg: "the evidence holds a TDREPORT"},
+			rejection{name: "unsigned not allowed", opts: func(o *evidence.Options) { o.AllowUnsigned = nil }, wantCheck: "signature", wantMsg: "the evidence holds a TDREPORT"},
 			rejection{name: "listed RTMR differs", dir: func(t *testing.T, good string) string {
 				return tamper(t, good, func(ev *evidence.Evidence) { ev.Attestations[0].Registers[3].Value = strings.Repeat("00", 48) })
 			}, wantCheck: "registers", wantMsg: "evidence.json lists rtmr3:sha384"},
@@ -410,7 +414,7 @@ func TestEndToEndTDX(t *testing.T) {
 		}
 		// Binding and registers are right, but the quote is not what Intel's enclave signed:
 		// refused even when unsigned evidence is accepted.
-		opts := evidence.Options{ExpectRootHash: rootHash, Nonce: nonce, Signatures: teeverify.Verifier{}, AllowUnsigned: true}
+		opts := evidence.Options{ExpectRootHash: rootHash, Nonce: nonce, Signatures: teeverify.Verifier{}, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true}
 		expectRejections(t, dir, opts, []rejection{{name: "signature", wantCheck: "signature", wantMsg: "tdx: signature chain"}})
 	})
 
@@ -432,7 +436,36 @@ func TestEndToEndTDX(t *testing.T) {
 		if err := ev.Write(dir); err != nil {
 			t.Fatal(err)
 		}
-		opts := evidence.Options{Nonce: nonce, Signatures: teeverify.Verifier{Now: time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC)}}
+		opts := evidence.Options{Nonce: nonce, Signatures: teeverify.Verifier{Now: time.Date(2024, 6, 1, 0, 0, 0, 0, time.UTC)}, AllowUnknownUKI: true}
 		expectRejections(t, dir, opts, []rejection{{name: "binding", wantCheck: "report-data", wantMsg: "tdx: the tdx-quote binds REPORT_DATA " + hex.EncodeToString(rd[:])}})
 	})
+}
+
+// A record that extended no PCR is one the TPM never saw: whoever could write the log (root in
+// the booted system) could have added it, so TPM evidence with one is refused even though the
+// quote binds the log and PCR 15 replays.
+func TestTPMRecordWithoutPCR(t *testing.T) {
+	tpm := swtpmtest.Start(t)
+	pcrs, err := measure.NewTPM(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := bootLog(t, rootHash, pcrs)
+	unextended, err := measure.Open(log.Path()) // the same file, no register
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unextended.Measure(eventlog.Storage{Encrypted: true, Cipher: "aes-xts-plain64", KeyBits: 512, Integrity: "hmac-sha256", KeySource: "random"}.Event()); err != nil {
+		t.Fatal(err)
+	}
+	src := &tee.TPM{Path: "swtpm", Open: func() (transport.TPMCloser, error) { return keepOpen{tpm}, nil }}
+	dir := t.TempDir()
+	if _, err := tee.Collect(context.Background(), unextended, []tee.Source{src}, nonce, dir); err != nil {
+		t.Fatal(err)
+	}
+	_, err = evidence.Verify(dir, evidence.Options{Nonce: nonce, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true})
+	var e *evidence.Error
+	if !errors.As(err, &e) || e.Check != "event-log" || !strings.Contains(e.Msg, "record 6 (cvmboot.storage) extended no PCR: the TPM never saw it") {
+		t.Fatalf("Verify: %v, want the record without a PCR refused", err)
+	}
 }

@@ -107,6 +107,14 @@ type Attestation struct {
 	Signature *File `json:"signature,omitempty"`
 	// AKPublic is the TPMT_PUBLIC of the TPM attestation key that signed the quote.
 	AKPublic *File `json:"ak_public,omitempty"`
+	// FirmwareLog is the firmware's event log of the registers this attestation covers: the
+	// TCG PC Client log (securityfs binary_bios_measurements) with a TPM quote, the CCEL
+	// (/sys/firmware/acpi/tables/data/CCEL) with a TDX quote or report. It is not bound by
+	// REPORT_DATA and needs not be: a verifier believes it only as far as it replays to the
+	// attested registers.
+	FirmwareLog *File `json:"firmware_log,omitempty"`
+	// FirmwareLogTable is the CCEL ACPI table that goes with a TDX firmware log.
+	FirmwareLogTable *File `json:"firmware_log_table,omitempty"`
 	// Registers are the register values the attestation claims: the PCRs of a TPM quote (whose
 	// digest is all the quote holds) and, for reading convenience, the RTMRs of a TDX report.
 	Registers []Register `json:"registers,omitempty"`
@@ -141,13 +149,13 @@ func validName(name string) bool {
 		!strings.ContainsAny(name, "/\\\x00") && filepath.Base(name) == name
 }
 
-// files returns every file the evidence names, the event log first.
-func (ev *Evidence) files() []*File {
+// Files returns every file the evidence names, the event log first.
+func (ev *Evidence) Files() []*File {
 	fs := []*File{&ev.EventLog}
 	for i := range ev.Attestations {
 		a := &ev.Attestations[i]
 		fs = append(fs, &a.Report)
-		for _, f := range []*File{a.Certificates, a.Signature, a.AKPublic} {
+		for _, f := range []*File{a.Certificates, a.Signature, a.AKPublic, a.FirmwareLog, a.FirmwareLogTable} {
 			if f != nil {
 				fs = append(fs, f)
 			}
@@ -164,7 +172,7 @@ func (ev *Evidence) Write(dir string) error {
 		ev.Version = Version
 	}
 	seen := map[string]bool{}
-	for _, f := range ev.files() {
+	for _, f := range ev.Files() {
 		if !validName(f.Name) {
 			return fmt.Errorf("evidence: invalid file name %q", f.Name)
 		}
@@ -181,7 +189,7 @@ func (ev *Evidence) Write(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("evidence: %w", err)
 	}
-	for _, f := range ev.files() {
+	for _, f := range ev.Files() {
 		if err := writeAtomic(dir, f.Name, f.Data); err != nil {
 			return err
 		}
@@ -228,7 +236,7 @@ func Read(dir string) (*Evidence, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, f := range ev.files() {
+	for _, f := range ev.Files() {
 		data, err := readBounded(filepath.Join(dir, f.Name), MaxFileSize)
 		if err != nil {
 			return nil, err
@@ -286,7 +294,7 @@ func (ev *Evidence) validate() error {
 		return fail("evidence.json", "%d attestations, at most %d", len(ev.Attestations), MaxAttestations)
 	}
 	names := map[string]bool{}
-	for _, f := range ev.files() {
+	for _, f := range ev.Files() {
 		if !validName(f.Name) {
 			return fail("evidence.json", "file name %q is not a plain file name", f.Name)
 		}
@@ -323,6 +331,12 @@ func (a *Attestation) validate() error {
 	}
 	if a.Certificates != nil && a.Kind != KindSNPReport {
 		return fmt.Errorf("%s: certificates go with snp-report only", a.Kind)
+	}
+	if a.FirmwareLog != nil && a.Kind == KindSNPReport {
+		return fmt.Errorf("%s: SEV-SNP has no firmware event log", a.Kind)
+	}
+	if a.FirmwareLogTable != nil && (a.Platform != PlatformTDX || a.FirmwareLog == nil) {
+		return fmt.Errorf("%s: a firmware log table goes with a TDX firmware log only", a.Kind)
 	}
 	seen := map[string]bool{}
 	for _, r := range a.Registers {

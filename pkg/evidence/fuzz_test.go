@@ -83,7 +83,7 @@ func FuzzReadEvidence(f *testing.F) {
 			}
 		}
 		for _, opts := range []evidence.Options{
-			{AllowUnsigned: true, AllowDebug: true, Signatures: verifier},
+			{AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true, AllowDebug: true, Signatures: verifier},
 			{Nonce: []byte("relying party nonce"), ExpectRootHash: rootHash, Signatures: verifier},
 		} {
 			claims, err := evidence.VerifyEvidence(ev, opts)

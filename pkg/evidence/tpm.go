@@ -137,7 +137,7 @@ func checkTPMQuote(a *Attestation) (*tpmQuote, error) {
 
 // verifyTPM checks a TPM quote: binding to REPORT_DATA, signature, pinned AK, the claimed PCRs
 // against the quote's PCR digest, and the PCRs against the event log.
-func verifyTPM(a *Attestation, reportData [64]byte, replayed eventlog.Values, opts *Options) (*PlatformClaims, error) {
+func verifyTPM(a *Attestation, reportData [64]byte, replayed eventlog.Values, recs []eventlog.Record, opts *Options) (*PlatformClaims, error) {
 	q, err := checkTPMQuote(a)
 	if err != nil {
 		return nil, fail("signature", "tpm: %v", err)
@@ -151,10 +151,10 @@ func verifyTPM(a *Attestation, reportData [64]byte, replayed eventlog.Values, op
 	case opts.TrustedRoots.hasAK(q.ak):
 		pc.Authenticated = true
 		pc.Authenticity = "quote signed by a pinned TPM attestation key"
-	case opts.AllowUnsigned:
+	case opts.unsignedOK(PlatformTPM):
 		pc.Authenticity = "not established: the attestation key is not pinned (--trusted-roots), so anyone could have made this quote"
 	default:
-		return nil, fail("signature", "tpm: the attestation key is not among the trusted keys; pin it with a PUBLIC KEY block in the trusted roots (it is shown with --allow-unsigned) or accept unauthenticated evidence with --allow-unsigned")
+		return nil, fail("signature", "tpm: the attestation key is not among the trusted keys; pin it with a PUBLIC KEY block in the trusted roots (it is shown with --allow-unsigned=tpm) or accept unauthenticated evidence with --allow-unsigned=tpm")
 	}
 	claimed := map[int][]byte{}
 	for _, r := range a.Registers {
@@ -200,6 +200,16 @@ func verifyTPM(a *Attestation, reportData [64]byte, replayed eventlog.Values, op
 	}
 	if !hasSystem {
 		return nil, fail("registers", "tpm: the quote does not cover PCR %d, which holds cvmboot's events", eventlog.PCRSystem)
+	}
+	// Every record of a boot with a TPM was extended into a PCR: one without is a record the
+	// TPM never saw, which anyone who can write the log could have added.
+	for i := range recs {
+		if recs[i].PCR == nil {
+			return nil, fail("event-log", "tpm: record %d (%s) extended no PCR: the TPM never saw it", recs[i].RecNum, recs[i].Type())
+		}
+	}
+	if err := replayTPMFirmware(a, claimed, recs, opts, pc); err != nil {
+		return nil, err
 	}
 	return pc, nil
 }

@@ -6,10 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
+	"github.com/cvmboot/cvmboot/pkg/reference"
 )
 
 // ErrNoChainMaterial is wrapped by a SignatureVerifier when the evidence lacks what a signature
@@ -33,10 +35,24 @@ type Options struct {
 	// Nonce is the nonce the evidence must be bound to; nil takes the evidence's own nonce and
 	// says so in the claims (freshness is then not established).
 	Nonce []byte
-	// AllowUnsigned accepts attestations whose signer cannot be established (a TDREPORT, an
-	// SEV-SNP report without certificates, a TPM quote by an AK that is not pinned): their
-	// binding and registers are still checked, and the claims say the signer is unknown.
-	AllowUnsigned bool
+	// AllowUnsigned names the platforms whose attestations are accepted although their signer
+	// cannot be established (a TDREPORT, an SEV-SNP report without certificates, a TPM quote
+	// by an AK that is not pinned): their binding and registers are still checked, and the
+	// claims say the signer is unknown and the hardware link waived.
+	AllowUnsigned []Platform
+	// Reference are the reference values of the UKI expected to have booted
+	// (pkg/reference); nil leaves the UKI link of the chain missing.
+	Reference *reference.Values
+	// AllowUnknownUKI accepts evidence that does not show which UKI booted: no reference
+	// values given, no firmware log, a platform that cannot show it (SEV-SNP without a vTPM),
+	// or cvmboot's log bound by REPORT_DATA alone. The claims say the links were waived.
+	AllowUnknownUKI bool
+	// FirmwareLogs parses firmware event logs (package firmwarelog); nil leaves the firmware
+	// log unread, and with it the UKI link missing.
+	FirmwareLogs FirmwareLogParser
+	// ExpectMeasurement is the SEV-SNP launch measurement (MEASUREMENT) or TDX MRTD the TEE
+	// must report; nil skips the check.
+	ExpectMeasurement map[Platform][]byte
 	// AllowDebug accepts a TEE guest running with debugging enabled, whose memory the host can
 	// read and change: only for development.
 	AllowDebug bool
@@ -45,8 +61,15 @@ type Options struct {
 	Signatures SignatureVerifier
 }
 
+// AllPlatforms are the platforms, for AllowUnsigned.
+var AllPlatforms = []Platform{PlatformSNP, PlatformTDX, PlatformTPM}
+
+func (o *Options) unsignedOK(p Platform) bool { return slices.Contains(o.AllowUnsigned, p) }
+
 // Claims are what verified evidence establishes.
 type Claims struct {
+	// CvmbootVersion and Created are as the evidence states them: no signature or register
+	// covers them.
 	CvmbootVersion string    `json:"cvmboot_version"`
 	Created        time.Time `json:"created"`
 	Nonce          string    `json:"nonce"`
@@ -70,6 +93,13 @@ type Claims struct {
 	Cmdline          *Cmdline   `json:"cmdline,omitempty"`
 	Phases           []string   `json:"phases"`
 	Events           []EventRef `json:"events"`
+	// RuntimeEvents are the records measured after leave-initrd, by the booted system: they
+	// are replayed like every record but change no boot claim.
+	RuntimeEvents []EventRef `json:"runtime_events,omitempty"`
+	// Chain says whether the boot claims above are anchored in hardware, and through what.
+	Chain Chain `json:"chain"`
+
+	rtmrRecords bool // some record extended an RTMR
 }
 
 // Event data types, as cvmboot measures them.
@@ -104,6 +134,14 @@ type PlatformClaims struct {
 	Registers []RegisterClaim `json:"registers,omitempty"`
 	// AKPublicPEM is the TPM attestation key, in the form trusted roots pin it.
 	AKPublicPEM string `json:"ak_public_pem,omitempty"`
+	// FirmwareLog says whether the firmware's event log replayed to the registers.
+	FirmwareLog string `json:"firmware_log,omitempty"`
+	// RuntimePhases are systemd-pcrphase words PCR 11 shows after cvmboot's events.
+	RuntimePhases []string `json:"runtime_phases,omitempty"`
+	// UKI is what the firmware log showed of the expected UKI.
+	UKI *UKIMatch `json:"uki,omitempty"`
+
+	fw *firmwareReplay // the replayed firmware log, nil without one
 }
 
 // RegisterClaim is a register value an attestation vouches for.
@@ -124,9 +162,16 @@ type RegisterClaim struct {
 //  3. the nonce is the expected one;
 //  4. REPORT_DATA = SHA-512(domain ‖ SHA-256(event log) ‖ nonce) is what evidence.json says and
 //     what every attestation binds (SEV-SNP/TDX REPORT_DATA, TPM qualifying data);
-//  5. each attestation's signer is authenticated (vendor chain, pinned AK) unless AllowUnsigned;
-//  6. the registers the log extends replay to the attested values (TPM PCR 15, TDX RTMR 3);
-//  7. the root hash is the expected one.
+//  5. each attestation's signer is authenticated (vendor chain, pinned AK) unless AllowUnsigned
+//     names its platform; a TEE's launch measurement is the expected one;
+//  6. the registers replay: every quoted TPM PCR from the firmware's log and cvmboot's, TDX RTMR
+//     0-2 from the CCEL and RTMR 3 from cvmboot's log; every record of a TPM boot extended a PCR;
+//  7. the firmware log shows the expected UKI (Reference): boot application, systemd-stub's
+//     PCR 11 events, the initrd and command line in PCR 9, nothing in PCR 12 and 13, the
+//     command line cvmboot measured;
+//  8. the chain hardware → firmware log → UKI → cvmboot's log holds for one attestation, or
+//     the missing links were waived (AllowUnsigned, AllowUnknownUKI);
+//  9. the root hash is the expected one.
 func Verify(dir string, opts Options) (*Claims, error) {
 	ev, err := Read(dir)
 	if err != nil {
@@ -161,9 +206,9 @@ func VerifyEvidence(ev *Evidence, opts Options) (*Claims, error) {
 		a := &ev.Attestations[i]
 		var pc *PlatformClaims
 		if a.Kind == KindTPMQuote {
-			pc, err = verifyTPM(a, reportData, replayed, &opts)
+			pc, err = verifyTPM(a, reportData, replayed, recs, &opts)
 		} else {
-			pc, err = verifyTEE(a, reportData, replayed, &opts)
+			pc, err = verifyTEE(a, reportData, replayed, recs, &opts)
 		}
 		if err != nil {
 			return nil, err
@@ -173,6 +218,9 @@ func VerifyEvidence(ev *Evidence, opts Options) (*Claims, error) {
 	if err := claims.fromEvents(recs); err != nil {
 		return nil, err
 	}
+	if err := claims.checkChain(&opts); err != nil {
+		return nil, err
+	}
 	if err := claims.checkRootHash(opts.ExpectRootHash); err != nil {
 		return nil, err
 	}
@@ -180,7 +228,7 @@ func VerifyEvidence(ev *Evidence, opts Options) (*Claims, error) {
 }
 
 // verifyTEE checks an SEV-SNP report, a TDX quote or a TDREPORT.
-func verifyTEE(a *Attestation, reportData [64]byte, replayed eventlog.Values, opts *Options) (*PlatformClaims, error) {
+func verifyTEE(a *Attestation, reportData [64]byte, replayed eventlog.Values, recs []eventlog.Record, opts *Options) (*PlatformClaims, error) {
 	f, err := ParseReport(a.Kind, a.Report.Data)
 	if err != nil {
 		return nil, fail("evidence.json", "%s: %s: %v", a.Platform, a.Report.Name, err)
@@ -192,14 +240,18 @@ func verifyTEE(a *Attestation, reportData [64]byte, replayed eventlog.Values, op
 	if f.Debug && !opts.AllowDebug {
 		return nil, fail("policy", "%s: the guest runs with debugging enabled, so the host can read and change its memory; accept it with --allow-debug for development only", a.Platform)
 	}
+	if want, ok := opts.ExpectMeasurement[a.Platform]; ok && !bytes.Equal(want, f.Measurement) {
+		name := map[Platform]string{PlatformSNP: "launch measurement (MEASUREMENT)", PlatformTDX: "MRTD"}[a.Platform]
+		return nil, fail("policy", "%s: the %s is %x, expected %x: other firmware or another launch configuration", a.Platform, name, f.Measurement, want)
+	}
 	switch {
 	case a.Kind == KindTDXReport:
-		if !opts.AllowUnsigned {
-			return nil, fail("signature", "tdx: the evidence holds a TDREPORT, which only the TD's own platform can check (no quoting service answered when it was taken); accept it unauthenticated with --allow-unsigned")
+		if !opts.unsignedOK(a.Platform) {
+			return nil, fail("signature", "tdx: the evidence holds a TDREPORT, which only the TD's own platform can check (no quoting service answered when it was taken); accept it unauthenticated with --allow-unsigned=tdx")
 		}
 		pc.Authenticity = "not established: a TDREPORT is MAC'd for the local platform, not signed"
 	case opts.Signatures == nil:
-		if !opts.AllowUnsigned {
+		if !opts.unsignedOK(a.Platform) {
 			return nil, fail("signature", "%s: no signature verifier is configured for %s", a.Platform, a.Kind)
 		}
 		pc.Authenticity = "not checked: no signature verifier configured"
@@ -208,16 +260,19 @@ func verifyTEE(a *Attestation, reportData [64]byte, replayed eventlog.Values, op
 		switch {
 		case err == nil:
 			pc.Authenticated, pc.Authenticity = true, chain
-		case errors.Is(err, ErrNoChainMaterial) && opts.AllowUnsigned:
+		case errors.Is(err, ErrNoChainMaterial) && opts.unsignedOK(a.Platform):
 			pc.Authenticity = "not established: " + err.Error()
 		case errors.Is(err, ErrNoChainMaterial):
-			return nil, fail("signature", "%s: %v; accept it unauthenticated with --allow-unsigned", a.Platform, err)
+			return nil, fail("signature", "%s: %v; accept it unauthenticated with --allow-unsigned=%s", a.Platform, err, a.Platform)
 		default:
 			return nil, fail("signature", "%s: %v", a.Platform, err)
 		}
 	}
 	if a.Platform == PlatformTDX {
 		if err := checkRTMRs(a, f, replayed, pc); err != nil {
+			return nil, err
+		}
+		if err := replayCCEL(a, f, recs, opts, pc); err != nil {
 			return nil, err
 		}
 	}
@@ -274,7 +329,7 @@ func (c *Claims) checkRootHash(expect string) error {
 
 func (c *Claims) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "cvmboot %s evidence of %s\n", c.CvmbootVersion, c.Created.Format(time.RFC3339))
+	fmt.Fprintf(&b, "evidence of cvmboot %s, created %s (as the evidence states: nothing authenticates these two)\n", c.CvmbootVersion, c.Created.Format(time.RFC3339))
 	for _, p := range c.Platforms {
 		fmt.Fprintf(&b, "platform %s (%s via %s): %s\n", p.Platform, p.Kind, p.Source, p.Authenticity)
 		if p.Measurement != "" {
@@ -284,7 +339,7 @@ func (c *Claims) String() string {
 			b.WriteString("  DEBUG guest: the host can read and change its memory\n")
 		}
 		for _, r := range p.Registers {
-			state := "replayed from the event log"
+			state := "replayed from the logs"
 			if !r.Replayed {
 				state = r.Note
 			}
@@ -293,6 +348,50 @@ func (c *Claims) String() string {
 		if p.AKPublicPEM != "" && !p.Authenticated {
 			fmt.Fprintf(&b, "  attestation key (pin it in --trusted-roots):\n%s", indent(p.AKPublicPEM, "    "))
 		}
+		if p.FirmwareLog != "" {
+			fmt.Fprintf(&b, "  firmware log: %s\n", p.FirmwareLog)
+		}
+		if len(p.RuntimePhases) > 0 {
+			fmt.Fprintf(&b, "  PCR 11 also holds %s, measured by systemd-pcrphase in the booted system (in no log: inferred from PCR 11)\n", strings.Join(p.RuntimePhases, ", "))
+		}
+		if u := p.UKI; u != nil {
+			fmt.Fprintf(&b, "  UKI: Authenticode %s in %s (as expected)\n", u.Authenticode, u.Register)
+			if u.PCR11Stub != "" {
+				fmt.Fprintf(&b, "  UKI: PCR 11 after systemd-stub %s (as expected)\n", u.PCR11Stub)
+			}
+			if u.PCR9 != "" {
+				fmt.Fprintf(&b, "  UKI: PCR 9 %s (as expected: its command line as load options, then its initrd)\n", u.PCR9)
+			}
+			if u.Cmdline != "" {
+				fmt.Fprintf(&b, "  UKI: command line as expected: %s\n", u.Cmdline)
+			}
+			for _, n := range u.Notes {
+				fmt.Fprintf(&b, "  UKI: note: %s\n", n)
+			}
+		}
+	}
+	fmt.Fprintf(&b, "chain of trust (%s):\n", c.Chain.Anchor)
+	for _, l := range c.Chain.Links {
+		state := "holds"
+		switch {
+		case !l.Holds && l.Waived != "":
+			state = "MISSING, waived by " + l.Waived
+		case !l.Holds:
+			state = "MISSING"
+		}
+		fmt.Fprintf(&b, "  %-12s %s: %s\n", l.Name, state, l.Detail)
+	}
+	waived := false
+	for _, l := range c.Chain.Links {
+		waived = waived || !l.Holds
+	}
+	switch {
+	case !c.Chain.Verified:
+		b.WriteString("boot claims: NOT VERIFIED (a link is missing); what the log says:\n")
+	case waived:
+		b.WriteString("boot claims: accepted with waived links, so only as far as the links that hold:\n")
+	default:
+		b.WriteString("boot claims: verified through the whole chain:\n")
 	}
 	nonce := "not checked (taken from the evidence: it may be a replay)"
 	if c.NonceChecked {
@@ -333,6 +432,9 @@ func (c *Claims) String() string {
 	}
 	fmt.Fprintf(&b, "phases: %s\n", strings.Join(c.Phases, ", "))
 	fmt.Fprintf(&b, "events: %d, event log sha256 %s\n", len(c.Events), c.EventLogSHA256)
+	for _, e := range c.RuntimeEvents {
+		fmt.Fprintf(&b, "runtime event (after leave-initrd, changes no boot claim): record %d %s %s\n", e.RecNum, e.Type, e.Data)
+	}
 	return b.String()
 }
 

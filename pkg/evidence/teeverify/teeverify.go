@@ -12,6 +12,7 @@
 package teeverify
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -26,6 +27,7 @@ import (
 	sevverify "github.com/google/go-sev-guest/verify"
 	"github.com/google/go-sev-guest/verify/trust"
 	tdxabi "github.com/google/go-tdx-guest/abi"
+	tdxpb "github.com/google/go-tdx-guest/proto/tdx"
 	tdxverify "github.com/google/go-tdx-guest/verify"
 
 	"github.com/cvmboot/cvmboot/pkg/evidence"
@@ -232,7 +234,83 @@ func (v Verifier) tdx(a *evidence.Attestation, roots *evidence.TrustedRoots) (st
 	if err := tdxverify.TdxQuote(quote, opts); err != nil {
 		return "", fmt.Errorf("signature chain: %w", err)
 	}
-	return "quote signed by the quoting enclave, PCK chain up to " + rootsDesc + " (TCB level not judged: no collateral offline)", nil
+	// The chain proves that a PCK-holding enclave vouched for the attestation key; only the
+	// QE report's identity says which enclave that was.
+	qe, err := checkTDQE(quote)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("quote signed by Intel's TD quoting enclave (ISVSVN %d), PCK chain up to %s (TCB level not judged: no collateral offline)", qe.GetIsvSvn(), rootsDesc), nil
+}
+
+// Intel's TD Quoting Enclave identity, the "TD_QE" enclave identity Intel's PCS publishes
+// (GET https://api.trustedservices.intel.com/tdx/certification/v4/qe/identity): mrsigner
+// DC9E2A7C…A8C5, isvprodid 2, miscselect 00000000 under mask FFFFFFFF, attributes
+// 11000000000000000000000000000000 under mask FBFFFFFFFFFFFFFF0000000000000000. Taken from
+// two copies of that document: google/go-tdx-guest testing/testdata/sample_qeIdentity_response
+// (issued 2023-06-08; its signature checks with the "Intel SGX TCB Signing" certificate, which
+// chains to the Intel SGX Root CA of intelRootSHA256) and Phala-Network/dcap-qvl
+// sample/tdx_quote_collateral.json (issued 2025-03-13): the same values. go-tdx-guest's own
+// sample production quote (tdx_prod_quote_SPR_E4.dat) carries a QE report with them.
+//
+// Not to be confused with 8C4F5775…7BFF, the MRSIGNER of Intel's SGX enclaves: with
+// isvprodid 1 it is the SGX QE3 ("QE" identity, sgx/certification/v4/qe/identity; e.g.
+// Phala-Network/dcap-qvl sample/sgx_quote_collateral.json), with isvprodid 2 the Quote
+// Verification Enclave (intel/SGXDataCenterAttestationPrimitives
+// QuoteVerification/dcap_tvl/sgx_dcap_constant_val.h, QAE_QVE_MRSIGNER and QVE_PRODID). A TD
+// quote's QE report carries neither.
+//
+// go-tdx-guest compares the QE report with this identity only when it fetches the identity
+// from the PCS (Options.GetCollateral); offline it checks that the PCK signed the QE report and
+// nothing else. But the PCK signs the report of any enclave allowed the provisioning key,
+// which a host with flexible launch control can grant to an enclave of its own: without this
+// check, a quote signed by such an enclave verifies.
+const (
+	tdQEMRSigner       = "dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5"
+	tdQEISVProdID      = 2
+	tdQEMiscSelect     = 0x00000000
+	tdQEMiscSelectMask = 0xffffffff
+	// ATTRIBUTES: the flags INIT and PROVISIONKEY set, DEBUG clear (MODE64BIT, bit 2, is
+	// ignored); XFRM (the last 8 bytes) is ignored.
+	tdQEAttributes     = "11000000000000000000000000000000"
+	tdQEAttributesMask = "fbffffffffffffff0000000000000000"
+)
+
+// checkTDQE refuses a quote whose QE report is not that of Intel's TD quoting enclave, and
+// returns the report otherwise. The quote must have passed tdxverify.TdxQuote, which checks
+// that the PCK signed this very report.
+func checkTDQE(quote any) (*tdxpb.EnclaveReport, error) {
+	q, ok := quote.(*tdxpb.QuoteV4)
+	if !ok {
+		return nil, fmt.Errorf("quoting enclave identity: unsupported quote type %T", quote)
+	}
+	r := q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetQeReport()
+	if r == nil {
+		return nil, errors.New("the quote carries no quoting enclave report, so which enclave signed it is unknown")
+	}
+	if hex.EncodeToString(r.GetMrSigner()) != tdQEMRSigner || r.GetIsvProdId() != tdQEISVProdID {
+		return nil, fmt.Errorf("the quote was signed by an enclave with MRSIGNER %x, ISVPRODID %d, not Intel's TD quoting enclave (MRSIGNER %s, ISVPRODID %d)",
+			r.GetMrSigner(), r.GetIsvProdId(), tdQEMRSigner, tdQEISVProdID)
+	}
+	if got := r.GetMiscSelect() & tdQEMiscSelectMask; got != tdQEMiscSelect {
+		return nil, fmt.Errorf("the quoting enclave's MISCSELECT is %08x, masked with %08x %08x, not %08x as Intel's TD quoting enclave identity requires",
+			r.GetMiscSelect(), uint32(tdQEMiscSelectMask), got, tdQEMiscSelect)
+	}
+	want, _ := hex.DecodeString(tdQEAttributes)
+	mask, _ := hex.DecodeString(tdQEAttributesMask)
+	attrs := r.GetAttributes()
+	if len(attrs) != len(mask) {
+		return nil, fmt.Errorf("the quoting enclave's ATTRIBUTES are %d bytes, not %d", len(attrs), len(mask))
+	}
+	got := make([]byte, len(attrs))
+	for i := range attrs {
+		got[i] = attrs[i] & mask[i]
+	}
+	if !bytes.Equal(got, want) {
+		return nil, fmt.Errorf("the quoting enclave's ATTRIBUTES are %x, masked with %s %x, not %s as Intel's TD quoting enclave identity requires (a debug enclave has bit 1 set)",
+			attrs, tdQEAttributesMask, got, tdQEAttributes)
+	}
+	return r, nil
 }
 
 // offlineTDX refuses downloads for go-tdx-guest, whose getter also returns headers.
