@@ -16,6 +16,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	mathrand "math/rand/v2"
 	"os"
@@ -31,6 +32,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/pkg/reference"
 	"github.com/cvmboot/cvmboot/test/e2e/harness"
 )
 
@@ -204,8 +206,11 @@ var coreScenarios = []scenario{
 	},
 	{
 		// The guest's evidence, taken out through the console, verifies on the host with the
-		// real verifier; an edited event or a wrong nonce is rejected, naming the mismatch.
-		name:      "evidence-verify",
+		// real verifier given the very UKI file: the firmware log replays, the UKI's
+		// Authenticode, PCR 11 and command line are as expected. Without reference values the
+		// chain lacks its UKI link and fails; an edited event, firmware log or nonce is
+		// rejected, naming the mismatch.
+		name:      "evidence-uki-chain",
 		root:      rootTiny,
 		recipe:    func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{} },
 		cmdline:   "roothash={roothash} rootcheck.dump=/run/cvmboot/evidence",
@@ -215,6 +220,23 @@ var coreScenarios = []scenario{
 		outcome:   bootedAndChecked,
 		timeLimit: 3 * time.Minute,
 		after:     verifyEvidence,
+	},
+	{
+		// The host boots the same disk with a UKI whose initramfs is not cvmboot: a program
+		// that writes a cvmboot-shaped log claiming the genuine root hash, extends the TPM to
+		// match and takes evidence with cvmboot's own code, never setting up dm-verity. The
+		// verifier, given the genuine UKI, refuses and names PCR 4 and 11.
+		name:         "forged-initramfs",
+		root:         rootTiny,
+		recipe:       func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{} },
+		initOverride: harness.InitRootcheck,
+		cmdline:      "roothash={roothash} rootcheck.mode=forge rootcheck.dump=/run/cvmboot/evidence",
+		config:       cfg(tpm, noStorage, noOverlay),
+		expect:       []string{`ROOTCHECK: ok forge`, `ROOTCHECK: FILE END /run/cvmboot/evidence/evidence.json`, `ROOTCHECK: DONE pass=\d+ fail=0`},
+		reject:       []string{`ROOTCHECK: FAIL`, `Kernel panic`},
+		outcome:      bootedAndChecked,
+		timeLimit:    3 * time.Minute,
+		after:        verifyForgedEvidence,
 	},
 	{
 		name:    "debian-multi-user",
@@ -728,25 +750,71 @@ func verifyEvidence(t *testing.T, e *env, boot *harness.BootResult, img *harness
 		return []string{err.Error()}
 	}
 	// swtpm's attestation key is new every run, so it cannot be pinned ahead: the signature
-	// is checked against the key in the evidence (--allow-unsigned), everything else fully.
+	// is checked against the key in the evidence (--allow-unsigned=tpm), everything else
+	// fully, against the reference values of the UKI file that booted (--expect-uki).
 	run := func(dir string, args ...string) (int, string) {
-		cmd := exec.Command(host, append([]string{"evidence", "verify", dir, "--allow-unsigned"}, args...)...)
+		cmd := exec.Command(host, append([]string{"evidence", "verify", dir, "--allow-unsigned=tpm"}, args...)...)
 		out, _ := cmd.CombinedOutput()
 		return cmd.ProcessState.ExitCode(), string(out)
 	}
 	var problems []string
-	code, out := run(write(nil), "--expect-roothash", img.RootHash)
-	t.Logf("evidence verify (untouched, --expect-roothash %s): exit %d\n%s", img.RootHash, code, out)
+	ref, err := referenceValues(img.UKI)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	code, out := run(write(nil), "--expect-uki", img.UKI, "--expect-roothash", img.RootHash)
+	t.Logf("evidence verify (untouched, --expect-uki %s --expect-roothash %s): exit %d\n%s", img.UKI, img.RootHash, code, out)
 	if code != 0 {
 		problems = append(problems, fmt.Sprintf("untouched evidence rejected (exit %d): %s", code, out))
 	}
-	for _, claim := range []string{"root: dm-verity root hash " + img.RootHash + " (as expected, enforced)", "storage: NOT encrypted"} {
+	// The reference values computed from the file equal what the firmware log of the real
+	// boot shows: the verifier printed them as expected.
+	for _, claim := range []string{"root: dm-verity root hash " + img.RootHash + " (as expected, enforced)", "storage: NOT encrypted",
+		"UKI: Authenticode " + ref.UKI.AuthenticodeSHA256 + " in pcr4:sha256 (as expected)",
+		"UKI: PCR 11 after systemd-stub " + ref.PCR11.Value + " (as expected)",
+		"UKI: PCR 9 " + ref.PCR9.Value + " (as expected: its command line as load options, then its initrd)",
+		"UKI: command line as expected: the kernel's load options (PCR 9) are the UKI's .cmdline; so is cvmboot's cvmboot.cmdline record",
+		"firmware-log holds", "uki          holds", "cvmboot-log  holds", "hardware     MISSING, waived by --allow-unsigned=tpm"} {
 		if !strings.Contains(out, claim) {
 			problems = append(problems, fmt.Sprintf("verifier output lacks the claim %q", claim))
 		}
 	}
+	// Without reference values the chain has no UKI link: not verified, unless waived by name.
+	if code, out := run(write(nil)); code != 1 || !strings.Contains(out, "uki (no reference values given") {
+		problems = append(problems, fmt.Sprintf("evidence checked without reference values: exit %d, want 1 naming the uki link: %s", code, out))
+	} else {
+		t.Logf("evidence verify (no --expect-uki): exit 1: %s", strings.TrimSpace(out))
+	}
+	if code, out := run(write(nil), "--allow-unknown-uki"); code != 0 || !strings.Contains(out, "uki          MISSING, waived by --allow-unknown-uki") {
+		problems = append(problems, fmt.Sprintf("evidence checked with --allow-unknown-uki: exit %d, want 0 with the uki link waived: %s", code, out))
+	}
+	// A firmware log edited by the host (one digest of the UKI's event) no longer replays.
+	fwName := "tpm-firmware-log.bin"
+	fwLog := files[guestDir+fwName]
+	authBytes, _ := hex.DecodeString(ref.UKI.AuthenticodeSHA256)
+	if i := bytes.Index(fwLog, authBytes); i < 0 || len(authBytes) == 0 {
+		problems = append(problems, "the firmware log does not hold the UKI's Authenticode digest")
+	} else {
+		forged := bytes.Clone(fwLog)
+		forged[i] ^= 1
+		o, f := sha256.Sum256(fwLog), sha256.Sum256(forged)
+		dir := write(func(name string, data []byte) []byte {
+			switch name {
+			case fwName:
+				return forged
+			case "evidence.json":
+				return bytes.ReplaceAll(data, []byte(hex.EncodeToString(o[:])), []byte(hex.EncodeToString(f[:])))
+			}
+			return data
+		})
+		if code, out := run(dir, "--expect-uki", img.UKI); code != 1 || !strings.Contains(out, "PCR 4 is") {
+			problems = append(problems, fmt.Sprintf("evidence with an edited firmware log: exit %d, want 1 naming PCR 4: %s", code, out))
+		} else {
+			t.Logf("evidence verify (edited firmware log): exit 1: %s", strings.TrimSpace(out))
+		}
+	}
 	other := strings.Repeat("0", 64)
-	if code, out := run(write(nil), "--expect-roothash", other); code != 1 {
+	if code, out := run(write(nil), "--expect-uki", img.UKI, "--expect-roothash", other); code != 1 {
 		problems = append(problems, fmt.Sprintf("evidence checked against another root hash: exit %d, want 1: %s", code, out))
 	} else {
 		t.Logf("evidence verify (another root hash): exit 1: %s", strings.TrimSpace(out))
@@ -772,17 +840,112 @@ func verifyEvidence(t *testing.T, e *env, boot *harness.BootResult, img *harness
 		}
 		return data
 	})
-	if code, out := run(edited); code != 1 {
+	if code, out := run(edited, "--expect-uki", img.UKI); code != 1 {
 		problems = append(problems, fmt.Sprintf("evidence with an edited event: exit %d, want 1: %s", code, out))
 	} else {
 		t.Logf("evidence verify (edited event, evidence.json consistent): exit 1: %s", strings.TrimSpace(out))
 	}
-	if code, out := run(write(nil), "--nonce", "0000000000000000"); code != 1 {
+	if code, out := run(write(nil), "--expect-uki", img.UKI, "--nonce", "0000000000000000"); code != 1 {
 		problems = append(problems, fmt.Sprintf("evidence checked with another nonce: exit %d, want 1: %s", code, out))
 	} else {
 		t.Logf("evidence verify (other nonce): exit 1: %s", strings.TrimSpace(out))
 	}
 	return problems
+}
+
+// verifyForgedEvidence runs the verifier on the forger's evidence with the genuine UKI (the
+// same kernel and command line around cvmboot's initramfs): it must refuse, naming PCR 4 and
+// PCR 11 with their expected and found values. With the UKI link waived by name the same
+// evidence passes, and the output says the link is missing.
+func verifyForgedEvidence(t *testing.T, e *env, boot *harness.BootResult, img *harness.Image) []string {
+	files, err := harness.ExtractFiles(boot.Serial)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	dir := t.TempDir()
+	for p, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(p)), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	genuine, err := genuineUKI(t, e, img, cfg(tpm, noStorage, noOverlay))
+	if err != nil {
+		return []string{err.Error()}
+	}
+	host, err := hostVerifier()
+	if err != nil {
+		return []string{err.Error()}
+	}
+	ref, err := referenceValues(genuine)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	forgedRef, err := referenceValues(img.UKI)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	run := func(args ...string) (int, string) {
+		cmd := exec.Command(host, append([]string{"evidence", "verify", dir, "--allow-unsigned=tpm"}, args...)...)
+		out, _ := cmd.CombinedOutput()
+		return cmd.ProcessState.ExitCode(), string(out)
+	}
+	var problems []string
+	code, out := run("--expect-uki", genuine, "--expect-roothash", img.RootHash)
+	t.Logf("evidence verify (forged initramfs, --expect-uki genuine): exit %d\n%s", code, out)
+	if code != 1 {
+		problems = append(problems, fmt.Sprintf("forged evidence with the genuine UKI: exit %d, want 1", code))
+	}
+	for _, want := range []string{"NOT VERIFIED", "PCR 4: the firmware started an application with Authenticode " + forgedRef.UKI.AuthenticodeSHA256,
+		"expected the UKI's " + ref.UKI.AuthenticodeSHA256, "PCR 11 after systemd-stub is " + forgedRef.PCR11.Value + ", expected " + ref.PCR11.Value} {
+		if !strings.Contains(out, want) {
+			problems = append(problems, fmt.Sprintf("the refusal lacks %q", want))
+		}
+	}
+	code, out = run("--allow-unknown-uki", "--expect-roothash", img.RootHash)
+	t.Logf("evidence verify (forged initramfs, --allow-unknown-uki): exit %d\n%s", code, out)
+	if code != 0 || !strings.Contains(out, "uki          MISSING, waived by --allow-unknown-uki") {
+		problems = append(problems, fmt.Sprintf("forged evidence with the UKI link waived: exit %d, want 0 with the waiver shown", code))
+	}
+	return problems
+}
+
+// genuineUKI builds the UKI the host replaced: the image's kernel and command line around
+// cvmboot's initramfs with config.
+func genuineUKI(t *testing.T, e *env, img *harness.Image, config string) (string, error) {
+	if e.cvmbootErr != nil || e.tools.Cvmboot == "" {
+		return "", fmt.Errorf("cvmboot is not built: %v", e.cvmbootErr)
+	}
+	dir := t.TempDir()
+	cfgPath, initrd, out := filepath.Join(dir, "config.yaml"), filepath.Join(dir, "initramfs.img"), filepath.Join(dir, "genuine.efi")
+	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
+		return "", err
+	}
+	cmd := exec.Command(e.tools.Cvmboot, "initramfs", "--kernel-modules", e.kernel.ModulesDir, "--modules", strings.Join(harness.DefaultModules, ","),
+		"--config", cfgPath, "--cmdline", img.Cmdline, "-o", initrd)
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("cvmboot initramfs: %v\n%s", err, o)
+	}
+	if _, err := harness.BuildUKI(context.Background(), harness.UKISpec{Kernel: e.kernel.Vmlinuz, Initrd: initrd, Cmdline: img.Cmdline}, out); err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+// referenceValues runs the host build's `cvmboot-host reference-values` on a UKI.
+func referenceValues(ukiPath string) (*reference.Values, error) {
+	host, err := hostVerifier()
+	if err != nil {
+		return nil, err
+	}
+	out, err := exec.Command(host, "reference-values", ukiPath).Output()
+	if err != nil {
+		return nil, fmt.Errorf("cvmboot-host reference-values %s: %v", ukiPath, err)
+	}
+	var v reference.Values
+	if err := json.Unmarshal(out, &v); err != nil {
+		return nil, fmt.Errorf("cvmboot-host reference-values %s: %v", ukiPath, err)
+	}
+	return &v, nil
 }
 
 var hostVerifierOnce struct {

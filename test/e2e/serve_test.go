@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -47,7 +48,62 @@ func serveScenarios() []scenario {
 		outcome:   bootedAndChecked,
 		timeLimit: 6 * time.Minute,
 		after:     verifyServedEvidence,
+	}, {
+		// Root in the booted system appends a record claiming other storage to cvmboot's log,
+		// extends the TPM to match and asks cvmboot serve for fresh evidence: the evidence
+		// verifies (the registers replay), the boot claims stay the boot's, and the record is
+		// shown as a runtime event.
+		name:    "late-record",
+		root:    rootDebian,
+		cmdline: "root=PARTUUID={rootpartuuid}",
+		config:  debianConfig,
+		recipe:  installLateRecord,
+		expect: []string{`E2E-CHECK: system-state=running`, `E2E-CHECK: late-record=exit 0`,
+			`E2E-CHECK: evidence=ok`, `E2E-CHECK: BUNDLE END`, `E2E-CHECK: DONE`},
+		reject:    []string{`{fatal}`, `Kernel panic`},
+		outcome:   bootedAndChecked,
+		timeLimit: 6 * time.Minute,
+		after:     verifyLateRecord,
 	}}
+}
+
+// lateRecordScript is the late-record scenario's root: it measures a record of its own, then
+// asks for evidence as a relying party would.
+const lateRecordScript = `#!/bin/sh
+exec >/dev/console 2>&1
+say() { printf 'E2E-CHECK: %s\n' "$*"; }
+say BEGIN
+state=$(timeout 180 systemctl is-system-running --wait 2>&1)
+say "system-state=$state"
+/usr/local/bin/rootcheck late-record
+say "late-record=exit $? $(tail -n 1 /run/cvmboot/eventlog | cut -c1-200)"
+if /usr/bin/cvmboot serve --get '/evidence?nonce=@NONCE@' >/tmp/bundle.json 2>/tmp/err; then
+  say "evidence=ok $(stat -c %s /tmp/bundle.json) bytes"
+  echo "E2E-CHECK: BUNDLE BEGIN $(stat -c %s /tmp/bundle.json) $(sha256sum /tmp/bundle.json | cut -d' ' -f1)"
+  base64 -w 76 /tmp/bundle.json | sed 's/^/E2E-CHECK: B64 /'
+  echo "E2E-CHECK: BUNDLE END"
+else
+  say "evidence=failed $(tr '\n' ' ' </tmp/err)"
+fi
+say DONE
+sync
+systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
+`
+
+// installLateRecord is installServe with rootcheck (for its late-record command) and the
+// late-record check script.
+func installLateRecord(r *harness.DiskRecipe) {
+	installServe(r)
+	must := func(err error) {
+		if err != nil {
+			panic(fmt.Sprintf("late-record: preparing the Debian root: %v", err))
+		}
+	}
+	bin := filepath.Join(os.TempDir(), fmt.Sprintf("cvmboot-e2e-rootcheck-%d", os.Getpid()))
+	must(harness.GoBuild(context.Background(), "./test/e2e/rootcheck", bin))
+	defer os.Remove(bin)
+	must(harness.InstallFile(r.Root.Tree, "/usr/local/bin/rootcheck", bin, 0o755))
+	must(harness.InstallCheckUnit(r.Root.Tree, strings.ReplaceAll(lateRecordScript, "@NONCE@", serveNonce)))
 }
 
 // serveCheckScript asks the daemon through `cvmboot serve --get` (minbase has no curl or socat).
@@ -167,7 +223,7 @@ func extractBundle(serial string) ([]byte, error) {
 
 // verifyServedEvidence unpacks the bundle and runs the host build's verifier on it with the
 // scenario's nonce (must pass) and with another (must fail).
-func verifyServedEvidence(t *testing.T, _ *env, boot *harness.BootResult, _ *harness.Image) []string {
+func verifyServedEvidence(t *testing.T, _ *env, boot *harness.BootResult, img *harness.Image) []string {
 	for _, l := range harness.LinesWithPrefix(boot.Serial, "E2E-CHECK: ") {
 		for _, key := range []string{"evidence=", "eventlog=", "unit-verify=", "unit-security="} {
 			if strings.HasPrefix(l, "E2E-CHECK: "+key) {
@@ -187,25 +243,66 @@ func verifyServedEvidence(t *testing.T, _ *env, boot *harness.BootResult, _ *har
 	if err != nil {
 		return []string{err.Error()}
 	}
-	// swtpm's attestation key is new every run: it cannot be pinned, so --allow-unsigned (the
-	// quote signature is still checked against the key in the evidence).
+	// swtpm's attestation key is new every run: it cannot be pinned, so --allow-unsigned=tpm
+	// (the quote signature is still checked against the key in the evidence).
 	run := func(nonce string) (int, string) {
-		cmd := exec.Command(host, "evidence", "verify", dir, "--allow-unsigned", "--nonce", nonce)
+		cmd := exec.Command(host, "evidence", "verify", dir, "--allow-unsigned=tpm", "--expect-uki", img.UKI, "--nonce", nonce)
 		out, _ := cmd.CombinedOutput()
 		return cmd.ProcessState.ExitCode(), string(out)
 	}
 	var problems []string
 	code, out := run(serveNonce)
-	t.Logf("evidence verify --nonce %s (served evidence): exit %d\n%s", serveNonce, code, out)
+	t.Logf("evidence verify --expect-uki --nonce %s (served evidence): exit %d\n%s", serveNonce, code, out)
 	if code != 0 {
 		problems = append(problems, fmt.Sprintf("served evidence rejected with its nonce (exit %d): %s", code, out))
-	} else if !strings.Contains(out, fmt.Sprintf("nonce %q: as expected", serveNonce)) {
-		problems = append(problems, "the verifier did not report the nonce as checked")
+	} else {
+		for _, want := range []string{fmt.Sprintf("nonce %q: as expected", serveNonce), "uki          holds", "firmware-log holds"} {
+			if !strings.Contains(out, want) {
+				problems = append(problems, fmt.Sprintf("the verifier's output lacks %q", want))
+			}
+		}
 	}
 	if code, out := run("0000000000000000"); code != 1 {
 		problems = append(problems, fmt.Sprintf("served evidence checked with another nonce: exit %d, want 1: %s", code, out))
 	} else {
 		t.Logf("evidence verify --nonce 0000000000000000: exit 1: %s", strings.TrimSpace(out))
+	}
+	return problems
+}
+
+// verifyLateRecord checks that the record root added after leave-initrd changes no boot claim:
+// the served evidence verifies, storage is reported as the boot measured it, and the record
+// appears as a runtime event.
+func verifyLateRecord(t *testing.T, _ *env, boot *harness.BootResult, img *harness.Image) []string {
+	data, err := extractBundle(boot.Serial)
+	if err != nil {
+		return []string{err.Error()}
+	}
+	dir := t.TempDir()
+	if err := serve.UnpackBundle(bytes.NewReader(data), dir); err != nil {
+		return []string{fmt.Sprintf("unpacking the served bundle: %v", err)}
+	}
+	host, err := hostVerifier()
+	if err != nil {
+		return []string{err.Error()}
+	}
+	cmd := exec.Command(host, "evidence", "verify", dir, "--allow-unsigned=tpm", "--expect-uki", img.UKI, "--nonce", serveNonce)
+	outb, _ := cmd.CombinedOutput()
+	code, out := cmd.ProcessState.ExitCode(), string(outb)
+	t.Logf("evidence verify (evidence served after a late record): exit %d\n%s", code, out)
+	var problems []string
+	if code != 0 {
+		return []string{fmt.Sprintf("evidence with a late record rejected (exit %d): %s", code, out)}
+	}
+	// The boot measured storage disabled (debianConfig); the late record claims an encrypted
+	// volume: the storage claim must stay the boot's, the record be a runtime event.
+	for _, want := range []string{"storage: NOT encrypted", "runtime event (after leave-initrd, changes no boot claim): record ", `"encrypted":true`, `"mountpoint":"/srv/late"`, "boot claims: accepted with waived links"} {
+		if !strings.Contains(out, want) {
+			problems = append(problems, fmt.Sprintf("the verifier's output lacks %q", want))
+		}
+	}
+	if strings.Contains(out, "storage: encrypted") {
+		problems = append(problems, "the late record changed the storage claim")
 	}
 	return problems
 }

@@ -71,7 +71,7 @@ func (e expectation) name() string { return "expect:" + e.Raw }
 
 // options is what rootcheck reads from the command line.
 type options struct {
-	Mode   string          // "" (booted root) or "initrd"
+	Mode   string          // "" (booted root), "initrd" or "forge" (forged-initramfs)
 	Dump   []string        // directories printed file by file (rootcheck.dump=DIR)
 	Skip   map[string]bool // default checks to leave out (rootcheck.skip=a,b)
 	Expect []expectation
@@ -86,7 +86,7 @@ func parseOptions(params []param) options {
 		switch p.Key {
 		case "rootcheck.mode":
 			switch p.Value {
-			case "", "root", "initrd":
+			case "", "root", "initrd", "forge":
 				o.Mode = p.Value
 			default:
 				o.Errors = append(o.Errors, fmt.Sprintf("rootcheck.mode=%q: want root or initrd", p.Value))

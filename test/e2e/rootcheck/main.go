@@ -49,6 +49,13 @@ func (c *checker) check(name string, err error) {
 }
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "late-record" {
+		if err := lateRecord(); err != nil {
+			fmt.Fprintf(os.Stderr, "rootcheck late-record: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	out := consoleWriter()
 	c := &checker{out: out}
 	c.printf("START pid=%d", os.Getpid())
@@ -60,9 +67,13 @@ func main() {
 	for _, e := range opts.Errors {
 		c.check("options", errors.New(e))
 	}
-	if opts.Mode == "initrd" {
+	switch opts.Mode {
+	case "initrd":
 		runInitrdChecks(c)
-	} else {
+	case "forge":
+		runInitrdChecks(c)
+		c.check("forge", forgeEvidence(cmdline))
+	default:
 		runRootChecks(c, opts, procMountedByUs)
 	}
 	runExpectations(c, opts.Expect, cmdline)
