@@ -13,6 +13,8 @@ import (
 	"hash"
 	"io"
 	"slices"
+	"strings"
+	"unicode"
 )
 
 // Bounds on a log a verifier accepts; cvmboot writes a few dozen small records.
@@ -237,8 +239,9 @@ func checkContent(raw json.RawMessage) (content, string, error) {
 	return c, p.Phase, nil
 }
 
-// duplicateKey finds a key that occurs twice in one JSON object of data (at any depth).
-// Malformed JSON reports none: decoding it fails anyway.
+// duplicateKey finds a key that occurs twice in one JSON object of data (at any depth), equal
+// under Unicode case folding as encoding/json matches field names ("pcr" and "PCR", "roothash"
+// and "roothaſh"). Malformed JSON reports none: decoding it fails anyway.
 func duplicateKey(data []byte) (string, bool) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	type frame struct {
@@ -257,10 +260,10 @@ func duplicateKey(data []byte) (string, bool) {
 		}
 		if top != nil && top.keys != nil && top.expectKey {
 			if k, ok := tok.(string); ok {
-				if top.keys[k] {
+				if top.keys[foldKey(k)] {
 					return k, true
 				}
-				top.keys[k] = true
+				top.keys[foldKey(k)] = true
 				top.expectKey = false
 				continue
 			}
@@ -286,4 +289,16 @@ func duplicateKey(data []byte) (string, bool) {
 			top.expectKey = true // a scalar value; the next token is a key
 		}
 	}
+}
+
+// foldKey maps each rune of k to the smallest rune of its case-folding orbit, so that keys
+// strings.EqualFold calls equal map to one string.
+func foldKey(k string) string {
+	return strings.Map(func(r rune) rune {
+		m := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			m = min(m, f)
+		}
+		return m
+	}, k)
 }

@@ -146,6 +146,9 @@ func TestDuplicateKey(t *testing.T) {
 		{`{"a":[{"c":1,"c":2}]}`, "c"},
 		{`{"recnum":0,"pcr":15,"pcr":11}`, "pcr"},
 		{`{"a":[1,2],"b":{},"a":3}`, "a"},
+		{`{"pcr":15,"PCR":11}`, "PCR"},
+		{`{"roothash":"aa","roothaſh":"bb"}`, "roothaſh"},
+		{`{"k":1,"\u212a":2}`, "\u212a"},
 	} {
 		k, dup := duplicateKey([]byte(c.in))
 		if k != c.key || dup != (c.key != "") {

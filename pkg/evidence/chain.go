@@ -17,10 +17,14 @@ import (
 // reference values name, and the UKI's cvmboot wrote the log whose records the registers hold.
 type Chain struct {
 	// Verified: every link holds for the attestation named by Anchor, or was waived by the flag
-	// a Link names. Boot claims are asserted only then.
+	// a Link names. Boot claims are asserted only then, and with links waived (Waived) only as
+	// far as the links that hold.
 	Verified bool   `json:"verified"`
 	Anchor   string `json:"anchor,omitempty"` // "tpm tpm-quote": the attestation that carries it
 	Links    []Link `json:"links"`
+	// Waived names the links accepted missing, "uki (--allow-unknown-uki)"; empty when the
+	// whole chain holds.
+	Waived []string `json:"waived,omitempty"`
 }
 
 // Link is one link of the chain.
@@ -57,9 +61,22 @@ type UKIMatch struct {
 // command line cvmboot measured is the UKI's.
 func checkUKITPM(fr *firmwareReplay, ref *reference.Values, cl *Cmdline) (*UKIMatch, error) {
 	m := &UKIMatch{Authenticode: ref.UKI.AuthenticodeSHA256, Register: eventlog.PCR(4, crypto.SHA256).String()}
+	// The quote must show every register judged here: one left out is one the host chose.
+	var missing []int
+	for _, pcr := range eventlog.QuotedPCRs {
+		if !fr.covered[pcr] {
+			missing = append(missing, pcr)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fail("uki", "tpm: the quote does not cover %s, which the UKI check needs (a quote by cvmboot covers %v)", fmtIndexes("pcr", missing), eventlog.QuotedPCRs)
+	}
 	// Every deviation is named, so that the relying party sees at once which registers differ.
 	var problems []string
-	if p := checkBootApps("PCR 4", fr.events[4], ref.UKI.AuthenticodeSHA256, ref.UKI.LinuxAuthenticodeSHA256); p != "" {
+	if p := judgeBootPath("PCR 4", crypto.SHA256, fr.events[4], ref.UKI.AuthenticodeSHA256, ref.UKI.LinuxAuthenticodeSHA256, false); p != "" {
+		problems = append(problems, p)
+	}
+	if p := judgeDrivers(fr.events[2]); p != "" {
 		problems = append(problems, p)
 	}
 	// PCR 11: the stub's events, one by one.
@@ -145,26 +162,65 @@ func orNone(s string) string {
 	return s
 }
 
-// checkBootApps requires the first boot application the firmware started to be the UKI and any
-// later one its kernel, as started by a stub through LoadImage; it says what differs.
-func checkBootApps(where string, evs []FirmwareEvent, ukiDigest, linuxDigest string) string {
-	var apps []FirmwareEvent
+// Event data the firmware measures as it is (digest = hash of the data), which the boot-path
+// registers hold besides applications: the boot manager's actions and the separators.
+var bootPathActions = []string{
+	"Calling EFI Application from Boot Option",
+	"Returning from EFI Application from Boot Option",
+	"Exit Boot Services Invocation",
+	"Exit Boot Services Returned with Success",
+}
+
+// judgeBootPath checks every event of a register that records code run on the boot path (TPM
+// PCR 4, TDX RTMR 1) by its digest, never by its type or data, which the log's bearer can
+// rewrite: each is the UKI's Authenticode (once, first of the applications), then its kernel's
+// (a stub that starts it through LoadImage), a boot-manager action, a separator or, with gpt,
+// the GPT (RTMR 1 also holds PCR 5). Anything else is code or input the expected UKI does not
+// explain: another application or boot loader, a driver. It says what differs.
+func judgeBootPath(where string, alg crypto.Hash, evs []FirmwareEvent, ukiDigest, linuxDigest string, gpt bool) string {
+	known := map[string]string{}
+	h := func(b []byte) string { d := alg.New(); d.Write(b); return hex.EncodeToString(d.Sum(nil)) }
+	for _, a := range bootPathActions {
+		known[h([]byte(a))] = "action"
+	}
+	known[h([]byte{0, 0, 0, 0})] = "separator"
+	known[h([]byte{0xff, 0xff, 0xff, 0xff})] = "separator"
+	sawUKI := false
 	for _, e := range evs {
-		if e.Type == EvEFIBootServicesApplication {
-			apps = append(apps, e)
+		d := hex.EncodeToString(e.Digest)
+		switch {
+		case d == ukiDigest && !sawUKI:
+			sawUKI = true
+		case d == linuxDigest && linuxDigest != "" && sawUKI:
+		case known[d] != "":
+		case gpt && bytes.HasPrefix(e.Data, []byte("EFI PART")) && h(e.Data) == d:
+			// The GPT header and entries the firmware read, hashed as logged: data, not code.
+		case d == ukiDigest:
+			return fmt.Sprintf("%s: the UKI was started twice (log event %d)", where, e.Seq)
+		default:
+			what := "an application other than the UKI ran first"
+			if sawUKI {
+				what = "after the UKI, something other than its kernel was measured"
+			}
+			return fmt.Sprintf("%s: log event %d (type 0x%x, %q) has digest %s, which is neither the UKI's Authenticode %s, its kernel's (%s), a boot-manager action nor a separator: %s",
+				where, e.Seq, e.Type, printable(e.Data), d, ukiDigest, orNone(linuxDigest), what)
 		}
 	}
-	if len(apps) == 0 {
-		return fmt.Sprintf("%s holds no boot application event, expected the UKI's (Authenticode %s)", where, ukiDigest)
+	if !sawUKI {
+		return fmt.Sprintf("%s holds no event with the UKI's Authenticode %s: the UKI was not started", where, ukiDigest)
 	}
-	if got := hex.EncodeToString(apps[0].Digest); got != ukiDigest {
-		return fmt.Sprintf("%s: the firmware started an application with Authenticode %s (log event %d), expected the UKI's %s: another UKI or boot loader ran first",
-			where, got, apps[0].Seq, ukiDigest)
-	}
-	for _, a := range apps[1:] {
-		if got := hex.EncodeToString(a.Digest); linuxDigest == "" || got != linuxDigest {
-			return fmt.Sprintf("%s: after the UKI the firmware started another application with Authenticode %s (log event %d), expected only the UKI's kernel (%s)",
-				where, got, a.Seq, linuxDigest)
+	return ""
+}
+
+// judgeDrivers requires TPM PCR 2 to hold nothing but separators: a UEFI driver or option ROM
+// the firmware loaded (from a Driver#### variable the host wrote, a device's ROM) runs before
+// the UKI with the firmware's rights.
+func judgeDrivers(evs []FirmwareEvent) string {
+	for _, e := range evs {
+		d := sha256.Sum256([]byte{0, 0, 0, 0})
+		if !bytes.Equal(e.Digest, d[:]) {
+			return fmt.Sprintf("PCR 2 log event %d (type 0x%x, %q) has digest %x: the firmware loaded a driver or option ROM before the UKI; expected none",
+				e.Seq, e.Type, printable(e.Data), e.Digest)
 		}
 	}
 	return ""
@@ -194,12 +250,28 @@ func checkCmdlineRecord(cl *Cmdline, ref *reference.Values, m *UKIMatch) error {
 	return nil
 }
 
-// printable shortens event data for a message; UTF-16 text shows as its ASCII.
+// printable shows event data in a message: its printable ASCII (UTF-16 text, a tagged event's
+// description) shortened, or its size when it is mostly not text. The data is the log
+// bearer's word, never evidence.
 func printable(b []byte) string {
-	if len(b) > 64 {
-		b = b[:64]
+	var text []byte
+	n := 0
+	for _, c := range b {
+		if c == 0 {
+			continue
+		}
+		n++
+		if c >= 0x20 && c < 0x7f {
+			text = append(text, c)
+		}
 	}
-	return strings.ReplaceAll(string(b), "\x00", "")
+	if len(text) < 4 || 2*len(text) < n {
+		return fmt.Sprintf("%d bytes of data", len(b))
+	}
+	if len(text) > 64 {
+		text = append(text[:64], "..."...)
+	}
+	return string(text)
 }
 
 // replayTPMFirmware replays the quoted PCRs from the firmware's log and cvmboot's.
@@ -278,36 +350,35 @@ func (fr *firmwareReplay) count() int {
 // where the stub measures into the TDX registers (v256 on).
 func checkUKITDX(fr *firmwareReplay, ref *reference.Values, cl *Cmdline) (*UKIMatch, error) {
 	m := &UKIMatch{Authenticode: ref.UKI.AuthenticodeSHA384, Register: eventlog.RTMR(1).String()}
-	if p := checkBootApps("RTMR 1", fr.events[1], ref.UKI.AuthenticodeSHA384, ref.UKI.LinuxAuthenticodeSHA384); p != "" {
+	if p := judgeBootPath("RTMR 1", crypto.SHA384, fr.events[1], ref.UKI.AuthenticodeSHA384, ref.UKI.LinuxAuthenticodeSHA384, true); p != "" {
 		return nil, fail("uki", "tdx: the CCEL does not show the expected UKI: %s", p)
 	}
+	// RTMR 2 (PCR 8-15): systemd-stub's section events (v256 on) and the kernel's load options
+	// and initrd, each judged by its digest; anything else is refused.
+	var stub, kernel []FirmwareEvent
+	for _, e := range fr.events[2] {
+		switch d := hex.EncodeToString(e.Digest); {
+		case d != "" && (d == ref.PCR9.LoadOptionsSHA384 || d == ref.PCR9.InitrdSHA384):
+			kernel = append(kernel, e)
+		default:
+			stub = append(stub, e)
+		}
+	}
+	var want []string
 	if ref.RTMR2 == nil {
 		m.Notes = append(m.Notes, fmt.Sprintf("systemd-stub %d measures nothing into the TDX registers (from v256 it does): the UKI is identified by its RTMR 1 boot application event, which covers all its sections", ref.Stub.Major))
 	} else {
-		var stub []FirmwareEvent
-		for _, e := range fr.events[2] {
-			if e.Type == EvIPL {
-				stub = append(stub, e)
-			}
-		}
-		var want []string
 		for _, e := range ref.RTMR2.Events {
 			want = append(want, e.NameDigest, e.DataDigest)
 		}
-		var got []string
-		for _, e := range stub {
-			got = append(got, hex.EncodeToString(e.Digest))
-		}
-		if strings.Join(want, ",") != strings.Join(got, ",") {
-			return nil, fail("uki", "tdx: RTMR 2's systemd-stub events are [%s], the UKI's reference values are [%s]: another UKI, or other sections, booted",
-				strings.Join(got, ", "), strings.Join(want, ", "))
-		}
 	}
-	var kernel []FirmwareEvent
-	for _, e := range fr.events[2] {
-		if e.Type == EvEventTag {
-			kernel = append(kernel, e)
-		}
+	var got []string
+	for _, e := range stub {
+		got = append(got, hex.EncodeToString(e.Digest))
+	}
+	if strings.Join(want, ",") != strings.Join(got, ",") {
+		return nil, fail("uki", "tdx: RTMR 2 holds the events [%s] besides the kernel's, the UKI's systemd-stub measures [%s]: another UKI, other sections, or input from outside the UKI",
+			strings.Join(got, ", "), strings.Join(want, ", "))
 	}
 	if err := checkKernelEvents("tdx: RTMR 2", kernel, ref.PCR9.LoadOptionsSHA384, ref.PCR9.InitrdSHA384, m); err != nil {
 		return nil, err
@@ -339,7 +410,12 @@ func (c *Claims) checkChain(opts *Options) error {
 			fwl.Detail = "SEV-SNP has no firmware event log: no register shows a UKI booted from disk (a vTPM inside the TEE would)"
 			cv.Detail = "SEV-SNP has no runtime register: the log is bound by REPORT_DATA only, sound for evidence taken in the initramfs, not for evidence taken later"
 		case PlatformTPM:
-			cv.Holds, cv.Detail = true, fmt.Sprintf("PCR 11 and 15 hold all %d records", len(c.Events)+len(c.RuntimeEvents))
+			// PCR 11 also holds the stub's events: cvmboot's phases in it replay only after the
+			// firmware log's, and without them leave-initrd is not anchored.
+			cv.Detail = "PCR 15 replays cvmboot's records, but PCR 11 (its boot phases, leave-initrd among them) needs the firmware log to replay"
+			if pc.fw != nil {
+				cv.Holds, cv.Detail = true, fmt.Sprintf("PCR 11 and 15 hold all %d records", len(c.Events)+len(c.RuntimeEvents))
+			}
 		case PlatformTDX:
 			cv.Detail = "no record extended RTMR 3 (Linux before 6.16 cannot): the log is bound by REPORT_DATA only"
 			if c.rtmrRecords {
@@ -365,7 +441,13 @@ func (c *Claims) checkChain(opts *Options) error {
 			pc.UKI = m
 			u.Holds, u.Detail = true, fmt.Sprintf("the firmware started the UKI (Authenticode %s in %s)", m.Authenticode, m.Register)
 		}
-		for _, l := range []*Link{&fwl, &u, &cv} {
+		// Reference values given mean the UKI is to be checked: the waiver then does not
+		// cover the links that check needs (the evidence's bearer could drop the log).
+		waivable := []*Link{&cv}
+		if opts.Reference == nil {
+			waivable = append(waivable, &fwl, &u)
+		}
+		for _, l := range waivable {
 			if !l.Holds && opts.AllowUnknownUKI {
 				l.Waived = "--allow-unknown-uki"
 			}
@@ -380,6 +462,7 @@ func (c *Claims) checkChain(opts *Options) error {
 		}
 	}
 	c.Chain = *best
+	c.Chain.Waived = best.waivedLinks()
 	if !best.Verified {
 		var missing []string
 		for _, l := range best.Links {
@@ -406,8 +489,8 @@ func score(ch *Chain) int {
 	return n
 }
 
-// Waived lists the links accepted missing; empty when the whole chain holds.
-func (ch *Chain) Waived() []string {
+// waivedLinks lists the links accepted missing; empty when the whole chain holds.
+func (ch *Chain) waivedLinks() []string {
 	var out []string
 	for _, l := range ch.Links {
 		if !l.Holds {

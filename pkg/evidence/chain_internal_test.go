@@ -17,7 +17,11 @@ func digestOf(s string) []byte { d := sha256.Sum256([]byte(s)); return d[:] }
 // .linux and .initrd events, the kernel's initrd event; and the reference values that match.
 func syntheticBoot() (*firmwareReplay, *reference.Values) {
 	ref := &reference.Values{UKI: reference.UKI{AuthenticodeSHA256: hex.EncodeToString(digestOf("uki"))}}
-	fr := &firmwareReplay{kind: eventlog.KindPCR, events: map[int][]FirmwareEvent{
+	covered := map[int]bool{}
+	for _, pcr := range eventlog.QuotedPCRs {
+		covered[pcr] = true
+	}
+	fr := &firmwareReplay{kind: eventlog.KindPCR, covered: covered, events: map[int][]FirmwareEvent{
 		4: {{Seq: 1, Index: 4, Type: EvEFIAction, Digest: digestOf("Calling EFI Application from Boot Option")},
 			{Seq: 2, Index: 4, Type: EvEFIBootServicesApplication, Digest: digestOf("uki")}},
 	}}
@@ -56,10 +60,20 @@ func TestCheckUKITPM(t *testing.T) {
 		{"system extension in PCR 13", func(fr *firmwareReplay) {
 			fr.events[13] = []FirmwareEvent{{Seq: 31, Index: 13, Type: EvIPL, Digest: digestOf("x"), Data: []byte("ext.raw")}}
 		}, "PCR 13 holds 1 event(s)"},
-		{"no boot application", func(fr *firmwareReplay) { fr.events[4] = fr.events[4][:1] }, "PCR 4 holds no boot application event"},
+		{"no boot application", func(fr *firmwareReplay) { fr.events[4] = fr.events[4][:1] }, "PCR 4 holds no event with the UKI's Authenticode"},
 		{"boot loader first", func(fr *firmwareReplay) {
 			fr.events[4] = append([]FirmwareEvent{{Seq: 0, Index: 4, Type: EvEFIBootServicesApplication, Digest: digestOf("shim")}}, fr.events[4]...)
-		}, "PCR 4: the firmware started an application with Authenticode " + hex.EncodeToString(digestOf("shim"))},
+		}, "PCR 4: log event 0 (type 0x80000003, \"0 bytes of data\") has digest " + hex.EncodeToString(digestOf("shim"))},
+		{"another application relabelled as an action", func(fr *firmwareReplay) {
+			// The host's own application, its event retyped and given the boot manager's text:
+			// the digest is not the hash of that text.
+			fr.events[4] = append([]FirmwareEvent{{Seq: 0, Index: 4, Type: EvEFIAction, Digest: digestOf("host's loader"), Data: []byte("Calling EFI Application from Boot Option")}}, fr.events[4]...)
+		}, "(type 0x80000007, \"Calling EFI Application from Boot Option\") has digest " + hex.EncodeToString(digestOf("host's loader"))},
+		{"the UKI twice", func(fr *firmwareReplay) { fr.events[4] = append(fr.events[4], fr.events[4][1]) }, "the UKI was started twice"},
+		{"a driver before the UKI", func(fr *firmwareReplay) {
+			fr.events[2] = []FirmwareEvent{{Seq: 3, Index: 2, Type: 0x80000004, Digest: digestOf("driver")}}
+		}, "PCR 2 log event 3 (type 0x80000004, \"0 bytes of data\") has digest"},
+		{"PCR 12 not quoted", func(fr *firmwareReplay) { delete(fr.covered, 12) }, "the quote does not cover PCRs 12"},
 		{"stub event missing", func(fr *firmwareReplay) { fr.events[11] = fr.events[11][:3] }, "stub event 4 has no event"},
 		{"extra stub event", func(fr *firmwareReplay) {
 			fr.events[11] = append(fr.events[11], FirmwareEvent{Seq: 40, Index: 11, Type: EvIPL, Digest: digestOf(".cmdline\x00")})
@@ -139,11 +153,19 @@ func TestCheckUKITDX(t *testing.T) {
 		t.Fatalf("checkUKITDX: %+v, %v", m, err)
 	}
 	ref.RTMR2 = &reference.RTMR2{Events: []reference.SectionEvent384{{Section: ".linux", NameDigest: strings.Repeat("01", 48), DataDigest: strings.Repeat("02", 48)}}}
-	if _, err := checkUKITDX(fr, ref, nil); err == nil || !strings.Contains(err.Error(), "RTMR 2's systemd-stub events are []") {
+	if _, err := checkUKITDX(fr, ref, nil); err == nil || !strings.Contains(err.Error(), "RTMR 2 holds the events [] besides the kernel's") {
 		t.Fatalf("stub 256 UKI without its RTMR 2 events: %v", err)
 	}
 	fr.events[1][0].Digest = make([]byte, 48)
-	if _, err := checkUKITDX(fr, ref, nil); err == nil || !strings.Contains(err.Error(), "tdx: the CCEL does not show the expected UKI: RTMR 1: the firmware started an application") {
+	if _, err := checkUKITDX(fr, ref, nil); err == nil || !strings.Contains(err.Error(), "tdx: the CCEL does not show the expected UKI: RTMR 1: log event 5 (type 0x80000003, \"0 bytes of data\") has digest 0000") {
 		t.Fatalf("another UKI: %v", err)
+	}
+}
+
+func TestSafe(t *testing.T) {
+	for in, want := range map[string]string{"v1.2": "v1.2", "a\nplatform tpm: verified": `"a\nplatform tpm: verified"`, "\x1b[2K": `"\x1b[2K"`, "é": "é"} {
+		if got := safe(in); got != want {
+			t.Errorf("safe(%q) = %s, want %s", in, got, want)
+		}
 	}
 }

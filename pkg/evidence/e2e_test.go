@@ -469,3 +469,31 @@ func TestTPMRecordWithoutPCR(t *testing.T) {
 		t.Fatalf("Verify: %v, want the record without a PCR refused", err)
 	}
 }
+
+// On TDX with RTMR 3 in use, a record without an RTMR is one the TDX module never saw: root in
+// the booted system could have put it into the log before asking for fresh evidence.
+func TestTDXRecordWithoutRTMR(t *testing.T) {
+	rtmr := &fakeRTMR{}
+	log := bootLog(t, rootHash, rtmr)
+	unextended, err := measure.Open(log.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unextended.Measure(eventlog.Storage{Encrypted: true, Cipher: "aes-xts-plain64", KeyBits: 512, Integrity: "hmac-sha256", KeySource: "random"}.Event()); err != nil {
+		t.Fatal(err)
+	}
+	rd := eventlog.ReportData(logBytes(t, unextended), nonce)
+	var rtmrs [4][48]byte
+	copy(rtmrs[3][:], rtmr.value)
+	dev := teetest.TDXDevice(t, rd, teetest.TDReport(rd, rtmrs))
+	src := &tee.TDX{Open: func() (tee.Device, error) { return dev, dev.Open("") }, DevicePath: "/dev/tdx_guest"}
+	dir := t.TempDir()
+	if _, err := tee.Collect(context.Background(), unextended, []tee.Source{src}, nonce, dir); err != nil {
+		t.Fatal(err)
+	}
+	_, err = evidence.Verify(dir, evidence.Options{Nonce: nonce, Signatures: teeverify.Verifier{}, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true})
+	var e *evidence.Error
+	if !errors.As(err, &e) || e.Check != "event-log" || !strings.Contains(e.Msg, "tdx: record 6 (cvmboot.storage) extended no RTMR while record 0 did") {
+		t.Fatalf("Verify: %v, want the record without an RTMR refused", err)
+	}
+}

@@ -43,8 +43,9 @@ type FirmwareLogParser interface {
 // firmwareReplay is a firmware log replayed against an attestation's registers, with
 // cvmboot's log after it.
 type firmwareReplay struct {
-	kind   string // "pcr" or "rtmr"
-	events map[int][]FirmwareEvent
+	kind    string // "pcr" or "rtmr"
+	events  map[int][]FirmwareEvent
+	covered map[int]bool // the registers the attestation shows
 	// runtimePhases are systemd-pcrphase words found extended into PCR 11 after cvmboot's
 	// events: in no log, inferred because PCR 11 replays only with them.
 	runtimePhases []string
@@ -61,13 +62,20 @@ var systemdRuntimePhases = []string{"sysinit", "ready"}
 // holds the quote's (or report's) values; cvmboot are the register values cvmboot's records
 // alone produce, used only to continue a register after the firmware's events.
 func replayFirmware(platform Platform, kind string, events []FirmwareEvent, attested map[int][]byte, recs []eventlog.Record) (*firmwareReplay, error) {
-	fr := &firmwareReplay{kind: kind, events: map[int][]FirmwareEvent{}}
+	fr := &firmwareReplay{kind: kind, events: map[int][]FirmwareEvent{}, covered: map[int]bool{}}
 	alg := crypto.SHA384
 	if kind == eventlog.KindPCR {
 		alg = crypto.SHA256
 	}
+	start := map[int][]byte{}
 	for _, e := range events {
 		if e.Type == EvNoAction {
+			// TPM2_Startup from a locality other than 0 (Intel TXT) starts PCR 0 at it.
+			if kind == eventlog.KindPCR && e.Index == 0 && len(e.Data) == 17 && string(e.Data[:16]) == "StartupLocality\x00" {
+				v := make([]byte, alg.Size())
+				v[len(v)-1] = e.Data[16]
+				start[0] = v
+			}
 			continue
 		}
 		if _, ok := attested[e.Index]; !ok {
@@ -78,8 +86,18 @@ func replayFirmware(platform Platform, kind string, events []FirmwareEvent, atte
 		}
 		fr.events[e.Index] = append(fr.events[e.Index], e)
 	}
-	for idx, want := range attested {
+	idxs := make([]int, 0, len(attested))
+	for idx := range attested {
+		idxs = append(idxs, idx)
+		fr.covered[idx] = true
+	}
+	slices.Sort(idxs)
+	for _, idx := range idxs {
+		want := attested[idx]
 		v := make([]byte, alg.Size())
+		if s, ok := start[idx]; ok {
+			v = s
+		}
 		for _, e := range fr.events[idx] {
 			v = extend(alg, v, e.Digest)
 		}

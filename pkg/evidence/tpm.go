@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/big"
+	"slices"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -200,6 +201,11 @@ func verifyTPM(a *Attestation, reportData [64]byte, replayed eventlog.Values, re
 	}
 	if !hasSystem {
 		return nil, fail("registers", "tpm: the quote does not cover PCR %d, which holds cvmboot's events", eventlog.PCRSystem)
+	}
+	// PCR 11 holds cvmboot's phases, among them leave-initrd, which separates boot claims from
+	// runtime records: a quote without it would let any record pass as the boot's.
+	if !slices.Contains(q.pcrs, eventlog.PCRPhases) {
+		return nil, fail("registers", "tpm: the quote does not cover PCR %d, which holds cvmboot's boot phases", eventlog.PCRPhases)
 	}
 	// Every record of a boot with a TPM was extended into a PCR: one without is a record the
 	// TPM never saw, which anyone who can write the log could have added.

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/reference"
@@ -269,6 +271,18 @@ func verifyTEE(a *Attestation, reportData [64]byte, replayed eventlog.Values, re
 		}
 	}
 	if a.Platform == PlatformTDX {
+		// A kernel that extends RTMR 3 (Linux 6.16 on) extends it for every record: once one
+		// record has an RTMR, one without is a record the TDX module never saw.
+		for i := range recs {
+			if recs[i].RTMR != nil {
+				for j := range recs {
+					if recs[j].RTMR == nil {
+						return nil, fail("event-log", "tdx: record %d (%s) extended no RTMR while record %d did: the TDX module never saw it", recs[j].RecNum, recs[j].Type(), recs[i].RecNum)
+					}
+				}
+				break
+			}
+		}
 		if err := checkRTMRs(a, f, replayed, pc); err != nil {
 			return nil, err
 		}
@@ -329,9 +343,9 @@ func (c *Claims) checkRootHash(expect string) error {
 
 func (c *Claims) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "evidence of cvmboot %s, created %s (as the evidence states: nothing authenticates these two)\n", c.CvmbootVersion, c.Created.Format(time.RFC3339))
+	fmt.Fprintf(&b, "evidence of cvmboot %s, created %s (as the evidence states: nothing authenticates these two)\n", safe(c.CvmbootVersion), c.Created.Format(time.RFC3339))
 	for _, p := range c.Platforms {
-		fmt.Fprintf(&b, "platform %s (%s via %s): %s\n", p.Platform, p.Kind, p.Source, p.Authenticity)
+		fmt.Fprintf(&b, "platform %s (%s via %s): %s\n", p.Platform, p.Kind, safe(p.Source), safe(p.Authenticity))
 		if p.Measurement != "" {
 			fmt.Fprintf(&b, "  measurement %s\n", p.Measurement)
 		}
@@ -379,7 +393,7 @@ func (c *Claims) String() string {
 		case !l.Holds:
 			state = "MISSING"
 		}
-		fmt.Fprintf(&b, "  %-12s %s: %s\n", l.Name, state, l.Detail)
+		fmt.Fprintf(&b, "  %-12s %s: %s\n", l.Name, state, safe(l.Detail))
 	}
 	waived := false
 	for _, l := range c.Chain.Links {
@@ -408,34 +422,43 @@ func (c *Claims) String() string {
 	}
 	if s := c.Storage; s != nil {
 		if s.Encrypted {
-			fmt.Fprintf(&b, "storage: encrypted with %s (%d-bit %s key), integrity %s\n", s.Cipher, s.KeyBits, s.KeySource, s.Integrity)
+			fmt.Fprintf(&b, "storage: encrypted with %s (%d-bit %s key), integrity %s\n", safe(s.Cipher), s.KeyBits, safe(s.KeySource), safe(s.Integrity))
 		} else {
 			b.WriteString("storage: NOT encrypted\n")
 		}
 	}
 	if o := c.Overlay; o != nil {
 		if o.Enabled {
-			fmt.Fprintf(&b, "overlay: %s of size %s over the read-only root\n", o.Upper, o.Size)
+			fmt.Fprintf(&b, "overlay: %s of size %s over the read-only root\n", safe(o.Upper), safe(o.Size))
 		} else {
 			b.WriteString("overlay: none, the root stays read-only\n")
 		}
 	}
 	if c.Config != nil {
-		fmt.Fprintf(&b, "config: sha256 %s (%s)\n", c.Config.SHA256, c.Config.Path)
+		fmt.Fprintf(&b, "config: sha256 %s (%s)\n", safe(c.Config.SHA256), safe(c.Config.Path))
 	}
 	if c.Cmdline != nil {
 		pinned := "not pinned by the image"
 		if c.Cmdline.Pinned {
 			pinned = "matched the image's pin"
 		}
-		fmt.Fprintf(&b, "kernel command line: sha256 %s (%s)\n", c.Cmdline.SHA256, pinned)
+		fmt.Fprintf(&b, "kernel command line: sha256 %s (%s)\n", safe(c.Cmdline.SHA256), pinned)
 	}
 	fmt.Fprintf(&b, "phases: %s\n", strings.Join(c.Phases, ", "))
 	fmt.Fprintf(&b, "events: %d, event log sha256 %s\n", len(c.Events), c.EventLogSHA256)
 	for _, e := range c.RuntimeEvents {
-		fmt.Fprintf(&b, "runtime event (after leave-initrd, changes no boot claim): record %d %s %s\n", e.RecNum, e.Type, e.Data)
+		fmt.Fprintf(&b, "runtime event (after leave-initrd, changes no boot claim): record %d %s %s\n", e.RecNum, safe(e.Type), safe(e.Data))
 	}
 	return b.String()
+}
+
+// safe shows a string the evidence's bearer chose: quoted when it holds anything but printable
+// text, so that it cannot forge lines or drive a terminal.
+func safe(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return strconv.Quote(s)
+	}
+	return s
 }
 
 func indent(s, prefix string) string {

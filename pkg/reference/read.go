@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/cvmboot/cvmboot/pkg/uki"
 )
 
 // MaxDocumentSize bounds a reference-value document Read accepts.
@@ -71,6 +73,15 @@ func Parse(data []byte) (*Values, error) {
 	for _, e := range v.PCR11.Events {
 		errs = append(errs, check("pcr11 "+e.Section+" name_digest", e.NameDigest, 32, false),
 			check("pcr11 "+e.Section+" data_digest", e.DataDigest, 32, false))
+	}
+	errs = append(errs,
+		check("pcr9.load_options", v.PCR9.LoadOptions, 32, true),
+		check("pcr9.load_options_sha384", v.PCR9.LoadOptionsSHA384, 48, true),
+		check("pcr9.initrd", v.PCR9.Initrd, 32, true),
+		check("pcr9.initrd_sha384", v.PCR9.InitrdSHA384, 48, true),
+		check("pcr9.value", v.PCR9.Value, 32, true))
+	if v.RTMR2 == nil && uki.StubMeasuresCC(v.Stub.Major) {
+		errs = append(errs, fmt.Errorf("no rtmr2 for systemd-stub %d, which measures into the TDX registers", v.Stub.Major))
 	}
 	if r := v.RTMR2; r != nil {
 		errs = append(errs, check("rtmr2.value", r.Value, 48, false))

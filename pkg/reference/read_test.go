@@ -35,6 +35,11 @@ func TestReadRoundTrip(t *testing.T) {
 			t.Errorf("%s: %v, want %q", c.name, err, c.want)
 		}
 	}
+	v.Stub.Major = 256
+	b256, _ := json.Marshal(v)
+	if _, err := Parse(b256); err == nil || !strings.Contains(err.Error(), "no rtmr2 for systemd-stub 256") {
+		t.Errorf("stub 256 without rtmr2: %v", err)
+	}
 	if _, err := Parse(append(b, []byte("{}")...)); err == nil {
 		t.Error("trailing data accepted")
 	}
