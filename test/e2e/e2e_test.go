@@ -400,6 +400,8 @@ type result struct {
 	reason   harness.ExitReason
 	duration time.Duration // the qemu boot only
 	total    time.Duration // including image build
+	// firmware: the firmware log rootcheck printed equals the UKI's reference values
+	firmware bool
 }
 
 func TestE2E(t *testing.T) {
@@ -414,9 +416,14 @@ func TestE2E(t *testing.T) {
 	suiteStart := time.Now()
 	t.Cleanup(func() {
 		t.Logf("scenario summary (accel %s, %s total):", e.accel, time.Since(suiteStart).Round(time.Second))
+		matched := 0
 		for _, r := range results {
 			t.Logf("scenario %-22s %-5s %-12s boot %6.1fs  total %6.1fs", r.name, r.status, r.reason, r.duration.Seconds(), r.total.Seconds())
+			if r.firmware {
+				matched++
+			}
 		}
+		t.Logf("reference values computed from the UKI file = the firmware log of its boot (PCR 4 applications, PCR 11, PCR 9): %d scenarios", matched)
 	})
 	for _, sc := range allScenarios() {
 		t.Run(sc.name, func(t *testing.T) {
@@ -546,6 +553,9 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 	problems := verify(sc, boot, subst)
 	if len(problems) == 0 && sc.after != nil {
 		problems = sc.after(t, e, boot, img)
+	}
+	if len(problems) == 0 {
+		res.firmware, problems = checkFirmwareLog(t, boot, img, sc.loadOptions != "")
 	}
 	res.total = time.Since(start)
 	if len(problems) == 0 {
@@ -895,8 +905,8 @@ func verifyForgedEvidence(t *testing.T, e *env, boot *harness.BootResult, img *h
 	if code != 1 {
 		problems = append(problems, fmt.Sprintf("forged evidence with the genuine UKI: exit %d, want 1", code))
 	}
-	for _, want := range []string{"NOT VERIFIED", "PCR 4: the firmware started an application with Authenticode " + forgedRef.UKI.AuthenticodeSHA256,
-		"expected the UKI's " + ref.UKI.AuthenticodeSHA256, "PCR 11 after systemd-stub is " + forgedRef.PCR11.Value + ", expected " + ref.PCR11.Value} {
+	for _, want := range []string{"NOT VERIFIED", "has digest " + forgedRef.UKI.AuthenticodeSHA256 + ", which is neither the UKI's Authenticode " + ref.UKI.AuthenticodeSHA256,
+		"an application other than the UKI ran first", "PCR 11 after systemd-stub is " + forgedRef.PCR11.Value + ", expected " + ref.PCR11.Value} {
 		if !strings.Contains(out, want) {
 			problems = append(problems, fmt.Sprintf("the refusal lacks %q", want))
 		}
@@ -929,6 +939,57 @@ func genuineUKI(t *testing.T, e *env, img *harness.Image, config string) (string
 		return "", err
 	}
 	return out, nil
+}
+
+// checkFirmwareLog compares what rootcheck printed of the firmware's TPM log (a boot that
+// reached the tiny root) with the reference values `cvmboot-host reference-values` computes
+// from the UKI file: the boot applications of PCR 4 (the UKI, then its kernel), PCR 11 after
+// systemd-stub, PCR 9 after the kernel's EFI stub. It reports whether it compared. A UKI the
+// UEFI shell started with the host's load options (viaShell) is not compared: the shell is
+// the first application and the load options are the host's.
+func checkFirmwareLog(t *testing.T, boot *harness.BootResult, img *harness.Image, viaShell bool) (bool, []string) {
+	if viaShell {
+		return false, nil
+	}
+	var line string
+	for _, l := range harness.LinesWithPrefix(boot.Serial, "ROOTCHECK: FIRMWARE-LOG ") {
+		line = strings.TrimPrefix(l, "ROOTCHECK: FIRMWARE-LOG ")
+	}
+	if line == "" || strings.HasPrefix(line, "unavailable") {
+		if line != "" {
+			t.Logf("firmware log: %s", line)
+		}
+		return false, nil
+	}
+	ref, err := referenceValues(img.UKI)
+	if err != nil {
+		return false, []string{err.Error()}
+	}
+	got := map[string]string{}
+	for _, f := range strings.Fields(line) {
+		k, v, _ := strings.Cut(f, "=")
+		got[k] = v
+	}
+	apps := strings.Split(got["pcr4-apps"], ",")
+	var problems []string
+	if apps[0] != ref.UKI.AuthenticodeSHA256 {
+		problems = append(problems, fmt.Sprintf("PCR 4: the firmware started %s, the UKI's reference Authenticode is %s", apps[0], ref.UKI.AuthenticodeSHA256))
+	}
+	for _, a := range apps[1:] {
+		if a != ref.UKI.LinuxAuthenticodeSHA256 {
+			problems = append(problems, fmt.Sprintf("PCR 4: a later application %s, the kernel's reference Authenticode is %s", a, ref.UKI.LinuxAuthenticodeSHA256))
+		}
+	}
+	if got["pcr11"] != ref.PCR11.Value {
+		problems = append(problems, fmt.Sprintf("PCR 11 after systemd-stub is %s in the firmware log, the reference value %s", got["pcr11"], ref.PCR11.Value))
+	}
+	if ref.PCR9.Value != "" && got["pcr9"] != ref.PCR9.Value {
+		problems = append(problems, fmt.Sprintf("PCR 9 is %s in the firmware log, the reference value %s", got["pcr9"], ref.PCR9.Value))
+	}
+	if len(problems) == 0 {
+		t.Logf("firmware log = reference values of %s: Authenticode %s, PCR 11 %s, PCR 9 %s", filepath.Base(img.UKI), ref.UKI.AuthenticodeSHA256, ref.PCR11.Value, ref.PCR9.Value)
+	}
+	return len(problems) == 0, problems
 }
 
 // referenceValues runs the host build's `cvmboot-host reference-values` on a UKI.

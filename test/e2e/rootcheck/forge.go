@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -14,6 +15,8 @@ import (
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/tee"
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
+	"github.com/cvmboot/cvmboot/pkg/evidence"
+	"github.com/cvmboot/cvmboot/pkg/evidence/firmwarelog"
 )
 
 // forgeEvidence is the forged-initramfs scenario's attacker: an initramfs that is not cvmboot
@@ -87,4 +90,37 @@ func lateRecord() error {
 	_, err = log.Measure(eventlog.Storage{Encrypted: true, Cipher: "aes-xts-plain64", KeyBits: 512, Integrity: "hmac-sha256",
 		KeySource: "random", SectorSize: 4096, Filesystem: "ext4", Mountpoint: "/srv/late"}.Event())
 	return err
+}
+
+// printFirmwareLog prints what the firmware's TPM event log shows of the UKI that booted: the
+// Authenticode digests of the boot applications (PCR 4), PCR 11 after systemd-stub's events and
+// PCR 9 after the kernel's, so that the host compares them with the reference values it
+// computes from the UKI file. Not a check: a boot without a TPM log prints why.
+func printFirmwareLog(c *checker) {
+	data, err := os.ReadFile(tee.FirmwareLogPath)
+	if err == nil && len(data) == 0 {
+		err = errors.New("empty")
+	}
+	var events []evidence.FirmwareEvent
+	if err == nil {
+		events, err = firmwarelog.Parser{}.TPM(data, crypto.SHA256)
+	}
+	if err != nil {
+		c.printf("FIRMWARE-LOG unavailable: %v", err)
+		return
+	}
+	var apps []string
+	pcr := map[int][]byte{9: make([]byte, 32), 11: make([]byte, 32)}
+	for _, e := range events {
+		switch {
+		case e.Index == 4 && e.Type == evidence.EvEFIBootServicesApplication:
+			apps = append(apps, hex.EncodeToString(e.Digest))
+		case (e.Index == 9 || e.Index == 11) && e.Type != evidence.EvNoAction:
+			h := sha256.New()
+			h.Write(pcr[e.Index])
+			h.Write(e.Digest)
+			pcr[e.Index] = h.Sum(nil)
+		}
+	}
+	c.printf("FIRMWARE-LOG pcr4-apps=%s pcr11=%x pcr9=%x", strings.Join(apps, ","), pcr[11], pcr[9])
 }

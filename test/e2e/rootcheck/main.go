@@ -75,6 +75,7 @@ func main() {
 		c.check("forge", forgeEvidence(cmdline))
 	default:
 		runRootChecks(c, opts, procMountedByUs)
+		printFirmwareLog(c)
 	}
 	runExpectations(c, opts.Expect, cmdline)
 	for _, dir := range opts.Dump {
