@@ -121,8 +121,10 @@ func (b *Boot) finishAttestation(ctx context.Context) (stage.Facts, error) {
 	if !b.measuring {
 		return nil, nil
 	}
-	if err := b.Attest.Measure(eventlog.Phase("leave-initrd")); err != nil {
-		return nil, err
+	for _, ev := range []eventlog.Event{eventlog.Phase("leave-initrd"), eventlog.Handoff()} {
+		if err := b.Attest.Measure(ev); err != nil {
+			return nil, err
+		}
 	}
 	return b.Attest.Evidence(ctx, b.Config.Attest.Nonce)
 }

@@ -305,7 +305,7 @@ func TestMeasuredBoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Every decision is measured, in boot order, and evidence is taken before the switch.
-	want := "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.storage,cvmboot.overlay,cvmboot.phase:leave-initrd"
+	want := "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.storage,cvmboot.overlay,cvmboot.phase:leave-initrd,cvmboot.handoff"
 	if got := strings.Join(att.measured, ","); got != want {
 		t.Errorf("measured %s\nwant     %s", got, want)
 	}

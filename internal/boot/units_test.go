@@ -72,7 +72,7 @@ func TestUnitsInitrdSequence(t *testing.T) {
 		t.Errorf("decisions %+v %v", dec, err)
 	}
 	// Every unit's decision is in the one log, in unit order, bracketed by the phases.
-	want := "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.verity,cvmboot.storage,cvmboot.overlay,cvmboot.phase:leave-initrd"
+	want := "cvmboot.phase:enter-initrd,cvmboot.config,cvmboot.cmdline,cvmboot.verity,cvmboot.storage,cvmboot.overlay,cvmboot.phase:leave-initrd,cvmboot.handoff"
 	if got := strings.Join(att.measured, ","); got != want {
 		t.Errorf("measured\n %s\nwant\n %s", got, want)
 	}

@@ -18,6 +18,7 @@ const (
 	TypeOverlay = "cvmboot.overlay"
 	TypeConfig  = "cvmboot.config"
 	TypeCmdline = "cvmboot.cmdline"
+	TypeHandoff = "cvmboot.handoff"
 )
 
 // ContentType is the content_type of every record cvmboot writes.
@@ -66,6 +67,17 @@ const (
 	PhaseEnterInitrd = "enter-initrd"
 	PhaseLeaveInitrd = "leave-initrd"
 )
+
+// HandoffData is the data of a cvmboot.handoff event.
+type HandoffData struct {
+	Phase string `json:"phase"` // the phase word measured just before it: "leave-initrd"
+}
+
+// Handoff returns the event cvmboot measures into PCR 15 right after leave-initrd (which goes
+// to PCR 11): it marks, in the register that holds every decision, where the boot's records
+// end. A verifier cannot take that from the log's order, since the order between two PCRs is
+// bound by nothing: root could write a record it measured later before leave-initrd.
+func Handoff() Event { return Event{Type: TypeHandoff, Data: HandoffData{Phase: PhaseLeaveInitrd}} }
 
 // Phase returns the event for entering a boot phase. cvmboot measures "enter-initrd" when it
 // starts and "leave-initrd" before switching root, the words systemd-pcrphase uses.

@@ -183,15 +183,22 @@ func judgeBootPath(where string, alg crypto.Hash, evs []FirmwareEvent, ukiDigest
 	for _, a := range bootPathActions {
 		known[h([]byte(a))] = "action"
 	}
+	// The boot manager's calling and returning: after them the UKI is no longer what runs.
+	known[h([]byte(bootPathActions[0]))], known[h([]byte(bootPathActions[1]))] = "boot manager", "boot manager"
 	known[h([]byte{0, 0, 0, 0})] = "separator"
 	known[h([]byte{0xff, 0xff, 0xff, 0xff})] = "separator"
-	sawUKI := false
+	sawUKI, sawLinux, returned := false, false, false
 	for _, e := range evs {
 		d := hex.EncodeToString(e.Digest)
 		switch {
 		case d == ukiDigest && !sawUKI:
 			sawUKI = true
-		case d == linuxDigest && linuxDigest != "" && sawUKI:
+		case d == linuxDigest && linuxDigest != "" && sawUKI && !sawLinux && !returned:
+			// The stub starts the kernel through LoadImage while it runs: once, before it
+			// returns to the boot manager.
+			sawLinux = true
+		case known[d] == "boot manager":
+			returned = returned || sawUKI
 		case known[d] != "":
 		case gpt && bytes.HasPrefix(e.Data, []byte("EFI PART")) && h(e.Data) == d:
 			// The GPT header and entries the firmware read, hashed as logged: data, not code.
@@ -353,17 +360,9 @@ func checkUKITDX(fr *firmwareReplay, ref *reference.Values, cl *Cmdline) (*UKIMa
 	if p := judgeBootPath("RTMR 1", crypto.SHA384, fr.events[1], ref.UKI.AuthenticodeSHA384, ref.UKI.LinuxAuthenticodeSHA384, true); p != "" {
 		return nil, fail("uki", "tdx: the CCEL does not show the expected UKI: %s", p)
 	}
-	// RTMR 2 (PCR 8-15): systemd-stub's section events (v256 on) and the kernel's load options
-	// and initrd, each judged by its digest; anything else is refused.
-	var stub, kernel []FirmwareEvent
-	for _, e := range fr.events[2] {
-		switch d := hex.EncodeToString(e.Digest); {
-		case d != "" && (d == ref.PCR9.LoadOptionsSHA384 || d == ref.PCR9.InitrdSHA384):
-			kernel = append(kernel, e)
-		default:
-			stub = append(stub, e)
-		}
-	}
+	// RTMR 2 (PCR 8-15): systemd-stub's section events (v256 on), in order, then the kernel's
+	// load options and initrd, each judged by its digest. The stub's events are taken first:
+	// its .initrd data event has the digest of the kernel's initrd event.
 	var want []string
 	if ref.RTMR2 == nil {
 		m.Notes = append(m.Notes, fmt.Sprintf("systemd-stub %d measures nothing into the TDX registers (from v256 it does): the UKI is identified by its RTMR 1 boot application event, which covers all its sections", ref.Stub.Major))
@@ -372,14 +371,19 @@ func checkUKITDX(fr *firmwareReplay, ref *reference.Values, cl *Cmdline) (*UKIMa
 			want = append(want, e.NameDigest, e.DataDigest)
 		}
 	}
-	var got []string
-	for _, e := range stub {
-		got = append(got, hex.EncodeToString(e.Digest))
+	evs := fr.events[2]
+	n := 0
+	for n < len(want) && n < len(evs) && hex.EncodeToString(evs[n].Digest) == want[n] {
+		n++
 	}
-	if strings.Join(want, ",") != strings.Join(got, ",") {
-		return nil, fail("uki", "tdx: RTMR 2 holds the events [%s] besides the kernel's, the UKI's systemd-stub measures [%s]: another UKI, other sections, or input from outside the UKI",
-			strings.Join(got, ", "), strings.Join(want, ", "))
+	if n < len(want) {
+		found := "no further event"
+		if n < len(evs) {
+			found = fmt.Sprintf("%x (log event %d)", evs[n].Digest, evs[n].Seq)
+		}
+		return nil, fail("uki", "tdx: RTMR 2's systemd-stub event %d is %s, the UKI's is %s: another UKI or other sections", n+1, found, want[n])
 	}
+	kernel := evs[n:]
 	if err := checkKernelEvents("tdx: RTMR 2", kernel, ref.PCR9.LoadOptionsSHA384, ref.PCR9.InitrdSHA384, m); err != nil {
 		return nil, err
 	}
@@ -413,8 +417,12 @@ func (c *Claims) checkChain(opts *Options) error {
 			// PCR 11 also holds the stub's events: cvmboot's phases in it replay only after the
 			// firmware log's, and without them leave-initrd is not anchored.
 			cv.Detail = "PCR 15 replays cvmboot's records, but PCR 11 (its boot phases, leave-initrd among them) needs the firmware log to replay"
-			if pc.fw != nil {
-				cv.Holds, cv.Detail = true, fmt.Sprintf("PCR 11 and 15 hold all %d records", len(c.Events)+len(c.RuntimeEvents))
+			switch {
+			case pc.fw == nil:
+			case c.unanchoredEnd:
+				cv.Detail = "the log ends the boot at leave-initrd (PCR 11) with no cvmboot.handoff record in PCR 15: which of PCR 15's records the booted system added is not anchored"
+			default:
+				cv.Holds, cv.Detail = true, fmt.Sprintf("PCR 11 and 15 hold all %d records; the boot's end is the cvmboot.handoff record in PCR 15", len(c.Events)+len(c.RuntimeEvents))
 			}
 		case PlatformTDX:
 			cv.Detail = "no record extended RTMR 3 (Linux before 6.16 cannot): the log is bound by REPORT_DATA only"

@@ -1,6 +1,7 @@
 package evidence
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/sha256"
 	"encoding/hex"
@@ -16,7 +17,7 @@ func digestOf(s string) []byte { d := sha256.Sum256([]byte(s)); return d[:] }
 // syntheticBoot is a firmware log shaped like the e2e boot's: the UKI started, the stub's
 // .linux and .initrd events, the kernel's initrd event; and the reference values that match.
 func syntheticBoot() (*firmwareReplay, *reference.Values) {
-	ref := &reference.Values{UKI: reference.UKI{AuthenticodeSHA256: hex.EncodeToString(digestOf("uki"))}}
+	ref := &reference.Values{UKI: reference.UKI{AuthenticodeSHA256: hex.EncodeToString(digestOf("uki")), LinuxAuthenticodeSHA256: hex.EncodeToString(digestOf("linux"))}}
 	covered := map[int]bool{}
 	for _, pcr := range eventlog.QuotedPCRs {
 		covered[pcr] = true
@@ -70,6 +71,12 @@ func TestCheckUKITPM(t *testing.T) {
 			fr.events[4] = append([]FirmwareEvent{{Seq: 0, Index: 4, Type: EvEFIAction, Digest: digestOf("host's loader"), Data: []byte("Calling EFI Application from Boot Option")}}, fr.events[4]...)
 		}, "(type 0x80000007, \"Calling EFI Application from Boot Option\") has digest " + hex.EncodeToString(digestOf("host's loader"))},
 		{"the UKI twice", func(fr *firmwareReplay) { fr.events[4] = append(fr.events[4], fr.events[4][1]) }, "the UKI was started twice"},
+		{"the kernel started by the boot manager after the UKI returned", func(fr *firmwareReplay) {
+			fr.events[4] = append(fr.events[4],
+				FirmwareEvent{Seq: 40, Index: 4, Type: EvEFIAction, Digest: digestOf("Returning from EFI Application from Boot Option")},
+				FirmwareEvent{Seq: 41, Index: 4, Type: EvEFIAction, Digest: digestOf("Calling EFI Application from Boot Option")},
+				FirmwareEvent{Seq: 42, Index: 4, Type: EvEFIBootServicesApplication, Digest: digestOf("linux")})
+		}, "log event 42 (type 0x80000003, \"0 bytes of data\") has digest " + hex.EncodeToString(digestOf("linux"))},
 		{"a driver before the UKI", func(fr *firmwareReplay) {
 			fr.events[2] = []FirmwareEvent{{Seq: 3, Index: 2, Type: 0x80000004, Digest: digestOf("driver")}}
 		}, "PCR 2 log event 3 (type 0x80000004, \"0 bytes of data\") has digest"},
@@ -153,8 +160,23 @@ func TestCheckUKITDX(t *testing.T) {
 		t.Fatalf("checkUKITDX: %+v, %v", m, err)
 	}
 	ref.RTMR2 = &reference.RTMR2{Events: []reference.SectionEvent384{{Section: ".linux", NameDigest: strings.Repeat("01", 48), DataDigest: strings.Repeat("02", 48)}}}
-	if _, err := checkUKITDX(fr, ref, nil); err == nil || !strings.Contains(err.Error(), "RTMR 2 holds the events [] besides the kernel's") {
+	if _, err := checkUKITDX(fr, ref, nil); err == nil || !strings.Contains(err.Error(), "RTMR 2's systemd-stub event 1 is no further event, the UKI's is 0101") {
 		t.Fatalf("stub 256 UKI without its RTMR 2 events: %v", err)
+	}
+	// A stub-256 boot: the stub's .initrd data event has the digest of the kernel's initrd
+	// event that follows; both are the UKI's.
+	h := func(b byte) []byte { return bytes.Repeat([]byte{b}, 48) }
+	ref.RTMR2.Events = append(ref.RTMR2.Events, reference.SectionEvent384{Section: ".initrd", NameDigest: strings.Repeat("03", 48), DataDigest: strings.Repeat("04", 48)})
+	ref.PCR9.InitrdSHA384, ref.PCR9.LoadOptionsSHA384 = strings.Repeat("04", 48), strings.Repeat("05", 48)
+	for i, b := range []byte{1, 2, 3, 4, 5, 4} {
+		fr.events[2] = append(fr.events[2], FirmwareEvent{Seq: 10 + i, Index: 2, Type: EvIPL, Digest: h(b)})
+	}
+	if _, err := checkUKITDX(fr, ref, nil); err != nil {
+		t.Fatalf("genuine stub 256 boot: %v", err)
+	}
+	fr.events[2] = append(fr.events[2], FirmwareEvent{Seq: 20, Index: 2, Type: EvIPL, Digest: h(9), Data: []byte("grub_cmd: linux /vmlinuz")})
+	if _, err := checkUKITDX(fr, ref, nil); err == nil || !strings.Contains(err.Error(), `tdx: RTMR 2 log event 20 ("grub_cmd: linux /vmlinuz") has digest 0909`) {
+		t.Fatalf("an extra RTMR 2 event: %v", err)
 	}
 	fr.events[1][0].Digest = make([]byte, 48)
 	if _, err := checkUKITDX(fr, ref, nil); err == nil || !strings.Contains(err.Error(), "tdx: the CCEL does not show the expected UKI: RTMR 1: log event 5 (type 0x80000003, \"0 bytes of data\") has digest 0000") {

@@ -21,7 +21,7 @@ import (
 // and `cvmboot-host reference-values` of its UKI (18 MB, not kept).
 const (
 	ukiBootDir      = "testdata/uki-boot/evidence"
-	ukiBootRootHash = "830e170c0c9413b960218cfd34d4a78362786f0e5573dd870266680e100da69c"
+	ukiBootRootHash = "eea426708a5e4c9d861140d9a76a9b5d4f705d747882e625f1a5cf2d134567f3"
 )
 
 func ukiBootReference(t *testing.T) *reference.Values {
@@ -120,7 +120,7 @@ func TestChainRefusesOtherUKI(t *testing.T) {
 			v.PCR9.LoadOptions = hex.EncodeToString(d[:])
 		}, []string{"PCR 9 log event", "LOADED_IMAGE::LoadOptions", "the kernel was given another initrd or command line"}},
 		{"another command line in /proc/cmdline", func(v *reference.Values) { s := *v.Cmdline + " quiet"; v.Cmdline = &s },
-			[]string{"cvmboot measured a kernel command line with SHA-256 941acbb1", "the kernel ran with another command line"}},
+			[]string{"cvmboot measured a kernel command line with SHA-256 c78e2a21", "the kernel ran with another command line"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -203,4 +203,25 @@ func TestChainRefusesEditedFirmwareLog(t *testing.T) {
 		t.Fatalf("Verify: %v, want a firmware-log error naming PCR 4", err)
 	}
 	t.Log(err)
+}
+
+// Evidence of a cvmboot that ended the boot at leave-initrd without a cvmboot.handoff record
+// (testdata/uki-boot-nohandoff, an e2e boot before it): on a TPM, leave-initrd is in PCR 11 and
+// the decisions in PCR 15, so which records the booted system added is not anchored.
+func TestChainWithoutHandoff(t *testing.T) {
+	ref, err := reference.Read("testdata/uki-boot-nohandoff/reference.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := evidence.Options{AllowUnsigned: []evidence.Platform{evidence.PlatformTPM}, Reference: ref, FirmwareLogs: firmwarelog.Parser{}}
+	_, err = evidence.Verify("testdata/uki-boot-nohandoff/evidence", o)
+	var e *evidence.Error
+	if !errors.As(err, &e) || e.Check != "chain" || !strings.Contains(e.Msg, "cvmboot-log (the log ends the boot at leave-initrd (PCR 11) with no cvmboot.handoff record in PCR 15") {
+		t.Fatalf("Verify: %v, want the cvmboot-log link missing", err)
+	}
+	o.AllowUnknownUKI = true
+	c, err := evidence.Verify("testdata/uki-boot-nohandoff/evidence", o)
+	if err != nil || strings.Join(c.Chain.Waived, ",") != "hardware (--allow-unsigned=tpm),cvmboot-log (--allow-unknown-uki)" {
+		t.Fatalf("Verify with the waiver: %v, waived %v", err, c)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
@@ -12,10 +13,14 @@ import (
 // fromEvents fills the claims from the event log. Where an event type occurs more than once the
 // last one counts, as each stage's final decision is measured last; a second verity event for
 // the same target is an error because two root hashes cannot both have been enforced. Records
-// after the leave-initrd phase were measured by the booted system, where root may measure
-// anything: they are listed as runtime events and change no boot claim.
+// after the boot's end were measured by the booted system, where root may measure anything:
+// they are listed as runtime events and change no boot claim. The end is the first
+// cvmboot.handoff record, which cvmboot measures into PCR 15 (RTMR 3) with every decision, so
+// that the registers, not the log file's order, place each record before or after it; a log
+// without one (cvmboot before it) ends at leave-initrd, which on a TPM lies in another PCR.
 func (c *Claims) fromEvents(recs []eventlog.Record) error {
 	verityTargets := map[string]int{}
+	handoff := slices.ContainsFunc(recs, func(r eventlog.Record) bool { return r.Type() == eventlog.TypeHandoff })
 	left := false
 	for i := range recs {
 		r := &recs[i]
@@ -36,7 +41,11 @@ func (c *Claims) fromEvents(recs []eventlog.Record) error {
 				return bad(err)
 			}
 			c.Phases = append(c.Phases, p.Phase)
-			left = p.Phase == eventlog.PhaseLeaveInitrd
+			if p.Phase == eventlog.PhaseLeaveInitrd && !handoff {
+				left, c.unanchoredEnd = true, true
+			}
+		case eventlog.TypeHandoff:
+			left = true
 		case eventlog.TypeVerity:
 			var v Verity
 			if err := json.Unmarshal(data, &v); err != nil {

@@ -6,8 +6,10 @@ import (
 	"crypto/sha512"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -495,5 +497,52 @@ func TestTDXRecordWithoutRTMR(t *testing.T) {
 	var e *evidence.Error
 	if !errors.As(err, &e) || e.Check != "event-log" || !strings.Contains(e.Msg, "tdx: record 6 (cvmboot.storage) extended no RTMR while record 0 did") {
 		t.Fatalf("Verify: %v, want the record without an RTMR refused", err)
+	}
+}
+
+// Root in the booted system measures a record into PCR 15 and writes it into the log before
+// leave-initrd, which is in PCR 11: every register still replays, since nothing orders the
+// records of two PCRs. The boot's end is the cvmboot.handoff record in PCR 15, so the record
+// stays a runtime event and the storage claim the boot's.
+func TestTPMReorderedLateRecord(t *testing.T) {
+	tpm := swtpmtest.Start(t)
+	pcrs, err := measure.NewTPM(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := bootLog(t, rootHash, pcrs)
+	for _, ev := range []eventlog.Event{eventlog.Phase(eventlog.PhaseLeaveInitrd), eventlog.Handoff(),
+		eventlog.Storage{Encrypted: false, Integrity: "none", Mountpoint: "/srv/late"}.Event()} {
+		if _, err := log.Measure(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lines := strings.Split(strings.TrimSuffix(string(logBytes(t, log)), "\n"), "\n")
+	if len(lines) != 9 || !strings.Contains(lines[6], `"phase":"leave-initrd"`) {
+		t.Fatalf("unexpected log:\n%s", strings.Join(lines, "\n"))
+	}
+	// The leave-initrd line moves to the end: by the log's order the late record is the boot's.
+	reordered := append(append(append([]string{}, lines[:6]...), lines[7:]...), lines[6])
+	for i := range reordered {
+		reordered[i] = regexp.MustCompile(`^\{"recnum":\d+`).ReplaceAllString(reordered[i], fmt.Sprintf(`{"recnum":%d`, i)) + "\n"
+	}
+	if err := os.WriteFile(log.Path(), []byte(strings.Join(reordered, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	edited, err := measure.Open(log.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &tee.TPM{Path: "swtpm", Open: func() (transport.TPMCloser, error) { return keepOpen{tpm}, nil }}
+	dir := t.TempDir()
+	if _, err := tee.Collect(context.Background(), edited, []tee.Source{src}, nonce, dir); err != nil {
+		t.Fatal(err)
+	}
+	claims, err := evidence.Verify(dir, evidence.Options{Nonce: nonce, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if claims.Storage == nil || !claims.Storage.Encrypted || len(claims.RuntimeEvents) != 2 || claims.RuntimeEvents[0].Type != eventlog.TypeStorage {
+		t.Fatalf("storage %+v, runtime events %+v: the late record changed a boot claim", claims.Storage, claims.RuntimeEvents)
 	}
 }

@@ -142,11 +142,13 @@ func fail(check, format string, args ...any) error {
 	return &Error{Check: check, Msg: fmt.Sprintf(format, args...)}
 }
 
-// validName accepts plain file names, so that a hostile evidence.json cannot name files outside
-// its directory.
+// validName accepts plain file names of letters, digits, dots, dashes and underscores, so that a
+// hostile evidence.json can name no file outside its directory, nor put control characters
+// into the messages that name its files.
 func validName(name string) bool {
 	return name != "" && name != "." && name != ".." && name != FileName && len(name) <= 128 &&
-		!strings.ContainsAny(name, "/\\\x00") && filepath.Base(name) == name
+		strings.Trim(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == "" &&
+		filepath.Base(name) == name
 }
 
 // Files returns every file the evidence names, the event log first.

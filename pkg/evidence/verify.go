@@ -102,6 +102,9 @@ type Claims struct {
 	Chain Chain `json:"chain"`
 
 	rtmrRecords bool // some record extended an RTMR
+	// unanchoredEnd: the boot's records end at leave-initrd, with no cvmboot.handoff record to
+	// place the records of PCR 15 before or after it.
+	unanchoredEnd bool
 }
 
 // Event data types, as cvmboot measures them.
@@ -363,7 +366,7 @@ func (c *Claims) String() string {
 			fmt.Fprintf(&b, "  attestation key (pin it in --trusted-roots):\n%s", indent(p.AKPublicPEM, "    "))
 		}
 		if p.FirmwareLog != "" {
-			fmt.Fprintf(&b, "  firmware log: %s\n", p.FirmwareLog)
+			fmt.Fprintf(&b, "  firmware log: %s\n", safe(p.FirmwareLog))
 		}
 		if len(p.RuntimePhases) > 0 {
 			fmt.Fprintf(&b, "  PCR 11 also holds %s, measured by systemd-pcrphase in the booted system (in no log: inferred from PCR 11)\n", strings.Join(p.RuntimePhases, ", "))
