@@ -221,6 +221,21 @@ func extractBundle(serial string) ([]byte, error) {
 	return data, nil
 }
 
+// unpackServed unpacks the bundle the guest printed into a directory and returns it with the
+// host verifier.
+func unpackServed(t *testing.T, boot *harness.BootResult) (dir, host string, err error) {
+	data, err := extractBundle(boot.Serial)
+	if err != nil {
+		return "", "", err
+	}
+	dir = t.TempDir()
+	if err := serve.UnpackBundle(bytes.NewReader(data), dir); err != nil {
+		return "", "", fmt.Errorf("unpacking the served bundle: %v", err)
+	}
+	host, err = hostVerifier()
+	return dir, host, err
+}
+
 // verifyServedEvidence unpacks the bundle and runs the host build's verifier on it with the
 // scenario's nonce (must pass) and with another (must fail).
 func verifyServedEvidence(t *testing.T, _ *env, boot *harness.BootResult, img *harness.Image) []string {
@@ -231,15 +246,7 @@ func verifyServedEvidence(t *testing.T, _ *env, boot *harness.BootResult, img *h
 			}
 		}
 	}
-	data, err := extractBundle(boot.Serial)
-	if err != nil {
-		return []string{err.Error()}
-	}
-	dir := t.TempDir()
-	if err := serve.UnpackBundle(bytes.NewReader(data), dir); err != nil {
-		return []string{fmt.Sprintf("unpacking the served bundle: %v", err)}
-	}
-	host, err := hostVerifier()
+	dir, host, err := unpackServed(t, boot)
 	if err != nil {
 		return []string{err.Error()}
 	}
@@ -274,15 +281,7 @@ func verifyServedEvidence(t *testing.T, _ *env, boot *harness.BootResult, img *h
 // the served evidence verifies, storage is reported as the boot measured it, and the record
 // appears as a runtime event.
 func verifyLateRecord(t *testing.T, _ *env, boot *harness.BootResult, img *harness.Image) []string {
-	data, err := extractBundle(boot.Serial)
-	if err != nil {
-		return []string{err.Error()}
-	}
-	dir := t.TempDir()
-	if err := serve.UnpackBundle(bytes.NewReader(data), dir); err != nil {
-		return []string{fmt.Sprintf("unpacking the served bundle: %v", err)}
-	}
-	host, err := hostVerifier()
+	dir, host, err := unpackServed(t, boot)
 	if err != nil {
 		return []string{err.Error()}
 	}
