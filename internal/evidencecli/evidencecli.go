@@ -65,16 +65,20 @@ chain holds for one attestation:
                 attestation key) over registers bound to the event log and the nonce
   firmware-log  the firmware's event log (TPM: binary_bios_measurements; TDX: the CCEL)
                 and cvmboot's log replay to every attested register
-  uki           the firmware started the expected UKI (PCR 4 / RTMR 1 Authenticode),
+  uki           the firmware started the expected UKI and nothing else (every PCR 4 /
+                RTMR 1 event, judged by its digest, is the UKI's Authenticode, its
+                kernel's, a boot-manager action or a separator; no driver in PCR 2),
                 systemd-stub measured its sections (PCR 11 / RTMR 2), the kernel got its
                 initrd and command line (PCR 9), nothing came from outside it (PCR 12,
                 13), and cvmboot measured its command line
-  cvmboot-log   a register holds every record cvmboot measured (PCR 11 and 15, RTMR 3)
+  cvmboot-log   a register holds every record cvmboot measured (PCR 11 and 15, RTMR 3),
+                the boot's end included (the cvmboot.handoff record)
 
 A missing link fails (exit 1, the link named) unless an option below waives it; a link
 that is present but wrong (another UKI, an extend no log explains) always fails. Records
-measured after leave-initrd are shown as runtime events and change no boot claim. Nothing
-is fetched from the network.
+measured after the boot's end are shown as runtime events and change no boot claim. The
+firmware itself (PCR 0, 1, 7; TDX RTMR 0) is not judged: pin it by its launch
+measurement on a TEE. Nothing is fetched from the network.
 
 Options:
   --expect-uki UKI          compute the reference values of this UKI file and require them
@@ -91,10 +95,9 @@ Options:
   --allow-unsigned=LIST     waive the hardware link for these platforms (comma-separated:
                             sev-snp, tdx, tpm): accept a TDREPORT, an SEV-SNP report without
                             certificates, a TPM quote by an unpinned key; the claims say so
-  --allow-unknown-uki       waive the firmware-log, uki and cvmboot-log links: accept
-                            evidence that does not show which UKI booted (no reference
-                            values, no firmware log, SEV-SNP without a vTPM, a log bound
-                            by REPORT_DATA only); the claims say so
+  --allow-unknown-uki       waive the cvmboot-log link (a log bound by REPORT_DATA only:
+                            SEV-SNP, TDX before Linux 6.16) and, without reference values,
+                            the firmware-log and uki links; the claims say so
   --allow-debug             accept a TEE guest running with debugging enabled
 
 ` + exitHelp
