@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -221,3 +223,40 @@ func TestTPMEvidence(t *testing.T) {
 type noClose struct{ transport.TPMCloser }
 
 func (noClose) Close() error { return nil }
+
+// The firmware's event logs go with the attestations: the TPM's TCG log, TDX's CCEL and its
+// table; one that cannot be read is noted, not fatal.
+func TestFirmwareLogsAttached(t *testing.T) {
+	dir := t.TempDir()
+	logPath, table, ccel := filepath.Join(dir, "binary_bios_measurements"), filepath.Join(dir, "CCEL"), filepath.Join(dir, "data-CCEL")
+	for p, data := range map[string]string{logPath: "tcg log", table: "CCEL table", ccel: "cc log"} {
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tpm := swtpmtest.Start(t)
+	src := &tee.TPM{Path: "swtpm", Open: func() (transport.TPMCloser, error) { return noClose{tpm}, nil }, FirmwareLogPath: logPath}
+	a, err := src.Evidence(context.Background(), reportDataOf(5))
+	if err != nil || a.FirmwareLog == nil || string(a.FirmwareLog.Data) != "tcg log" || a.FirmwareLog.Name != "tpm-firmware-log.bin" {
+		t.Fatalf("TPM evidence %+v, %v: want the firmware log attached", a, err)
+	}
+	src.FirmwareLogPath = filepath.Join(dir, "missing")
+	a, err = src.Evidence(context.Background(), reportDataOf(5))
+	if err != nil || a.FirmwareLog != nil || !strings.Contains(a.Meta["firmware_log_error"], "missing") {
+		t.Fatalf("TPM evidence without a log: %+v, %v", a, err)
+	}
+
+	rd := reportDataOf(6)
+	var rtmrs [4][48]byte
+	tdx := &tee.TDX{TSM: &tee.TSM{Client: teetest.TSM("tdx_guest", func(in []byte) ([]byte, error) { return teetest.TDXQuote(in, rtmrs[3][:]), nil }, nil), ReportDir: reportDir},
+		CCELTablePath: table, CCELPath: ccel}
+	a, err = tdx.Evidence(context.Background(), rd)
+	if err != nil || a.FirmwareLog == nil || a.FirmwareLogTable == nil || string(a.FirmwareLog.Data) != "cc log" || string(a.FirmwareLogTable.Data) != "CCEL table" {
+		t.Fatalf("TDX evidence %+v, %v: want the CCEL attached", a, err)
+	}
+	tdx.CCELPath = filepath.Join(dir, "missing")
+	a, err = tdx.Evidence(context.Background(), rd)
+	if err != nil || a.FirmwareLog != nil || a.FirmwareLogTable != nil || a.Meta["firmware_log_error"] == "" {
+		t.Fatalf("TDX evidence without a CCEL: %+v, %v", a, err)
+	}
+}
