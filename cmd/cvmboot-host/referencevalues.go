@@ -11,7 +11,7 @@ import (
 )
 
 const referenceValuesUsage = `Usage: cvmboot-host reference-values UKI [--format json|trustee] [--phases LIST]
-                                       [--stub-version N]
+                                       [--stub-version N] [--initdata FILE]
 
 Compute, from the UKI file alone, what the firmware and systemd-stub measure when they boot
 it, and TPM PCR 11 once cvmboot's initramfs has measured its boot phases (SHA-256 bank):
@@ -64,6 +64,11 @@ Options:
                     sysinit:ready when the booted system's systemd-pcrphase measures them
                     before the quote is taken
   --stub-version N  apply systemd-stub N's measurement rules instead of .sdmagic's version
+  --initdata FILE   a Confidential Containers initdata document (TOML): its digest (of the
+                    exact bytes) and its bindings, initdata.host_data (SEV-SNP HOST_DATA),
+                    .mr_config_id (TDX MRCONFIGID), .pcr8 (vTPM PCR 8 after the one extend;
+                    sha256 documents only); trustee: "init_data" lists all three, in the hex
+                    Trustee's verifiers give the init_data claim on each platform
 
 Refused (exit 1): a file that is not a well-formed PE image, a stub before 252 or after 257,
 and UKIs whose PCR 11 depends on the boot or is ambiguous (.profile and .dtbauto sections
@@ -77,6 +82,7 @@ func referenceValues(args []string, stdout, stderr io.Writer) int {
 	format := fs.String("format", "json", "")
 	phases := fs.String("phases", strings.Join(reference.InitramfsPhases, ":"), "")
 	stubVersion := fs.String("stub-version", "", "")
+	initdataFile := fs.String("initdata", "", "")
 	pos, code, ok := c.Parse(fs, args, 1)
 	if !ok {
 		return code
@@ -103,6 +109,11 @@ func referenceValues(args []string, stdout, stderr io.Writer) int {
 	v, err := reference.Compute(pos[0], opts)
 	if err != nil {
 		return c.Fail(cmdkit.CodeOf(err), "%v", err)
+	}
+	if *initdataFile != "" {
+		if v.InitData, err = reference.ComputeInitData(*initdataFile); err != nil {
+			return c.Fail(cmdkit.CodeOf(err), "--initdata: %v", err)
+		}
 	}
 	var out any = v
 	if *format == "trustee" {

@@ -138,3 +138,39 @@ func TestReferenceValuesErrors(t *testing.T) {
 		}
 	}
 }
+
+// --initdata adds the document's bindings; the trustee format lists them as init_data. The
+// document is pkg/initdata's test vector (digest b4b2…8e95).
+func TestReferenceValuesInitdata(t *testing.T) {
+	p := testUKI(t)
+	doc := filepath.Join(t.TempDir(), "initdata.toml")
+	if err := os.WriteFile(doc, []byte("version = \"0.1.0\"\nalgorithm = \"sha256\"\n\n[data]\n\"aa.toml\" = '''\n[token_configs.kbs]\nurl = \"http://10.0.0.1:8080\"\n'''\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runRV(p, "--format", "trustee", "--initdata", doc)
+	if code != cmdkit.ExitOK {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var tr map[string][]string
+	if err := json.Unmarshal([]byte(out), &tr); err != nil {
+		t.Fatal(err)
+	}
+	const d = "b4b24d9f833c619d9b1a272c2f6ae06121d17aac1176da45207a63129c258e95"
+	if got := tr["init_data"]; len(got) != 3 || got[0] != d || got[1] != d+strings.Repeat("00", 16) || got[2] != "affa0e268f6923242208dac0df17b246e3196d6a07eb1527b1e78c16ee84019d" {
+		t.Errorf("init_data %v", got)
+	}
+	code, out, _ = runRV(p, "--initdata", doc)
+	var v reference.Values
+	if err := json.Unmarshal([]byte(out), &v); code != cmdkit.ExitOK || err != nil || v.InitData == nil || v.InitData.Digest != d || v.InitData.Algorithm != "sha256" {
+		t.Errorf("json: exit %d, %+v", code, v.InitData)
+	}
+	if _, err := reference.Parse([]byte(out)); err != nil {
+		t.Errorf("the document does not read back: %v", err)
+	}
+	if err := os.WriteFile(doc, []byte("version = \"0.1.0\"\nalgorithm = \"sha-256\"\n[data]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := runRV(p, "--initdata", doc); code != cmdkit.ExitFailed || !strings.Contains(errs, `--initdata: `+doc+`: initdata: algorithm "sha-256"`) {
+		t.Errorf("a bad document: exit %d: %s", code, errs)
+	}
+}

@@ -80,6 +80,10 @@ func Parse(data []byte) (*Values, error) {
 		check("pcr9.initrd", v.PCR9.Initrd, 32, true),
 		check("pcr9.initrd_sha384", v.PCR9.InitrdSHA384, 48, true),
 		check("pcr9.value", v.PCR9.Value, 32, true))
+	if i := v.InitData; i != nil {
+		errs = append(errs, check("initdata.host_data", i.HostData, 32, false), check("initdata.mr_config_id", i.MRConfig, 48, false),
+			check("initdata.pcr8", i.PCR8, 32, true))
+	}
 	if v.RTMR2 == nil && uki.StubMeasuresCC(v.Stub.Major) {
 		errs = append(errs, fmt.Errorf("no rtmr2 for systemd-stub %d, which measures into the TDX registers", v.Stub.Major))
 	}

@@ -87,6 +87,9 @@ type Values struct {
 	Cmdline *string `json:"cmdline,omitempty"`
 	// PCR9 are the Linux EFI stub's measurements of what systemd-stub hands the kernel.
 	PCR9 PCR9 `json:"pcr9"`
+	// InitData are the bindings of a Confidential Containers initdata document, when one was
+	// given (it belongs to a pod, not to the UKI).
+	InitData *InitData `json:"initdata,omitempty"`
 	// Notes say, in words, what a verifier cannot expect for this UKI: for stubs before 256,
 	// that RTMR 2 holds no section event (NoCCNote).
 	Notes []string `json:"notes,omitempty"`
@@ -426,6 +429,9 @@ func (v *Values) Trustee() map[string][]string {
 	}
 	if v.RTMR2 != nil {
 		out[TrusteeRTMR2Name] = []string{v.RTMR2.Value}
+	}
+	if v.InitData != nil {
+		out[TrusteeInitDataName] = v.InitData.trustee()
 	}
 	return out
 }
