@@ -60,7 +60,10 @@ func cleanName(name string) (string, error) {
 		return "", fmt.Errorf("archive path %q contains a NUL byte", name)
 	}
 	n := path.Clean("/" + name)[1:]
-	if n == "" || n == trailerName || strings.Contains("/"+name+"/", "/../") {
+	// A member named like the trailer ends the archive for the kernel: not the path, and not
+	// the parent directory the writer would add for it ("TRAILER!!!/x").
+	first, _, _ := strings.Cut(n, "/")
+	if n == "" || first == trailerName || strings.Contains("/"+name+"/", "/../") {
 		return "", fmt.Errorf("archive path %q is not a file path inside the archive", name)
 	}
 	return n, nil

@@ -209,6 +209,7 @@ func TestArchiveErrors(t *testing.T) {
 		{"dotdot", func(a *Archive) error { return a.AddFile("/a/../../etc", 0o644, nil) }, "not a file path inside the archive"},
 		{"root", func(a *Archive) error { return a.AddDir("/", 0o755) }, "not a file path inside the archive"},
 		{"trailer name", func(a *Archive) error { return a.AddFile("TRAILER!!!", 0o644, nil) }, "not a file path"},
+		{"below the trailer name", func(a *Archive) error { return a.AddDir("/TRAILER!!!/x", 0o755) }, "not a file path"},
 		{"nul", func(a *Archive) error { return a.AddFile("a\x00b", 0o644, nil) }, "NUL"},
 		{"duplicate file", func(a *Archive) error {
 			_ = a.AddFile("/x", 0o644, nil)

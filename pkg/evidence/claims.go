@@ -18,15 +18,16 @@ import (
 // cvmboot.handoff record, which cvmboot measures into PCR 15 (RTMR 3) with every decision, so
 // that the registers, not the log file's order, place each record before or after it; a log
 // without one (cvmboot before it) ends at leave-initrd, which on a TPM lies in another PCR.
+// Phase records end at leave-initrd: they are all in PCR 11, whose order the register binds.
 func (c *Claims) fromEvents(recs []eventlog.Record) error {
 	verityTargets := map[string]int{}
 	handoff := slices.ContainsFunc(recs, func(r eventlog.Record) bool { return r.Type() == eventlog.TypeHandoff })
-	left := false
+	left, leftPhases := false, false
 	for i := range recs {
 		r := &recs[i]
 		typ, data := r.Type(), r.Data()
 		c.rtmrRecords = c.rtmrRecords || r.RTMR != nil
-		if left {
+		if left || (leftPhases && typ == eventlog.TypePhase) {
 			c.RuntimeEvents = append(c.RuntimeEvents, EventRef{RecNum: r.RecNum, Type: typ, Data: string(data)})
 			continue
 		}
@@ -41,6 +42,7 @@ func (c *Claims) fromEvents(recs []eventlog.Record) error {
 				return bad(err)
 			}
 			c.Phases = append(c.Phases, p.Phase)
+			leftPhases = leftPhases || p.Phase == eventlog.PhaseLeaveInitrd
 			if p.Phase == eventlog.PhaseLeaveInitrd && !handoff {
 				left, c.unanchoredEnd = true, true
 			}

@@ -1,6 +1,7 @@
 package evidence_test
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/sha512"
@@ -357,6 +358,9 @@ func TestEndToEndSNP(t *testing.T) {
 						}
 					})
 				}, wantCheck: "policy", wantMsg: "sev-snp: the guest runs with debugging enabled"},
+				rejection{name: "another launch measurement", opts: func(o *evidence.Options) {
+					o.ExpectMeasurement = map[evidence.Platform][]byte{evidence.PlatformSNP: bytes.Repeat([]byte{1}, 48)}
+				}, wantCheck: "policy", wantMsg: "sev-snp: the launch measurement (MEASUREMENT) is"},
 			)
 			expectRejections(t, good, opts, cases)
 		})
@@ -389,6 +393,9 @@ func TestEndToEndTDX(t *testing.T) {
 		}
 		cases := append(commonRejections(exts, "tdx: the tdx-report binds REPORT_DATA"),
 			rejection{name: "unsigned not allowed", opts: func(o *evidence.Options) { o.AllowUnsigned = nil }, wantCheck: "signature", wantMsg: "the evidence holds a TDREPORT"},
+			rejection{name: "another MRTD", opts: func(o *evidence.Options) {
+				o.ExpectMeasurement = map[evidence.Platform][]byte{evidence.PlatformTDX: bytes.Repeat([]byte{1}, 48)}
+			}, wantCheck: "policy", wantMsg: "tdx: the MRTD is"},
 			rejection{name: "listed RTMR differs", dir: func(t *testing.T, good string) string {
 				return tamper(t, good, func(ev *evidence.Evidence) { ev.Attestations[0].Registers[3].Value = strings.Repeat("00", 48) })
 			}, wantCheck: "registers", wantMsg: "evidence.json lists rtmr3:sha384"},
@@ -544,5 +551,78 @@ func TestTPMReorderedLateRecord(t *testing.T) {
 	}
 	if claims.Storage == nil || !claims.Storage.Encrypted || len(claims.RuntimeEvents) != 2 || claims.RuntimeEvents[0].Type != eventlog.TypeStorage {
 		t.Fatalf("storage %+v, runtime events %+v: the late record changed a boot claim", claims.Storage, claims.RuntimeEvents)
+	}
+}
+
+// A phase word root extends into PCR 11 after the boot and writes between leave-initrd and the
+// handoff record is not a boot phase: PCR 11's own order puts it after leave-initrd.
+func TestTPMLatePhase(t *testing.T) {
+	tpm := swtpmtest.Start(t)
+	pcrs, err := measure.NewTPM(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := bootLog(t, rootHash, pcrs)
+	for _, ev := range []eventlog.Event{eventlog.Phase(eventlog.PhaseLeaveInitrd), eventlog.Handoff(), eventlog.Phase("enter-initrd")} {
+		if _, err := log.Measure(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lines := strings.Split(strings.TrimSuffix(string(logBytes(t, log)), "\n"), "\n")
+	// The late phase line moves before the handoff line.
+	reordered := []string{}
+	reordered = append(reordered, lines[:7]...)
+	reordered = append(reordered, lines[8], lines[7])
+	for i := range reordered {
+		reordered[i] = regexp.MustCompile(`^\{"recnum":\d+`).ReplaceAllString(reordered[i], fmt.Sprintf(`{"recnum":%d`, i)) + "\n"
+	}
+	if err := os.WriteFile(log.Path(), []byte(strings.Join(reordered, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	edited, err := measure.Open(log.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &tee.TPM{Path: "swtpm", Open: func() (transport.TPMCloser, error) { return keepOpen{tpm}, nil }}
+	dir := t.TempDir()
+	if _, err := tee.Collect(context.Background(), edited, []tee.Source{src}, nonce, dir); err != nil {
+		t.Fatal(err)
+	}
+	claims, err := evidence.Verify(dir, evidence.Options{Nonce: nonce, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(claims.Phases, ",") != "enter-initrd,leave-initrd" || len(claims.RuntimeEvents) != 1 || claims.RuntimeEvents[0].Type != eventlog.TypePhase {
+		t.Fatalf("phases %v, runtime events %+v: the late phase counted as the boot's", claims.Phases, claims.RuntimeEvents)
+	}
+}
+
+// A quote must cover PCR 11 (cvmboot's phases, leave-initrd among them) and PCR 15; one the
+// bearer made over fewer PCRs is refused.
+func TestTPMQuoteCoverage(t *testing.T) {
+	for _, c := range []struct {
+		pcrs []int
+		want string
+	}{{[]int{0, 4, eventlog.PCRSystem}, "the quote does not cover PCR 11"}, {[]int{eventlog.PCRPhases}, "the quote does not cover PCR 15"}} {
+		tpm := swtpmtest.Start(t)
+		pcrs, err := measure.NewTPM(tpm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log := bootLog(t, rootHash, pcrs)
+		saved := eventlog.QuotedPCRs
+		eventlog.QuotedPCRs = c.pcrs
+		src := &tee.TPM{Path: "swtpm", Open: func() (transport.TPMCloser, error) { return keepOpen{tpm}, nil }}
+		dir := t.TempDir()
+		_, err = tee.Collect(context.Background(), log, []tee.Source{src}, nonce, dir)
+		eventlog.QuotedPCRs = saved
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = evidence.Verify(dir, evidence.Options{Nonce: nonce, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true})
+		var e *evidence.Error
+		if !errors.As(err, &e) || e.Check != "registers" || !strings.Contains(e.Msg, c.want) {
+			t.Errorf("quote over %v: %v, want %q", c.pcrs, err, c.want)
+		}
 	}
 }
