@@ -14,7 +14,7 @@ func commands() []cli.Command {
 	c := cli.WithCommand(cli.Commands(), cli.Command{
 		Name: "evidence", Summary: "verify a boot's evidence offline", Run: evidencecli.Main})
 	return cli.WithCommand(c, cli.Command{
-		Name: "reference-values", Summary: "compute what firmware and systemd-stub measure when booting a UKI (PCR 4 digest, PCR 11)", Run: referenceValues})
+		Name: "reference-values", Summary: "compute what firmware, systemd-stub and the kernel measure when booting a UKI (PCR 4/RTMR 1 digests, PCR 11, RTMR 2, PCR 9, PCR 12; initdata bindings)", Run: referenceValues})
 }
 
 func main() {

@@ -19,9 +19,11 @@ it, and TPM PCR 11 once cvmboot's initramfs has measured its boot phases (SHA-25
   uki.authenticode_sha256   the UKI's Authenticode (PE image) digest: the digest of the PCR 4
                             event the firmware logs when it loads the UKI (as pesign -h)
   uki.authenticode_sha384   the same with SHA-384: the digest of the RTMR 1 event TDX
-                            firmware logs for it (as osslsigncode extract-data -h sha384)
-  uki.linux_authenticode_*  the same for the kernel in .linux, which newer stubs start
-                            through the firmware (a second PCR 4 / RTMR 1 event)
+                            firmware logs for it (as osslsigncode extract-data -h sha384 for
+                            a file without unaligned trailing data, which osslsigncode pads)
+  uki.linux_authenticode_*  the same for the kernel in .linux, which stubs that start it
+                            through the firmware's LoadImage (Debian 12's 252.39 among them,
+                            per the e2e firmware logs) measure as a second PCR 4 / RTMR 1 event
   pcr11.events              systemd-stub's PCR 11 measurements, section name then data, in
                             the stub's order for the version its .sdmagic names (252-257;
                             checked against systemd-measure 252, 254 and 257)
@@ -48,8 +50,10 @@ another RTMR 2; compare the CC event log's first RTMR 2 events with rtmr2.events
 Not computed: the PCR 4 and RTMR 1 values (they also hold firmware and boot-loader events;
 only the UKI's own event digests are given), RTMR 2 with the kernel's events, TDX MRTD and
 RTMR 0, the SEV-SNP launch measurement (both measure the firmware, not the UKI), the TPM's
-SHA-1 and SHA-384 banks; pcr9 digests for a .cmdline with control characters or a UKI with
-.ucode (the stub rewrites or prepends them).
+SHA-1 and SHA-384 banks; pcr9.load_options for a .cmdline with control characters (the stub
+rewrites them) and pcr9.initrd for a UKI with .ucode (the stub prepends it), and pcr9.value
+then: the verifier refuses the kernel's event of such a UKI. pcr9.initrd assumes the stub adds
+no credentials or system extensions to the initrd.
 
 Options:
   --format F        json (default): cvmboot's reference-value document (pkg/reference);
@@ -67,7 +71,8 @@ Options:
   --initdata FILE   a Confidential Containers initdata document (TOML): its digest (of the
                     exact bytes) and its bindings, initdata.host_data (SEV-SNP HOST_DATA),
                     .mr_config_id (TDX MRCONFIGID), .pcr8 (vTPM PCR 8 after the one extend;
-                    sha256 documents only); trustee: "init_data" lists all three, in the hex
+                    sha256 documents only); trustee: "init_data" lists them (two for a
+                    sha384 or sha512 document), in the hex
                     Trustee's verifiers give the init_data claim on each platform
 
 Refused (exit 1): a file that is not a well-formed PE image, a stub before 252 or after 257,

@@ -14,7 +14,7 @@ var evidenceCommand = Command{
 	Run: func(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "cvmboot evidence: this is the guest build, which has no verifier; run bin/cvmboot-host evidence verify (make build writes it from ./cmd/cvmboot-host)")
 		if len(args) > 0 && (args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-			fmt.Fprintln(stdout, "Usage: cvmboot-host evidence verify DIR [--expect-roothash H] [--trusted-roots F] [--nonce HEX] [--json]")
+			fmt.Fprintln(stdout, "Usage: cvmboot-host evidence verify DIR [--expect-uki UKI | --reference-values F] [--expect-roothash H] [--trusted-roots F] [--nonce HEX] [--json] [--allow-unsigned=PLATFORMS] [--allow-unknown-uki]")
 			return ExitOK
 		}
 		return ExitUsage

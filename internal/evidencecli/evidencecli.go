@@ -65,19 +65,20 @@ chain holds for one attestation:
                 attestation key) over registers bound to the event log and the nonce
   firmware-log  the firmware's event log (TPM: binary_bios_measurements; TDX: the CCEL)
                 and cvmboot's log replay to every attested register
-  uki           the firmware started the expected UKI and nothing else (every PCR 4 /
-                RTMR 1 event, judged by its digest, is the UKI's Authenticode, its
-                kernel's, a boot-manager action or a separator; no driver in PCR 2),
-                systemd-stub measured its sections (PCR 11 / RTMR 2), the kernel got its
-                initrd and command line (PCR 9), nothing came from outside it (PCR 12,
-                13), and cvmboot measured its command line
+  uki           the firmware started the expected UKI and no other application it
+                measured (every PCR 4 / RTMR 1 event, judged by its digest, is the UKI's
+                Authenticode, its kernel's, a boot-manager action, a separator or, on
+                RTMR 1, the GPT; no driver in PCR 2), systemd-stub measured its sections
+                (PCR 11; RTMR 2 from systemd 256), every kernel event is its initrd or
+                command line (PCR 9, RTMR 2), nothing came from outside it (PCR 12, 13:
+                TPM only), and cvmboot measured its command line
   cvmboot-log   a register holds every record cvmboot measured (PCR 11 and 15, RTMR 3),
-                the boot's end included (the cvmboot.handoff record)
+                on a TPM the boot's end included (the cvmboot.handoff record)
 
 A missing link fails (exit 1, the link named) unless an option below waives it; a link
 that is present but wrong (another UKI, an extend no log explains) always fails. Records
 measured after the boot's end are shown as runtime events and change no boot claim. The
-firmware itself (PCR 0, 1, 7; TDX RTMR 0) is not judged: pin it by its launch
+firmware itself (PCR 0, 1, 3, 5-8, 14; TDX RTMR 0) is not judged: pin it by its launch
 measurement on a TEE. Nothing is fetched from the network.
 
 Options:
@@ -96,8 +97,9 @@ Options:
                             sev-snp, tdx, tpm): accept a TDREPORT, an SEV-SNP report without
                             certificates, a TPM quote by an unpinned key; the claims say so
   --allow-unknown-uki       waive the cvmboot-log link (a log bound by REPORT_DATA only:
-                            SEV-SNP, TDX before Linux 6.16) and, without reference values,
-                            the firmware-log and uki links; the claims say so
+                            SEV-SNP, TDX before Linux 6.16; on a TPM, a missing firmware log
+                            or cvmboot.handoff record) and, without reference values, the
+                            firmware-log and uki links; the claims say so
   --allow-debug             accept a TEE guest running with debugging enabled
 
 ` + exitHelp

@@ -41,9 +41,9 @@ var InitramfsPhases = []string{"enter-initrd", "leave-initrd"}
 //
 // Not computed, and absent rather than guessed: the PCR 4 and TDX RTMR 1 values (they also
 // hold firmware, shim and boot-loader events: only the digests of the UKI's own event are
-// given), PCR 9 and the Linux EFI stub's events in RTMR 2 (the initrd and command line the
-// kernel measures), TDX MRTD and RTMR 0 and the SEV-SNP launch measurement (they measure the
-// firmware, not the UKI), and the TPM's SHA-1 and SHA-384 banks.
+// given), RTMR 2 with the kernel's events after the stub's, PCR 9 for a UKI with .ucode or a
+// .cmdline with control characters (see PCR9), TDX MRTD and RTMR 0 and the SEV-SNP launch
+// measurement (they measure the firmware, not the UKI), and the TPM's SHA-1 and SHA-384 banks.
 type Values struct {
 	Format string `json:"format"` // Format
 	UKI    UKI    `json:"uki"`
@@ -155,10 +155,9 @@ type UKI struct {
 	// loads the UKI (the unpadded form EDK2/OVMF measures; `pesign -h` prints it).
 	AuthenticodeSHA256 string `json:"authenticode_sha256"`
 	// LinuxAuthenticodeSHA256 is the Authenticode digest of the kernel in .linux, as loaded.
-	// Stubs that start the kernel through the firmware's LoadImage (newer systemd-stub, see
-	// systemd issue #36076) make the firmware log a second PCR 4 event with this digest; older
-	// ones (252 on Debian 12) start it directly and log none. Absent when .linux is not a PE
-	// image.
+	// Stubs that start the kernel through the firmware's LoadImage make the firmware log a
+	// second PCR 4 event with this digest: Debian 12's 252.39 does, as the firmware logs of
+	// the e2e boots show. Absent when .linux is not a PE image.
 	LinuxAuthenticodeSHA256 string `json:"linux_authenticode_sha256,omitempty"`
 	// AuthenticodeSHA384 is the SHA-384 Authenticode digest of the same bytes: the digest of
 	// the EV_EFI_BOOT_SERVICES_APPLICATION event TDX firmware logs in the CC event log and
