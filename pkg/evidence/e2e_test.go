@@ -507,6 +507,33 @@ func TestTDXRecordWithoutRTMR(t *testing.T) {
 	}
 }
 
+// verifyReordered rewrites log with its lines in the order reorder gives (recnums renumbered,
+// as root in the booted system could), takes fresh evidence over it and verifies it.
+func verifyReordered(t *testing.T, tpm transport.TPMCloser, log *measure.Log, reorder func([]string) []string) *evidence.Claims {
+	t.Helper()
+	lines := reorder(strings.Split(strings.TrimSuffix(string(logBytes(t, log)), "\n"), "\n"))
+	for i := range lines {
+		lines[i] = regexp.MustCompile(`^\{"recnum":\d+`).ReplaceAllString(lines[i], fmt.Sprintf(`{"recnum":%d`, i)) + "\n"
+	}
+	if err := os.WriteFile(log.Path(), []byte(strings.Join(lines, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	edited, err := measure.Open(log.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &tee.TPM{Path: "swtpm", Open: func() (transport.TPMCloser, error) { return keepOpen{tpm}, nil }}
+	dir := t.TempDir()
+	if _, err := tee.Collect(context.Background(), edited, []tee.Source{src}, nonce, dir); err != nil {
+		t.Fatal(err)
+	}
+	claims, err := evidence.Verify(dir, evidence.Options{Nonce: nonce, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return claims
+}
+
 // Root in the booted system measures a record into PCR 15 and writes it into the log before
 // leave-initrd, which is in PCR 11: every register still replays, since nothing orders the
 // records of two PCRs. The boot's end is the cvmboot.handoff record in PCR 15, so the record
@@ -524,31 +551,13 @@ func TestTPMReorderedLateRecord(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	lines := strings.Split(strings.TrimSuffix(string(logBytes(t, log)), "\n"), "\n")
-	if len(lines) != 9 || !strings.Contains(lines[6], `"phase":"leave-initrd"`) {
-		t.Fatalf("unexpected log:\n%s", strings.Join(lines, "\n"))
-	}
-	// The leave-initrd line moves to the end: by the log's order the late record is the boot's.
-	reordered := append(append(append([]string{}, lines[:6]...), lines[7:]...), lines[6])
-	for i := range reordered {
-		reordered[i] = regexp.MustCompile(`^\{"recnum":\d+`).ReplaceAllString(reordered[i], fmt.Sprintf(`{"recnum":%d`, i)) + "\n"
-	}
-	if err := os.WriteFile(log.Path(), []byte(strings.Join(reordered, "")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	edited, err := measure.Open(log.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := &tee.TPM{Path: "swtpm", Open: func() (transport.TPMCloser, error) { return keepOpen{tpm}, nil }}
-	dir := t.TempDir()
-	if _, err := tee.Collect(context.Background(), edited, []tee.Source{src}, nonce, dir); err != nil {
-		t.Fatal(err)
-	}
-	claims, err := evidence.Verify(dir, evidence.Options{Nonce: nonce, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	claims := verifyReordered(t, tpm, log, func(lines []string) []string {
+		if len(lines) != 9 || !strings.Contains(lines[6], `"phase":"leave-initrd"`) {
+			t.Fatalf("unexpected log:\n%s", strings.Join(lines, "\n"))
+		}
+		// The leave-initrd line moves to the end: by the log's order the late record is the boot's.
+		return append(append(append([]string{}, lines[:6]...), lines[7:]...), lines[6])
+	})
 	if claims.Storage == nil || !claims.Storage.Encrypted || len(claims.RuntimeEvents) != 2 || claims.RuntimeEvents[0].Type != eventlog.TypeStorage {
 		t.Fatalf("storage %+v, runtime events %+v: the late record changed a boot claim", claims.Storage, claims.RuntimeEvents)
 	}
@@ -568,30 +577,10 @@ func TestTPMLatePhase(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	lines := strings.Split(strings.TrimSuffix(string(logBytes(t, log)), "\n"), "\n")
-	// The late phase line moves before the handoff line.
-	reordered := []string{}
-	reordered = append(reordered, lines[:7]...)
-	reordered = append(reordered, lines[8], lines[7])
-	for i := range reordered {
-		reordered[i] = regexp.MustCompile(`^\{"recnum":\d+`).ReplaceAllString(reordered[i], fmt.Sprintf(`{"recnum":%d`, i)) + "\n"
-	}
-	if err := os.WriteFile(log.Path(), []byte(strings.Join(reordered, "")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	edited, err := measure.Open(log.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := &tee.TPM{Path: "swtpm", Open: func() (transport.TPMCloser, error) { return keepOpen{tpm}, nil }}
-	dir := t.TempDir()
-	if _, err := tee.Collect(context.Background(), edited, []tee.Source{src}, nonce, dir); err != nil {
-		t.Fatal(err)
-	}
-	claims, err := evidence.Verify(dir, evidence.Options{Nonce: nonce, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	claims := verifyReordered(t, tpm, log, func(lines []string) []string {
+		// The late phase line moves before the handoff line.
+		return append(append(append([]string{}, lines[:7]...), lines[8]), lines[7])
+	})
 	if strings.Join(claims.Phases, ",") != "enter-initrd,leave-initrd" || len(claims.RuntimeEvents) != 1 || claims.RuntimeEvents[0].Type != eventlog.TypePhase {
 		t.Fatalf("phases %v, runtime events %+v: the late phase counted as the boot's", claims.Phases, claims.RuntimeEvents)
 	}
