@@ -163,29 +163,22 @@ func verify(args []string, stdout, stderr io.Writer) int {
 		}
 		opts.ExpectMeasurement[m.p] = b
 	}
-	switch {
-	case *expectUKI != "" && *refFile != "":
+	if *expectUKI != "" && *refFile != "" {
 		return usage("--expect-uki and --reference-values both given: give one")
-	case *expectUKI != "":
-		ref, err := reference.Compute(*expectUKI, reference.Options{})
-		var pe *iofs.PathError
-		switch {
-		case errors.As(err, &pe):
-			fmt.Fprintf(stderr, "%s: --expect-uki: %v\n", name, err)
-			return ExitIO
-		case err != nil:
-			return usage("--expect-uki: %v", err)
+	}
+	if *expectUKI != "" || *refFile != "" {
+		flagName, load := "--expect-uki", func() (*reference.Values, error) { return reference.Compute(*expectUKI, reference.Options{}) }
+		if *refFile != "" {
+			flagName, load = "--reference-values", func() (*reference.Values, error) { return reference.Read(*refFile) }
 		}
-		opts.Reference = ref
-	case *refFile != "":
-		ref, err := reference.Read(*refFile)
+		ref, err := load()
 		var pe *iofs.PathError
 		switch {
 		case errors.As(err, &pe):
-			fmt.Fprintf(stderr, "%s: --reference-values: %v\n", name, err)
+			fmt.Fprintf(stderr, "%s: %s: %v\n", name, flagName, err)
 			return ExitIO
 		case err != nil:
-			return usage("--reference-values: %v", err)
+			return usage("%s: %v", flagName, err)
 		}
 		opts.Reference = ref
 	}

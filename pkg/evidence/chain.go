@@ -223,9 +223,9 @@ func judgeBootPath(where string, alg crypto.Hash, evs []FirmwareEvent, ukiDigest
 // the firmware loaded (from a Driver#### variable the host wrote, a device's ROM) runs before
 // the UKI with the firmware's rights.
 func judgeDrivers(evs []FirmwareEvent) string {
+	separator := sha256.Sum256([]byte{0, 0, 0, 0})
 	for _, e := range evs {
-		d := sha256.Sum256([]byte{0, 0, 0, 0})
-		if !bytes.Equal(e.Digest, d[:]) {
+		if !bytes.Equal(e.Digest, separator[:]) {
 			return fmt.Sprintf("PCR 2 log event %d (type 0x%x, %q) has digest %x: the firmware loaded a driver or option ROM before the UKI; expected none",
 				e.Seq, e.Type, printable(e.Data), e.Digest)
 		}
@@ -281,56 +281,35 @@ func printable(b []byte) string {
 	return string(text)
 }
 
-// replayTPMFirmware replays the quoted PCRs from the firmware's log and cvmboot's.
-func replayTPMFirmware(a *Attestation, claimed map[int][]byte, recs []eventlog.Record, opts *Options, pc *PlatformClaims) error {
+// replayAttestedFirmware replays an attestation's registers (attested: the quoted PCRs, or
+// RTMR 0-3) from the firmware's log — the TPM's TCG log, TDX's CCEL — and cvmboot's records.
+// Without a log (or a parser) it notes why and leaves pc.fw nil: the chain then lacks the link.
+func replayAttestedFirmware(a *Attestation, attested map[int][]byte, recs []eventlog.Record, opts *Options, pc *PlatformClaims) error {
+	tdx := a.Platform == PlatformTDX
 	switch {
-	case a.FirmwareLog == nil:
+	case a.FirmwareLog == nil || (tdx && a.FirmwareLogTable == nil):
 		pc.FirmwareLog = "absent: the evidence carries no firmware event log" + metaReason(a)
 		return nil
 	case opts.FirmwareLogs == nil:
 		pc.FirmwareLog = "not read: no firmware log parser configured"
 		return nil
 	}
-	events, err := opts.FirmwareLogs.TPM(a.FirmwareLog.Data, crypto.SHA256)
-	if err != nil {
-		return fail("firmware-log", "tpm: %s: %v", a.FirmwareLog.Name, err)
+	kind, parse := eventlog.KindPCR, func() ([]FirmwareEvent, error) { return opts.FirmwareLogs.TPM(a.FirmwareLog.Data, crypto.SHA256) }
+	if tdx {
+		kind, parse = eventlog.KindRTMR, func() ([]FirmwareEvent, error) {
+			return opts.FirmwareLogs.CCEL(a.FirmwareLogTable.Data, a.FirmwareLog.Data)
+		}
 	}
-	fr, err := replayFirmware(PlatformTPM, eventlog.KindPCR, events, claimed, recs)
+	events, err := parse()
+	if err != nil {
+		return fail("firmware-log", "%s: %s: %v", a.Platform, a.FirmwareLog.Name, err)
+	}
+	fr, err := replayFirmware(a.Platform, kind, events, attested, recs)
 	if err != nil {
 		return err
 	}
 	pc.fw, pc.RuntimePhases = fr, fr.runtimePhases
-	pc.FirmwareLog = fmt.Sprintf("replayed: %d firmware events and cvmboot's records give every quoted PCR", fr.count())
-	for i := range pc.Registers {
-		pc.Registers[i].Replayed, pc.Registers[i].Note = true, ""
-	}
-	return nil
-}
-
-// replayCCEL replays TDX RTMR 0-3 from the firmware's CCEL and cvmboot's log.
-func replayCCEL(a *Attestation, f *ReportFields, recs []eventlog.Record, opts *Options, pc *PlatformClaims) error {
-	switch {
-	case a.FirmwareLog == nil || a.FirmwareLogTable == nil:
-		pc.FirmwareLog = "absent: the evidence carries no CCEL" + metaReason(a)
-		return nil
-	case opts.FirmwareLogs == nil:
-		pc.FirmwareLog = "not read: no firmware log parser configured"
-		return nil
-	}
-	events, err := opts.FirmwareLogs.CCEL(a.FirmwareLogTable.Data, a.FirmwareLog.Data)
-	if err != nil {
-		return fail("firmware-log", "tdx: %s: %v", a.FirmwareLog.Name, err)
-	}
-	attested := map[int][]byte{}
-	for i, v := range f.RTMRs {
-		attested[i] = v
-	}
-	fr, err := replayFirmware(PlatformTDX, eventlog.KindRTMR, events, attested, recs)
-	if err != nil {
-		return err
-	}
-	pc.fw = fr
-	pc.FirmwareLog = fmt.Sprintf("replayed: %d CCEL events and cvmboot's records give RTMR 0-3", fr.count())
+	pc.FirmwareLog = fmt.Sprintf("replayed: %d firmware events and cvmboot's records give every attested register", fr.count())
 	for i := range pc.Registers {
 		pc.Registers[i].Replayed, pc.Registers[i].Note = true, ""
 	}
@@ -403,7 +382,7 @@ func (c *Claims) checkChain(opts *Options) error {
 		pc := &c.Platforms[i]
 		ch := Chain{Anchor: fmt.Sprintf("%s %s", pc.Platform, pc.Kind)}
 		hw := Link{Name: LinkHardware, Holds: pc.Authenticated, Detail: pc.Authenticity}
-		if !hw.Holds {
+		if !hw.Holds && opts.unsignedOK(pc.Platform) {
 			hw.Waived = "--allow-unsigned=" + string(pc.Platform)
 		}
 		fwl := Link{Name: LinkFirmwareLog, Holds: pc.fw != nil, Detail: pc.FirmwareLog}

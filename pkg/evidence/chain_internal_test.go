@@ -22,7 +22,7 @@ func syntheticBoot() (*firmwareReplay, *reference.Values) {
 	for _, pcr := range eventlog.QuotedPCRs {
 		covered[pcr] = true
 	}
-	fr := &firmwareReplay{kind: eventlog.KindPCR, covered: covered, events: map[int][]FirmwareEvent{
+	fr := &firmwareReplay{covered: covered, events: map[int][]FirmwareEvent{
 		4: {{Seq: 1, Index: 4, Type: EvEFIAction, Digest: digestOf("Calling EFI Application from Boot Option")},
 			{Seq: 2, Index: 4, Type: EvEFIBootServicesApplication, Digest: digestOf("uki")}},
 	}}
@@ -154,7 +154,7 @@ func TestCheckUKITDX(t *testing.T) {
 	auth := strings.Repeat("ab", 48)
 	ref := &reference.Values{UKI: reference.UKI{AuthenticodeSHA384: auth}, Stub: reference.Stub{Major: 252}}
 	d, _ := hex.DecodeString(auth)
-	fr := &firmwareReplay{kind: eventlog.KindRTMR, events: map[int][]FirmwareEvent{1: {{Seq: 5, Index: 1, Type: EvEFIBootServicesApplication, Digest: d}}}}
+	fr := &firmwareReplay{events: map[int][]FirmwareEvent{1: {{Seq: 5, Index: 1, Type: EvEFIBootServicesApplication, Digest: d}}}}
 	m, err := checkUKITDX(fr, ref, nil)
 	if err != nil || len(m.Notes) == 0 || !strings.Contains(m.Notes[0], "systemd-stub 252 measures nothing into the TDX registers") {
 		t.Fatalf("checkUKITDX: %+v, %v", m, err)

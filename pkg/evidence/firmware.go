@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"slices"
 	"strings"
@@ -43,7 +42,6 @@ type FirmwareLogParser interface {
 // firmwareReplay is a firmware log replayed against an attestation's registers, with
 // cvmboot's log after it.
 type firmwareReplay struct {
-	kind    string // "pcr" or "rtmr"
 	events  map[int][]FirmwareEvent
 	covered map[int]bool // the registers the attestation shows
 	// runtimePhases are systemd-pcrphase words found extended into PCR 11 after cvmboot's
@@ -59,10 +57,9 @@ var systemdRuntimePhases = []string{"sysinit", "ready"}
 
 // replayFirmware replays every attested register from the firmware's events, then cvmboot's
 // records, from zero, and requires equality: an extend neither log explains fails. attested
-// holds the quote's (or report's) values; cvmboot are the register values cvmboot's records
-// alone produce, used only to continue a register after the firmware's events.
+// holds the quote's (or report's) values.
 func replayFirmware(platform Platform, kind string, events []FirmwareEvent, attested map[int][]byte, recs []eventlog.Record) (*firmwareReplay, error) {
-	fr := &firmwareReplay{kind: kind, events: map[int][]FirmwareEvent{}, covered: map[int]bool{}}
+	fr := &firmwareReplay{events: map[int][]FirmwareEvent{}, covered: map[int]bool{}}
 	alg := crypto.SHA384
 	if kind == eventlog.KindPCR {
 		alg = crypto.SHA256
@@ -145,15 +142,6 @@ func extend(alg crypto.Hash, v, d []byte) []byte {
 	h.Write(v)
 	h.Write(d)
 	return h.Sum(nil)
-}
-
-// hexes lists digests for a message.
-func hexes(ds [][]byte) string {
-	s := make([]string, len(ds))
-	for i, d := range ds {
-		s[i] = hex.EncodeToString(d)
-	}
-	return strings.Join(s, ", ")
 }
 
 func fmtIndexes(kind string, idx []int) string {

@@ -214,7 +214,7 @@ func verifyTPM(a *Attestation, reportData [64]byte, replayed eventlog.Values, re
 			return nil, fail("event-log", "tpm: record %d (%s) extended no PCR: the TPM never saw it", recs[i].RecNum, recs[i].Type())
 		}
 	}
-	if err := replayTPMFirmware(a, claimed, recs, opts, pc); err != nil {
+	if err := replayAttestedFirmware(a, claimed, recs, opts, pc); err != nil {
 		return nil, err
 	}
 	return pc, nil

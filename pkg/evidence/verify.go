@@ -289,7 +289,11 @@ func verifyTEE(a *Attestation, reportData [64]byte, replayed eventlog.Values, re
 		if err := checkRTMRs(a, f, replayed, pc); err != nil {
 			return nil, err
 		}
-		if err := replayCCEL(a, f, recs, opts, pc); err != nil {
+		attested := map[int][]byte{}
+		for i, v := range f.RTMRs {
+			attested[i] = v
+		}
+		if err := replayAttestedFirmware(a, attested, recs, opts, pc); err != nil {
 			return nil, err
 		}
 	}

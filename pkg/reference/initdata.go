@@ -3,9 +3,8 @@ package reference
 import (
 	"encoding/hex"
 	"fmt"
-	"os"
-
 	"github.com/cvmboot/cvmboot/pkg/initdata"
+	"github.com/cvmboot/cvmboot/pkg/readfile"
 )
 
 // InitData are the values a Confidential Containers initdata document binds (pkg/initdata):
@@ -29,7 +28,7 @@ const TrusteeInitDataName = "init_data"
 
 // ComputeInitData reads and checks an initdata document and computes its bindings.
 func ComputeInitData(path string) (*InitData, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := readfile.Limit(path, initdata.MaxSize)
 	if err != nil {
 		return nil, err
 	}

@@ -6,8 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 
+	"github.com/cvmboot/cvmboot/pkg/readfile"
 	"github.com/cvmboot/cvmboot/pkg/uki"
 )
 
@@ -19,17 +19,9 @@ const MaxDocumentSize = 1 << 20
 // refused: a verifier must not compare against a value it misread. I/O errors keep their
 // *fs.PathError.
 func Read(path string) (*Values, error) {
-	f, err := os.Open(path)
+	data, err := readfile.Limit(path, MaxDocumentSize)
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxDocumentSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(data) > MaxDocumentSize {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, MaxDocumentSize)
 	}
 	v, err := Parse(data)
 	if err != nil {
