@@ -14,6 +14,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/tee"
+	"github.com/cvmboot/cvmboot/pkg/aael"
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 )
@@ -158,6 +159,13 @@ func (p *platformAttestation) Start(require config.AttestRequire) (stage.Facts, 
 	if p.events, err = measure.Open(measure.DefaultLogPath, ext...); err != nil {
 		closeTPM()
 		return nil, false, err
+	}
+	for _, e := range ext {
+		if e.Kind() == eventlog.KindRTMR {
+			// Trustee replays RTMR 3 from the Attestation Agent's log: each extend gets an entry.
+			p.events.AAEL = aael.Path
+			facts["aael"] = aael.Path
+		}
 	}
 	facts["eventlog"] = measure.DefaultLogPath
 	return facts, true, nil

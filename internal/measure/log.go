@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cvmboot/cvmboot/pkg/aael"
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
@@ -27,10 +28,22 @@ type Extender interface {
 	Extend(index int, digests map[crypto.Hash][]byte) error
 }
 
+// BankExtender extends one bank of a TPM PCR: PCR 8's single initdata extend goes to the
+// SHA-256 bank alone, as Confidential Containers does it.
+type BankExtender interface {
+	ExtendBank(index int, alg crypto.Hash, digest []byte) error
+	// Read returns the register's value in bank alg.
+	Read(index int, alg crypto.Hash) ([]byte, error)
+}
+
 // Log is the event log plus the registers each event is extended into.
 type Log struct {
 	path      string
 	extenders []Extender
+	// AAEL, when set, is the Attestation Agent's event log (pkg/aael): every record extended
+	// into an RTMR is appended there too, so that Trustee's replay of the CCEL and that log
+	// gives the register cvmboot's replay gives.
+	AAEL string
 }
 
 // Open opens the event log at path, creating it (and its directory) when missing. An existing
@@ -102,6 +115,9 @@ func (l *Log) Measure(ev eventlog.Event) (*eventlog.Record, error) {
 		if len(data) > 0 && data[len(data)-1] != '\n' {
 			return errors.New("the last record is not terminated by a newline (torn write?)")
 		}
+		if err := l.checkFromZero(rec); err != nil {
+			return err
+		}
 		rec.RecNum = bytes.Count(data, []byte("\n"))
 		line, err := rec.MarshalLine()
 		if err != nil {
@@ -111,6 +127,11 @@ func (l *Log) Measure(ev eventlog.Event) (*eventlog.Record, error) {
 		if _, err := f.Write(line); err != nil {
 			return fmt.Errorf("append: %w", err)
 		}
+		if rtmr != nil && l.AAEL != "" {
+			if err := appendAAEL(l.AAEL, rec); err != nil {
+				return fmt.Errorf("record %d (%s) is logged but not measured: %w", rec.RecNum, ev.Type, err)
+			}
+		}
 		digests := map[crypto.Hash][]byte{}
 		for _, e := range l.extenders {
 			for _, alg := range e.Algorithms() {
@@ -118,11 +139,16 @@ func (l *Log) Measure(ev eventlog.Event) (*eventlog.Record, error) {
 			}
 		}
 		for _, e := range l.extenders {
-			index := eventlog.RTMRIndex
+			var err error
 			if e.Kind() == eventlog.KindPCR {
-				index = eventlog.PCRFor(ev.Type)
+				err = e.Extend(eventlog.PCRFor(ev.Type), digests)
+				if d := rec.Extends(eventlog.PCR(eventlog.PCRInitdata, crypto.SHA256)); err == nil && d != nil {
+					err = extendBank(e, eventlog.PCRInitdata, crypto.SHA256, d)
+				}
+			} else {
+				err = e.Extend(eventlog.RTMRIndex, map[crypto.Hash][]byte{crypto.SHA384: rec.RTMRDigest()})
 			}
-			if err := e.Extend(index, digests); err != nil {
+			if err != nil {
 				return fmt.Errorf("record %d (%s) is logged but not measured: %w", rec.RecNum, ev.Type, err)
 			}
 		}
@@ -141,3 +167,57 @@ func (l *Log) WithSnapshot(fn func(eventLog []byte) error) error {
 }
 
 func ptr(i int) *int { return &i }
+
+// checkFromZero refuses a record whose registers must start at zero (PCR 8 for initdata)
+// when they do not: something extended them before, and the verifier's check would fail.
+func (l *Log) checkFromZero(rec *eventlog.Record) error {
+	for _, reg := range rec.FromZero() {
+		for _, e := range l.extenders {
+			if e.Kind() != reg.Kind {
+				continue
+			}
+			b, ok := e.(BankExtender)
+			if !ok {
+				return fmt.Errorf("%s must be extended from zero, but its extender cannot read it", reg)
+			}
+			v, err := b.Read(reg.Index, reg.Alg)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(v, make([]byte, len(v))) {
+				return fmt.Errorf("%s is already %x, not zero: something measured into it before cvmboot (a boot loader, an earlier initdata extend), and its one extend would not give the value verifiers expect", reg, v)
+			}
+		}
+	}
+	return nil
+}
+
+// extendBank extends one bank of a PCR through e.
+func extendBank(e Extender, index int, alg crypto.Hash, d []byte) error {
+	b, ok := e.(BankExtender)
+	if !ok {
+		return fmt.Errorf("PCR %d: the TPM extender cannot extend the %s bank alone", index, eventlog.HashName(alg))
+	}
+	return b.ExtendBank(index, alg, d)
+}
+
+// appendAAEL appends rec's Attestation Agent event log entry (CC MR index 4: RTMR 3) to path.
+// The file is opened for appending, never truncated: the Agent appends its own entries later.
+func appendAAEL(path string, rec *eventlog.Record) error {
+	entry, _, err := rec.AAELEvent().Record(aael.TDXIndex, crypto.SHA384)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("attestation agent event log: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return fmt.Errorf("attestation agent event log: %w", err)
+	}
+	if _, err := f.Write(entry); err != nil {
+		f.Close()
+		return fmt.Errorf("attestation agent event log %s: %w", path, err)
+	}
+	return f.Close()
+}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -306,5 +308,128 @@ func TestMeasureGolden(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Errorf("the writer's log differs from %s:\n%s\nwant\n%s", golden, got, want)
+	}
+}
+
+// fakeTPM is fakeRegisters with single-bank extends and reads, as TPMPCRs has.
+type fakeTPM struct{ fakeRegisters }
+
+func (f *fakeTPM) ExtendBank(index int, alg crypto.Hash, d []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.values == nil {
+		f.values = eventlog.Values{}
+	}
+	r := eventlog.PCR(index, alg)
+	cur, ok := f.values[r]
+	if !ok {
+		cur = make([]byte, alg.Size())
+	}
+	f.values[r] = eventlog.Sum(alg, append(append([]byte(nil), cur...), d...))
+	f.calls = append(f.calls, index)
+	return nil
+}
+
+func (f *fakeTPM) Read(index int, alg crypto.Hash) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if v, ok := f.values[eventlog.PCR(index, alg)]; ok {
+		return v, nil
+	}
+	return make([]byte, alg.Size()), nil
+}
+
+func TestInitdataExtendsPCR8Once(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "eventlog")
+	tpm := &fakeTPM{fakeRegisters{kind: eventlog.KindPCR, algs: []crypto.Hash{crypto.SHA1, crypto.SHA256}}}
+	log, err := Open(path, tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("initdata"))
+	ev := eventlog.Initdata{Found: true, Source: "device /dev/vdb", Algorithm: "sha256", Digest: hex.EncodeToString(digest[:]), Bound: []string{eventlog.BoundPCR8}}.Event()
+	if _, err := log.Measure(ev); err != nil {
+		t.Fatal(err)
+	}
+	want := sha256.Sum256(append(make([]byte, 32), digest[:]...))
+	if got := tpm.values[eventlog.PCR(8, crypto.SHA256)]; !bytes.Equal(got, want[:]) {
+		t.Errorf("PCR 8 = %x, want SHA-256(0^32 ‖ digest) = %x", got, want)
+	}
+	if _, ok := tpm.values[eventlog.PCR(8, crypto.SHA1)]; ok {
+		t.Error("PCR 8's sha1 bank was extended")
+	}
+	if got := tpm.calls; !equalInts(got, []int{15, 8}) {
+		t.Errorf("extends %v, want PCR 15 then 8", got)
+	}
+	data, _ := os.ReadFile(path)
+	recs, err := eventlog.ParseLog(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	replayed := eventlog.Replay(recs)
+	for r, v := range tpm.values {
+		if !bytes.Equal(replayed[r], v) {
+			t.Errorf("replay of %s = %x, register holds %x", r, replayed[r], v)
+		}
+	}
+	// A second document (or a boot loader's use of PCR 8) is refused before anything is written.
+	_, err = log.Measure(ev)
+	if err == nil || !strings.Contains(err.Error(), "pcr8:sha256 is already") {
+		t.Fatalf("second extend: err = %v", err)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(after, data) {
+		t.Error("the refused record was logged")
+	}
+}
+
+// Every RTMR extend is an Attestation Agent log entry too, appended after what the file held.
+func TestAAELWritten(t *testing.T) {
+	dir := t.TempDir()
+	aaelPath := filepath.Join(dir, "attestation-agent", "eventlog")
+	if err := os.MkdirAll(filepath.Dir(aaelPath), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	prior := []byte("entries written before")
+	if err := os.WriteFile(aaelPath, prior, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rtmr := &fakeRegisters{kind: eventlog.KindRTMR, algs: []crypto.Hash{crypto.SHA384}}
+	log, err := Open(filepath.Join(dir, "eventlog"), rtmr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.AAEL = aaelPath
+	var want []byte
+	rtmr3 := make([]byte, 48)
+	for _, ev := range sampleEvents() {
+		rec, err := log.Measure(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The entry as guest-components' tcg2.rs lays it out: MR index 4, EV_EVENT_TAG, one
+		// SHA-384 digest of the tagged event, its size, the tagged event.
+		text := "cvmboot " + strings.TrimPrefix(ev.Type, "cvmboot.") + " " + string(rec.Measured())
+		tagged := binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(nil, 0x4141454c), uint32(len(text)))
+		tagged = append(tagged, text...)
+		d := sha512.Sum384(tagged)
+		entry := binary.LittleEndian.AppendUint32(nil, 4)
+		entry = binary.LittleEndian.AppendUint32(entry, 6)
+		entry = binary.LittleEndian.AppendUint32(entry, 1)
+		entry = binary.LittleEndian.AppendUint16(entry, 0x000c)
+		entry = append(entry, d[:]...)
+		entry = binary.LittleEndian.AppendUint32(entry, uint32(len(tagged)))
+		want = append(want, append(entry, tagged...)...)
+		s := sha512.Sum384(append(rtmr3, d[:]...))
+		rtmr3 = s[:]
+	}
+	got, err := os.ReadFile(aaelPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, append(prior, want...)) {
+		t.Errorf("AAEL file:\n got %x\nwant %x", got, append(prior, want...))
+	}
+	if v := rtmr.values[eventlog.RTMR(3)]; !bytes.Equal(v, rtmr3) {
+		t.Errorf("RTMR 3 = %x, the AAEL entries replay to %x", v, rtmr3)
 	}
 }

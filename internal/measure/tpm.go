@@ -100,6 +100,36 @@ func (p *TPMPCRs) Extend(index int, digests map[crypto.Hash][]byte) error {
 	return nil
 }
 
+// ExtendBank implements BankExtender: one TPM2_PCR_Extend of bank alg alone.
+func (p *TPMPCRs) ExtendBank(index int, alg crypto.Hash, digest []byte) error {
+	i := slices.Index(p.algs, alg)
+	switch {
+	case index < 0 || index > 23:
+		return fmt.Errorf("TPM PCR %d: expected 0-23", index)
+	case i < 0:
+		return fmt.Errorf("TPM PCR %d: the %s bank is not active", index, eventlog.HashName(alg))
+	case len(digest) != alg.Size():
+		return fmt.Errorf("TPM PCR %d: a %d-byte digest for the %s bank", index, len(digest), eventlog.HashName(alg))
+	}
+	_, err := tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(index), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMIAlgHash(p.banks[i]), Digest: digest}}},
+	}.Execute(p.tpm)
+	if err != nil {
+		return fmt.Errorf("TPM PCR %d (%s) extend: %w", index, eventlog.HashName(alg), err)
+	}
+	return nil
+}
+
+// Read implements BankExtender.
+func (p *TPMPCRs) Read(index int, alg crypto.Hash) ([]byte, error) {
+	v, err := ReadPCRs(p.tpm, alg, []int{index})
+	if err != nil {
+		return nil, err
+	}
+	return v[eventlog.PCR(index, alg)], nil
+}
+
 // ReadPCRs reads the given PCRs of one bank, in the order given.
 func ReadPCRs(t transport.TPM, alg crypto.Hash, pcrs []int) (eventlog.Values, error) {
 	var bank tpm2.TPMAlgID

@@ -3,8 +3,11 @@ package measure_test
 import (
 	"bytes"
 	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/cvmboot/cvmboot/internal/measure"
@@ -76,5 +79,35 @@ func TestTPMReplayMatchesPCRs(t *testing.T) {
 	t.Logf("active banks: %v", pcrs.Algorithms())
 	if _, err := measure.ReadPCRs(tpm, crypto.MD5, []int{1}); err == nil {
 		t.Error("reading an MD5 bank did not fail")
+	}
+}
+
+// The initdata record extends PCR 8's sha256 bank alone, on a real TPM (swtpm), to the value
+// Trustee checks; a second one is refused.
+func TestTPMInitdataPCR8(t *testing.T) {
+	tpm := swtpmtest.Start(t)
+	pcrs, err := measure.NewTPM(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log, err := measure.Open(filepath.Join(t.TempDir(), "eventlog"), pcrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte("version = \"0.1.0\"\n"))
+	ev := eventlog.Initdata{Found: true, Source: "device /dev/vdb", Algorithm: "sha256", Digest: hex.EncodeToString(digest[:]), Bound: []string{eventlog.BoundPCR8}}.Event()
+	if _, err := log.Measure(ev); err != nil {
+		t.Fatal(err)
+	}
+	want := sha256.Sum256(append(make([]byte, 32), digest[:]...))
+	got, err := pcrs.Read(8, crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want[:]) {
+		t.Errorf("PCR 8 = %x, want %x", got, want)
+	}
+	if _, err := log.Measure(ev); err == nil || !strings.Contains(err.Error(), "already") {
+		t.Errorf("second extend: err = %v", err)
 	}
 }

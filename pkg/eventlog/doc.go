@@ -40,6 +40,15 @@
 // TPM: every active PCR bank is extended (sha1, sha256, sha384, sha512); an active bank of
 // another algorithm (SM3) is an error rather than a bank left open to forged extends.
 //
+// TDX: RTMR 3 is extended with the SHA-384 of the record's Attestation Agent event log entry
+// (domain "cvmboot", the type without "cvmboot." as operation, the measured bytes as content;
+// see Record.AAELEvent and pkg/aael), and cvmboot appends that entry to the Agent's log, so
+// that Trustee's replay of CCEL + AAEL and a replay of this log give the same RTMR 3. The
+// sha384 digest a record lists (for a TPM bank) stays the digest of the measured bytes.
+//
+// PCR 8: a cvmboot.initdata record bound to "pcr8" (on a TPM) also extends PCR 8's SHA-256
+// bank, once and from zero, with the initdata document's digest itself (PCRInitdata).
+//
 // TDX: RTMR 3, through the kernel's sysfs file
 // /sys/devices/virtual/misc/tdx_guest/measurements/rtmr3:sha384 (Linux 6.16 and later). The
 // TDX PCR→RTMR mapping sends PCRs 8-15 to RTMR 2, but RTMR 2 already holds the firmware's and

@@ -12,13 +12,14 @@ import (
 
 // Event types cvmboot measures. Other "cvmboot." types are allowed; verifiers list them.
 const (
-	TypePhase   = "cvmboot.phase"
-	TypeVerity  = "cvmboot.verity"
-	TypeStorage = "cvmboot.storage"
-	TypeOverlay = "cvmboot.overlay"
-	TypeConfig  = "cvmboot.config"
-	TypeCmdline = "cvmboot.cmdline"
-	TypeHandoff = "cvmboot.handoff"
+	TypePhase    = "cvmboot.phase"
+	TypeVerity   = "cvmboot.verity"
+	TypeStorage  = "cvmboot.storage"
+	TypeOverlay  = "cvmboot.overlay"
+	TypeConfig   = "cvmboot.config"
+	TypeCmdline  = "cvmboot.cmdline"
+	TypeHandoff  = "cvmboot.handoff"
+	TypeInitdata = "cvmboot.initdata"
 )
 
 // ContentType is the content_type of every record cvmboot writes.
@@ -145,6 +146,32 @@ type Cmdline struct {
 
 // Event returns the cvmboot.cmdline event.
 func (c Cmdline) Event() Event { return Event{Type: TypeCmdline, Data: c} }
+
+// Initdata is the data of a cvmboot.initdata event: the Confidential Containers initdata
+// document the boot took, or that it looked and found none.
+type Initdata struct {
+	Found bool `json:"found"`
+	// Source is where the document came from, or where the boot looked: "device /dev/vdb",
+	// "file /run/peerpod/initdata", "devices" (every disk, none carried one).
+	Source    string `json:"source"`
+	Version   string `json:"version,omitempty"`
+	Algorithm string `json:"algorithm,omitempty"` // the document's: sha256, sha384 or sha512
+	Digest    string `json:"digest,omitempty"`    // of the document's exact bytes, hex
+	// Bound lists what binds the digest on this platform: "hostdata" (SEV-SNP HOST_DATA,
+	// compared before the record), "mrconfigid" (TDX MRCONFIGID, compared), "pcr8" (vTPM
+	// PCR 8, extended by this record with the digest, from zero: see PCRInitdata).
+	Bound []string `json:"bound,omitempty"`
+}
+
+// Initdata bindings (Initdata.Bound).
+const (
+	BoundHostData   = "hostdata"
+	BoundMRConfigID = "mrconfigid"
+	BoundPCR8       = "pcr8"
+)
+
+// Event returns the cvmboot.initdata event.
+func (i Initdata) Event() Event { return Event{Type: TypeInitdata, Data: i} }
 
 // secretNames are member names Canonical refuses anywhere in event data: a measured event is
 // public, and a key in the log would be published with it.

@@ -37,7 +37,7 @@ type Record struct {
 
 // Digest is one algorithm's digest of a record's measured bytes. With a PCR, a record lists one
 // digest per TPM bank extended, sha256 among them; without, only sha256. The RTMR is extended
-// with the SHA-384 of the measured bytes, listed only when the TPM has a sha384 bank.
+// with the SHA-384 of the record's AAEL tagged event (RTMRDigest), which is not listed.
 type Digest struct {
 	HashAlg string `json:"hashAlg"` // sha1, sha256, sha384 or sha512
 	Digest  string `json:"digest"`  // lowercase hex
@@ -208,6 +208,9 @@ func parseRecord(line []byte, index int) (Record, error) {
 	}
 	if rec.PCR == nil && len(rec.Digests) != 1 {
 		return rec, fmt.Errorf("%d digests without a PCR, expected only sha256", len(rec.Digests))
+	}
+	if err := checkRecord(&rec, c.Type); err != nil {
+		return rec, err
 	}
 	return rec, nil
 }

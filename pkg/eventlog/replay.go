@@ -57,8 +57,8 @@ func (v Values) Registers() []Register {
 }
 
 // Replay returns the register values the records produce from registers that start at zero: for
-// each record with a PCR, every bank it lists a digest for; for each record with an RTMR, the
-// SHA-384 of its measured bytes. Records must come from ParseLog (or Measure), which checked them.
+// each record with a PCR, every bank it lists a digest for (and PCR 8 for an initdata record
+// bound to it); for each record with an RTMR, the SHA-384 of its AAEL tagged event. Records must come from ParseLog (or Measure), which checked them.
 func Replay(recs []Record) Values {
 	v := Values{}
 	extend := func(r Register, d []byte) {
@@ -79,8 +79,11 @@ func Replay(recs []Record) Values {
 				extend(PCR(*rec.PCR, alg), rec.Digest(alg))
 			}
 		}
+		if d := rec.initdataPCR8(); d != nil {
+			extend(PCR(PCRInitdata, crypto.SHA256), d)
+		}
 		if rec.RTMR != nil && rec.measured != nil {
-			extend(RTMR(*rec.RTMR), sum(crypto.SHA384, rec.measured))
+			extend(RTMR(*rec.RTMR), rec.RTMRDigest())
 		}
 	}
 	return v
@@ -115,16 +118,4 @@ func ReportData(eventLog, nonce []byte) [64]byte {
 func QualifyingData(reportData [64]byte) []byte {
 	d := sha256.Sum256(reportData[:])
 	return d[:]
-}
-
-// Extends returns the digest the record extended reg with, as Replay computes it, or nil when
-// it did not extend reg. The record must come from ParseLog (or Measure).
-func (r *Record) Extends(reg Register) []byte {
-	switch {
-	case reg.Kind == KindPCR && r.PCR != nil && *r.PCR == reg.Index:
-		return r.Digest(reg.Alg)
-	case reg.Kind == KindRTMR && r.RTMR != nil && *r.RTMR == reg.Index && r.measured != nil:
-		return sum(crypto.SHA384, r.measured)
-	}
-	return nil
 }

@@ -17,8 +17,12 @@ func NewRecord(ev Event, algs []crypto.Hash, pcr, rtmr *int) (*Record, error) {
 	if !slices.Contains(algs, crypto.SHA256) {
 		algs = append([]crypto.Hash{crypto.SHA256}, algs...)
 	}
-	return &Record{PCR: pcr, RTMR: rtmr, Digests: digestsFor(algs, measured), ContentType: ContentType,
-		Content: contentJSON, measured: measured}, nil
+	rec := &Record{PCR: pcr, RTMR: rtmr, Digests: digestsFor(algs, measured), ContentType: ContentType,
+		Content: contentJSON, measured: measured}
+	if err := checkRecord(rec, ev.Type); err != nil {
+		return nil, err
+	}
+	return rec, nil
 }
 
 // Measured returns the bytes whose digests the registers are extended with.
