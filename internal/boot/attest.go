@@ -30,6 +30,11 @@ type Attestation interface {
 	// Evidence writes the platform's evidence, bound to the log and nonce, and releases
 	// the registers.
 	Evidence(ctx context.Context, nonce []byte) (stage.Facts, error)
+	// Platforms are the platforms Start found, TEE first.
+	Platforms() []evidence.Platform
+	// HostConfig returns what the host set at launch in platform p's report for the guest to
+	// check, from a report taken now: SEV-SNP HOST_DATA, TDX MRCONFIGID.
+	HostConfig(ctx context.Context, p evidence.Platform) ([]byte, error)
 }
 
 // attest finds the TEE or TPM, opens the event log and measures what configured the boot:
@@ -185,6 +190,23 @@ func (p *platformAttestation) Measure(ev eventlog.Event) error {
 	}
 	p.log.Info("measured", fields...)
 	return nil
+}
+
+func (p *platformAttestation) Platforms() []evidence.Platform {
+	var out []evidence.Platform
+	for _, s := range p.det.Sources() {
+		out = append(out, s.Platform())
+	}
+	return out
+}
+
+func (p *platformAttestation) HostConfig(ctx context.Context, pl evidence.Platform) ([]byte, error) {
+	for _, s := range p.det.Sources() {
+		if s.Platform() == pl {
+			return tee.HostConfig(ctx, s)
+		}
+	}
+	return nil, fmt.Errorf("no %s on this machine", pl)
 }
 
 func (p *platformAttestation) Evidence(ctx context.Context, nonce []byte) (stage.Facts, error) {

@@ -92,6 +92,8 @@ type Boot struct {
 	Devices Devices
 	Attest  Attestation
 	Verity  Verity
+	// InitdataSource finds and installs Confidential Containers' initdata.
+	InitdataSource InitdataSource
 	// Storage returns the storage stage for the config and the mounted root device; mounts
 	// outside /run go below targetRoot ("" in the booted system: where they are).
 	Storage func(cfg config.Storage, rootDevice, targetRoot string) StorageSetup

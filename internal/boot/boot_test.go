@@ -16,6 +16,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/verity"
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
+	"github.com/cvmboot/cvmboot/pkg/evidence"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -82,6 +83,25 @@ type fakeAttest struct {
 	present  bool
 	measured []string
 	evidence bool
+	// platforms are what Platforms says (TPM when nil and present); hostConfig the TEE fields.
+	platforms  []evidence.Platform
+	hostConfig map[evidence.Platform][]byte
+	initdata   []eventlog.Initdata
+}
+
+func (f *fakeAttest) Platforms() []evidence.Platform {
+	if f.platforms == nil && f.present {
+		return []evidence.Platform{evidence.PlatformTPM}
+	}
+	return f.platforms
+}
+
+func (f *fakeAttest) HostConfig(_ context.Context, p evidence.Platform) ([]byte, error) {
+	v, ok := f.hostConfig[p]
+	if !ok {
+		return nil, errors.New("no report")
+	}
+	return v, nil
 }
 
 func (f *fakeAttest) Start(require config.AttestRequire) (stage.Facts, bool, error) {
@@ -97,6 +117,9 @@ func (f *fakeAttest) Measure(ev eventlog.Event) error {
 	}
 	if c, ok := ev.Data.(eventlog.Cmdline); ok && c.Pinned {
 		name += ":pinned"
+	}
+	if d, ok := ev.Data.(eventlog.Initdata); ok {
+		f.initdata = append(f.initdata, d)
 	}
 	f.measured = append(f.measured, name)
 	return nil
@@ -345,15 +368,15 @@ func TestSequence(t *testing.T) {
 		return strings.Join(n, " ")
 	}
 	for mode, want := range map[Mode]string{
-		ModeInitramfs:     "early-mounts modules attest verity root storage overlay usr binds evidence handoff",
-		ModeSystemdInitrd: "modules attest verity root storage overlay binds evidence",
-		ModeSystemd:       "modules attest root storage binds",
+		ModeInitramfs:     "early-mounts modules attest initdata verity root storage overlay usr binds evidence handoff",
+		ModeSystemdInitrd: "modules attest initdata verity root storage overlay binds evidence",
+		ModeSystemd:       "modules attest initdata root storage binds",
 	} {
 		if got := names(mode); got != want {
 			t.Errorf("%s: %s\nwant %s", mode, got, want)
 		}
 	}
-	if got := UnitStepNames(); got != "modules, attest, verity, root, storage, overlay, binds, evidence" {
+	if got := UnitStepNames(); got != "modules, attest, initdata, verity, root, storage, overlay, binds, evidence" {
 		t.Errorf("unit steps %q", got)
 	}
 	for _, tt := range []struct {

@@ -23,6 +23,8 @@ type Env struct {
 	Devices Devices
 	Attest  Attestation
 	Verity  Verity
+	// InitdataSource finds and installs Confidential Containers' initdata.
+	InitdataSource InitdataSource
 	// Storage builds the storage stage for the config, the root device and the root the
 	// mounts outside /run go into.
 	Storage func(cfg config.Storage, rootDevice, targetRoot string) StorageSetup

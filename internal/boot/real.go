@@ -96,7 +96,7 @@ func Real() Env {
 		spool = logging.NewSpool()
 	}
 	return Env{
-		Mounts: m, Modules: m, Devices: m, Attest: att, Verity: m, Storage: m.storage,
+		Mounts: m, Modules: m, Devices: m, Attest: att, Verity: m, Storage: m.storage, InitdataSource: cocoInitdata{},
 		System:    failaction.Kernel{},
 		Bootstrap: bootstrapMounts,
 		Setup: func(cfg *config.Config) *zap.Logger {

@@ -35,6 +35,7 @@ const (
 	StageEarlyMounts = "early-mounts"
 	StageModules     = "modules"
 	StageAttest      = "attest"
+	StageInitdata    = "initdata"
 	StageVerity      = "verity"
 	StageRoot        = "root"
 	StageStorage     = "storage"
@@ -73,6 +74,7 @@ func Sequence() []Step {
 		{Name: StageEarlyMounts, Modes: pid1Mode, Does: "mount /sys, /run, securityfs, configfs, efivarfs, /dev/pts", run: (*Boot).earlyMounts},
 		{Name: StageModules, Modes: allModes, Unit: "cvmboot-attest.service", Does: "load the kernel modules the image packed and the config names", run: (*Boot).modules},
 		{Name: StageAttest, Modes: allModes, Unit: "cvmboot-attest.service", Does: "find the TEE/TPM, open the event log; measure phase, config, command line", run: (*Boot).attest},
+		{Name: StageInitdata, Modes: allModes, Unit: "cvmboot-attest.service", Does: "take Confidential Containers' initdata (initdata.source), check it against SEV-SNP HOST_DATA / TDX MRCONFIGID, measure it (vTPM: PCR 8 once), write its files", run: (*Boot).initdata},
 		{Name: StageVerity, Modes: initrdModes, Unit: "cvmboot-verity.service", Does: "activate the roothash=/usrhash= dm-verity volumes, refusing any mismatch; measure them", run: (*Boot).verity},
 		{Name: StageRoot, Modes: allModes, Unit: "cvmboot-root.service", Does: "mount the root read-only at /sysroot (PID 1); check what systemd mounted (initrd); find the root's device", run: (*Boot).root},
 		{Name: StageStorage, Modes: allModes, Unit: "cvmboot-root.service", Does: "encrypted storage on the root disk's free space, mounted under /run; measure it", run: (*Boot).storage},

@@ -46,7 +46,7 @@ func TestUnitsInitrdSequence(t *testing.T) {
 	m := &fakeMachine{devices: map[string]string{"/dev/mapper/root": "/dev/mapper/root"},
 		mountedAt: map[string]string{NewRoot: "/dev/mapper/root"}}
 	h, att, _ := unitHarness(t, "roothash="+goodHash+" root=/dev/mapper/root", unitsYAML, m, true)
-	units := [][]string{{"modules", "attest"}, {"verity"}, {"root", "storage", "overlay", "binds"}, {"evidence"}}
+	units := [][]string{{"modules", "attest", "initdata"}, {"verity"}, {"root", "storage", "overlay", "binds"}, {"evidence"}}
 	for i, unit := range units {
 		var stderr bytes.Buffer
 		if code := RunUnits(h.env, unit, &stderr); code != 0 {
@@ -93,7 +93,7 @@ func TestUnitsInitrdSequence(t *testing.T) {
 	for _, st := range rep.Stages {
 		names = append(names, st.Name+"="+string(st.Status))
 	}
-	if got := strings.Join(names, " "); got != "modules=skipped attest=ok verity=ok root=ok storage=ok overlay=ok binds=skipped evidence=ok" {
+	if got := strings.Join(names, " "); got != "modules=skipped attest=ok initdata=skipped verity=ok root=ok storage=ok overlay=ok binds=skipped evidence=ok" {
 		t.Errorf("report stages %s", got)
 	}
 	if rep.Mode != "systemd-initrd" || rep.Outcome != report.OutcomeOK {
@@ -119,7 +119,7 @@ func TestUnitsSysrootUsr(t *testing.T) {
 			m := &fakeMachine{devices: map[string]string{"/dev/mapper/root": "/dev/mapper/root"},
 				mountedAt: map[string]string{NewRoot: "/dev/mapper/root", NewRoot + "/usr": tt.usr}}
 			h, _, _ := unitHarness(t, "roothash="+goodHash+" usrhash="+usrHash+" root=/dev/mapper/root", unitsYAML, m, true)
-			for _, unit := range [][]string{{"modules", "attest"}, {"verity"}, {"root", "storage", "overlay", "binds"}} {
+			for _, unit := range [][]string{{"modules", "attest", "initdata"}, {"verity"}, {"root", "storage", "overlay", "binds"}} {
 				var stderr bytes.Buffer
 				if code := RunUnits(h.env, unit, &stderr); code != 0 {
 					t.Fatalf("cvmboot run %v: exit %d: %s", unit, code, stderr.String())
@@ -189,7 +189,7 @@ func TestUnitsFailClosed(t *testing.T) {
 		// roothash= with root=PARTUUID=…: systemd mounted the unverified partition.
 		m := &fakeMachine{mountedAt: map[string]string{NewRoot: "/dev/vda2"}}
 		h, att, _ := unitHarness(t, "roothash="+goodHash+" root=PARTUUID=0000", "attest: {require: tpm}\n", m, true)
-		for _, unit := range [][]string{{"modules", "attest"}, {"verity"}} {
+		for _, unit := range [][]string{{"modules", "attest", "initdata"}, {"verity"}} {
 			if code := RunUnits(h.env, unit, &bytes.Buffer{}); code != 0 {
 				t.Fatalf("%v: exit %d", unit, code)
 			}
@@ -295,7 +295,7 @@ func TestUnitsBootedStorageMeasured(t *testing.T) {
 	h, att, _ := unitHarness(t, "quiet", "", m, false)
 	h.env.ConfigPath = writeTemp(t, "verity: {required: false}\nattest: {require: tpm}\nstorage: {enabled: true}\n")
 	var stderr bytes.Buffer
-	if code := RunUnits(h.env, []string{"modules", "attest", "root", "storage", "binds"}, &stderr); code != 0 {
+	if code := RunUnits(h.env, []string{"modules", "attest", "initdata", "root", "storage", "binds"}, &stderr); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	// Past the initrd: no phase event, the decisions only.
@@ -329,7 +329,7 @@ func TestUnitsDisabledFeaturesMeasured(t *testing.T) {
 func TestUnitsLoadThePlan(t *testing.T) {
 	m := &fakeMachine{}
 	h, _, _ := unitHarness(t, "roothash="+goodHash, "attest: {require: none}\n", m, true)
-	if code := RunUnits(h.env, []string{"modules", "attest"}, &bytes.Buffer{}); code != 0 {
+	if code := RunUnits(h.env, []string{"modules", "attest", "initdata"}, &bytes.Buffer{}); code != 0 {
 		t.Fatalf("attest unit: exit %d", code)
 	}
 	if err := os.WriteFile(h.env.CmdlinePath, []byte("quiet\n"), 0o644); err != nil {
@@ -352,7 +352,7 @@ func TestUnitsDecisionsCannotWaive(t *testing.T) {
 	t.Run("measuring off in the file", func(t *testing.T) {
 		m := &fakeMachine{mountedAt: map[string]string{NewRoot: "/dev/vda2"}}
 		h, att, _ := unitHarness(t, "root=/dev/vda2", "verity: {required: false}\nattest: {require: tpm}\nstorage: {enabled: false}\n", m, true)
-		if code := RunUnits(h.env, []string{"modules", "attest"}, &bytes.Buffer{}); code != 0 {
+		if code := RunUnits(h.env, []string{"modules", "attest", "initdata"}, &bytes.Buffer{}); code != 0 {
 			t.Fatal("attest unit failed")
 		}
 		dec, _ := readDecisions(h.env.DecisionsPath)
@@ -373,7 +373,7 @@ func TestUnitsDecisionsCannotWaive(t *testing.T) {
 	t.Run("planned verity root not activated", func(t *testing.T) {
 		m := &fakeMachine{mountedAt: map[string]string{NewRoot: "/dev/sda2"}}
 		h, _, _ := unitHarness(t, "roothash="+goodHash, "attest: {require: none}\n", m, true)
-		if code := RunUnits(h.env, []string{"modules", "attest"}, &bytes.Buffer{}); code != 0 {
+		if code := RunUnits(h.env, []string{"modules", "attest", "initdata"}, &bytes.Buffer{}); code != 0 {
 			t.Fatal("attest unit failed")
 		}
 		var stderr bytes.Buffer
@@ -385,7 +385,7 @@ func TestUnitsDecisionsCannotWaive(t *testing.T) {
 	t.Run("evidence after a skipped unit", func(t *testing.T) {
 		m := &fakeMachine{}
 		h, att, _ := unitHarness(t, "root=/dev/vda2", "verity: {required: false}\nattest: {require: tpm}\n", m, true)
-		if code := RunUnits(h.env, []string{"modules", "attest"}, &bytes.Buffer{}); code != 0 {
+		if code := RunUnits(h.env, []string{"modules", "attest", "initdata"}, &bytes.Buffer{}); code != 0 {
 			t.Fatal("attest unit failed")
 		}
 		var stderr bytes.Buffer

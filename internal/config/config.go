@@ -46,6 +46,8 @@ type Config struct {
 	Attest  Attest   `yaml:"attest"`
 	Storage Storage  `yaml:"storage"`
 	Overlay Overlay  `yaml:"overlay"`
+	// Initdata is Confidential Containers' initdata: the host's pod configuration.
+	Initdata Initdata `yaml:"initdata"`
 }
 
 // Log is the log section.
@@ -119,6 +121,17 @@ type Overlay struct {
 	Size SizeOrPercent `yaml:"size"`
 }
 
+// Initdata is the initdata section: where the boot takes the Confidential Containers
+// initdata document from, if anywhere.
+type Initdata struct {
+	Source InitdataSource `yaml:"source"`
+	// Path is the block device of source device (/dev/vdb, PARTUUID=…) or the file of source
+	// file (peer pods: /run/peerpod/initdata).
+	Path string `yaml:"path"`
+	// Required refuses a boot whose source holds no initdata.
+	Required bool `yaml:"required"`
+}
+
 // linuxDataGUID is the GPT type of generic Linux data partitions.
 var linuxDataGUID = GUID{0x0f, 0xc6, 0x3d, 0xaf, 0x84, 0x83, 0x47, 0x72, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d, 0xe4}
 
@@ -144,7 +157,8 @@ func Default() *Config {
 			Mountpoint: "/run/kata-containers/image",
 			Binds:      nil,
 		},
-		Overlay: Overlay{Enabled: true, Upper: UpperTmpfs, Size: SizeOrPercent{Percent: 50}},
+		Overlay:  Overlay{Enabled: true, Upper: UpperTmpfs, Size: SizeOrPercent{Percent: 50}},
+		Initdata: Initdata{Source: InitdataNone, Path: "", Required: false},
 	}
 }
 

@@ -132,7 +132,7 @@ func TestParseErrors(t *testing.T) {
 		name, yaml, want string
 	}{
 		{"unknown top-level key", "log:\n  level: info\nstroage:\n  enabled: true\n",
-			f + `:3: unknown key "stroage" (allowed here: log, failure, debug, modules, devices, root, verity, attest, storage, overlay)`},
+			f + `:3: unknown key "stroage" (allowed here: log, failure, debug, modules, devices, root, verity, attest, storage, overlay, initdata)`},
 		{"unknown nested key", "storage:\n  integrty: off\n",
 			f + `:2: unknown key "storage.integrty" (allowed here: enabled, integrity, filesystem, min_size, label, type_guid, on_no_space, mountpoint, binds)`},
 		{"not a boolean", "storage:\n  enabled: yes please\n",
@@ -170,15 +170,15 @@ func TestParseErrors(t *testing.T) {
 		{"list item null", "storage:\n  binds:\n    -\n",
 			f + `:3: storage.binds[0]: expected a string, found null`},
 		{"top level list", "- log\n",
-			f + `:1: expected a mapping of sections (log, failure, debug, modules, devices, root, verity, attest, storage, overlay), found a list`},
+			f + `:1: expected a mapping of sections (log, failure, debug, modules, devices, root, verity, attest, storage, overlay, initdata), found a list`},
 		{"top level scalar", "hello\n",
-			f + `:1: expected a mapping of sections (log, failure, debug, modules, devices, root, verity, attest, storage, overlay), found "hello"`},
+			f + `:1: expected a mapping of sections (log, failure, debug, modules, devices, root, verity, attest, storage, overlay, initdata), found "hello"`},
 		{"key not a scalar", "? [a, b]\n: c\n",
 			f + `:1: a key must be a plain name, found a list`},
 		{"alias", "log: &l\n  level: warn\nroot: *l\n",
 			f + `:3: root: YAML aliases are not supported; write the value out`},
 		{"merge key", "base: &b {level: warn}\nlog:\n  <<: *b\n",
-			f + `:1: unknown key "base" (allowed here: log, failure, debug, modules, devices, root, verity, attest, storage, overlay)`},
+			f + `:1: unknown key "base" (allowed here: log, failure, debug, modules, devices, root, verity, attest, storage, overlay, initdata)`},
 		{"two documents", "log:\n  level: info\n---\nlog:\n  level: debug\n",
 			f + `:3: a second YAML document starts here; the configuration is one document`},
 		// yaml.v3 names the line where the enclosing block began.

@@ -148,7 +148,9 @@ func TestEveryKeyOverridable(t *testing.T) {
 		"storage.filesystem": "xfs", "storage.min_size": "2G", "storage.label": "data",
 		"storage.type_guid": "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "storage.on_no_space": "tmpfs",
 		"storage.mountpoint": "/mnt", "storage.binds": "/srv", "overlay.enabled": "0",
-		"overlay.upper": "tmpfs", "overlay.size": "1G",
+		"overlay.upper": "tmpfs", "overlay.size": "1G", "initdata.source": "auto", "initdata.required": "1",
+		// A path is read only with source device or file.
+		"initdata.path": "/run/peerpod/initdata cvmboot.initdata.source=file",
 	}
 	for _, path := range leafPaths(reflect.TypeFor[Config](), "") {
 		v, ok := values[path]
@@ -172,7 +174,7 @@ func TestEveryKeyOverridable(t *testing.T) {
 
 func TestDigest(t *testing.T) {
 	const wantJSON = `{"attest":{"nonce":"","require":"tee"},"debug":{"enabled":false},"devices":{"timeout":"30s"},` +
-		`"failure":{"action":"poweroff"},"log":{"level":"info"},"modules":[],"overlay":{"enabled":true,"size":"50%","upper":"tmpfs"},` +
+		`"failure":{"action":"poweroff"},"initdata":{"path":"","required":false,"source":"none"},"log":{"level":"info"},"modules":[],"overlay":{"enabled":true,"size":"50%","upper":"tmpfs"},` +
 		`"root":{"device":"","fstype":"auto","init":"/sbin/init","options":""},` +
 		`"storage":{"binds":[],"enabled":true,"filesystem":"ext4","integrity":"hmac-sha256","label":"cvmboot-storage",` +
 		`"min_size":"1GiB","mountpoint":"/run/kata-containers/image","on_no_space":"fail","type_guid":"0fc63daf-8483-4772-8e79-3d69d8477de4"},` +

@@ -129,6 +129,23 @@ const (
 
 func (NoSpaceAction) allowedValues() []string { return []string{"fail", "tmpfs"} }
 
+// InitdataSource is initdata.source: where the initdata document comes from.
+type InitdataSource string
+
+const (
+	// InitdataNone reads nothing the host supplies: the default, for images that are not
+	// Confidential Containers pod VMs.
+	InitdataNone InitdataSource = "none"
+	// InitdataAuto scans the whole disks once for kata's initdata block device.
+	InitdataAuto InitdataSource = "auto"
+	// InitdataDevice reads kata's block device at initdata.path, waiting for it.
+	InitdataDevice InitdataSource = "device"
+	// InitdataFile reads initdata.path: the block format, base64 of gzip (peer pods) or TOML.
+	InitdataFile InitdataSource = "file"
+)
+
+func (InitdataSource) allowedValues() []string { return []string{"none", "auto", "device", "file"} }
+
 // OverlayUpper is overlay.upper: where the writable layer over the root lives.
 type OverlayUpper string
 

@@ -76,6 +76,7 @@ func (c *Config) Validate() error {
 		},
 		func() *Error { return checkMountpoint("storage.mountpoint", c.Storage.Mountpoint) },
 		func() *Error { return checkBinds(c.Storage.Binds) },
+		func() *Error { return checkInitdata(c.Initdata) },
 		func() *Error {
 			if c.Overlay.Upper == UpperStorage && !c.Storage.Enabled {
 				e := invalid("overlay.upper", "%q requires storage.enabled: true", c.Overlay.Upper)
@@ -257,6 +258,26 @@ func checkSizeOrPercent(p string, v SizeOrPercent) *Error {
 	}
 	if v.Percent == 0 && v.Bytes == 0 {
 		return invalid(p, "%q must not be zero", v.String())
+	}
+	return nil
+}
+
+// checkInitdata: device and file need a path, the others take none.
+func checkInitdata(i Initdata) *Error {
+	switch i.Source {
+	case InitdataDevice:
+		if i.Path == "" {
+			return invalid("initdata.path", "initdata.source device needs the device: /dev/…, PARTUUID=… or PARTLABEL=…")
+		}
+		return checkDevice("initdata.path", i.Path)
+	case InitdataFile:
+		if i.Path == "" {
+			return invalid("initdata.path", "initdata.source file needs the file's absolute path")
+		}
+		return checkAbsPath("initdata.path", i.Path)
+	}
+	if i.Path != "" {
+		return invalid("initdata.path", "%q is only read with initdata.source device or file, not %s", i.Path, i.Source)
 	}
 	return nil
 }

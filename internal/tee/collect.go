@@ -2,6 +2,7 @@ package tee
 
 import (
 	"context"
+	"crypto/sha512"
 	"encoding/hex"
 	"fmt"
 	"strings"
@@ -54,6 +55,23 @@ func Collect(ctx context.Context, log *measure.Log, sources []Source, nonce []by
 		return nil, err
 	}
 	return ev, nil
+}
+
+// hostConfigReportData is the REPORT_DATA of the report HostConfig takes: it binds nothing.
+var hostConfigReportData = sha512.Sum512([]byte("cvmboot: a report taken to read HOST_DATA or MRCONFIGID"))
+
+// HostConfig takes a report from a TEE source and returns what the host set at launch for the
+// guest to check: SEV-SNP HOST_DATA, TDX MRCONFIGID.
+func HostConfig(ctx context.Context, s Source) ([]byte, error) {
+	a, err := s.Evidence(ctx, hostConfigReportData)
+	if err != nil {
+		return nil, err
+	}
+	f, err := evidence.ParseReport(a.Kind, a.Report.Data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", s.Platform(), err)
+	}
+	return f.HostConfig, nil
 }
 
 // Facts summarize collected evidence for the boot report.

@@ -260,3 +260,41 @@ func TestFirmwareLogsAttached(t *testing.T) {
 		t.Fatalf("TDX evidence without a CCEL: %+v, %v", a, err)
 	}
 }
+
+// HostConfig reads SEV-SNP HOST_DATA and TDX MRCONFIGID from reports the vendors' fake
+// devices make: what the initdata step compares the document's digest with.
+func TestHostConfig(t *testing.T) {
+	signer := teetest.SNPSigner(t)
+	hostData := bytes.Repeat([]byte{0xab}, 32)
+	snpWithHostData := func(in []byte) ([]byte, error) {
+		raw := teetest.SNPRawReport(in)
+		copy(raw[0xC0:], hostData)
+		report := append([]byte(nil), raw[:evidence.SNPReportSize]...)
+		return report, teetest.SignSNPReport(signer, report)
+	}
+	got, err := tee.HostConfig(context.Background(), &tee.SNP{TSM: &tee.TSM{Client: teetest.TSM("sev_guest", snpWithHostData, nil), ReportDir: reportDir}})
+	if err != nil || !bytes.Equal(got, hostData) {
+		t.Errorf("SEV-SNP HOST_DATA = %x, %v; want %x", got, err, hostData)
+	}
+
+	mrConfigID := bytes.Repeat([]byte{0xcd}, 48)
+	tdxWithConfigID := func(rd [64]byte) [1024]byte {
+		r := teetest.TDReport(rd, [4][48]byte{})
+		copy(r[512+64:], mrConfigID)
+		return r
+	}
+	// The report HostConfig asks for binds a fixed REPORT_DATA; the fake device answers only it.
+	var asked [64]byte
+	probe := &tee.TDX{TSM: &tee.TSM{Client: teetest.TSM("tdx_guest", func(in []byte) ([]byte, error) {
+		copy(asked[:], in)
+		return nil, errors.New("no quoting service")
+	}, nil), ReportDir: reportDir}}
+	if _, err := tee.HostConfig(context.Background(), probe); err == nil {
+		t.Fatal("a TDX without a device produced a report")
+	}
+	d := teetest.TDXDevice(t, asked, tdxWithConfigID(asked))
+	got, err = tee.HostConfig(context.Background(), &tee.TDX{Open: opened(d, d.Open), DevicePath: "/dev/tdx_guest"})
+	if err != nil || !bytes.Equal(got, mrConfigID) {
+		t.Errorf("TDX MRCONFIGID = %x, %v; want %x", got, err, mrConfigID)
+	}
+}

@@ -26,7 +26,8 @@
 //
 // cvmboot measures in one order in every mode (its own initramfs, a systemd initrd, the
 // booted system), the order of its boot sequence: cvmboot.phase "enter-initrd" (in the
-// initrd only), cvmboot.config, cvmboot.cmdline, cvmboot.verity for the root and then /usr
+// initrd only), cvmboot.config, cvmboot.cmdline, cvmboot.initdata (when initdata.source names
+// one), cvmboot.verity for the root and then /usr
 // (when roothash=/usrhash= name them), cvmboot.storage, cvmboot.overlay (in the initrd),
 // cvmboot.phase "leave-initrd" (in the initrd). A disabled feature is measured too, as a
 // decision ({"encrypted":false}, {"enabled":false}).

@@ -1,6 +1,7 @@
 package evidence_test
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -14,6 +15,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	sevabi "github.com/google/go-sev-guest/abi"
+	tdxabi "github.com/google/go-tdx-guest/abi"
+	tdxpb "github.com/google/go-tdx-guest/proto/tdx"
 
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/tee/teetest"
@@ -216,10 +221,30 @@ func TestParseReport(t *testing.T) {
 	var rd [64]byte
 	rd[0], rd[63] = 0xaa, 0xbb
 	snp := teetest.SNPRawReport(rd[:])
+	for i := range 32 {
+		snp[0xC0+i] = byte(0x10 + i) // HOST_DATA
+	}
 	var rtmrs [4][48]byte
 	rtmrs[2][0] = 2
 	tdreport := teetest.TDReport(rd, rtmrs)
+	for i := range 48 {
+		tdreport[512+64+i] = byte(0x40 + i) // TDINFO.MRCONFIGID
+	}
 	quote := teetest.TDXQuote(rd[:], nil)
+	for i := range 48 {
+		quote[48+184+i] = byte(0x80 + i) // TD quote body MRCONFIGID
+	}
+	// The vendors' parsers say where HOST_DATA and MRCONFIGID are.
+	snpProto, err := sevabi.ReportToProto(snp[:evidence.SNPReportSize])
+	if err != nil {
+		t.Fatal(err)
+	}
+	quoteProto, err := tdxabi.QuoteToProto(quote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantHost := map[string][]byte{"snp": snpProto.HostData, "quote v4": quoteProto.(*tdxpb.QuoteV4).GetTdQuoteBody().GetMrConfigId(),
+		"quote v5": quoteProto.(*tdxpb.QuoteV4).GetTdQuoteBody().GetMrConfigId(), "tdreport": tdreport[512+64 : 512+112]}
 	// A v5 quote: header, body descriptor (type 2, 584 bytes), the v4 body, the rest.
 	v5 := append(append(append([]byte(nil), quote[:48]...), 2, 0, 0x48, 2, 0, 0), quote[48:]...)
 	binary.LittleEndian.PutUint16(v5, 5)
@@ -256,6 +281,9 @@ func TestParseReport(t *testing.T) {
 			}
 			if f.ReportData != rd || f.Debug || len(f.Measurement) != 48 {
 				t.Errorf("fields: REPORT_DATA %x debug %v measurement %d bytes", f.ReportData, f.Debug, len(f.Measurement))
+			}
+			if want := wantHost[tt.name]; !bytes.Equal(f.HostConfig, want) || len(want) < 32 || want[0] == 0 {
+				t.Errorf("HostConfig = %x, the vendor's parser gives %x", f.HostConfig, want)
 			}
 			if tt.kind == evidence.KindTDXReport && f.RTMRs[2][0] != 2 {
 				t.Errorf("RTMR 2 = %x", f.RTMRs[2])

@@ -14,17 +14,20 @@ const (
 	snpPolicyDebug       = 1 << 19
 	snpReportDataOffset  = 0x50
 	snpMeasurementOffset = 0x90
+	snpHostDataOffset    = 0xC0
 
 	TDReportSize          = 1024
 	tdReportDataOffset    = 128 // in REPORTMACSTRUCT
 	tdInfoOffset          = 512 // TDINFO_STRUCT
 	tdInfoMRTDOffset      = 16
+	tdInfoMRConfigID      = 64
 	tdInfoRTMROffset      = 208
 	tdxQuoteHeaderSize    = 48
 	tdxTEETypeTDX         = 0x81
 	tdxBodyAttributes     = 120
 	tdAttributesDebug     = 1 << 0 // TD_ATTRIBUTES.TUD.DEBUG
 	tdxBodyMRTDOffset     = 136
+	tdxBodyMRConfigID     = 184
 	tdxBodyRTMROffset     = 328
 	tdxBodyReportData     = 520
 	tdxBody10Size         = 584 // TD 1.0 quote body
@@ -37,6 +40,9 @@ type ReportFields struct {
 	ReportData  [64]byte
 	Measurement []byte   // SEV-SNP MEASUREMENT or TDX MRTD: the launch measurement
 	RTMRs       [][]byte // TDX only: RTMR 0-3
+	// HostConfig is what the host set at launch for the guest to check: SEV-SNP HOST_DATA
+	// (32 bytes), TDX MRCONFIGID (48 bytes). Confidential Containers binds initdata there.
+	HostConfig []byte
 	// Debug: the guest runs with debugging enabled, so the host can read and change its memory
 	// (SEV-SNP policy bit DEBUG, TDX attribute DEBUG).
 	Debug bool
@@ -56,6 +62,7 @@ func ParseReport(kind Kind, raw []byte) (*ReportFields, error) {
 		copy(f.ReportData[:], raw[snpReportDataOffset:])
 		f.Debug = binary.LittleEndian.Uint64(raw[snpPolicyOffset:])&snpPolicyDebug != 0
 		f.Measurement = clone(raw[snpMeasurementOffset : snpMeasurementOffset+48])
+		f.HostConfig = clone(raw[snpHostDataOffset : snpHostDataOffset+32])
 	case KindTDXQuote:
 		body, err := tdxQuoteBody(raw)
 		if err != nil {
@@ -64,6 +71,7 @@ func ParseReport(kind Kind, raw []byte) (*ReportFields, error) {
 		copy(f.ReportData[:], body[tdxBodyReportData:])
 		f.Debug = binary.LittleEndian.Uint64(body[tdxBodyAttributes:])&tdAttributesDebug != 0
 		f.Measurement = clone(body[tdxBodyMRTDOffset : tdxBodyMRTDOffset+48])
+		f.HostConfig = clone(body[tdxBodyMRConfigID : tdxBodyMRConfigID+48])
 		for i := 0; i < 4; i++ {
 			off := tdxBodyRTMROffset + 48*i
 			f.RTMRs = append(f.RTMRs, clone(body[off:off+48]))
@@ -76,6 +84,8 @@ func ParseReport(kind Kind, raw []byte) (*ReportFields, error) {
 		f.Debug = binary.LittleEndian.Uint64(raw[tdInfoOffset:])&tdAttributesDebug != 0
 		off := tdInfoOffset + tdInfoMRTDOffset
 		f.Measurement = clone(raw[off : off+48])
+		off = tdInfoOffset + tdInfoMRConfigID
+		f.HostConfig = clone(raw[off : off+48])
 		for i := 0; i < 4; i++ {
 			off := tdInfoOffset + tdInfoRTMROffset + 48*i
 			f.RTMRs = append(f.RTMRs, clone(raw[off:off+48]))

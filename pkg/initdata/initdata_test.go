@@ -2,6 +2,8 @@ package initdata
 
 import (
 	"bytes"
+	"compress/gzip"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -144,6 +146,48 @@ func FuzzReadBlock(f *testing.F) {
 	f.Add(Block([]byte(doc)))
 	f.Fuzz(func(t *testing.T, img []byte) {
 		raw, err := ReadBlock(bytes.NewReader(img), int64(len(img)))
+		if err == nil && len(raw) > MaxSize {
+			t.Fatalf("a %d-byte document", len(raw))
+		}
+	})
+}
+
+func TestReadFile(t *testing.T) {
+	var z bytes.Buffer
+	zw := gzip.NewWriter(&z)
+	zw.Write([]byte(doc))
+	zw.Close()
+	b64 := base64.StdEncoding.EncodeToString(z.Bytes())
+	for name, in := range map[string][]byte{
+		"block":                      Block([]byte(doc)),
+		"base64 of gzip (peer pods)": []byte(b64 + "\n"),
+		"TOML":                       []byte(doc),
+	} {
+		got, err := ReadFile(in)
+		if err != nil || string(got) != doc {
+			t.Errorf("%s: ReadFile = %q, %v", name, got, err)
+		}
+	}
+	for name, tc := range map[string]struct {
+		in   []byte
+		want string
+	}{
+		"base64 of no gzip": {[]byte(base64.StdEncoding.EncodeToString([]byte("not gzip at all"))), "are not gzip"},
+		"bad block":         {append([]byte(Magic), 0xff, 0, 0, 0, 0, 0, 0, 0), "gzip stream"},
+		"too large":         {bytes.Repeat([]byte("a = 1\n"), MaxSize/6+1), "at most"},
+	} {
+		if _, err := ReadFile(tc.in); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want %q", name, err, tc.want)
+		}
+	}
+}
+
+func FuzzReadFile(f *testing.F) {
+	f.Add(Block([]byte(doc)))
+	f.Add([]byte(doc))
+	f.Add([]byte("H4sIAAAAAAAA/ytLLSrOzM9TSEnNSy/KLAEA"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		raw, err := ReadFile(b)
 		if err == nil && len(raw) > MaxSize {
 			t.Fatalf("a %d-byte document", len(raw))
 		}

@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"crypto/sha256"
 	"crypto/sha512"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -135,9 +136,18 @@ func ReadBlock(r io.ReaderAt, size int64) ([]byte, error) {
 	if n == 0 || n > uint64(size-headerSize) || n > MaxSize {
 		return nil, fmt.Errorf("initdata: the header gives a %d-byte gzip stream; the device has %d bytes after the header (at most %d accepted)", n, size-headerSize, MaxSize)
 	}
-	zr, err := gzip.NewReader(io.NewSectionReader(r, headerSize, int64(n)))
+	z := make([]byte, n)
+	if _, err := r.ReadAt(z, headerSize); err != nil {
+		return nil, fmt.Errorf("initdata: read the %d-byte gzip stream: %w", n, err)
+	}
+	return gunzip(z, fmt.Sprintf("the %d bytes after the header", n))
+}
+
+// gunzip returns the one gzip member z holds, bounded by MaxSize; what names z in errors.
+func gunzip(z []byte, what string) ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(z))
 	if err != nil {
-		return nil, fmt.Errorf("initdata: the %d bytes after the header are not gzip: %w", n, err)
+		return nil, fmt.Errorf("initdata: %s are not gzip: %w", what, err)
 	}
 	zr.Multistream(false)
 	raw, err := io.ReadAll(io.LimitReader(zr, MaxSize+1))
@@ -148,4 +158,25 @@ func ReadBlock(r io.ReaderAt, size int64) ([]byte, error) {
 		return nil, fmt.Errorf("initdata: the document is larger than %d bytes", MaxSize)
 	}
 	return raw, nil
+}
+
+// ReadFile returns the document a file holds in one of the forms Confidential Containers passes
+// it around in: the block device format (Magic first), the base64 of its gzip stream (kata's
+// pod annotation, peer pods' user data and /run/peerpod/initdata), or the TOML itself.
+func ReadFile(b []byte) ([]byte, error) {
+	if bytes.HasPrefix(b, []byte(Magic)) {
+		return ReadBlock(bytes.NewReader(b), int64(len(b)))
+	}
+	text := bytes.TrimSpace(b)
+	if len(text) > 0 && !bytes.ContainsAny(bytes.TrimRight(text, "="), " =[\n") {
+		// Every TOML document has a space, '=', '[' or a newline; base64 has none of them but
+		// its padding.
+		if z, err := base64.StdEncoding.DecodeString(string(text)); err == nil {
+			return gunzip(z, fmt.Sprintf("the %d bytes of base64", len(text)))
+		}
+	}
+	if len(b) > MaxSize {
+		return nil, fmt.Errorf("initdata: %d bytes, at most %d", len(b), MaxSize)
+	}
+	return bytes.Clone(b), nil
 }
