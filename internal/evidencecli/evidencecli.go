@@ -54,7 +54,7 @@ const verifyUsage = `Usage: cvmboot evidence verify DIR [--expect-uki UKI | --re
                                [--expect-roothash H] [--trusted-roots F] [--nonce HEX]
                                [--expect-measurement HEX] [--expect-mrtd HEX] [--json]
                                [--allow-unsigned=PLATFORMS] [--allow-unknown-uki]
-                               [--allow-debug]
+                               [--expect-initdata FILE] [--allow-debug]
 
 Verify the evidence in DIR and print what it proves. The boot claims (root hash, storage
 encryption, overlay, configuration, command line) are printed as verified only when this
@@ -92,6 +92,10 @@ Options:
                             is taken from the evidence and freshness is not established
   --expect-measurement HEX  the SEV-SNP launch measurement the report must carry
   --expect-mrtd HEX         the TDX MRTD the quote must carry
+  --expect-initdata FILE    the Confidential Containers initdata document the boot must
+                            have taken (its digest; SEV-SNP HOST_DATA and TDX MRCONFIGID
+                            must carry it too, a vTPM's PCR 8 replays with it); default:
+                            the reference values' initdata, if they have one
   --json                    print the claims as JSON
   --allow-unsigned=LIST     waive the hardware link for these platforms (comma-separated:
                             sev-snp, tdx, tpm): accept a TDREPORT, an SEV-SNP report without
@@ -124,6 +128,7 @@ func verify(args []string, stdout, stderr io.Writer) int {
 	expectMeasurement := fs.String("expect-measurement", "", "")
 	expectMRTD := fs.String("expect-mrtd", "", "")
 	allowDebug := fs.Bool("allow-debug", false, "")
+	initdataFile := fs.String("expect-initdata", "", "")
 	usage := c.UsageError
 	pos, code, ok := c.Parse(fs, args, -1)
 	if !ok {
@@ -181,6 +186,18 @@ func verify(args []string, stdout, stderr io.Writer) int {
 			return usage("%s: %v", flagName, err)
 		}
 		opts.Reference = ref
+	}
+	if *initdataFile != "" {
+		d, err := reference.ComputeInitData(*initdataFile)
+		var pe *iofs.PathError
+		switch {
+		case errors.As(err, &pe):
+			fmt.Fprintf(stderr, "%s: --expect-initdata: %v\n", name, err)
+			return ExitIO
+		case err != nil:
+			return usage("--expect-initdata: %v", err)
+		}
+		opts.ExpectInitData = d
 	}
 	if _, err := hex.DecodeString(opts.ExpectRootHash); err != nil {
 		return usage("--expect-roothash %q is not hex", *rootHash)

@@ -1,13 +1,16 @@
 package evidence
 
 import (
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
+	"github.com/cvmboot/cvmboot/pkg/initdata"
 )
 
 // fromEvents fills the claims from the event log. Where an event type occurs more than once the
@@ -84,6 +87,15 @@ func (c *Claims) fromEvents(recs []eventlog.Record) error {
 				return bad(err)
 			}
 			c.Config = &cf
+		case eventlog.TypeInitdata:
+			if c.InitData != nil {
+				return bad(errors.New("a second initdata record: the boot takes one document"))
+			}
+			var d InitData
+			if err := json.Unmarshal(data, &d); err != nil {
+				return bad(err)
+			}
+			c.InitData = &d
 		case eventlog.TypeCmdline:
 			var cl Cmdline
 			if err := json.Unmarshal(data, &cl); err != nil {
@@ -92,5 +104,47 @@ func (c *Claims) fromEvents(recs []eventlog.Record) error {
 			c.Cmdline = &cl
 		}
 	}
+	return nil
+}
+
+// checkInitData compares the initdata the boot measured with the expected one, and with what
+// each TEE report carries: a document the host did not bind into HOST_DATA / MRCONFIGID fails,
+// as cvmboot itself refuses it. PCR 8 is checked by the replay (the record extends it).
+func (c *Claims) checkInitData(opts *Options) error {
+	d := c.InitData
+	if d != nil && d.Found {
+		digest, _ := hex.DecodeString(d.Digest) // checked by ParseLog
+		for _, pc := range c.Platforms {
+			var want []byte
+			var field string
+			switch pc.Platform {
+			case PlatformSNP:
+				want, field = initdata.HostData(digest), "HOST_DATA"
+			case PlatformTDX:
+				want, field = initdata.MRConfigID(digest), "MRCONFIGID"
+			default:
+				continue
+			}
+			if got, _ := hex.DecodeString(pc.HostConfig); !bytes.Equal(got, want) {
+				return fail("init_data", "%s: the %s is %s, but the boot took initdata with digest %s (%s): expected %x", pc.Platform, field, pc.HostConfig, d.Digest, d.Source, want)
+			}
+		}
+	}
+	ref := opts.ExpectInitData
+	if ref == nil && opts.Reference != nil {
+		ref = opts.Reference.InitData
+	}
+	if ref == nil {
+		return nil
+	}
+	switch {
+	case d == nil:
+		return fail("init_data", "the reference values name initdata %s (digest %s), but the boot measured no initdata record (initdata.source none?)", ref.File, ref.Digest)
+	case !d.Found:
+		return fail("init_data", "the reference values name initdata %s (digest %s), but the boot found none (%s)", ref.File, ref.Digest, d.Source)
+	case d.Algorithm != ref.Algorithm || d.Digest != ref.Digest:
+		return fail("init_data", "the boot took initdata %s with %s digest %s, expected %s digest %s (%s): another pod configuration", d.Source, d.Algorithm, d.Digest, ref.Algorithm, ref.Digest, ref.File)
+	}
+	c.InitDataExpected = true
 	return nil
 }

@@ -45,6 +45,9 @@ type Options struct {
 	// Reference are the reference values of the UKI expected to have booted
 	// (pkg/reference); nil leaves the UKI link of the chain missing.
 	Reference *reference.Values
+	// ExpectInitData is the Confidential Containers initdata the boot must have taken (its
+	// digest); nil takes the reference values' initdata, if any.
+	ExpectInitData *reference.InitData
 	// AllowUnknownUKI accepts evidence that does not show which UKI booted: no reference
 	// values given, no firmware log, a platform that cannot show it (SEV-SNP without a vTPM),
 	// or cvmboot's log bound by REPORT_DATA alone. The claims say the links were waived.
@@ -87,12 +90,16 @@ type Claims struct {
 	// or restart) rather than being let through.
 	RootHashEnforced bool `json:"root_hash_enforced"`
 	// RootHashExpected: RootHash is the one the verifier expected.
-	RootHashExpected bool       `json:"root_hash_expected"`
-	Verity           []Verity   `json:"verity,omitempty"`
-	Storage          *Storage   `json:"storage,omitempty"`
-	Overlay          *Overlay   `json:"overlay,omitempty"`
-	Config           *Config    `json:"config,omitempty"`
-	Cmdline          *Cmdline   `json:"cmdline,omitempty"`
+	RootHashExpected bool     `json:"root_hash_expected"`
+	Verity           []Verity `json:"verity,omitempty"`
+	Storage          *Storage `json:"storage,omitempty"`
+	Overlay          *Overlay `json:"overlay,omitempty"`
+	Config           *Config  `json:"config,omitempty"`
+	Cmdline          *Cmdline `json:"cmdline,omitempty"`
+	// InitData is the Confidential Containers initdata the boot took (or looked for and did
+	// not find); InitDataExpected: its digest is the reference's.
+	InitData         *InitData  `json:"init_data,omitempty"`
+	InitDataExpected bool       `json:"init_data_expected,omitempty"`
 	Phases           []string   `json:"phases"`
 	Events           []EventRef `json:"events"`
 	// RuntimeEvents are the records measured after leave-initrd, by the booted system: they
@@ -114,6 +121,8 @@ type (
 	Overlay = eventlog.Overlay
 	Config  = eventlog.Config
 	Cmdline = eventlog.Cmdline
+	// InitData is eventlog.Initdata: the initdata record.
+	InitData = eventlog.Initdata
 )
 
 // EventRef is one event of the log.
@@ -134,6 +143,9 @@ type PlatformClaims struct {
 	Authenticity  string `json:"authenticity"`
 	// Measurement is the launch measurement (SEV-SNP MEASUREMENT, TDX MRTD), hex.
 	Measurement string `json:"measurement,omitempty"`
+	// HostConfig is what the host set at launch for the guest to check, hex: SEV-SNP
+	// HOST_DATA, TDX MRCONFIGID (Confidential Containers binds initdata there).
+	HostConfig string `json:"host_config,omitempty"`
 	// Debug: the TEE guest runs with debugging enabled (accepted only with AllowDebug).
 	Debug     bool            `json:"debug,omitempty"`
 	Registers []RegisterClaim `json:"registers,omitempty"`
@@ -223,6 +235,9 @@ func VerifyEvidence(ev *Evidence, opts Options) (*Claims, error) {
 	if err := claims.fromEvents(recs); err != nil {
 		return nil, err
 	}
+	if err := claims.checkInitData(&opts); err != nil {
+		return nil, err
+	}
 	if err := claims.checkChain(&opts); err != nil {
 		return nil, err
 	}
@@ -241,7 +256,8 @@ func verifyTEE(a *Attestation, reportData [64]byte, replayed eventlog.Values, re
 	if f.ReportData != reportData {
 		return nil, fail("report-data", "%s: the %s binds REPORT_DATA %x, expected %x: it was made for another event log or nonce", a.Platform, a.Kind, f.ReportData, reportData)
 	}
-	pc := &PlatformClaims{Platform: a.Platform, Kind: a.Kind, Source: a.Source, Measurement: hex.EncodeToString(f.Measurement), Debug: f.Debug}
+	pc := &PlatformClaims{Platform: a.Platform, Kind: a.Kind, Source: a.Source, Measurement: hex.EncodeToString(f.Measurement), Debug: f.Debug,
+		HostConfig: hex.EncodeToString(f.HostConfig)}
 	if f.Debug && !opts.AllowDebug {
 		return nil, fail("policy", "%s: the guest runs with debugging enabled, so the host can read and change its memory; accept it with --allow-debug for development only", a.Platform)
 	}
@@ -356,6 +372,9 @@ func (c *Claims) String() string {
 		if p.Measurement != "" {
 			fmt.Fprintf(&b, "  measurement %s\n", p.Measurement)
 		}
+		if p.HostConfig != "" {
+			fmt.Fprintf(&b, "  host config (HOST_DATA / MRCONFIGID) %s\n", p.HostConfig)
+		}
 		if p.Debug {
 			b.WriteString("  DEBUG guest: the host can read and change its memory\n")
 		}
@@ -450,6 +469,16 @@ func (c *Claims) String() string {
 			pinned = "matched the image's pin"
 		}
 		fmt.Fprintf(&b, "kernel command line: sha256 %s (%s)\n", safe(c.Cmdline.SHA256), pinned)
+	}
+	if d := c.InitData; d != nil {
+		switch {
+		case !d.Found:
+			fmt.Fprintf(&b, "init_data: none found (%s)\n", safe(d.Source))
+		case c.InitDataExpected:
+			fmt.Fprintf(&b, "init_data: %s %s from %s (as expected), bound to %s\n", safe(d.Algorithm), safe(d.Digest), safe(d.Source), safe(strings.Join(d.Bound, ", ")))
+		default:
+			fmt.Fprintf(&b, "init_data: %s %s from %s (no expected value given), bound to %s\n", safe(d.Algorithm), safe(d.Digest), safe(d.Source), safe(strings.Join(d.Bound, ", ")))
+		}
 	}
 	fmt.Fprintf(&b, "phases: %s\n", strings.Join(c.Phases, ", "))
 	fmt.Fprintf(&b, "events: %d, event log sha256 %s\n", len(c.Events), c.EventLogSHA256)
