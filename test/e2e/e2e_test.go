@@ -116,6 +116,9 @@ type scenario struct {
 	importCredentials bool
 	// qemuArgs are more qemu arguments: what the host adds to the VM's configuration.
 	qemuArgs []string
+	// initdata, when set, is a second virtio disk (/dev/vdb) holding these bytes, read-only:
+	// kata's initdata block device.
+	initdata []byte
 	// shellPrelude are UEFI shell commands run before the UKI (with loadOptions).
 	shellPrelude []string
 	// initramfs, when set, makes the scenario's initramfs from the prepared root tree (after
@@ -174,7 +177,8 @@ var debianConfig = cfg(noVerity, tpm, noStorage, overlay256)
 // each file declares.
 func allScenarios() []scenario {
 	return slices.Concat(coreScenarios, cmdlineScenarios(), matrixScenarios(), serveScenarios(), storageScenarios(),
-		overlayOnStorageScenarios(), dracutScenarios(), scratchStorageScenarios(), verityScenarios(), debianVerityScenarios())
+		overlayOnStorageScenarios(), dracutScenarios(), scratchStorageScenarios(), verityScenarios(), debianVerityScenarios(),
+		initdataScenarios())
 }
 
 // coreScenarios: the plain boots, firmware to init, and the basic refusals.
@@ -586,9 +590,18 @@ func bootSpec(t *testing.T, e *env, sc scenario, work string, img *harness.Image
 		killRe = regexp.MustCompile(sc.killOn)
 	}
 	var killOnce sync.Once
+	extra := sc.qemuArgs
+	if sc.initdata != nil {
+		disk := filepath.Join(work, "initdata.img")
+		if err := os.WriteFile(disk, sc.initdata, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		extra = append(slices.Clone(extra), "-drive", "if=none,id=initdata,format=raw,readonly=on,file="+disk,
+			"-device", "virtio-blk-pci,drive=initdata")
+	}
 	return harness.BootSpec{
 		Name: sc.name, WorkDir: work, Disk: img.Disk.Path, Accel: e.accel,
-		Timeout: sc.timeLimit, MemoryMiB: sc.memoryMiB, ExtraArgs: sc.qemuArgs,
+		Timeout: sc.timeLimit, MemoryMiB: sc.memoryMiB, ExtraArgs: extra,
 		OnLine: func(l string) {
 			if stream {
 				t.Log(l)
