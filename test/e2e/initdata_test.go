@@ -187,3 +187,11 @@ func checkInitdata(doc, reference string) func(t *testing.T, e *env, boot *harne
 		return problems
 	}
 }
+
+// initdataPCR8 is vTPM PCR 8 after Confidential Containers' one extend with doc's SHA-256,
+// computed here from the bytes: SHA-256(32 zero bytes ‖ SHA-256(doc)), hex.
+func initdataPCR8(doc string) string {
+	d := sha256.Sum256([]byte(doc))
+	p := sha256.Sum256(append(make([]byte, 32), d[:]...))
+	return hex.EncodeToString(p[:])
+}

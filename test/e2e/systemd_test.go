@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/pkg/initdata"
 	"github.com/cvmboot/cvmboot/test/e2e/harness"
 )
 
@@ -18,6 +19,11 @@ import (
 
 // dracutConfig is the secure default with swtpm as the platform and a capped overlay.
 var dracutConfig = cfg(tpm, overlay256, func(c *config.Config) { c.Storage.Binds = []string{"/var/lib/containers"} })
+
+// dracutInitdataConfig is dracutConfig taking kata's initdata device, /dev/vdb (waited for:
+// in a systemd initrd udev brings the disks up while the units run).
+var dracutInitdataConfig = cfg(tpm, overlay256, func(c *config.Config) { c.Storage.Binds = []string{"/var/lib/containers"} },
+	initdataFrom(config.InitdataDevice, "/dev/vdb"))
 
 // dracutPackages are what the dracut scenarios' root adds: dracut itself and dmsetup, whose
 // udev rules dracut's dm module installs (they make /dev/mapper/NAME).
@@ -42,6 +48,7 @@ say "evidence=$(ls /run/cvmboot/evidence 2>&1 | tr '\n' ' ')"
 say "pinned=$(grep -o '"cmdline_pinned": *"[^"]*"' /run/cvmboot/report.json)"
 say "outcome=$(head -1 /tmp/status)"
 say "eventlog=$(grep -o '"type":"cvmboot[.][a-z-]*"' /run/cvmboot/eventlog | cut -d'"' -f4 | tr '\n' ' ')"
+say "initdata=$(ls /run/confidential-containers/initdata 2>&1 | tr '\n' ' ')pcr8=$(cat /sys/class/tpm/tpm0/pcr-sha256/8 2>&1)"
 say "fill=$(dd if=/dev/zero of=/cvmboot-e2e-fill bs=1M 2>&1 | grep -o 'No space left on device' | head -1)"
 say "after-fill=$(systemctl is-system-running 2>&1)"
 rm -f /cvmboot-e2e-fill
@@ -88,10 +95,12 @@ func dracutScenarios() []scenario {
 		scenario{
 			// A dracut-built systemd initrd with the cvmboot module boots the verity root to
 			// multi-user: units verity → sysroot.mount → overlay → storage → evidence.
+			// The host attached kata's initdata disk: the attest unit takes it (PCR 8, the files).
 			name: "dracut-debian", root: rootDebian, debianPackages: dracutPackages,
-			config:    dracutConfig,
+			config:    dracutInitdataConfig,
 			recipe:    func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{}; r.FreeSpace = 1536 * harness.MiB },
-			initramfs: dracutInitramfs(dracutConfig),
+			initramfs: dracutInitramfs(dracutInitdataConfig),
+			initdata:  initdata.Block([]byte(initdataPod)),
 			cmdline:   "roothash={roothash} root=/dev/mapper/root ro",
 			expect: []string{`E2E-CHECK: system-state=running`, `E2E-CHECK: failed-units=none`,
 				`E2E-CHECK: root=overlay overlay rw,.*upperdir=/run/cvmboot/overlay/upper`, `E2E-CHECK: write=ok`,
@@ -100,12 +109,13 @@ func dracutScenarios() []scenario {
 				`E2E-CHECK: storage-stack=cvmboot-storage crypt cvmboot-storage_dif crypt vda\d part vda disk`,
 				`E2E-CHECK: analyze=Startup finished in .* \(kernel\) \+ .* \(initrd\) \+ .* \(userspace\)`,
 				`E2E-CHECK: units=success success success success`,
-				`E2E-CHECK: journal=.*CVMBOOT_STAGE=attest.*CVMBOOT_STAGE=binds.*CVMBOOT_STAGE=evidence.*CVMBOOT_STAGE=modules.*CVMBOOT_STAGE=overlay.*CVMBOOT_STAGE=root.*CVMBOOT_STAGE=storage.*CVMBOOT_STAGE=verity`,
-				// modules attest verity root storage overlay binds evidence: every step ran.
-				`E2E-CHECK: cvmboot-status=exit 0 8 ok, 0 failed`,
+				`E2E-CHECK: journal=.*CVMBOOT_STAGE=attest.*CVMBOOT_STAGE=binds.*CVMBOOT_STAGE=evidence.*CVMBOOT_STAGE=initdata.*CVMBOOT_STAGE=modules.*CVMBOOT_STAGE=overlay.*CVMBOOT_STAGE=root.*CVMBOOT_STAGE=storage.*CVMBOOT_STAGE=verity`,
+				// modules attest initdata verity root storage overlay binds evidence: every step ran.
+				`E2E-CHECK: cvmboot-status=exit 0 9 ok, 0 failed`,
+				`(?i)E2E-CHECK: initdata=aa.toml cdh.toml initdata.toml policy.rego pcr8=` + initdataPCR8(initdataPod),
 				`E2E-CHECK: evidence=.*tpm-quote`, `E2E-CHECK: pinned="cmdline_pinned": *"sha256:[0-9a-f]{64}"`,
 				`E2E-CHECK: outcome=cvmboot \S+ \(systemd-initrd mode\), boot ok`,
-				`E2E-CHECK: eventlog=cvmboot.phase cvmboot.config cvmboot.cmdline cvmboot.verity cvmboot.storage cvmboot.overlay cvmboot.phase `,
+				`E2E-CHECK: eventlog=cvmboot.phase cvmboot.config cvmboot.cmdline cvmboot.initdata cvmboot.verity cvmboot.storage cvmboot.overlay cvmboot.phase `,
 				`E2E-CHECK: fill=No space left on device`, `E2E-CHECK: after-fill=running`},
 			reject:    append([]string{`{fatal}`}, noShell...),
 			outcome:   bootedAndChecked,
