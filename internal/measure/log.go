@@ -115,7 +115,7 @@ func (l *Log) Measure(ev eventlog.Event) (*eventlog.Record, error) {
 		if len(data) > 0 && data[len(data)-1] != '\n' {
 			return errors.New("the last record is not terminated by a newline (torn write?)")
 		}
-		if err := l.checkFromZero(rec); err != nil {
+		if err := l.checkFromZero(rec, data); err != nil {
 			return err
 		}
 		rec.RecNum = bytes.Count(data, []byte("\n"))
@@ -169,8 +169,20 @@ func (l *Log) WithSnapshot(fn func(eventLog []byte) error) error {
 func ptr(i int) *int { return &i }
 
 // checkFromZero refuses a record whose registers must start at zero (PCR 8 for initdata)
-// when they do not: something extended them before, and the verifier's check would fail.
-func (l *Log) checkFromZero(rec *eventlog.Record) error {
+// when they do not (something extended them before, and the verifier's check would fail), or
+// when the boot has ended (a cvmboot.handoff record): the booted system binds no initdata.
+func (l *Log) checkFromZero(rec *eventlog.Record, logData []byte) error {
+	if len(rec.FromZero()) > 0 {
+		recs, err := eventlog.ParseLog(logData)
+		if err != nil {
+			return err
+		}
+		for i := range recs {
+			if recs[i].Type() == eventlog.TypeHandoff {
+				return fmt.Errorf("%s after the boot's end (record %d, %s): only the boot binds initdata", rec.Type(), recs[i].RecNum, eventlog.TypeHandoff)
+			}
+		}
+	}
 	for _, reg := range rec.FromZero() {
 		for _, e := range l.extenders {
 			if e.Kind() != reg.Kind {

@@ -433,3 +433,26 @@ func TestAAELWritten(t *testing.T) {
 		t.Errorf("RTMR 3 = %x, the AAEL entries replay to %x", v, rtmr3)
 	}
 }
+
+// After the boot's end no record binds initdata to PCR 8, even with PCR 8 still zero.
+func TestInitdataAfterHandoffRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "eventlog")
+	tpm := &fakeTPM{fakeRegisters{kind: eventlog.KindPCR, algs: []crypto.Hash{crypto.SHA256}}}
+	log, err := Open(path, tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range []eventlog.Event{eventlog.Phase("leave-initrd"), eventlog.Handoff()} {
+		if _, err := log.Measure(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	digest := sha256.Sum256([]byte("late"))
+	ev := eventlog.Initdata{Found: true, Source: "file /x", Algorithm: "sha256", Digest: hex.EncodeToString(digest[:]), Bound: []string{eventlog.BoundPCR8}}.Event()
+	if _, err := log.Measure(ev); err == nil || !strings.Contains(err.Error(), "after the boot's end") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, ok := tpm.values[eventlog.PCR(8, crypto.SHA256)]; ok {
+		t.Error("PCR 8 extended")
+	}
+}

@@ -60,9 +60,15 @@ func Collect(ctx context.Context, log *measure.Log, sources []Source, nonce []by
 // hostConfigReportData is the REPORT_DATA of the report HostConfig takes: it binds nothing.
 var hostConfigReportData = sha512.Sum512([]byte("cvmboot: a report taken to read HOST_DATA or MRCONFIGID"))
 
-// HostConfig takes a report from a TEE source and returns what the host set at launch for the
-// guest to check: SEV-SNP HOST_DATA, TDX MRCONFIGID.
+// HostConfig returns what the host set at launch for the guest to check: SEV-SNP HOST_DATA,
+// TDX MRCONFIGID. It is read from a report the host cannot forge: an SEV-SNP report comes
+// through the VMPCK-protected guest channel; a TDX quote comes from the host's quoting
+// service and is checked by nobody in the guest, so TDX reads the local TDREPORT instead
+// (TDX.HostConfig).
 func HostConfig(ctx context.Context, s Source) ([]byte, error) {
+	if t, ok := s.(*TDX); ok {
+		return t.HostConfig()
+	}
 	a, err := s.Evidence(ctx, hostConfigReportData)
 	if err != nil {
 		return nil, err

@@ -266,7 +266,9 @@ func TestFirmwareLogsAttached(t *testing.T) {
 func TestHostConfig(t *testing.T) {
 	signer := teetest.SNPSigner(t)
 	hostData := bytes.Repeat([]byte{0xab}, 32)
+	var snpAsked [64]byte
 	snpWithHostData := func(in []byte) ([]byte, error) {
+		copy(snpAsked[:], in)
 		raw := teetest.SNPRawReport(in)
 		copy(raw[0xC0:], hostData)
 		report := append([]byte(nil), raw[:evidence.SNPReportSize]...)
@@ -283,15 +285,20 @@ func TestHostConfig(t *testing.T) {
 		copy(r[512+64:], mrConfigID)
 		return r
 	}
-	// The report HostConfig asks for binds a fixed REPORT_DATA; the fake device answers only it.
+	// A quote comes through the host's quoting service, which could choose its MRCONFIGID:
+	// without the local TDREPORT device HostConfig refuses rather than believe it.
 	var asked [64]byte
-	probe := &tee.TDX{TSM: &tee.TSM{Client: teetest.TSM("tdx_guest", func(in []byte) ([]byte, error) {
-		copy(asked[:], in)
-		return nil, errors.New("no quoting service")
-	}, nil), ReportDir: reportDir}}
-	if _, err := tee.HostConfig(context.Background(), probe); err == nil {
-		t.Fatal("a TDX without a device produced a report")
+	forged := &tee.TDX{TSM: &tee.TSM{Client: teetest.TSM("tdx_guest", func(in []byte) ([]byte, error) {
+		q := teetest.TDXQuote(in, nil)
+		copy(q[48+184:], mrConfigID)
+		return q, nil
+	}, nil), ReportDir: reportDir}, DevicePath: "/dev/tdx_guest"}
+	if got, err := tee.HostConfig(context.Background(), forged); err == nil || !strings.Contains(err.Error(), "/dev/tdx_guest is missing") {
+		t.Fatalf("TDX without the TDREPORT device: HostConfig = %x, %v; want a refusal", got, err)
 	}
+	// The TDREPORT HostConfig asks for binds a fixed REPORT_DATA; the fake device answers only
+	// it (the SNP path above saw it).
+	asked = snpAsked
 	d := teetest.TDXDevice(t, asked, tdxWithConfigID(asked))
 	got, err = tee.HostConfig(context.Background(), &tee.TDX{Open: opened(d, d.Open), DevicePath: "/dev/tdx_guest"})
 	if err != nil || !bytes.Equal(got, mrConfigID) {

@@ -118,6 +118,24 @@ func (t *TDX) tdReport(reportData [64]byte) (*evidence.Attestation, error) {
 	return tdxAttestation(evidence.KindTDXReport, "ioctl", "tdx-report.bin", raw)
 }
 
+// HostConfig returns MRCONFIGID from the TDREPORT the TDX module makes for this TD
+// (/dev/tdx_guest), never from a quote: the quote passes through the host's quoting service
+// and nothing in the guest checks its signature, so the host could choose its MRCONFIGID.
+func (t *TDX) HostConfig() ([]byte, error) {
+	if t.Open == nil {
+		return nil, fmt.Errorf("tdx: MRCONFIGID is read from the local TDREPORT, but %s is missing (a quote from the host's quoting service is not trusted for it)", t.DevicePath)
+	}
+	a, err := t.tdReport(hostConfigReportData)
+	if err != nil {
+		return nil, fmt.Errorf("tdx: %s: %w", t.DevicePath, err)
+	}
+	f, err := evidence.ParseReport(a.Kind, a.Report.Data)
+	if err != nil {
+		return nil, err
+	}
+	return f.HostConfig, nil
+}
+
 // tdxAttestation lists the RTMRs next to the report, so evidence.json shows them.
 func tdxAttestation(kind evidence.Kind, source, name string, raw []byte) (*evidence.Attestation, error) {
 	f, err := evidence.ParseReport(kind, raw)

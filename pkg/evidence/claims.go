@@ -2,6 +2,7 @@ package evidence
 
 import (
 	"bytes"
+	"crypto"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -31,6 +32,11 @@ func (c *Claims) fromEvents(recs []eventlog.Record) error {
 		typ, data := r.Type(), r.Data()
 		c.rtmrRecords = c.rtmrRecords || r.RTMR != nil
 		if left || (leftPhases && typ == eventlog.TypePhase) {
+			if typ == eventlog.TypeInitdata {
+				// The boot binds initdata (PCR 8 from zero); one recorded later would let the
+				// booted system choose the binding Trustee checks.
+				return fail("init_data", "record %d (%s) was measured after the boot's end: initdata bound by the booted system", r.RecNum, typ)
+			}
 			c.RuntimeEvents = append(c.RuntimeEvents, EventRef{RecNum: r.RecNum, Type: typ, Data: string(data)})
 			continue
 		}
@@ -122,6 +128,11 @@ func (c *Claims) checkInitData(opts *Options) error {
 				want, field = initdata.HostData(digest), "HOST_DATA"
 			case PlatformTDX:
 				want, field = initdata.MRConfigID(digest), "MRCONFIGID"
+			case PlatformTPM:
+				if err := checkPCR8(pc, d, digest); err != nil {
+					return err
+				}
+				continue
 			default:
 				continue
 			}
@@ -147,4 +158,27 @@ func (c *Claims) checkInitData(opts *Options) error {
 	}
 	c.InitDataExpected = true
 	return nil
+}
+
+// checkPCR8 requires a quote of a boot that bound initdata to PCR 8 to show exactly Trustee's
+// value, SHA-256(32 zero bytes ‖ digest), whether or not a firmware log was replayed: any
+// other extend of PCR 8 breaks the binding.
+func checkPCR8(pc PlatformClaims, d *InitData, digest []byte) error {
+	if !slices.Contains(d.Bound, eventlog.BoundPCR8) {
+		return nil
+	}
+	want, err := initdata.PCR8(digest)
+	if err != nil {
+		return fail("init_data", "tpm: %v", err)
+	}
+	reg := eventlog.PCR(eventlog.PCRInitdata, crypto.SHA256).String()
+	for _, r := range pc.Registers {
+		if r.Register == reg {
+			if r.Value != hex.EncodeToString(want) {
+				return fail("init_data", "tpm: PCR 8 is %s in the quote, but the boot bound initdata %s there: expected SHA-256(32 zero bytes ‖ digest) = %x (something else extended PCR 8)", r.Value, d.Digest, want)
+			}
+			return nil
+		}
+	}
+	return fail("init_data", "tpm: the boot bound initdata %s to PCR 8, which the quote does not cover", d.Digest)
 }
