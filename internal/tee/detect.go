@@ -16,6 +16,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/mount"
+	"github.com/cvmboot/cvmboot/pkg/aael"
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
@@ -26,6 +27,7 @@ type Options struct {
 	SysfsDir    string // default /sys
 	DevDir      string // default /dev
 	MountInfo   string // default /proc/self/mountinfo
+	AAELPath    string // the Attestation Agent's event log; default aael.Path
 
 	TSM          TSMClient                                                       // configfs-tsm access; nil: the files under ConfigfsDir
 	OpenSEVGuest func() (Device, error)                                          // nil: DevDir/sev-guest
@@ -44,6 +46,7 @@ func (o Options) withDefaults() Options {
 	def(&o.SysfsDir, "/sys")
 	def(&o.DevDir, "/dev")
 	def(&o.MountInfo, "/proc/self/mountinfo")
+	def(&o.AAELPath, aael.Path)
 	if o.Mount == nil {
 		o.Mount = unix.Mount
 	}
@@ -255,7 +258,8 @@ func (d *Detection) Sources() []Source {
 	if d.TDX.Present {
 		t := &TDX{DevicePath: filepath.Join(d.opts.DevDir, TDXGuestDevice),
 			CCELTablePath: filepath.Join(d.opts.SysfsDir, strings.TrimPrefix(CCELTablePath, "/sys/")),
-			CCELPath:      filepath.Join(d.opts.SysfsDir, strings.TrimPrefix(CCELPath, "/sys/"))}
+			CCELPath:      filepath.Join(d.opts.SysfsDir, strings.TrimPrefix(CCELPath, "/sys/")),
+			AAELPath:      d.opts.AAELPath}
 		if d.tsm != nil && d.tsmHas(ProviderTDX) {
 			t.TSM = d.tsm
 		}

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	tdxabi "github.com/google/go-tdx-guest/client/linuxabi"
+
+	"github.com/cvmboot/cvmboot/pkg/aael"
+	"github.com/cvmboot/cvmboot/pkg/readfile"
 
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
@@ -22,6 +26,8 @@ type TDX struct {
 	// CCELTablePath and CCELPath are the firmware's CC event log (ACPI table CCEL and its
 	// data); empty: none is attached.
 	CCELTablePath, CCELPath string
+	// AAELPath is the Attestation Agent's event log (aael.Path), attached when it exists.
+	AAELPath string
 }
 
 // Where Linux shows the firmware's CC event log.
@@ -29,6 +35,23 @@ const (
 	CCELTablePath = "/sys/firmware/acpi/tables/CCEL"
 	CCELPath      = "/sys/firmware/acpi/tables/data/CCEL"
 )
+
+// attachAAEL adds the Attestation Agent's event log, which a verifier needs to replay RTMR 3
+// once the Agent has extended it. It is read after the report: the Agent writes an entry after
+// its extend, so the log holds at least what the register does (see pkg/evidence).
+func (t *TDX) attachAAEL(a *evidence.Attestation) {
+	if t.AAELPath == "" {
+		return
+	}
+	data, err := readfile.Limit(t.AAELPath, aael.MaxSize)
+	switch {
+	case errors.Is(err, os.ErrNotExist) || (err == nil && len(data) == 0):
+	case err != nil:
+		a.Meta["agent_log_error"] = err.Error()
+	default:
+		a.AgentLog = &evidence.File{Name: "tdx-aael.bin", Data: data}
+	}
+}
 
 // attachCCEL adds the firmware's CC event log, which a verifier needs to replay RTMR 0-2.
 func (t *TDX) attachCCEL(a *evidence.Attestation) {
@@ -57,6 +80,7 @@ func (t *TDX) Evidence(ctx context.Context, reportData [64]byte) (*evidence.Atte
 		a, err := t.quote(reportData)
 		if err == nil {
 			t.attachCCEL(a)
+			t.attachAAEL(a)
 			return a, nil
 		}
 		errs = append(errs, err)
@@ -68,6 +92,7 @@ func (t *TDX) Evidence(ctx context.Context, reportData [64]byte) (*evidence.Atte
 		a, err := t.tdReport(reportData)
 		if err == nil {
 			t.attachCCEL(a)
+			t.attachAAEL(a)
 			if len(errs) > 0 {
 				a.Meta["quote_error"] = errs[0].Error()
 			} else {

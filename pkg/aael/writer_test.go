@@ -1,6 +1,7 @@
 package aael
 
 import (
+	"bytes"
 	"crypto"
 	_ "crypto/sha256"
 	_ "crypto/sha512"
@@ -51,4 +52,51 @@ func TestRefuses(t *testing.T) {
 	if _, _, err := (Event{"d", "o", "c"}).Record(TDXIndex, crypto.SHA1); err == nil {
 		t.Error("SHA-1 accepted")
 	}
+}
+
+func TestParseRoundTrip(t *testing.T) {
+	var log []byte
+	events := []Event{{"cvmboot", "phase", "enter-initrd"}, {"kata-agent", "CreateContainer", `{"id": "x y"}`}}
+	for _, e := range events {
+		r, _, err := e.Record(TDXIndex, crypto.SHA384)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log = append(log, r...)
+	}
+	entries, err := Parse(append(log, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff))
+	if err != nil || len(entries) != 2 || entries[1].Event != events[1] || entries[0].Index != TDXIndex {
+		t.Fatalf("Parse = %+v, %v", entries, err)
+	}
+	for name, bad := range map[string][]byte{
+		"truncated":    log[:len(log)-3],
+		"digest wrong": func() []byte { b := []byte(string(log)); b[20] ^= 1; return b }(),
+		"text changed": func() []byte { b := []byte(string(log)); b[len(b)-2] ^= 1; return b }(),
+	} {
+		if _, err := Parse(bad); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	r, _, _ := Event{"cvmboot", "phase", "enter-initrd"}.Record(TDXIndex, crypto.SHA384)
+	f.Add(r)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		entries, err := Parse(b)
+		if err != nil {
+			return
+		}
+		var again []byte
+		for _, e := range entries {
+			rec, _, err := e.Event.Record(e.Index, crypto.SHA384)
+			if err != nil {
+				t.Fatalf("parsed %+v does not encode: %v", e, err)
+			}
+			again = append(again, rec...)
+		}
+		if !bytes.HasPrefix(b, again) {
+			t.Fatalf("parsed entries re-encode to other bytes")
+		}
+	})
 }

@@ -3,17 +3,20 @@ package evidence_test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/sha512"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/cvmboot/cvmboot/internal/measure"
 	"github.com/cvmboot/cvmboot/internal/tee"
 	"github.com/cvmboot/cvmboot/internal/tee/teetest"
+	"github.com/cvmboot/cvmboot/pkg/aael"
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
 	"github.com/cvmboot/cvmboot/pkg/evidence/firmwarelog"
@@ -151,7 +154,7 @@ func TestTrusteeReplaysCCELAndAAEL(t *testing.T) {
 	rd := evidenceReportData(t, log)
 	dev := teetest.TDXDevice(t, rd, teetest.TDReport(rd, rtmrs))
 	src := &tee.TDX{Open: func() (tee.Device, error) { return dev, dev.Open("") }, DevicePath: "/dev/tdx_guest",
-		CCELTablePath: table, CCELPath: "firmwarelog/testdata/cos-113-intel-tdx.bin"}
+		CCELTablePath: table, CCELPath: "firmwarelog/testdata/cos-113-intel-tdx.bin", AAELPath: log.AAEL}
 	dir := t.TempDir()
 	if _, err := tee.Collect(context.Background(), log, []tee.Source{src}, nonce, dir); err != nil {
 		t.Fatal(err)
@@ -193,4 +196,88 @@ func bootLogAAEL(t *testing.T, rtmr *fakeRTMR) *measure.Log {
 
 func evidenceReportData(t *testing.T, log *measure.Log) [64]byte {
 	return eventlog.ReportData(logBytes(t, log), nonce)
+}
+
+// After the boot the Attestation Agent appends its own entries and extends RTMR 3: cvmboot's
+// later evidence carries the Agent's log, and the verifier replays RTMR 3 from it, listing
+// the Agent's entries as runtime events. An extend the Agent's log lacks, a "cvmboot" entry
+// cvmboot's log lacks, or an edited entry is refused.
+func TestAgentLogReplaysRTMR3(t *testing.T) {
+	agentEntry := func(content string) []byte {
+		r, _, err := aael.Event{Domain: "github.com/confidential-containers", Operation: "PullImage", Content: content}.Record(aael.TDXIndex, crypto.SHA384)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	digestOf := func(entry []byte) []byte { return entry[14:62] }
+	type agentStep struct {
+		entry  []byte
+		extend bool // the register is extended
+		logged bool // the entry is appended to the log
+	}
+	run := func(t *testing.T, steps []agentStep, edit func(log []byte) []byte) (*evidence.Claims, error) {
+		rtmr := &fakeRTMR{}
+		log := bootLogAAEL(t, rtmr)
+		for _, s := range steps {
+			if s.extend {
+				rtmr.Extend(3, map[crypto.Hash][]byte{crypto.SHA384: digestOf(s.entry)})
+			}
+			if s.logged {
+				f, err := os.OpenFile(log.AAEL, os.O_APPEND|os.O_WRONLY, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				f.Write(s.entry)
+				f.Close()
+			}
+		}
+		if edit != nil {
+			b, _ := os.ReadFile(log.AAEL)
+			os.WriteFile(log.AAEL, edit(b), 0o644)
+		}
+		rd := evidenceReportData(t, log)
+		var rtmrs [4][48]byte
+		copy(rtmrs[3][:], rtmr.value)
+		dev := teetest.TDXDevice(t, rd, teetest.TDReport(rd, rtmrs))
+		src := &tee.TDX{Open: func() (tee.Device, error) { return dev, dev.Open("") }, DevicePath: "/dev/tdx_guest", AAELPath: log.AAEL}
+		dir := t.TempDir()
+		if _, err := tee.Collect(context.Background(), log, []tee.Source{src}, nonce, dir); err != nil {
+			t.Fatal(err)
+		}
+		return evidence.Verify(dir, evidence.Options{ExpectRootHash: rootHash, Nonce: nonce, AllowUnsigned: evidence.AllPlatforms, AllowUnknownUKI: true})
+	}
+	pull := agentEntry(`{"image":"example.com/app:1"}`)
+	claims, err := run(t, []agentStep{{pull, true, true}}, nil)
+	if err != nil {
+		t.Fatalf("Verify with the Agent's entry: %v", err)
+	}
+	if ev := claims.Platforms[0].AgentEvents; len(ev) != 1 || !strings.Contains(ev[0], "PullImage") || !strings.Contains(claims.String(), "runtime event (Attestation Agent") {
+		t.Errorf("agent events %v\n%s", ev, claims)
+	}
+	// Logged but not yet extended (the Agent crashed between the two, or the log was read
+	// after the report): the register is a prefix of the log.
+	if _, err := run(t, []agentStep{{pull, true, true}, {agentEntry("second"), false, true}}, nil); err != nil {
+		t.Errorf("an entry logged after the report: %v", err)
+	}
+	for _, tc := range []struct {
+		name  string
+		steps []agentStep
+		edit  func([]byte) []byte
+		want  string
+	}{
+		{"extended, never logged", []agentStep{{pull, true, false}}, nil, "no prefix of the Attestation Agent's log"},
+		{"a cvmboot entry cvmboot never measured", []agentStep{{func() []byte {
+			r, _, _ := aael.Event{Domain: "cvmboot", Operation: "storage", Content: `{"data":{"encrypted":true},"type":"cvmboot.storage"}`}.Record(aael.TDXIndex, crypto.SHA384)
+			return r
+		}(), true, true}}, nil, "a cvmboot entry cvmboot's log does not hold"},
+		{"edited entry", []agentStep{{pull, true, true}}, func(b []byte) []byte { b[len(b)-3] ^= 1; return b }, "is not the SHA-384 of its event"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := run(t, tc.steps, tc.edit)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
 }

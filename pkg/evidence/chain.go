@@ -304,7 +304,7 @@ func replayAttestedFirmware(a *Attestation, attested map[int][]byte, recs []even
 	if err != nil {
 		return fail("firmware-log", "%s: %s: %v", a.Platform, a.FirmwareLog.Name, err)
 	}
-	fr, err := replayFirmware(a.Platform, kind, events, attested, recs)
+	fr, err := replayFirmware(a.Platform, kind, events, attested, recs, pc.rtmr3)
 	if err != nil {
 		return err
 	}

@@ -137,15 +137,15 @@ func TestReplayRuntimePhases(t *testing.T) {
 	for _, w := range []string{"sysinit", "ready"} {
 		v = extend(crypto.SHA256, v, digestOf(w))
 	}
-	fr, err := replayFirmware(PlatformTPM, eventlog.KindPCR, nil, map[int][]byte{11: v, 15: make([]byte, 32)}, nil)
+	fr, err := replayFirmware(PlatformTPM, eventlog.KindPCR, nil, map[int][]byte{11: v, 15: make([]byte, 32)}, nil, nil)
 	if err != nil || strings.Join(fr.runtimePhases, ",") != "sysinit,ready" {
 		t.Fatalf("replay: %v, phases %v", err, fr)
 	}
 	w := extend(crypto.SHA256, v, digestOf("shutdown"))
-	if _, err := replayFirmware(PlatformTPM, eventlog.KindPCR, nil, map[int][]byte{11: w}, nil); err == nil || !strings.Contains(err.Error(), "PCR 11 is") {
+	if _, err := replayFirmware(PlatformTPM, eventlog.KindPCR, nil, map[int][]byte{11: w}, nil, nil); err == nil || !strings.Contains(err.Error(), "PCR 11 is") {
 		t.Fatalf("replay with an unknown extend: %v", err)
 	}
-	if _, err := replayFirmware(PlatformTPM, eventlog.KindPCR, nil, map[int][]byte{15: v}, nil); err == nil {
+	if _, err := replayFirmware(PlatformTPM, eventlog.KindPCR, nil, map[int][]byte{15: v}, nil, nil); err == nil {
 		t.Fatal("runtime phases accepted in PCR 15")
 	}
 }

@@ -115,6 +115,10 @@ type Attestation struct {
 	FirmwareLog *File `json:"firmware_log,omitempty"`
 	// FirmwareLogTable is the CCEL ACPI table that goes with a TDX firmware log.
 	FirmwareLogTable *File `json:"firmware_log_table,omitempty"`
+	// AgentLog is the Confidential Containers Attestation Agent's event log (pkg/aael) with a
+	// TDX attestation: RTMR 3 holds cvmboot's records and, once the Agent runs, its own. Like
+	// the firmware log it is believed only as far as it replays to the register.
+	AgentLog *File `json:"agent_log,omitempty"`
 	// Registers are the register values the attestation claims: the PCRs of a TPM quote (whose
 	// digest is all the quote holds) and, for reading convenience, the RTMRs of a TDX report.
 	Registers []Register `json:"registers,omitempty"`
@@ -157,7 +161,7 @@ func (ev *Evidence) Files() []*File {
 	for i := range ev.Attestations {
 		a := &ev.Attestations[i]
 		fs = append(fs, &a.Report)
-		for _, f := range []*File{a.Certificates, a.Signature, a.AKPublic, a.FirmwareLog, a.FirmwareLogTable} {
+		for _, f := range []*File{a.Certificates, a.Signature, a.AKPublic, a.FirmwareLog, a.FirmwareLogTable, a.AgentLog} {
 			if f != nil {
 				fs = append(fs, f)
 			}
@@ -339,6 +343,9 @@ func (a *Attestation) validate() error {
 	}
 	if a.FirmwareLogTable != nil && (a.Platform != PlatformTDX || a.FirmwareLog == nil) {
 		return fmt.Errorf("%s: a firmware log table goes with a TDX firmware log only", a.Kind)
+	}
+	if a.AgentLog != nil && a.Platform != PlatformTDX {
+		return fmt.Errorf("%s: an Attestation Agent log goes with TDX only", a.Kind)
 	}
 	seen := map[string]bool{}
 	for _, r := range a.Registers {

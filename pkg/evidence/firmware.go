@@ -58,7 +58,7 @@ var systemdRuntimePhases = []string{"sysinit", "ready"}
 // replayFirmware replays every attested register from the firmware's events, then cvmboot's
 // records, from zero, and requires equality: an extend neither log explains fails. attested
 // holds the quote's (or report's) values.
-func replayFirmware(platform Platform, kind string, events []FirmwareEvent, attested map[int][]byte, recs []eventlog.Record) (*firmwareReplay, error) {
+func replayFirmware(platform Platform, kind string, events []FirmwareEvent, attested map[int][]byte, recs []eventlog.Record, rtmr3 [][]byte) (*firmwareReplay, error) {
 	fr := &firmwareReplay{events: map[int][]FirmwareEvent{}, covered: map[int]bool{}}
 	alg := crypto.SHA384
 	if kind == eventlog.KindPCR {
@@ -104,10 +104,18 @@ func replayFirmware(platform Platform, kind string, events []FirmwareEvent, atte
 			reg = eventlog.PCR(idx, alg)
 		}
 		ncv := 0
-		for i := range recs {
-			if d := recs[i].Extends(reg); d != nil {
+		if kind == eventlog.KindRTMR && idx == eventlog.RTMRIndex && rtmr3 != nil {
+			// The Attestation Agent's log, which holds cvmboot's records and its own.
+			for _, d := range rtmr3 {
 				v = extend(alg, v, d)
 				ncv++
+			}
+		} else {
+			for i := range recs {
+				if d := recs[i].Extends(reg); d != nil {
+					v = extend(alg, v, d)
+					ncv++
+				}
 			}
 		}
 		if bytes.Equal(v, want) {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -157,8 +158,12 @@ type PlatformClaims struct {
 	RuntimePhases []string `json:"runtime_phases,omitempty"`
 	// UKI is what the firmware log showed of the expected UKI.
 	UKI *UKIMatch `json:"uki,omitempty"`
+	// AgentEvents are the Attestation Agent's entries RTMR 3 holds ("domain operation
+	// content"), from its log: runtime events, no boot claim.
+	AgentEvents []string `json:"agent_events,omitempty"`
 
-	fw *firmwareReplay // the replayed firmware log, nil without one
+	fw    *firmwareReplay // the replayed firmware log, nil without one
+	rtmr3 [][]byte        // RTMR 3's extends from the Agent's log; nil: cvmboot's records
 }
 
 // RegisterClaim is a register value an attestation vouches for.
@@ -302,6 +307,17 @@ func verifyTEE(a *Attestation, reportData [64]byte, replayed eventlog.Values, re
 				break
 			}
 		}
+		if a.AgentLog != nil && len(f.RTMRs) == 4 {
+			// The Attestation Agent extends RTMR 3 too: its log, which holds cvmboot's
+			// records as entries, replays the register instead of cvmboot's log alone.
+			digests, agent, err := agentReplay(a, f.RTMRs[eventlog.RTMRIndex], recs)
+			if err != nil {
+				return nil, err
+			}
+			pc.rtmr3, pc.AgentEvents = digests, agent
+			replayed = maps.Clone(replayed)
+			replayed[eventlog.RTMR(eventlog.RTMRIndex)] = foldSHA384(digests)
+		}
 		if err := checkRTMRs(a, f, replayed, pc); err != nil {
 			return nil, err
 		}
@@ -390,6 +406,9 @@ func (c *Claims) String() string {
 		}
 		if p.FirmwareLog != "" {
 			fmt.Fprintf(&b, "  firmware log: %s\n", safe(p.FirmwareLog))
+		}
+		for _, e := range p.AgentEvents {
+			fmt.Fprintf(&b, "  runtime event (Attestation Agent, in RTMR 3, changes no boot claim): %s\n", safe(e))
 		}
 		if len(p.RuntimePhases) > 0 {
 			fmt.Fprintf(&b, "  PCR 11 also holds %s, measured by systemd-pcrphase in the booted system (in no log: inferred from PCR 11)\n", strings.Join(p.RuntimePhases, ", "))
