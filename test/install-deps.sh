@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(file qemu-system-x86 ovmf swtpm swtpm-tools systemd-boot-efi binutils cryptsetup-bin
   kmod cpio debootstrap e2fsprogs xfsprogs erofs-utils dosfstools gdisk fdisk zstd xz-utils util-linux
-  busybox-static pesign sbsigntool openssl osslsigncode)
+  busybox-static pesign sbsigntool openssl osslsigncode mtools python3-pefile)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

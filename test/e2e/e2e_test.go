@@ -116,6 +116,9 @@ type scenario struct {
 	importCredentials bool
 	// qemuArgs are more qemu arguments: what the host adds to the VM's configuration.
 	qemuArgs []string
+	// build, when set, makes the image instead of harness.BuildImage (from the root tree, in
+	// work): the README's recipe.
+	build func(t *testing.T, e *env, tree, work string) (*harness.Image, error)
 	// initdata, when set, is a second virtio disk (/dev/vdb) holding these bytes, read-only:
 	// kata's initdata block device.
 	initdata []byte
@@ -178,7 +181,7 @@ var debianConfig = cfg(noVerity, tpm, noStorage, overlay256)
 func allScenarios() []scenario {
 	return slices.Concat(coreScenarios, cmdlineScenarios(), matrixScenarios(), serveScenarios(), storageScenarios(),
 		overlayOnStorageScenarios(), dracutScenarios(), scratchStorageScenarios(), verityScenarios(), debianVerityScenarios(),
-		initdataScenarios())
+		initdataScenarios(), recipeScenarios())
 }
 
 // coreScenarios: the plain boots, firmware to init, and the basic refusals.
@@ -521,12 +524,18 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 		}
 		init = harness.InitPrebuilt
 	}
-	img, err := harness.BuildImage(ctx, harness.ImageSpec{
-		WorkDir: work, Kernel: e.kernel, Tools: tools, Init: init,
-		Modules: sc.modules, Config: sc.config, Cmdline: cmdline, Recipe: recipe, InitramfsFor: prebuilt,
-		LoadOptions: strings.Replace(subst(sc.loadOptions, false), "console=ttyS0 ", "console=ttyS0 "+hardening(sc), 1), UnpinnedCmdline: sc.unpinned,
-		ShellPrelude: sc.shellPrelude, AllowHostCredentials: sc.importCredentials,
-	})
+	var img *harness.Image
+	var err error
+	if sc.build != nil {
+		img, err = sc.build(t, e, recipe.Root.Tree, work)
+	} else {
+		img, err = harness.BuildImage(ctx, harness.ImageSpec{
+			WorkDir: work, Kernel: e.kernel, Tools: tools, Init: init,
+			Modules: sc.modules, Config: sc.config, Cmdline: cmdline, Recipe: recipe, InitramfsFor: prebuilt,
+			LoadOptions: strings.Replace(subst(sc.loadOptions, false), "console=ttyS0 ", "console=ttyS0 "+hardening(sc), 1), UnpinnedCmdline: sc.unpinned,
+			ShellPrelude: sc.shellPrelude, AllowHostCredentials: sc.importCredentials,
+		})
+	}
 	if err != nil {
 		t.Fatalf("scenario %s: build image: %v", sc.name, err)
 	}

@@ -1,15 +1,20 @@
-// Command demo builds a cvmboot disk image with the tiny rootcheck root, boots
-// it under qemu (OVMF, swtpm) with the serial console streamed to stdout, and
-// finally prints the boot report rootcheck found, pretty. `make demo` runs it.
+// Command demo shows what cvmboot does, on one screen: it builds a disk with a dm-verity root
+// and free space, boots it under qemu (OVMF, swtpm) with cvmboot as PID 1 — verified root,
+// encrypted storage with integrity, tmpfs overlay, measured boot with evidence — verifies the
+// evidence on the host against the UKI file, then flips one byte of the root and boots again:
+// refused. `make demo` runs it; -v streams the guest's console.
 package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
-	"regexp"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -18,39 +23,50 @@ import (
 	"github.com/cvmboot/cvmboot/test/e2e/harness"
 )
 
-// demoConfig is cvmboot's configuration for a plain qemu guest: no verified
-// root and no TEE to require (the TPM is swtpm's), no storage.
-const demoConfig = `# cvmboot demo: plain root, swtpm TPM, no storage
-verity:
-  required: false
+// demoConfig is the default config with what a plain qemu guest needs: its TPM is swtpm's (no
+// TEE to require), and the demo disk's free space is smaller than storage's default minimum.
+const demoConfig = `# cvmboot demo: the defaults (verity required, encrypted storage with integrity,
+# tmpfs overlay, power off on failure) on a qemu guest with swtpm
 attest:
   require: tpm
 storage:
-  enabled: false
-overlay:
-  enabled: false
+  min_size: 256MiB
 `
 
+const evidenceDir = "/run/cvmboot/evidence"
+
 func main() {
-	configFile := flag.String("config", "", "cvmboot config YAML (default: a plain-root demo config)")
-	extra := flag.String("cmdline", "", "extra kernel command line words")
-	timeout := flag.Duration("timeout", 4*time.Minute, "hard limit for the boot")
+	verbose := flag.Bool("v", false, "stream the guest's serial console")
+	timeout := flag.Duration("timeout", 4*time.Minute, "hard limit for each boot")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, *configFile, *extra, *timeout); err != nil {
+	start := time.Now()
+	if err := run(ctx, *verbose, *timeout); err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 		os.Exit(1)
 	}
+	fmt.Printf("\n(demo took %.0fs)\n", time.Since(start).Seconds())
 }
 
-func run(ctx context.Context, configFile, extra string, timeout time.Duration) error {
-	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "demo: "+format+"\n", args...) }
+func step(format string, args ...any) { fmt.Printf("• "+format+"\n", args...) }
+
+func run(ctx context.Context, verbose bool, timeout time.Duration) error {
+	logf := func(format string, args ...any) { fmt.Printf("  "+format+"\n", args...) }
+	repo, err := harness.RepoRoot()
+	if err != nil {
+		return err
+	}
+	host := filepath.Join(repo, "bin", "cvmboot-host")
+	if _, err := os.Stat(host); err != nil {
+		return fmt.Errorf("%s is missing: run `make build` (make demo does)", host)
+	}
 	cache, err := harness.OpenCache()
 	if err != nil {
 		return err
 	}
+	step("kernel, OVMF and tools (cached in %s after the first run)", cache.Path())
 	kernel, err := cache.Kernel(ctx, logf)
 	if err != nil {
 		return err
@@ -63,74 +79,223 @@ func run(ctx context.Context, configFile, extra string, timeout time.Duration) e
 	if err != nil {
 		return err
 	}
-	config := demoConfig
-	if configFile != "" {
-		b, err := os.ReadFile(configFile)
-		if err != nil {
-			return err
-		}
-		config = string(b)
-	}
 	tree, err := cache.TinyRoot(ctx)
 	if err != nil {
 		return err
 	}
-	cmdline := strings.TrimSpace("console=ttyS0 systemd.import_credentials=no root=PARTUUID=" + harness.DefaultRootPartUID + " " + extra)
 	work := cache.Path("work", "demo")
 	_ = os.RemoveAll(work)
+	step("building the image: root file system → dm-verity hash tree (roothash= in the UKI's command line), 320 MiB free space, UKI with cvmboot's initramfs")
 	img, err := harness.BuildImage(ctx, harness.ImageSpec{
-		WorkDir: work, Kernel: kernel, Tools: tools, Init: harness.InitCvmboot, Config: config, Cmdline: cmdline,
-		Recipe: harness.DiskRecipe{Root: harness.RootSpec{Tree: tree}, VerityRoom: 64 * harness.MiB, FreeSpace: 256 * harness.MiB},
+		WorkDir: work, Kernel: kernel, Tools: tools, Init: harness.InitCvmboot, Config: demoConfig,
+		Cmdline: "console=ttyS0 systemd.import_credentials=no roothash={roothash} rootcheck.expect=root:rw rootcheck.dump=" + evidenceDir,
+		Recipe:  harness.DiskRecipe{Root: harness.RootSpec{Tree: tree}, Verity: &harness.VeritySpec{}, FreeSpace: 320 * harness.MiB},
 	})
 	if err != nil {
 		return err
 	}
-	logf("kernel %s, accel %s, disk %s (%d MiB), booting…", kernel.Version, accel, img.Disk.Path, img.Disk.Size/harness.MiB)
+	logf("kernel %s, %s, disk %s (%d MiB), root hash %s", kernel.Version, accel, img.Disk.Path, img.Disk.Size/harness.MiB, img.RootHash)
 
-	res, err := harness.Boot(ctx, harness.BootSpec{
-		Name: "demo", WorkDir: work, Disk: img.Disk.Path, Accel: accel, Timeout: timeout,
-		OnLine: func(line string) { fmt.Println(line) },
-	})
+	step("booting it (OVMF + swtpm, cvmboot as PID 1)…")
+	res, err := boot(ctx, "demo", work, img, accel, timeout, verbose)
 	if err != nil {
 		return err
 	}
-	fmt.Println()
-	fmt.Printf("== boot ended: %s (%s) after %.1fs\n", res.Reason, res.Detail, res.Duration.Seconds())
-	printPhases(res)
-	if pass, fail, ok := harness.RootcheckDone(res.Serial); ok {
-		fmt.Printf("== rootcheck: %d passed, %d failed\n", pass, fail)
-		for _, l := range harness.LinesWithPrefix(res.Serial, "ROOTCHECK: FAIL") {
-			fmt.Println("   " + l)
-		}
-	} else {
-		fmt.Println("== rootcheck did not finish")
+	rep, err := bootReport(res)
+	if err != nil {
+		return fmt.Errorf("%v (serial log %s)", err, res.SerialLogPath)
 	}
-	raw, rerr := harness.ExtractReport(res.Serial, harness.RootcheckReportBegin, harness.RootcheckReportEnd)
-	if rerr == nil {
-		fmt.Println("== /run/cvmboot/report.json:")
-		fmt.Println(harness.PrettyJSON(raw))
-		// The same report as `cvmboot status` shows it in the booted system.
-		if rep, err := report.Unmarshal([]byte(raw)); err == nil {
-			fmt.Println("== cvmboot status:")
-			_ = rep.WriteTable(os.Stdout)
-		} else {
-			rerr = err
-		}
+	fmt.Printf("  booted to the root's init in %.1fs (%s)\n\n", res.Duration.Seconds(), res.PhaseSummary())
+	showBoot(rep)
+	fmt.Println("\n`cvmboot status` in the booted system (first fact of each step):")
+	showStatus(rep)
+
+	step("verifying the evidence on the host: cvmboot-host evidence verify --expect-uki BOOTX64.EFI --expect-roothash …")
+	verdict, err := verify(host, res, img, work)
+	if err != nil {
+		return err
 	}
-	switch {
-	case res.Reason != harness.ExitPoweredOff:
-		return fmt.Errorf("guest did not power off (%s); serial log %s", res.Reason, res.SerialLogPath)
-	case rerr != nil:
-		return fmt.Errorf("no report: %v; serial log %s", rerr, res.SerialLogPath)
+	fmt.Println(verdict)
+
+	step("the host flips one byte of the root file system (block 0) and boots the same disk again…")
+	if err := harness.FlipByte(img.Disk.Path, img.Disk.Root.Start+1024+0x78); err != nil {
+		return err
 	}
+	bad, err := boot(ctx, "demo-tampered", filepath.Join(work, "tampered"), img, accel, timeout, verbose)
+	if err != nil {
+		return err
+	}
+	fatal := harness.LinesWithPrefix(bad.Serial, "cvmboot: FATAL")
+	action := harness.LinesWithPrefix(bad.Serial, "cvmboot: failure action")
+	if len(fatal) == 0 || strings.Contains(bad.Serial, "ROOTCHECK: START") {
+		return fmt.Errorf("the tampered root was not refused (serial log %s)", bad.SerialLogPath)
+	}
+	fmt.Println("  refused:")
+	for _, l := range append(fatal, action...) {
+		fmt.Println("    " + wrap(l, 100, "      "))
+	}
+	fmt.Printf("  the VM %s after %.1fs; the root's init never ran\n", bad.Reason, bad.Duration.Seconds())
 	return nil
 }
 
-// printPhases adds, to the harness's phase split, when rootcheck started.
-func printPhases(res *harness.BootResult) {
-	fmt.Printf("== phases: %s", res.PhaseSummary())
-	if root, ok := res.FirstLine(regexp.MustCompile(`ROOTCHECK: START`)); ok {
-		fmt.Printf("; rootcheck started at %.1fs", root.At.Seconds())
+func boot(ctx context.Context, name, work string, img *harness.Image, accel harness.Accel, timeout time.Duration, verbose bool) (*harness.BootResult, error) {
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return nil, err
 	}
-	fmt.Println()
+	res, err := harness.Boot(ctx, harness.BootSpec{
+		Name: name, WorkDir: work, Disk: img.Disk.Path, Accel: accel, Timeout: timeout,
+		OnLine: func(line string) {
+			if verbose {
+				fmt.Println("  | " + line)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	if res.Reason != harness.ExitPoweredOff {
+		return nil, fmt.Errorf("%s: the guest did not power off (%s: %s); serial log %s", name, res.Reason, res.Detail, res.SerialLogPath)
+	}
+	return res, nil
+}
+
+// bootReport is /run/cvmboot/report.json as the root's init (rootcheck) printed it.
+func bootReport(res *harness.BootResult) (*report.Report, error) {
+	if pass, fail, ok := harness.RootcheckDone(res.Serial); !ok || fail > 0 {
+		return nil, fmt.Errorf("the root's checks did not pass (%d passed, %d failed): %s", pass, fail,
+			strings.Join(harness.LinesWithPrefix(res.Serial, "ROOTCHECK: FAIL"), "; "))
+	}
+	raw, err := harness.ExtractReport(res.Serial, harness.RootcheckReportBegin, harness.RootcheckReportEnd)
+	if err != nil {
+		return nil, fmt.Errorf("no boot report: %w", err)
+	}
+	return report.Unmarshal(raw)
+}
+
+// showBoot says what the boot verified, encrypted and measured, from the report's facts.
+func showBoot(rep *report.Report) {
+	facts := map[string]map[string]string{}
+	for _, s := range rep.Stages {
+		facts[s.Name] = s.Facts
+	}
+	v, st, o, e := facts["verity"], facts["storage"], facts["overlay"], facts["evidence"]
+	fmt.Printf("  verified  root %s = dm-verity over %s + %s, root hash %s…, checked before the device existed; a bad block panics the kernel\n",
+		v["root_device"], v["root_data_device"], v["root_hash_device"], short(v["root_root_hash"]))
+	fmt.Printf("  encrypted %s on %s: %s with integrity %s, a random key that lives only in the kernel, no keyslot; mounted at %s\n",
+		st["device"], st["partition"], st["cipher"], st["integrity"], st["mountpoint"])
+	fmt.Printf("  writable  / is an overlay: tmpfs (%s of RAM) over the read-only verified root\n", o["size"])
+	fmt.Printf("  measured  every decision into TPM PCR 11/15 with a replayable log; evidence: %s (quote bound to the log, sha256 %s…)\n",
+		e["attestations"], short(e["event_log_sha256"]))
+}
+
+// verify runs the host's verifier over the evidence the guest printed.
+func verify(host string, res *harness.BootResult, img *harness.Image, work string) (string, error) {
+	files, err := harness.ExtractFiles(res.Serial)
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(work, "evidence")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	for p, data := range files {
+		if name, ok := strings.CutPrefix(p, evidenceDir+"/"); ok {
+			if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+				return "", err
+			}
+		}
+	}
+	// swtpm's attestation key is new in every run, so nobody could have pinned it: its
+	// signature is taken as is (--allow-unsigned=tpm), everything else is checked.
+	cmd := exec.Command(host, "evidence", "verify", dir, "--expect-uki", img.UKI, "--expect-roothash", img.RootHash,
+		"--allow-unsigned=tpm", "--json")
+	out, err := cmd.Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return "", fmt.Errorf("the verifier refused the genuine evidence: %s", ee.Stderr)
+		}
+		return "", err
+	}
+	var c struct {
+		Chain struct {
+			Verified bool
+			Links    []struct {
+				Name, Detail, Waived string
+				Holds                bool
+			}
+		} `json:"chain"`
+		RootHashExpected bool `json:"root_hash_expected"`
+		Storage          *struct {
+			Encrypted bool
+			Cipher    string
+			Integrity string
+		} `json:"storage"`
+	}
+	if err := json.Unmarshal(out, &c); err != nil {
+		return "", fmt.Errorf("verifier output: %w", err)
+	}
+	var b strings.Builder
+	for _, l := range c.Chain.Links {
+		state := "holds"
+		if !l.Holds {
+			state = "waived (" + l.Waived + ")"
+		}
+		fmt.Fprintf(&b, "  %-12s %s: %s\n", l.Name, state, wrap(l.Detail, 90, "                 "))
+	}
+	switch {
+	case !c.Chain.Verified:
+		b.WriteString("  verdict: NOT VERIFIED")
+	case c.RootHashExpected && c.Storage != nil && c.Storage.Encrypted:
+		b.WriteString("  verdict: verified (the hardware link waived: swtpm's key is new every run): the expected UKI booted,\n" +
+			"           the root is the expected root hash's, the storage is encrypted with integrity")
+	default:
+		b.WriteString("  verdict: verified, but the root hash or the storage is not what the demo expects")
+	}
+	return b.String(), nil
+}
+
+func short(s string) string {
+	if len(s) > 16 {
+		return s[:16]
+	}
+	return s
+}
+
+// wrap breaks s into lines of at most n runes, continuing with prefix.
+func wrap(s string, n int, prefix string) string {
+	words := strings.Fields(s)
+	var b strings.Builder
+	line := 0
+	for i, w := range words {
+		if i > 0 && line+1+len(w) > n {
+			b.WriteString("\n" + prefix)
+			line = 0
+		} else if i > 0 {
+			b.WriteByte(' ')
+			line++
+		}
+		b.WriteString(w)
+		line += len(w)
+	}
+	return b.String()
+}
+
+// showStatus prints `cvmboot status`'s table with one line per step: the lines that continue
+// a step (its further facts) are counted, not shown.
+func showStatus(rep *report.Report) {
+	var b strings.Builder
+	_ = rep.WriteTable(&b)
+	hidden := 0
+	for _, l := range strings.Split(strings.TrimRight(b.String(), "\n"), "\n") {
+		if strings.HasPrefix(l, " ") {
+			hidden++
+			continue
+		}
+		if len(l) > 118 {
+			l = l[:117] + "…"
+		}
+		fmt.Println("  " + l)
+	}
+	fmt.Printf("  (%d more facts: cvmboot status shows them all)\n", hidden)
 }

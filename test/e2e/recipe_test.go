@@ -1,0 +1,94 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cvmboot/cvmboot/test/e2e/harness"
+)
+
+// The README's "cvmboot as PID 1" recipe, run as written: the script between its recipe
+// markers builds the disk from the tiny root with standard tools, and the disk must boot with
+// every feature of the defaults on (verity, storage, overlay, measurements on the vTPM).
+func recipeScenarios() []scenario {
+	sc := func(name string, ukify bool) scenario {
+		return scenario{
+			name: name, root: rootTiny,
+			build: func(t *testing.T, e *env, tree, work string) (*harness.Image, error) {
+				return buildFromREADME(t, e, tree, work, ukify)
+			},
+			expect: []string{`stage ok stage=verity`, `encrypted storage ready`, `stage ok stage=overlay`,
+				`cvmboot\[1\]: measured event=cvmboot.verity .*pcr=15`, `ROOTCHECK: DONE pass=\d+ fail=0`},
+			reject:  []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
+			outcome: bootedAndChecked, timeLimit: 3 * time.Minute,
+		}
+	}
+	// The UKI from objcopy (Debian 12's tools), and from ukify 257 (Debian 13's package).
+	return []scenario{sc("readme-recipe", false), sc("readme-recipe-ukify", true)}
+}
+
+// readmeRecipe returns the shell script between the README's recipe markers.
+func readmeRecipe() (string, error) {
+	repo, err := harness.RepoRoot()
+	if err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(filepath.Join(repo, "README.md"))
+	if err != nil {
+		return "", err
+	}
+	m := regexp.MustCompile("(?s)<!-- recipe:begin -->\n```sh\n(.*?)```\n<!-- recipe:end -->").FindSubmatch(b)
+	if m == nil {
+		return "", fmt.Errorf("README.md has no recipe between <!-- recipe:begin --> and <!-- recipe:end -->")
+	}
+	return string(m[1]), nil
+}
+
+func buildFromREADME(t *testing.T, e *env, tree, work string, ukify bool) (*harness.Image, error) {
+	script, err := readmeRecipe()
+	if err != nil {
+		return nil, err
+	}
+	repo, err := harness.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	out := filepath.Join(work, "out")
+	cmd := exec.CommandContext(context.Background(), "sh", "-c", script)
+	cmd.Dir = work
+	cmd.Env = append(os.Environ(), "ROOT="+tree, "KERNEL="+e.kernel.Vmlinuz, "MODULES="+e.kernel.ModulesDir,
+		"CVMBOOT="+filepath.Join(repo, "bin", "cvmboot"), "OUT="+out, "UKIFY=",
+		// The overlay makes / writable: rootcheck is told so.
+		"EXTRA_CMDLINE=rootcheck.expect=root:rw")
+	if ukify {
+		u, err := e.cache.Ukify(context.Background(), func(f string, a ...any) { t.Logf(f, a...) })
+		if err != nil {
+			return nil, err
+		}
+		cmd.Env = append(cmd.Env, "UKIFY="+u)
+	}
+	o, err := cmd.CombinedOutput()
+	t.Logf("README recipe:\n%s", o)
+	if err != nil {
+		return nil, fmt.Errorf("the README's recipe failed: %v\n%s", err, o)
+	}
+	hash := regexp.MustCompile(`root hash ([0-9a-f]{64})`).FindStringSubmatch(string(o))
+	if hash == nil {
+		return nil, fmt.Errorf("the README's recipe printed no root hash:\n%s", o)
+	}
+	fi, err := os.Stat(filepath.Join(out, "disk.raw"))
+	if err != nil {
+		return nil, err
+	}
+	cl, _ := os.ReadFile(filepath.Join(out, "cmdline"))
+	return &harness.Image{Disk: &harness.DiskImage{Path: filepath.Join(out, "disk.raw"), Size: fi.Size(), RootHash: hash[1]},
+		UKI: filepath.Join(out, "BOOTX64.EFI"), Initramfs: filepath.Join(out, "initramfs.img"), RootHash: hash[1],
+		Cmdline: strings.TrimSpace(string(cl))}, nil
+}
