@@ -52,7 +52,9 @@ only the UKI's own event digests are given), RTMR 2 with the kernel's events, TD
 RTMR 0, the SEV-SNP launch measurement (both measure the firmware, not the UKI), the TPM's
 SHA-1 and SHA-384 banks; pcr9.load_options for a .cmdline with control characters (the stub
 rewrites them) and pcr9.initrd for a UKI with .ucode (the stub prepends it), and pcr9.value
-then: the verifier refuses the kernel's event of such a UKI. pcr9.initrd assumes the stub adds
+then: the verifier refuses the kernel's event of such a UKI. pcr9.initrd is given for
+systemd-stub 252 only (257 passes the kernel an initrd it assembles: the e2e firmware log
+shows another digest; 253-256 are unchecked), and assumes the stub adds
 no credentials or system extensions to the initrd.
 
 Options:

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,6 +39,9 @@ func TestBootBench(t *testing.T) {
 		PeakRSSKiB    int64   `json:"peak_rss_kib,omitempty"`
 	}
 	var samples []sample
+	stageMS := map[string][]float64{} // cvmboot's steps, from its console lines
+	var stageOrder []string
+	stageRe := regexp.MustCompile(`cvmboot\[1\]: stage (?:ok|skipped[^\n]*?) stage=(\S+) duration_ms=([0-9.]+)`)
 	for i := 1; i <= runs; i++ {
 		for _, kind := range []string{"cvmboot", "busybox"} {
 			work := e.cache.Path("work", "boot-bench-"+kind)
@@ -74,6 +78,15 @@ func TestBootBench(t *testing.T) {
 			if fi, err := os.Stat(img.Initramfs); err == nil {
 				s.InitrdBytes = fi.Size()
 			}
+			if kind == "cvmboot" {
+				for _, m := range stageRe.FindAllStringSubmatch(boot.Serial, -1) {
+					ms, _ := strconv.ParseFloat(m[2], 64)
+					if _, seen := stageMS[m[1]]; !seen {
+						stageOrder = append(stageOrder, m[1])
+					}
+					stageMS[m[1]] = append(stageMS[m[1]], ms)
+				}
+			}
 			if m := regexp.MustCompile(`peak_rss_kib[=":\s]+(\d+)`).FindStringSubmatch(boot.Serial); m != nil {
 				s.PeakRSSKiB, _ = strconv.ParseInt(m[1], 10, 64)
 			}
@@ -100,12 +113,20 @@ func TestBootBench(t *testing.T) {
 	t.Logf("initramfs time (/init → systemd), %d runs each, accel %s:", runs, e.accel)
 	t.Logf("  cvmboot / busybox: %.2f× (cvmboot %.3fs median, %.3f–%.3f; busybox %.3fs, %.3f–%.3f); cvmboot costs %+.3fs",
 		o.Median/b.Median, o.Median, o.Min, o.Max, b.Median, b.Min, b.Max, o.Median-b.Median)
+	// Where cvmboot's time goes: each step's median, in boot order.
+	timeline := map[string]float64{}
+	var line string
+	for _, st := range stageOrder {
+		timeline[st] = spreadOf(stageMS[st]).Median
+		line += fmt.Sprintf(" %s %.0f ms,", st, timeline[st])
+	}
+	t.Logf("  cvmboot steps (median):%s", strings.TrimSuffix(line, ","))
 	t.Logf("  binary %d bytes (%.1f MiB of the 12 MiB budget); initramfs %d bytes (busybox baseline %d); cvmboot peak RSS %d KiB",
 		bin, float64(bin)/(1<<20), ourInitrd, baseInitrd, peak)
 	writeBenchResults(t, e, "boot", map[string]any{
 		"benchmark": "initramfs-time", "runs": samples, "cvmboot_seconds": o, "busybox_seconds": b,
 		"ratio_median": o.Median / b.Median, "binary_bytes": bin, "initramfs_bytes": ourInitrd,
-		"busybox_initramfs_bytes": baseInitrd, "peak_rss_kib": peak,
+		"busybox_initramfs_bytes": baseInitrd, "peak_rss_kib": peak, "cvmboot_step_ms": timeline,
 	})
 }
 

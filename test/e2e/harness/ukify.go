@@ -12,28 +12,34 @@ import (
 // UkifySuite is the Debian suite whose systemd-ukify the e2e uses: Debian 12 has none.
 const UkifySuite = "trixie"
 
-// Ukify returns a command that runs ukify from Debian 13's systemd-ukify package, fetched once
-// into the cache with the machine's own Debian mirror (apt lists kept apart from the
-// system's, nothing installed) and run with the system's python3 and python3-pefile.
-func (c *Cache) Ukify(ctx context.Context, logf Logf) (string, error) {
-	dir := c.Path("ukify")
+// Ukify returns a command that runs ukify from Debian 13's systemd-ukify package and the
+// systemd-stub of the same version (systemd-boot-efi): ukify 257 rewrites .sbat larger than
+// an older stub leaves room for. Both are fetched once into the cache with the machine's
+// Debian mirror (apt lists kept apart from the system's, nothing installed); ukify runs with
+// the system's python3 and python3-pefile.
+func (c *Cache) Ukify(ctx context.Context, logf Logf) (ukify, stub string, err error) {
+	dir := c.Path("ukify-" + UkifySuite)
 	wrapper := filepath.Join(dir, "ukify")
-	if exists(wrapper) {
-		return wrapper, nil
+	stub = filepath.Join(dir, "pkg", "usr", "lib", "systemd", "boot", "efi", "linuxx64.efi.stub")
+	if exists(wrapper) && exists(stub) {
+		return wrapper, stub, nil
 	}
 	unlock, err := c.Lock("ukify")
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer unlock()
-	if exists(wrapper) {
-		return wrapper, nil
+	if exists(wrapper) && exists(stub) {
+		return wrapper, stub, nil
 	}
-	uri, err := debianMirror()
-	if err != nil {
-		return "", err
-	}
-	logf.printf("fetching ukify: systemd-ukify from Debian %s (%s)", UkifySuite, uri)
+	u, err := c.fetchUkify(ctx, logf, dir)
+	return u, stub, err
+}
+
+func (c *Cache) fetchUkify(ctx context.Context, logf Logf, dir string) (string, error) {
+	wrapper := filepath.Join(dir, "ukify")
+	uri := debianMirror()
+	logf.printf("fetching ukify: systemd-ukify and systemd-boot-efi from Debian %s (%s)", UkifySuite, uri)
 	tmp, err := os.MkdirTemp(c.Path(), ".ukify-")
 	if err != nil {
 		return "", err
@@ -54,20 +60,22 @@ func (c *Cache) Ukify(ctx context.Context, logf Logf) (string, error) {
 	if out, err := runCmd(ctx, tmp, "apt-get", append(opts, "-qq", "update")...); err != nil {
 		return "", fmt.Errorf("apt-get update (%s): %w\n%s", UkifySuite, err, tail(out, 2000))
 	}
-	if out, err := runCmd(ctx, tmp, "apt-get", append(opts, "download", "systemd-ukify")...); err != nil {
-		return "", fmt.Errorf("apt-get download systemd-ukify (%s): %w\n%s", UkifySuite, err, tail(out, 2000))
+	if out, err := runCmd(ctx, tmp, "apt-get", append(opts, "download", "systemd-ukify", "systemd-boot-efi")...); err != nil {
+		return "", fmt.Errorf("apt-get download systemd-ukify systemd-boot-efi (%s): %w\n%s", UkifySuite, err, tail(out, 2000))
 	}
-	debs, _ := filepath.Glob(filepath.Join(tmp, "systemd-ukify_*.deb"))
-	if len(debs) != 1 {
-		return "", fmt.Errorf("systemd-ukify: expected one .deb, found %v", debs)
+	debs, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
+	if len(debs) != 2 {
+		return "", fmt.Errorf("systemd-ukify, systemd-boot-efi: expected two .deb files, found %v", debs)
 	}
 	staging := dir + ".new"
 	_ = os.RemoveAll(staging)
 	if err := os.MkdirAll(filepath.Join(staging, "pkg"), 0o755); err != nil {
 		return "", err
 	}
-	if out, err := runCmd(ctx, "", "dpkg-deb", "-x", debs[0], filepath.Join(staging, "pkg")); err != nil {
-		return "", fmt.Errorf("dpkg-deb -x %s: %w\n%s", debs[0], err, out)
+	for _, deb := range debs {
+		if out, err := runCmd(ctx, "", "dpkg-deb", "-x", deb, filepath.Join(staging, "pkg")); err != nil {
+			return "", fmt.Errorf("dpkg-deb -x %s: %w\n%s", deb, err, out)
+		}
 	}
 	// ukify's shebang is env python3, which may be another interpreter than the system's with
 	// its python3-pefile.
@@ -79,12 +87,16 @@ func (c *Cache) Ukify(ctx context.Context, logf Logf) (string, error) {
 	if err := os.Rename(staging, dir); err != nil {
 		return "", err
 	}
-	logf.printf("ukify: %s (%s)", wrapper, filepath.Base(debs[0]))
+	logf.printf("ukify: %s (%s)", wrapper, strings.Join([]string{filepath.Base(debs[0]), filepath.Base(debs[1])}, ", "))
 	return wrapper, nil
 }
 
-// debianMirror is the URI of the machine's Debian bookworm apt source (deb822 or one-line).
-func debianMirror() (string, error) {
+// DebianMirror is used when the machine has no Debian apt source (Ubuntu): Debian's own.
+const DebianMirror = "http://deb.debian.org/debian"
+
+// debianMirror is the URI of the machine's enabled Debian bookworm apt source (deb822 stanzas
+// or one-line entries, options in brackets skipped), else DebianMirror.
+func debianMirror() string {
 	files, _ := filepath.Glob("/etc/apt/sources.list.d/*.sources")
 	files = append(files, "/etc/apt/sources.list")
 	list, _ := filepath.Glob("/etc/apt/sources.list.d/*.list")
@@ -94,20 +106,35 @@ func debianMirror() (string, error) {
 		if err != nil {
 			continue
 		}
-		var uri string
+		if strings.HasSuffix(f, ".sources") {
+			for _, stanza := range strings.Split(string(b), "\n\n") {
+				fields := map[string]string{}
+				for _, line := range strings.Split(stanza, "\n") {
+					if k, v, ok := strings.Cut(line, ":"); ok && !strings.HasPrefix(line, " ") && !strings.HasPrefix(line, "#") {
+						fields[strings.ToLower(strings.TrimSpace(k))] = strings.TrimSpace(v)
+					}
+				}
+				uris, suites := strings.Fields(fields["uris"]), " "+fields["suites"]+" "
+				if len(uris) > 0 && strings.Contains(suites, " bookworm ") && !strings.EqualFold(fields["enabled"], "no") &&
+					strings.Contains(strings.ToLower(fields["signed-by"]), "debian") {
+					return uris[0]
+				}
+			}
+			continue
+		}
 		sc := bufio.NewScanner(strings.NewReader(string(b)))
 		for sc.Scan() {
-			line := strings.TrimSpace(sc.Text())
-			if v, ok := strings.CutPrefix(line, "URIs:"); ok {
-				uri = strings.Fields(v)[0]
+			w := strings.Fields(sc.Text())
+			if len(w) > 1 && w[0] == "deb" && strings.HasPrefix(w[1], "[") {
+				for len(w) > 1 && !strings.HasSuffix(w[1], "]") {
+					w = append(w[:1], w[2:]...)
+				}
+				w = append(w[:1], w[2:]...)
 			}
-			if v, ok := strings.CutPrefix(line, "Suites:"); ok && uri != "" && strings.Contains(" "+v+" ", " bookworm ") {
-				return uri, nil
-			}
-			if w := strings.Fields(line); len(w) >= 3 && w[0] == "deb" && w[2] == "bookworm" {
-				return w[1], nil
+			if len(w) >= 3 && w[0] == "deb" && w[2] == "bookworm" {
+				return w[1]
 			}
 		}
 	}
-	return "", fmt.Errorf("no Debian bookworm apt source in /etc/apt: cannot fetch systemd-ukify from %s", UkifySuite)
+	return DebianMirror
 }
