@@ -64,7 +64,7 @@ func (b *Boot) initdata(ctx context.Context) (stage.Facts, error) {
 	}
 	digest := doc.Digest()
 	ev := eventlog.Initdata{Found: true, Source: where, Version: doc.Version, Algorithm: doc.Algorithm, Digest: hex.EncodeToString(digest)}
-	bound, err := b.bindInitdata(ctx, doc, where)
+	bound, err := b.bindInitdata(ctx, doc, digest, where)
 	if err != nil {
 		return nil, err
 	}
@@ -122,12 +122,11 @@ func (b *Boot) findInitdata(ctx context.Context, cfg config.Initdata) ([]byte, s
 // bindInitdata checks the digest against what each platform binds it with and returns the
 // bindings: the TEE's launch field must equal the digest (fitted as Trustee does), and a
 // TPM gets PCR 8.
-func (b *Boot) bindInitdata(ctx context.Context, doc *initdata.Document, where string) ([]string, error) {
+func (b *Boot) bindInitdata(ctx context.Context, doc *initdata.Document, digest []byte, where string) ([]string, error) {
 	if !b.measuring {
 		b.log().Warn("initdata is bound to nothing: no TEE or TPM measures this boot", zap.String("source", where))
 		return nil, nil
 	}
-	digest := doc.Digest()
 	var bound []string
 	tpm := false
 	for _, p := range b.Attest.Platforms() {

@@ -127,10 +127,18 @@ func (l *Log) Measure(ev eventlog.Event) (*eventlog.Record, error) {
 		if _, err := f.Write(line); err != nil {
 			return fmt.Errorf("append: %w", err)
 		}
-		if rtmr != nil && l.AAEL != "" {
-			if err := appendAAEL(l.AAEL, rec); err != nil {
+		// The RTMR's extend is the digest of the record's Attestation Agent log entry, written
+		// to the Agent's log first when there is one.
+		var rtmrDigest []byte
+		if rtmr != nil {
+			entry, digest, err := rec.AAELEvent().Record(aael.TDXIndex, crypto.SHA384)
+			if err == nil && l.AAEL != "" {
+				err = appendAAEL(l.AAEL, entry)
+			}
+			if err != nil {
 				return fmt.Errorf("record %d (%s) is logged but not measured: %w", rec.RecNum, ev.Type, err)
 			}
+			rtmrDigest = digest
 		}
 		digests := map[crypto.Hash][]byte{}
 		for _, e := range l.extenders {
@@ -146,7 +154,7 @@ func (l *Log) Measure(ev eventlog.Event) (*eventlog.Record, error) {
 					err = extendBank(e, eventlog.PCRInitdata, crypto.SHA256, d)
 				}
 			} else {
-				err = e.Extend(eventlog.RTMRIndex, map[crypto.Hash][]byte{crypto.SHA384: rec.RTMRDigest()})
+				err = e.Extend(eventlog.RTMRIndex, map[crypto.Hash][]byte{crypto.SHA384: rtmrDigest})
 			}
 			if err != nil {
 				return fmt.Errorf("record %d (%s) is logged but not measured: %w", rec.RecNum, ev.Type, err)
@@ -172,18 +180,20 @@ func ptr(i int) *int { return &i }
 // when they do not (something extended them before, and the verifier's check would fail), or
 // when the boot has ended (a cvmboot.handoff record): the booted system binds no initdata.
 func (l *Log) checkFromZero(rec *eventlog.Record, logData []byte) error {
-	if len(rec.FromZero()) > 0 {
-		recs, err := eventlog.ParseLog(logData)
-		if err != nil {
-			return err
-		}
-		for i := range recs {
-			if recs[i].Type() == eventlog.TypeHandoff {
-				return fmt.Errorf("%s after the boot's end (record %d, %s): only the boot binds initdata", rec.Type(), recs[i].RecNum, eventlog.TypeHandoff)
-			}
+	regs := rec.FromZero()
+	if len(regs) == 0 {
+		return nil
+	}
+	recs, err := eventlog.ParseLog(logData)
+	if err != nil {
+		return err
+	}
+	for i := range recs {
+		if recs[i].Type() == eventlog.TypeHandoff {
+			return fmt.Errorf("%s after the boot's end (record %d, %s): only the boot binds initdata", rec.Type(), recs[i].RecNum, eventlog.TypeHandoff)
 		}
 	}
-	for _, reg := range rec.FromZero() {
+	for _, reg := range regs {
 		for _, e := range l.extenders {
 			if e.Kind() != reg.Kind {
 				continue
@@ -213,13 +223,9 @@ func extendBank(e Extender, index int, alg crypto.Hash, d []byte) error {
 	return b.ExtendBank(index, alg, d)
 }
 
-// appendAAEL appends rec's Attestation Agent event log entry (CC MR index 4: RTMR 3) to path.
-// The file is opened for appending, never truncated: the Agent appends its own entries later.
-func appendAAEL(path string, rec *eventlog.Record) error {
-	entry, _, err := rec.AAELEvent().Record(aael.TDXIndex, crypto.SHA384)
-	if err != nil {
-		return err
-	}
+// appendAAEL appends a record's Attestation Agent event log entry (CC MR index 4: RTMR 3) to
+// path. The file is opened for appending, never truncated: the Agent appends its own later.
+func appendAAEL(path string, entry []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("attestation agent event log: %w", err)
 	}

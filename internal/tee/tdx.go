@@ -9,10 +9,9 @@ import (
 	tdxabi "github.com/google/go-tdx-guest/client/linuxabi"
 
 	"github.com/cvmboot/cvmboot/pkg/aael"
-	"github.com/cvmboot/cvmboot/pkg/readfile"
-
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
 	"github.com/cvmboot/cvmboot/pkg/evidence"
+	"github.com/cvmboot/cvmboot/pkg/readfile"
 )
 
 // TDX takes Intel TDX evidence: a quote through configfs-tsm, which needs the host's quoting

@@ -35,19 +35,13 @@ func agentReplay(a *Attestation, rtmr3 []byte, recs []eventlog.Record) (digests 
 		if e.Index != aael.TDXIndex {
 			return nil, nil, fail("agent-log", "tdx: %s entry %d extends CC MR %d, not RTMR 3 (%d)", a.AgentLog.Name, i, e.Index, aael.TDXIndex)
 		}
-		if k >= 0 {
-			break
-		}
-		h := crypto.SHA384.New()
-		h.Write(v)
-		h.Write(e.Digest)
-		v = h.Sum(nil)
-		if bytes.Equal(v, rtmr3) {
+		v = extend(crypto.SHA384, v, e.Digest)
+		if k < 0 && bytes.Equal(v, rtmr3) {
 			k = i + 1
 		}
 	}
 	if k < 0 {
-		return nil, nil, fail("registers", "tdx: RTMR 3 is %x in the %s, but no prefix of the Attestation Agent's log (%d entries) replays to it: something was measured that no log records", rtmr3, a.Kind, len(entries))
+		return nil, nil, fail("registers", "tdx: RTMR 3 is %x in the %s, but no prefix of the Attestation Agent's log replays to it (all %d entries give %x): something was measured that no log records", rtmr3, a.Kind, len(entries), v)
 	}
 	n := 0
 	for i, e := range entries {
@@ -74,14 +68,11 @@ func agentReplay(a *Attestation, rtmr3 []byte, recs []eventlog.Record) (digests 
 	return digests, agent, nil
 }
 
-// foldSHA384 extends a zero register with digests.
+// foldSHA384 extends a zero RTMR with digests.
 func foldSHA384(digests [][]byte) []byte {
 	v := make([]byte, 48)
 	for _, d := range digests {
-		h := crypto.SHA384.New()
-		h.Write(v)
-		h.Write(d)
-		v = h.Sum(nil)
+		v = extend(crypto.SHA384, v, d)
 	}
 	return v
 }

@@ -756,6 +756,22 @@ func TestVerify(t *testing.T) {
 	}
 }
 
+// guestEvidenceDir writes the files rootcheck.dump printed from /run/cvmboot/evidence into a
+// new directory, for the host's verifier.
+func guestEvidenceDir(t *testing.T, files map[string][]byte) (string, error) {
+	dir := t.TempDir()
+	for p, data := range files {
+		name, ok := strings.CutPrefix(p, "/run/cvmboot/evidence/")
+		if !ok {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
 // verifyEvidence writes the evidence the guest printed into a directory and runs the host
 // build's `cvmboot evidence verify` on it, then on tampered copies.
 func verifyEvidence(t *testing.T, e *env, boot *harness.BootResult, img *harness.Image) []string {

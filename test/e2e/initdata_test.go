@@ -152,14 +152,11 @@ func checkInitdata(doc, reference string) func(t *testing.T, e *env, boot *harne
 		if !found {
 			problems = append(problems, "the quote does not list pcr8:sha256")
 		}
-		dir := t.TempDir()
-		evDir := filepath.Join(dir, "evidence")
-		os.Mkdir(evDir, 0o755)
-		for p, data := range files {
-			if name, ok := strings.CutPrefix(p, "/run/cvmboot/evidence/"); ok {
-				os.WriteFile(filepath.Join(evDir, name), data, 0o644)
-			}
+		evDir, err := guestEvidenceDir(t, files)
+		if err != nil {
+			return append(problems, err.Error())
 		}
+		dir := t.TempDir()
 		docFile, refFile := filepath.Join(dir, "booted.toml"), filepath.Join(dir, "reference.toml")
 		os.WriteFile(docFile, []byte(doc), 0o644)
 		os.WriteFile(refFile, []byte(reference), 0o644)

@@ -104,13 +104,9 @@ func refusedForInitrd(t *testing.T, e *env, boot *harness.BootResult, img *harne
 	if err != nil {
 		return []string{err.Error()}
 	}
-	dir := t.TempDir()
-	for p, data := range files {
-		if name, ok := strings.CutPrefix(p, "/run/cvmboot/evidence/"); ok {
-			if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
-				return []string{err.Error()}
-			}
-		}
+	dir, err := guestEvidenceDir(t, files)
+	if err != nil {
+		return []string{err.Error()}
 	}
 	host, err := hostVerifier()
 	if err != nil {
