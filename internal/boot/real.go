@@ -74,7 +74,7 @@ func (m *machine) MountedAt(target string) (string, error) {
 }
 
 func (m *machine) Load(ctx context.Context, names []string) ([]string, error) {
-	return (&kmod.Loader{Log: m.log}).LoadNames(ctx, names)
+	return (&kmod.Loader{Log: m.log, Concurrent: true}).LoadNames(ctx, names)
 }
 
 func (m *machine) Wait(ctx context.Context, spec string, timeout time.Duration) (string, error) {

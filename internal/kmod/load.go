@@ -2,12 +2,15 @@ package kmod
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -81,6 +84,8 @@ type Loader struct {
 	KernelDecompress bool
 	// Log receives one entry per module; nil discards.
 	Log *zap.Logger
+	// Concurrent loads independent modules at the same time (see loadState.concurrent).
+	Concurrent bool
 }
 
 // Load loads mods in order, skipping built-in modules and modules already loaded
@@ -113,50 +118,153 @@ func (l *Loader) Load(ctx context.Context, mods []Module) ([]LoadResult, error) 
 		return nil, err
 	}
 
+	st := &loadState{l: l, sys: sys, log: log, modDir: modDir, sysfs: sysfs, loaded: loaded}
+	if l.Concurrent {
+		return st.concurrent(ctx, mods)
+	}
 	results := make([]LoadResult, 0, len(mods))
 	for _, m := range mods {
 		if err := ctx.Err(); err != nil {
 			return results, fmt.Errorf("load kernel modules: stopped before %s: %w", m.Name, err)
 		}
-		name := Normalize(m.Name)
-		if m.Builtin {
-			results = append(results, LoadResult{Name: name, Status: StatusBuiltin})
-			log.Debug("kernel module built in", zap.String("module", name))
-			continue
-		}
-		if loaded[name] || exists(filepath.Join(sysfs, "module", name)) {
-			results = append(results, LoadResult{Name: name, Status: StatusAlreadyLoaded})
-			log.Debug("kernel module already loaded", zap.String("module", name))
-			continue
-		}
-		file := moduleFile(modDir, m)
-		start := time.Now()
-		method, err := l.loadOne(sys, file, l.Params[name])
-		took := time.Since(start)
-		if errors.Is(err, unix.EEXIST) {
-			// Loaded meanwhile (udev, a racing load) or built in without a sysfs entry.
-			results = append(results, LoadResult{Name: name, Path: file, Status: StatusAlreadyLoaded, Duration: took})
-			log.Debug("kernel module already loaded", zap.String("module", name), zap.String("path", file))
-			continue
-		}
-		if errors.Is(err, unix.ENODEV) {
-			// The module's hardware is absent (a CPU-specific cipher on a CPU without the
-			// instructions): nothing to drive, and whatever needed it fails on its own.
-			results = append(results, LoadResult{Name: name, Path: file, Status: StatusNoDevice, Duration: took})
-			log.Warn("kernel module has no device to drive", zap.String("module", name), zap.String("path", file), zap.Error(err))
-			continue
-		}
+		res, err := st.one(m)
 		if err != nil {
-			log.Error("kernel module load failed", zap.String("module", name), zap.String("path", file),
-				zap.Duration("duration", took), zap.Error(err))
-			return results, fmt.Errorf("load kernel module %s (%s): %w", name, file, err)
+			return results, err
 		}
-		loaded[name] = true
-		results = append(results, LoadResult{Name: name, Path: file, Status: StatusLoaded, Method: method, Duration: took})
-		log.Info("kernel module loaded", zap.String("module", name), zap.String("path", file),
-			zap.String("method", method), zap.Duration("duration", took))
+		results = append(results, res)
 	}
 	return results, nil
+}
+
+// loadState is one Load call's view: what is loaded, where the files are.
+type loadState struct {
+	l             *Loader
+	sys           Syscalls
+	log           *zap.Logger
+	modDir, sysfs string
+	mu            sync.Mutex
+	loaded        map[string]bool
+}
+
+func (st *loadState) isLoaded(name string) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.loaded[name]
+}
+
+// one loads m unless it is built in or already loaded.
+func (st *loadState) one(m Module) (LoadResult, error) {
+	log := st.log
+	name := Normalize(m.Name)
+	if m.Builtin {
+		log.Debug("kernel module built in", zap.String("module", name))
+		return LoadResult{Name: name, Status: StatusBuiltin}, nil
+	}
+	if st.isLoaded(name) || exists(filepath.Join(st.sysfs, "module", name)) {
+		log.Debug("kernel module already loaded", zap.String("module", name))
+		return LoadResult{Name: name, Status: StatusAlreadyLoaded}, nil
+	}
+	file := moduleFile(st.modDir, m)
+	start := time.Now()
+	method, err := st.l.loadOne(st.sys, file, st.l.Params[name])
+	took := time.Since(start)
+	if errors.Is(err, unix.EEXIST) {
+		// Loaded meanwhile (udev, a racing load) or built in without a sysfs entry.
+		log.Debug("kernel module already loaded", zap.String("module", name), zap.String("path", file))
+		return LoadResult{Name: name, Path: file, Status: StatusAlreadyLoaded, Duration: took}, nil
+	}
+	if errors.Is(err, unix.ENODEV) {
+		// The module's hardware is absent (a CPU-specific cipher on a CPU without the
+		// instructions): nothing to drive, and whatever needed it fails on its own.
+		log.Warn("kernel module has no device to drive", zap.String("module", name), zap.String("path", file), zap.Error(err))
+		return LoadResult{Name: name, Path: file, Status: StatusNoDevice, Duration: took}, nil
+	}
+	if err != nil {
+		log.Error("kernel module load failed", zap.String("module", name), zap.String("path", file),
+			zap.Duration("duration", took), zap.Error(err))
+		return LoadResult{}, fmt.Errorf("load kernel module %s (%s): %w", name, file, err)
+	}
+	st.mu.Lock()
+	st.loaded[name] = true
+	st.mu.Unlock()
+	log.Info("kernel module loaded", zap.String("module", name), zap.String("path", file),
+		zap.String("method", method), zap.Duration("duration", took))
+	return LoadResult{Name: name, Path: file, Status: StatusLoaded, Method: method, Duration: took}, nil
+}
+
+// concurrent loads each module as soon as the ones it depends on (hard or soft, listed
+// before it in mods, which is load order) are in: independent chains (virtio's,
+// device-mapper's, overlay) load side by side, and a driver's device probe no longer holds
+// up the next chain. After a failure nothing new starts; modules depending on the failed one
+// are never tried. Results keep mods' order: every module loaded, then the first error.
+func (st *loadState) concurrent(ctx context.Context, mods []Module) ([]LoadResult, error) {
+	done := make(map[string]chan struct{}, len(mods))
+	pos := make(map[string]int, len(mods))
+	for i, m := range mods {
+		done[Normalize(m.Name)] = make(chan struct{})
+		if _, seen := pos[Normalize(m.Name)]; !seen {
+			pos[Normalize(m.Name)] = i
+		}
+	}
+	type outcome struct {
+		res       LoadResult
+		err       error
+		attempted bool
+	}
+	out := make([]outcome, len(mods))
+	failed := map[string]bool{}
+	var mu sync.Mutex
+	stop := false
+	var wg sync.WaitGroup
+	for i, m := range mods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := Normalize(m.Name)
+			if pos[name] != i {
+				return // listed twice: the first one loads it
+			}
+			defer close(done[name])
+			// Only modules listed earlier are waited for: no cycle can block.
+			for _, d := range append(slices.Clone(m.Depends), m.SoftPre...) {
+				if j, ok := pos[Normalize(d)]; ok && j < i {
+					<-done[Normalize(d)]
+				}
+			}
+			mu.Lock()
+			skip := stop || ctx.Err() != nil
+			for _, d := range m.Depends {
+				skip = skip || failed[Normalize(d)]
+			}
+			if skip {
+				failed[name] = true
+				mu.Unlock()
+				return
+			}
+			mu.Unlock()
+			res, err := st.one(m)
+			mu.Lock()
+			out[i] = outcome{res: res, err: err, attempted: true}
+			if err != nil {
+				failed[name], stop = true, true
+			}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	var results []LoadResult
+	var first error
+	for i, o := range out {
+		switch {
+		case o.err != nil:
+			first = cmp.Or(first, o.err)
+		case o.attempted:
+			results = append(results, o.res)
+		case first == nil && ctx.Err() != nil:
+			first = fmt.Errorf("load kernel modules: stopped before %s: %w", mods[i].Name, ctx.Err())
+		}
+	}
+	return results, first
 }
 
 // modulesDir returns the modules directory on the file system (Root joined).

@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -285,5 +287,118 @@ func TestLoadNoDevice(t *testing.T) {
 	}
 	if logs.FilterMessage("kernel module has no device to drive").FilterLevelExact(zap.WarnLevel).Len() != 1 {
 		t.Errorf("no warning for the ENODEV module")
+	}
+}
+
+// gateSys is a fake for concurrent loads: each load waits for its gate (when one is set)
+// and records the order in which loads finished.
+type gateSys struct {
+	mu    sync.Mutex
+	order []string
+	gate  map[string]chan struct{}
+	fail  map[string]error
+	after func(name string) // runs after a load is recorded
+}
+
+func (g *gateSys) FinitModule(fd int, params string, flags int) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	img := make([]byte, st.Size)
+	if _, err := unix.Pread(fd, img, 0); err != nil {
+		return err
+	}
+	return g.InitModule(img, params)
+}
+
+func (g *gateSys) InitModule(img []byte, params string) error {
+	info, err := ReadModinfo(bytes.NewReader(img), int64(len(img)))
+	if err != nil {
+		return unix.ENOEXEC
+	}
+	if ch := g.gate[info.Name]; ch != nil {
+		select {
+		case <-ch:
+		case <-time.After(2 * time.Second):
+			return errors.New("gate never opened: the loads were not concurrent")
+		}
+	}
+	g.mu.Lock()
+	g.order = append(g.order, info.Name)
+	g.mu.Unlock()
+	if g.after != nil {
+		g.after(info.Name)
+	}
+	return g.fail[info.Name]
+}
+
+func TestLoadConcurrent(t *testing.T) {
+	l, ix := loaderFixture(t)
+	mods, err := ix.Closure([]string{"gzmod", "racy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods = append(mods, Module{Name: "ext4", Builtin: true})
+	// plain (the chain's first) may only finish once racy, listed after the whole chain,
+	// has loaded: a sequential loader never gets there.
+	racyDone := make(chan struct{})
+	sys := &gateSys{gate: map[string]chan struct{}{"plain": racyDone}, after: func(name string) {
+		if name == "racy" {
+			close(racyDone)
+		}
+	}}
+	l.Sys, l.Concurrent = sys, true
+	results, err := l.Load(context.Background(), mods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"racy", "plain", "xzmod", "zstmod", "gzmod"}; !slices.Equal(sys.order, want) {
+		t.Errorf("load order %q, want %q (the chain in order, racy beside it)", sys.order, want)
+	}
+	var got []string
+	for _, r := range results {
+		got = append(got, r.Name+":"+r.Status)
+	}
+	want := []string{"plain:loaded", "xzmod:loaded", "zstmod:loaded", "gzmod:loaded", "racy:loaded", "ext4:built in"}
+	if !slices.Equal(got, want) {
+		t.Errorf("results %q, want %q (mods' order)", got, want)
+	}
+	// The same loads one by one never open plain's gate.
+	l2, _ := loaderFixture(t)
+	l2.Sys = &gateSys{gate: map[string]chan struct{}{"plain": make(chan struct{})}}
+	if _, err := l2.Load(context.Background(), mods); err == nil || !strings.Contains(err.Error(), "gate never opened") {
+		t.Errorf("sequential load: %v, want the gate's error", err)
+	}
+}
+
+func TestLoadConcurrentFailure(t *testing.T) {
+	l, ix := loaderFixture(t)
+	mods, err := ix.Closure([]string{"gzmod", "racy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// xzmod fails: zstmod and gzmod depend on it and are never tried; racy, independent,
+	// may have loaded and is reported.
+	sys := &gateSys{fail: map[string]error{"xzmod": unix.ENOEXEC}}
+	l.Sys, l.Concurrent = sys, true
+	results, err := l.Load(context.Background(), mods)
+	if err == nil || !errors.Is(err, unix.ENOEXEC) || !strings.Contains(err.Error(), "load kernel module xzmod") {
+		t.Fatalf("error %v, want xzmod's ENOEXEC", err)
+	}
+	for _, name := range sys.order {
+		if name == "zstmod" || name == "gzmod" {
+			t.Errorf("%s was tried after its dependency failed (order %q)", name, sys.order)
+		}
+	}
+	for _, r := range results {
+		if r.Name != "plain" && r.Name != "racy" {
+			t.Errorf("result %+v: only plain and racy loaded", r)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := l.Load(ctx, mods); !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "before plain") {
+		t.Errorf("canceled: %v", err)
 	}
 }
