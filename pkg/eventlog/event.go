@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"regexp"
 	"strings"
 )
 
@@ -54,8 +53,10 @@ type Event struct {
 }
 
 var (
-	typePattern  = regexp.MustCompile(`^cvmboot\.[a-z0-9][a-z0-9_.-]{0,62}$`)
-	phasePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9:-]{0,62}$`)
+	// typePattern and phasePattern are what the names may be (written out by hand: as
+	// regular expressions, their bounded repetitions cost PID 1 a compile at start-up).
+	typePattern  = namePattern{prefix: "cvmboot.", extra: "_.-"} // ^cvmboot\.[a-z0-9][a-z0-9_.-]{0,62}$
+	phasePattern = namePattern{extra: ":-"}                      // ^[a-z0-9][a-z0-9:-]{0,62}$
 )
 
 // PhaseData is the data of a cvmboot.phase event.
@@ -311,4 +312,23 @@ func mustMarshal(v any) []byte {
 		panic("measure: marshal: " + err.Error())
 	}
 	return b
+}
+
+// namePattern is prefix, then a lower-case letter or digit, then up to 62 more of those or
+// of extra.
+type namePattern struct{ prefix, extra string }
+
+func (p namePattern) MatchString(s string) bool {
+	rest, ok := strings.CutPrefix(s, p.prefix)
+	if !ok || len(rest) < 1 || len(rest) > 63 {
+		return false
+	}
+	for i := 0; i < len(rest); i++ {
+		c := rest[i]
+		if (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || (i > 0 && strings.IndexByte(p.extra, c) >= 0) {
+			continue
+		}
+		return false
+	}
+	return true
 }
