@@ -6,6 +6,9 @@ set -euo pipefail
 packages=(file qemu-system-x86 ovmf swtpm swtpm-tools systemd-boot-efi binutils cryptsetup-bin
   kmod cpio debootstrap e2fsprogs xfsprogs erofs-utils dosfstools gdisk fdisk zstd xz-utils util-linux
   busybox-static pesign sbsigntool openssl osslsigncode mtools python3-pefile)
+# The mkosi-debian e2e scenario runs Debian 13's mkosi 25.3 chrooted in a trixie tree it
+# debootstraps into the cache (debootstrap, util-linux's unshare): trixie's archive key.
+packages+=(debian-archive-keyring)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
