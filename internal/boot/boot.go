@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -110,6 +111,8 @@ type Boot struct {
 
 	// EFIVarsDir is efivarfs, for the handoff's check of SystemdOptions (Env.EFIVarsDir).
 	EFIVarsDir string
+	// WarmInit starts reading the new root's init and its libraries (Env.WarmInit).
+	WarmInit func(root, init string) stage.Facts
 
 	// Mode is how this boot runs; Plan what the config and the command line decided.
 	Mode Mode
@@ -246,6 +249,11 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 	}
 	b.rootDevice = dev
 	facts["device"], facts["fstype"], facts["target"], facts["mode"] = dev, used, NewRoot, "ro"
+	if b.WarmInit != nil {
+		// The init's first reads hash its blocks (dm-verity); started now, that work
+		// overlaps storage and the rest instead of following the handoff.
+		maps.Copy(facts, b.WarmInit(NewRoot, b.Plan.Init))
+	}
 	if b.Plan.RootOptions != "" {
 		facts["options"] = b.Plan.RootOptions
 	}

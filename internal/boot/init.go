@@ -39,6 +39,9 @@ type Env struct {
 	Emergency func(msg string)
 	// Exec replaces the process with the real init; it returns only on failure.
 	Exec func(path string, argv []string) error
+	// WarmInit asks the kernel to read the new root's init and the shared objects it loads
+	// (PID 1 mode, once the root is mounted) and returns what it asked for; nil does nothing.
+	WarmInit func(root, init string) stage.Facts
 	// HandoffArgs returns extra arguments for init after the switch (systemd's
 	// --switched-root and state); nil for an init that needs none.
 	HandoffArgs func(init string, start initrdStart) ([]string, error)

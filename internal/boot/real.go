@@ -20,8 +20,10 @@ import (
 	"github.com/cvmboot/cvmboot/internal/kmod"
 	"github.com/cvmboot/cvmboot/internal/logging"
 	"github.com/cvmboot/cvmboot/internal/mount"
+	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/verity"
+	"github.com/cvmboot/cvmboot/internal/warm"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -115,6 +117,7 @@ func Real() Env {
 		},
 		Emergency:   emergency,
 		HandoffArgs: systemdHandoffArgs,
+		WarmInit:    m.warmInit,
 		Exec: func(path string, argv []string) error {
 			// After the switch /run is the real root's: `cvmboot journal-import` (a unit of
 			// the booted system) sends the spool to journald.
@@ -134,4 +137,28 @@ func Real() Env {
 		DecisionsPath:   DecisionsPath,
 		InitrdRelease:   InitrdRelease,
 	}
+}
+
+// warmInit asks the kernel, from a goroutine, to read the init and its shared objects from
+// the new root: finding them reads ELF headers, and asking queues the reads, which both take
+// time the steps after the root need not wait for.
+func (m *machine) warmInit(root, init string) stage.Facts {
+	log := m.log
+	go func() {
+		// debug/elf reads the root's files; a root that is not verified could hold one
+		// that panics it, and a panic here would end PID 1.
+		defer func() {
+			if r := recover(); r != nil {
+				log.Info("init not read ahead", zap.Any("panic", r))
+			}
+		}()
+		files, err := warm.Files(root, init)
+		if err != nil {
+			log.Info("init not read ahead", zap.Error(err))
+			return
+		}
+		n, size := warm.Advise(files)
+		log.Debug("init read ahead", zap.Int("files", n), zap.Int64("bytes", size))
+	}()
+	return stage.Facts{"read_ahead": init + " and its shared objects, in the background"}
 }
