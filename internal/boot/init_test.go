@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/pkg/report"
 )
 
@@ -79,7 +80,16 @@ func TestRunInitHandsOff(t *testing.T) {
 		}
 		return exec(p, argv)
 	}
+	var warmed []string
+	h.env.WarmInit = func(root, init string) stage.Facts {
+		warmed = append(warmed, root+" "+init)
+		return stage.Facts{"read_ahead": "test"}
+	}
 	RunInit(h.env)
+	// The read-ahead starts once, on the mounted root, for the init the handoff executes.
+	if strings.Join(warmed, "|") != NewRoot+" /sbin/init" {
+		t.Errorf("read-ahead %q, want once for %s /sbin/init", warmed, NewRoot)
+	}
 	// The handoff is the boot's last step: the report says ok before init runs.
 	if atExec != report.OutcomeOK {
 		t.Errorf("report outcome at exec %q, want ok", atExec)
@@ -100,6 +110,11 @@ func TestRunInitHandsOff(t *testing.T) {
 	}
 	if rep.Config == nil || !rep.Config.Found || len(rep.Config.SHA256) != 64 || rep.Cmdline == "" {
 		t.Errorf("config info %+v cmdline %q", rep.Config, rep.Cmdline)
+	}
+	for _, st := range rep.Stages {
+		if st.Name == StageRoot && st.Facts["read_ahead"] != "test" {
+			t.Errorf("root step facts %v lack the read-ahead", st.Facts)
+		}
 	}
 }
 
