@@ -249,9 +249,10 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 	}
 	b.rootDevice = dev
 	facts["device"], facts["fstype"], facts["target"], facts["mode"] = dev, used, NewRoot, "ro"
-	if b.WarmInit != nil {
+	if b.WarmInit != nil && b.Plan.UsrVolume == nil {
 		// The init's first reads hash its blocks (dm-verity); started now, that work
-		// overlaps storage and the rest instead of following the handoff.
+		// overlaps storage and the rest instead of following the handoff. With usrhash=
+		// the init is on /usr, mounted by the usr step: that step starts it.
 		maps.Copy(facts, b.WarmInit(NewRoot, b.Plan.Init))
 	}
 	if b.Plan.RootOptions != "" {
@@ -280,7 +281,11 @@ func (b *Boot) usr(context.Context) (stage.Facts, error) {
 	if err != nil {
 		return nil, err
 	}
-	return stage.Facts{"device": v.Device, "fstype": usrType, "target": target, "mode": "ro", "root_hash": v.RootHash}, nil
+	facts := stage.Facts{"device": v.Device, "fstype": usrType, "target": target, "mode": "ro", "root_hash": v.RootHash}
+	if b.WarmInit != nil {
+		maps.Copy(facts, b.WarmInit(NewRoot, b.Plan.Init))
+	}
+	return facts, nil
 }
 
 // checkSysroot finds what systemd's sysroot.mount mounted at /sysroot. With a verity root

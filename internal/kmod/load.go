@@ -90,7 +90,8 @@ type Loader struct {
 
 // Load loads mods in order, skipping built-in modules and modules already loaded
 // (/sys/module/NAME or /proc/modules), and stops at the first failure: later modules
-// usually depend on it. It returns what it did up to that point.
+// usually depend on it. It returns what it did up to that point. With Concurrent, see
+// loadState.concurrent: the results can include modules listed after the failed one.
 func (l *Loader) Load(ctx context.Context, mods []Module) ([]LoadResult, error) {
 	log := l.Log
 	if log == nil {
@@ -222,7 +223,15 @@ func (st *loadState) concurrent(ctx context.Context, mods []Module) ([]LoadResul
 			defer wg.Done()
 			name := Normalize(m.Name)
 			if pos[name] != i {
-				return // listed twice: the first one loads it
+				// Listed twice: the first one loads it, this one reports what the sequential
+				// path would (already loaded) once it is in.
+				<-done[name]
+				mu.Lock()
+				if !failed[name] {
+					out[i] = outcome{res: LoadResult{Name: name, Status: StatusAlreadyLoaded}, attempted: true}
+				}
+				mu.Unlock()
+				return
 			}
 			defer close(done[name])
 			// Only modules listed earlier are waited for: no cycle can block.

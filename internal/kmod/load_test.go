@@ -402,3 +402,25 @@ func TestLoadConcurrentFailure(t *testing.T) {
 		t.Errorf("canceled: %v", err)
 	}
 }
+
+func TestLoadConcurrentDuplicate(t *testing.T) {
+	l, ix := loaderFixture(t)
+	mods, err := ix.Closure([]string{"xzmod"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mods = append(mods, mods[0]) // plain twice
+	sys := &gateSys{}
+	l.Sys, l.Concurrent = sys, true
+	results, err := l.Load(context.Background(), mods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range results {
+		got = append(got, r.Name+":"+r.Status)
+	}
+	if want := []string{"plain:loaded", "xzmod:loaded", "plain:already loaded"}; !slices.Equal(got, want) || len(sys.order) != 2 {
+		t.Errorf("results %q (loads %q), want %q and two loads", got, sys.order, want)
+	}
+}

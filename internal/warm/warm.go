@@ -1,8 +1,9 @@
-// Package warm reads the new root's init and the shared objects it loads into the page
-// cache while the boot still has other work to do. On a dm-verity root every block the
-// init reads is hashed on first read; read here, on another CPU while storage is set up,
-// the hashing is done by the time the init runs. It changes nothing that is measured or
-// checked: the same blocks pass the same verification, only earlier.
+// Package warm has the kernel read the new root's init and the shared objects it loads into
+// the page cache while the boot still has other work to do. On a dm-verity root every block
+// is hashed on its first read; read ahead while storage is set up, the blocks the init
+// starts with are verified by the time it runs. Nothing measured or checked changes: the
+// blocks pass the same verification, earlier (a corrupted one stops the boot at that read,
+// as it would have at the init's).
 package warm
 
 import (
@@ -13,13 +14,21 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
 // libDirs are where the dynamic loader looks after DT_RUNPATH (Debian's multiarch first).
-var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"}
+var libDirs = []string{"/lib/" + multiarch(), "/usr/lib/" + multiarch(), "/lib64", "/usr/lib64", "/lib", "/usr/lib"}
+
+func multiarch() string {
+	if runtime.GOARCH == "arm64" {
+		return "aarch64-linux-gnu"
+	}
+	return "x86_64-linux-gnu"
+}
 
 // maxFiles bounds the walk: a init with more shared objects than this is not a boot's.
 const maxFiles = 256
@@ -167,9 +176,12 @@ func Read(ctx context.Context, files []string) int64 {
 	return n
 }
 
-// Advise asks the kernel to read files in (POSIX_FADV_WILLNEED): the reads and their
-// verification run in the kernel's own workers while the caller goes on. It returns how
-// many files and bytes it asked for.
+// Advise asks the kernel to read files in (POSIX_FADV_WILLNEED, the whole file): the reads
+// and their verification run in the kernel's own workers while the caller goes on. The
+// kernel reads at most its readahead window per call from the start of each file (about
+// 1.25 MiB on a virtio disk and the dm devices over it): the start of each library, not all
+// of it, which is what was measured to help. It returns how many files it asked for and
+// their size.
 func Advise(files []string) (int, int64) {
 	var n int
 	var size int64
