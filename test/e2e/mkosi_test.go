@@ -41,7 +41,6 @@ say "storage=$(findmnt -n -o SOURCE,FSTYPE /run/kata-containers/image 2>&1)"
 say "bind=$(findmnt -n -o SOURCE,FSTYPE /var/lib/containers 2>&1)"
 say "storage-stack=$(lsblk -s -n -r -o NAME,TYPE /dev/mapper/cvmboot-storage | tr '\n' ' ')"
 say "analyze=$(systemd-analyze time 2>&1 | head -1)"
-say "units=$(systemctl show -p Result --value cvmboot-attest.service cvmboot-verity.service cvmboot-root.service cvmboot-evidence.service 2>&1 | grep . | tr '\n' ' ')"
 say "journal=$(journalctl -b SYSLOG_IDENTIFIER=cvmboot -o export --no-pager | grep -a '^CVMBOOT_STAGE=' | sort -u | tr '\n' ' ')"
 cvmboot status > /tmp/status 2>&1
 say "cvmboot-status=exit $? $(awk '$2=="ok"{n++} END{print n+0}' /tmp/status) ok, $(awk '$2=="failed"{n++} END{print n+0}' /tmp/status) failed"
@@ -73,7 +72,6 @@ func mkosiScenarios() []scenario {
 			`E2E-CHECK: bind=/dev/mapper/cvmboot-storage ext4`,
 			`E2E-CHECK: storage-stack=cvmboot-storage crypt cvmboot-storage_dif crypt vda\d part vda disk`,
 			`E2E-CHECK: analyze=Startup finished in .* \(kernel\) \+ .* \(initrd\) \+ .* \(userspace\)`,
-			`E2E-CHECK: units=success success success success`,
 			`E2E-CHECK: journal=.*CVMBOOT_STAGE=attest.*CVMBOOT_STAGE=binds.*CVMBOOT_STAGE=evidence.*CVMBOOT_STAGE=modules.*CVMBOOT_STAGE=overlay.*CVMBOOT_STAGE=root.*CVMBOOT_STAGE=storage.*CVMBOOT_STAGE=verity`,
 			`E2E-CHECK: cvmboot-status=exit 0 8 ok, 0 failed`, // modules attest verity root storage overlay binds evidence; initdata skipped
 			`E2E-CHECK: evidence=.*tpm-quote`,

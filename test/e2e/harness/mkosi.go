@@ -151,15 +151,19 @@ func (c *Cache) BuildMkosi(ctx context.Context, spec MkosiSpec, logf Logf) (*Mko
 	}
 	mirror := debianMirror()
 	h := []string{"mkosi-build-1", tools, version, mirror, spec.Release}
-	for _, in := range append([]string{spec.Config}, spec.Inputs...) {
-		d, err := treeDigest(filepath.Join(spec.Repo, in))
+	for i, in := range append([]string{spec.Config}, spec.Inputs...) {
+		skip := func(string) bool { return false }
+		if i == 0 {
+			skip = buildOutput
+		}
+		d, err := treeDigest(filepath.Join(spec.Repo, in), skip)
 		if err != nil {
 			return nil, err
 		}
 		h = append(h, in, d)
 	}
 	if spec.ExtraTree != "" {
-		d, err := treeDigest(spec.ExtraTree)
+		d, err := treeDigest(spec.ExtraTree, func(string) bool { return false })
 		if err != nil {
 			return nil, err
 		}
@@ -271,13 +275,21 @@ func ukiSection(ctx context.Context, uki, section string) ([]byte, error) {
 }
 
 // treeDigest hashes a file, or a directory's paths, modes, symlink targets and file contents.
-func treeDigest(root string) (string, error) {
+func treeDigest(root string, skip func(rel string) bool) (string, error) {
 	var parts []string
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		rel, _ := filepath.Rel(root, p)
+		if rel != "." && skip(rel) {
+			// What a `mkosi build` run in the directory by hand left (configs/mkosi/.gitignore):
+			// not an input.
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
 		info, err := d.Info()
 		if err != nil {
 			return err
@@ -317,4 +329,12 @@ func GrowDisk(ctx context.Context, src, dst string, free int64) (int64, error) {
 	}
 	size := fi.Size() + free
 	return size, os.Truncate(dst, size)
+}
+
+// buildOutput tells whether rel (relative to the mkosi configuration) is one of mkosi's outputs
+// configs/mkosi/.gitignore lists.
+func buildOutput(rel string) bool {
+	first, _, _ := strings.Cut(filepath.ToSlash(rel), "/")
+	return first == "cvm" || strings.HasPrefix(first, "cvm.") || first == "initrd" || strings.HasPrefix(first, "initrd.") ||
+		first == "mkosi.output" || first == "mkosi.cache"
 }
