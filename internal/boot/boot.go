@@ -249,6 +249,12 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 	}
 	b.rootDevice = dev
 	facts["device"], facts["fstype"], facts["target"], facts["mode"] = dev, used, NewRoot, "ro"
+	if b.WarmInit != nil && b.Plan.UsrVolume == nil {
+		// The init's first reads hash its blocks (dm-verity); started now, that work
+		// overlaps storage and the rest instead of following the handoff. With usrhash=
+		// the init is on /usr, mounted by the usr step: that step starts it.
+		maps.Copy(facts, b.WarmInit(NewRoot, b.Plan.Init))
+	}
 	if b.Plan.RootOptions != "" {
 		facts["options"] = b.Plan.RootOptions
 	}
@@ -275,7 +281,11 @@ func (b *Boot) usr(context.Context) (stage.Facts, error) {
 	if err != nil {
 		return nil, err
 	}
-	return stage.Facts{"device": v.Device, "fstype": usrType, "target": target, "mode": "ro", "root_hash": v.RootHash}, nil
+	facts := stage.Facts{"device": v.Device, "fstype": usrType, "target": target, "mode": "ro", "root_hash": v.RootHash}
+	if b.WarmInit != nil {
+		maps.Copy(facts, b.WarmInit(NewRoot, b.Plan.Init))
+	}
+	return facts, nil
 }
 
 // checkSysroot finds what systemd's sysroot.mount mounted at /sysroot. With a verity root
@@ -484,29 +494,13 @@ func (b *Boot) evidence(ctx context.Context) (stage.Facts, error) {
 			return nil, err
 		}
 	}
-	var warmed stage.Facts
-	if b.Mode == ModeInitramfs && b.WarmInit != nil {
-		// The init's first reads hash its blocks (dm-verity). Started here, the reading
-		// overlaps the TPM's quote and the switch, which wait on the TPM and move mounts;
-		// started with the root it competed with storage for the disk and the CPUs, and
-		// storage-ready took up to twice as long (make bench).
-		warmed = b.WarmInit(NewRoot, b.Plan.Init)
-	}
 	if err := b.resumeMeasuring(); err != nil {
 		return nil, err
 	}
 	if !b.measuring {
 		return nil, stage.Skip("nothing is measured on this machine (no TEE or TPM and attest.require is none)")
 	}
-	facts, err := b.finishAttestation(ctx)
-	if err != nil || len(warmed) == 0 {
-		return facts, err
-	}
-	if facts == nil {
-		facts = stage.Facts{}
-	}
-	maps.Copy(facts, warmed)
-	return facts, nil
+	return b.finishAttestation(ctx)
 }
 
 func (b *Boot) handoff(context.Context) (stage.Facts, error) {

@@ -278,14 +278,14 @@ func TestVerityUsr(t *testing.T) {
 	root, usr := strings.Repeat("00", 31)+"11", strings.Repeat("00", 31)+"22"
 	cl, _ := cmdline.Parse("roothash=" + root + " usrhash=" + usr)
 	b := &Boot{Config: cfg, Cmdline: cl, Mounts: m, Modules: m, Devices: m, Attest: att, Verity: v}
-	// The read-ahead starts with the evidence step, when /usr (where the init is) is mounted.
+	// The init is on /usr: its read-ahead starts once /usr is mounted, not with the root.
 	b.WarmInit = func(root, init string) stage.Facts { return stage.Facts{"read_ahead": init} }
 	rep := &report.Report{}
 	if err := (&stage.Runner{Report: rep}).Run(context.Background(), pid1Stages(b)); err != nil {
 		t.Fatal(err)
 	}
-	if rep.Stage(StageRoot).Facts["read_ahead"] != "" || rep.Stage(StageEvidence).Facts["read_ahead"] != "/sbin/init" {
-		t.Errorf("read-ahead: root step %v, evidence step %v; want it in the evidence step only", rep.Stage(StageRoot).Facts, rep.Stage(StageEvidence).Facts)
+	if rep.Stage(StageRoot).Facts["read_ahead"] != "" || rep.Stage(StageUsr).Facts["read_ahead"] != "/sbin/init" {
+		t.Errorf("read-ahead: root step %v, usr step %v; want it in the usr step only", rep.Stage(StageRoot).Facts, rep.Stage(StageUsr).Facts)
 	}
 	if strings.Join(v.activated, ",") != "root "+root+",usr "+usr {
 		t.Errorf("activated %v", v.activated)

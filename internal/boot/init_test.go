@@ -86,8 +86,7 @@ func TestRunInitHandsOff(t *testing.T) {
 		return stage.Facts{"read_ahead": "test"}
 	}
 	RunInit(h.env)
-	// The read-ahead starts once, on the assembled root, for the init the handoff executes
-	// (with nothing measured the evidence step that starts it is skipped, not the read-ahead).
+	// The read-ahead starts once, on the mounted root, for the init the handoff executes.
 	if strings.Join(warmed, "|") != NewRoot+" /sbin/init" {
 		t.Errorf("read-ahead %q, want once for %s /sbin/init", warmed, NewRoot)
 	}
@@ -111,6 +110,11 @@ func TestRunInitHandsOff(t *testing.T) {
 	}
 	if rep.Config == nil || !rep.Config.Found || len(rep.Config.SHA256) != 64 || rep.Cmdline == "" {
 		t.Errorf("config info %+v cmdline %q", rep.Config, rep.Cmdline)
+	}
+	for _, st := range rep.Stages {
+		if st.Name == StageRoot && st.Facts["read_ahead"] != "test" {
+			t.Errorf("root step facts %v lack the read-ahead", st.Facts)
+		}
 	}
 }
 

@@ -141,7 +141,7 @@ func Real() Env {
 
 // warmInit asks the kernel, from a goroutine, to read the init and its shared objects from
 // the new root: finding them reads ELF headers, and asking queues the reads, which both take
-// time the evidence step and the handoff need not wait for.
+// time the steps after the root need not wait for.
 func (m *machine) warmInit(root, init string) stage.Facts {
 	log := m.log
 	go func() {

@@ -1,7 +1,7 @@
 // Package warm has the kernel read the new root's init and the shared objects it loads into
 // the page cache while the boot still has other work to do. On a dm-verity root every block
-// is hashed on its first read; read ahead while the evidence is taken and the root switched,
-// the blocks the init starts with are verified by the time it runs. Nothing measured or checked changes: the
+// is hashed on its first read; read ahead while storage is set up, the blocks the init
+// starts with are verified by the time it runs. Nothing measured or checked changes: the
 // blocks pass the same verification, earlier (a corrupted one stops the boot at that read,
 // as it would have at the init's).
 package warm
