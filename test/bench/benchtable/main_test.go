@@ -29,7 +29,7 @@ func TestBuild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(sum.Missing) != 0 || len(sum.Rows) != 5 {
+	if len(sum.Missing) != 0 || len(sum.Rows) != 9 {
 		t.Fatalf("rows %d, missing %v", len(sum.Rows), sum.Missing)
 	}
 	f := sum.Rows[0]
@@ -44,7 +44,7 @@ func TestBuild(t *testing.T) {
 	}
 	var out bytes.Buffer
 	printTable(&out, sum)
-	for _, want := range []string{"dm-verity format, 1 GiB", "2.10× (2.00–2.20)", "LUKS2 random-key format + activate", "storage ready, 100 GiB", "initramfs time"} {
+	for _, want := range []string{"dm-verity format, 1 GiB", "2.10× (2.00–2.20)", "LUKS2 random-key format + activate", "storage ready, 100 GiB", "boot, /init → root systemd", "dracut systemd initrd"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}

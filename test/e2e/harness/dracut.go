@@ -22,6 +22,9 @@ type DracutSpec struct {
 	// Cmdline is the UKI's command line, which the module pins in the initrd
 	// (cvmboot_cmdline); empty builds with cvmboot_cmdline_pin=no.
 	Cmdline string
+	// Add are dracut modules to add (--add). With Cvmboot empty the initrd is built without
+	// cvmboot: the systemd initrd the benchmark compares with.
+	Add []string
 }
 
 // InstallCvmboot installs cvmboot into the tree with systemd/install.sh, as `make install`.
@@ -64,13 +67,22 @@ func BuildDracutInitramfs(ctx context.Context, spec DracutSpec, logf Logf) error
 		pin = "cvmboot_cmdline_pin=no"
 	}
 	args := []string{spec.Tree, "env", pin, "dracut", "--no-hostonly", "--force", "--kver", spec.Kernel.Version,
-		"--omit", "plymouth", inTree}
+		"--omit", "plymouth"}
+	if len(spec.Add) > 0 {
+		args = append(args, "--add", strings.Join(spec.Add, " "))
+	}
+	args = append(args, inTree)
 	logf.printf("dracut: chroot %s", strings.Join(args, " "))
 	o, err := runCmd(ctx, "", "chroot", args...)
 	if err != nil {
 		return fmt.Errorf("chroot %s: %w\n%s", strings.Join(args, " "), err, tail(o, 3000))
 	}
-	if !strings.Contains(o, "Including module: cvmboot") || strings.Contains(o, "Including module: systemd-pcrphase") {
+	for _, m := range spec.Add {
+		if !strings.Contains(o, "Including module: "+m) {
+			return fmt.Errorf("dracut did not include the %s module:\n%s", m, tail(o, 3000))
+		}
+	}
+	if spec.Cvmboot != "" && (!strings.Contains(o, "Including module: cvmboot") || strings.Contains(o, "Including module: systemd-pcrphase")) {
 		return fmt.Errorf("dracut did not include the cvmboot module, or included systemd-pcrphase:\n%s", tail(o, 3000))
 	}
 	if err := os.Rename(filepath.Join(spec.Tree, inTree), spec.Out); err != nil {
