@@ -2,7 +2,6 @@ package boot
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 
@@ -47,9 +46,15 @@ func systemdHandoffArgs(init string, t initrdStart) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("systemd state: %w", err)
 	}
-	f := os.NewFile(uintptr(fd), "cvmboot-systemd-state")
-	if _, err := f.Write(systemdState(t)); err != nil {
-		return nil, fmt.Errorf("systemd state: %w", err)
+	// Written through the raw fd: an *os.File would close it from its finalizer when the
+	// collector runs before the exec (the read-ahead goroutine allocates meanwhile), and
+	// systemd would find no state and freeze.
+	for b := systemdState(t); len(b) > 0; {
+		n, err := unix.Write(fd, b)
+		if err != nil {
+			return nil, fmt.Errorf("systemd state: %w", err)
+		}
+		b = b[n:]
 	}
 	if _, err := unix.Seek(fd, 0, 0); err != nil {
 		return nil, fmt.Errorf("systemd state: %w", err)
