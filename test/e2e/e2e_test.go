@@ -409,6 +409,9 @@ type result struct {
 	total    time.Duration // including image build
 	// firmware: the firmware log rootcheck printed equals the UKI's reference values
 	firmware bool
+	// failure: the problems and the console's last lines, repeated after the summary so
+	// that a CI excerpt, which shows the end of the output, carries them
+	failure string
 }
 
 func TestE2E(t *testing.T) {
@@ -431,6 +434,11 @@ func TestE2E(t *testing.T) {
 			}
 		}
 		t.Logf("reference values computed from the UKI file = the firmware log of its boot (PCR 4 applications, PCR 11, PCR 9): %d scenarios", matched)
+		for _, r := range results {
+			if r.failure != "" {
+				t.Logf("scenario %s failed:\n%s", r.name, r.failure)
+			}
+		}
 	})
 	for _, sc := range allScenarios() {
 		t.Run(sc.name, func(t *testing.T) {
@@ -587,6 +595,8 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 	}
 	t.Errorf("scenario %s: %s after %.1fs (init %s); serial log and qemu command line in %s; last console lines:\n%s",
 		sc.name, boot.Reason, boot.Duration.Seconds(), init, artifacts, lastLines(boot.Serial, 25))
+	res.failure = fmt.Sprintf("%s\n%s after %.1fs (%s); last console lines:\n%s",
+		strings.Join(problems, "\n"), boot.Reason, boot.Duration.Seconds(), boot.PhaseSummary(), lastLines(boot.Serial, 40))
 	return res
 }
 
