@@ -6,6 +6,9 @@ set -euo pipefail
 packages=(file qemu-system-x86 ovmf swtpm swtpm-tools systemd-boot-efi binutils cryptsetup-bin
   kmod cpio debootstrap e2fsprogs xfsprogs erofs-utils dosfstools gdisk fdisk zstd xz-utils util-linux
   busybox-static pesign sbsigntool openssl osslsigncode mtools python3-pefile)
+# The systemd-tpm2 token interop test: systemd-cryptenroll (systemd) with the TPM2 libraries
+# it loads and their swtpm TCTI.
+packages+=(systemd libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0 libtss2-tcti-swtpm0)
 # The mkosi-debian e2e scenario runs Debian 13's mkosi 25.3 chrooted in a trixie tree it
 # debootstraps into the cache (debootstrap, util-linux's unshare): trixie's archive key.
 packages+=(debian-archive-keyring)

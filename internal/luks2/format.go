@@ -57,6 +57,8 @@ type Options struct {
 	VolumeKey []byte
 	// Keyslots are optional passphrase keyslots, numbered from 0.
 	Keyslots []KeyslotSpec
+	// Tokens are written as given, numbered from 0 (e.g. a systemd-tpm2 token for a keyslot).
+	Tokens []Token
 	// DigestIterations for the volume key digest (default 1000, the minimum
 	// cryptsetup accepts; the key is random, so more buys nothing).
 	DigestIterations uint32
@@ -388,6 +390,9 @@ func preparePlan(size int64, opts Options) (*plan, error) {
 		Tokens:   map[int]Token{},
 		Segments: map[int]Segment{0: seg},
 		Config:   Config{JSONSize: o.HeaderSize - binHeaderSize, KeyslotsSize: o.KeyslotsSize},
+	}
+	for id, t := range o.Tokens {
+		meta.Tokens[id] = t
 	}
 	p := &plan{opts: o, meta: meta, materials: make([][]byte, len(o.Keyslots))}
 	areaOffset := 2 * o.HeaderSize

@@ -4,6 +4,8 @@ package swtpmtest
 
 import (
 	"bytes"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,4 +84,85 @@ func Start(t testing.TB) transport.TPMCloser {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TCP is a swtpm listening on loopback TCP, the only transport tpm2-tss's swtpm TCTI (as in
+// Debian 12) speaks: it lets systemd's tools and the test use the same TPM, one connection at a
+// time (swtpm serves one client at a time).
+type TCP struct {
+	Port int // the TPM command port; the control port is Port+1
+}
+
+// TCTI is the TPM2 device string systemd's tools take (--tpm2-device=, $SYSTEMD_TPM2_DEVICE).
+func (s TCP) TCTI() string { return fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", s.Port) }
+
+// Open connects to the TPM; close it before a systemd tool needs the TPM.
+func (s TCP) Open(t testing.TB) transport.TPMCloser {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.Port))
+		if err == nil {
+			tpm := transport.FromReadWriteCloser(conn)
+			if _, err = (tpm2.GetCapability{Capability: tpm2.TPMCapPCRs, PropertyCount: 1}).Execute(tpm); err == nil {
+				return tpm
+			}
+			tpm.Close()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("swtpm on port %d does not answer within 10s: %v", s.Port, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// StartTCP starts swtpm on two free loopback ports; the test is skipped when swtpm is not
+// installed, and swtpm is killed when the test ends.
+func StartTCP(t testing.TB) TCP {
+	t.Helper()
+	bin, err := exec.LookPath("swtpm")
+	if err != nil {
+		t.Skip("swtpm is not installed (apt-get install swtpm): skipping the real-TPM test")
+	}
+	port, err := freePortPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd := exec.Command(bin, "socket", "--tpm2",
+		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
+		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
+		"--flags", "not-need-init,startup-clear",
+		"--tpmstate", "dir="+t.TempDir())
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start swtpm: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	s := TCP{Port: port}
+	s.Open(t).Close()
+	return s
+}
+
+// freePortPair finds p with p and p+1 both free on loopback.
+func freePortPair() (int, error) {
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l2, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p+1))
+		l.Close()
+		if err == nil {
+			l2.Close()
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("no two adjacent free TCP ports on loopback")
 }

@@ -1,0 +1,152 @@
+package tpmseal
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"os"
+	"slices"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/cvmboot/cvmboot/internal/measure/swtpmtest"
+)
+
+func extend(t *testing.T, tpm TPM, pcr int, data []byte) {
+	t.Helper()
+	d := sha256.Sum256(data)
+	_, err := (tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: d[:]}}},
+	}).Execute(tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// predict is PCR extend done by hand: sha256(old || sha256(data)).
+func predict(old, data []byte) []byte {
+	d := sha256.Sum256(data)
+	n := sha256.Sum256(append(slices.Clone(old), d[:]...))
+	return n[:]
+}
+
+func newSecret(t *testing.T) []byte {
+	s := make([]byte, SecretSize)
+	if _, err := rand.Read(s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestSealUnseal(t *testing.T) {
+	tpm := swtpmtest.Start(t)
+	extend(t, tpm, 4, []byte("uki"))
+	pcrs := []int{4, 11}
+	values, err := ReadPCRs(tpm, pcrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, alg := range []string{PrimaryECC, PrimaryRSA} {
+		t.Run(alg, func(t *testing.T) {
+			secret := newSecret(t)
+			tok, err := Seal(tpm, PCRPolicy{PCRs: pcrs, Values: values}, secret, 1, alg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			raw, err := tok.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			back, err := ParseToken(raw)
+			if err != nil {
+				t.Fatalf("ParseToken(%s): %v", raw, err)
+			}
+			dst := make([]byte, 64)
+			n, err := Unseal(tpm, back, dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(dst[:n], secret) {
+				t.Fatalf("unsealed %x, sealed %x", dst[:n], secret)
+			}
+		})
+	}
+}
+
+// The secret is sealed to values the PCRs will have (as for the next UKI): it does not open
+// now, the refusal names the PCR, and it opens once the PCR gets there.
+func TestSealPredicted(t *testing.T) {
+	tpm := swtpmtest.Start(t)
+	pcrs := []int{4, 11}
+	now, err := ReadPCRs(tpm, pcrs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][]byte{now[0], predict(now[1], []byte("next uki"))}
+	secret := newSecret(t)
+	tok, err := Seal(tpm, PCRPolicy{PCRs: pcrs, Values: want}, secret, 0, PrimaryECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := make([]byte, SecretSize)
+	_, err = Unseal(tpm, tok, dst)
+	var pm *PolicyMismatchError
+	if !errors.As(err, &pm) || len(pm.Differ) != 1 || pm.Differ[0].PCR != 11 ||
+		!bytes.Equal(pm.Differ[0].Expected, want[1]) || !bytes.Equal(pm.Differ[0].Found, now[1]) {
+		t.Fatalf("unseal before the extend: %v, want a mismatch naming PCR 11", err)
+	}
+	t.Logf("refusal: %v", err)
+	if bytes.Contains(dst, secret[:8]) {
+		t.Fatal("the refused unseal wrote the secret")
+	}
+	extend(t, tpm, 11, []byte("next uki"))
+	if n, err := Unseal(tpm, tok, dst); err != nil || !bytes.Equal(dst[:n], secret) {
+		t.Fatalf("unseal after the extend: %v", err)
+	}
+	extend(t, tpm, 11, []byte("one more"))
+	if _, err := Unseal(tpm, tok, dst); !errors.As(err, &pm) {
+		t.Fatalf("unseal after another extend: %v, want a mismatch", err)
+	}
+}
+
+// A token whose object another TPM made does not load here.
+func TestUnsealOtherTPM(t *testing.T) {
+	a, b := swtpmtest.Start(t), swtpmtest.Start(t)
+	values, err := ReadPCRs(a, []int{11})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := Seal(a, PCRPolicy{PCRs: []int{11}, Values: values}, newSecret(t), 0, PrimaryECC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Unseal(b, tok, make([]byte, SecretSize)); err == nil {
+		t.Fatal("another TPM unsealed the token")
+	} else {
+		t.Logf("other TPM: %v", err)
+	}
+}
+
+// systemd 252's policy for the same PCR values is the one Digest computes: the token
+// systemd-cryptenroll wrote for PCRs 7+11 of a fresh swtpm (all zero).
+func TestDigestMatchesSystemd(t *testing.T) {
+	raw, err := os.ReadFile("testdata/systemd-252-token.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := ParseToken(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	zero := make([]byte, 32)
+	d, err := PCRPolicy{PCRs: []int{7, 11}, Values: [][]byte{zero, zero}}.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(d, tok.PolicyHash) || tok.Keyslot != 1 || tok.PrimaryAlg != PrimaryECC || tok.PCRValues != nil {
+		t.Fatalf("digest %x, token %+v", d, tok)
+	}
+}
