@@ -156,35 +156,9 @@ func Format(dev io.WriterAt, size int64, opts Options) (*Header, error) {
 	o := p.opts
 	uuid := o.UUID
 
-	copies := make([][]byte, 2)
-	for i := range copies {
-		buf := make([]byte, o.HeaderSize)
-		bin := binHeader{
-			version:   formatVersion,
-			hdrSize:   o.HeaderSize,
-			seqID:     1,
-			label:     o.Label,
-			csumAlg:   "sha256",
-			uuid:      uuid,
-			subsystem: o.Subsystem,
-			hdrOffset: uint64(i) * o.HeaderSize,
-		}
-		copy(bin.magic[:], magicPrimary)
-		if i == 1 {
-			copy(bin.magic[:], magicSecondary)
-		}
-		// Each copy gets its own salt so the two checksums differ.
-		if _, err := rand.Read(bin.salt[:]); err != nil {
-			return nil, fmt.Errorf("generating header salt: %w", err)
-		}
-		bin.encode(buf)
-		copy(buf[binHeaderSize:], p.area)
-		sum, err := headerChecksum(bin.csumAlg, buf)
-		if err != nil {
-			return nil, err
-		}
-		copy(buf[offCsum:], sum)
-		copies[i] = buf
+	copies, err := encodeCopies(headerFields{size: o.HeaderSize, seqID: 1, label: o.Label, subsystem: o.Subsystem, uuid: uuid}, p.area)
+	if err != nil {
+		return nil, err
 	}
 
 	keyslotsStart := 2 * o.HeaderSize
