@@ -20,6 +20,7 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/persist"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/verity"
@@ -83,6 +84,13 @@ type StorageSetup interface {
 	Abort(res *storage.Result)
 }
 
+// PersistentRoot is root.persistent (*persist.Stage): Open makes or unlocks the encrypted
+// root from the activated verity root, MountRoot mounts it read-write and grows it.
+type PersistentRoot interface {
+	Open(ctx context.Context, verityDevice, rootHash string) (*persist.Result, error)
+	MountRoot(res *persist.Result, target string) (map[string]string, error)
+}
+
 // Boot holds what the stages share.
 type Boot struct {
 	Config  *config.Config
@@ -98,6 +106,8 @@ type Boot struct {
 	// Storage returns the storage stage for the config and the mounted root device; mounts
 	// outside /run go below targetRoot ("" in the booted system: where they are).
 	Storage func(cfg config.Storage, rootDevice, targetRoot string) StorageSetup
+	// Persist returns the persistent root's stage (root.persistent).
+	Persist func() PersistentRoot
 	// CmdlineRaw is /proc/cmdline as read, measured by digest.
 	CmdlineRaw string
 	// CmdlinePin is the digest of the pinned command line CmdlineRaw matched; "" when the
@@ -125,6 +135,8 @@ type Boot struct {
 	measuring  bool // an event log is open on the platform's registers
 	storageSt  StorageSetup
 	storageRes *storage.Result // set up, its mounts inside the root still to make
+	persistSt  PersistentRoot
+	persistRes *persist.Result // the activated persistent root, mounted by the root step
 }
 
 // Init is the program the handoff executes, decided by the handoff stage.
@@ -211,6 +223,38 @@ func (v VerityVolume) event() eventlog.Event {
 	return eventlog.Verity{Target: v.Name, RootHash: v.RootHash, HashAlgorithm: v.HashAlgorithm, OnCorruption: v.OnCorruption}.Event()
 }
 
+// persist is root.persistent: the encrypted root is made from the verified root at the
+// first boot and unlocked with the TPM later; the root step mounts it read-write.
+func (b *Boot) persist(ctx context.Context) (stage.Facts, error) {
+	if !b.Plan.Persistent {
+		return nil, stage.Skip("root.persistent is off: the verified root is booted read-only")
+	}
+	v := b.dec.volume("root")
+	if v == nil {
+		return nil, errors.New("root.persistent: no verified root was activated in this boot to copy or to check against")
+	}
+	if b.Persist == nil {
+		return nil, errors.New("root.persistent is set but this environment cannot make a persistent root")
+	}
+	if err := b.resumeMeasuring(); err != nil {
+		return nil, err
+	}
+	st := b.Persist()
+	res, err := st.Open(ctx, v.Device, v.RootHash)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.measure(res.Event.Event()); err != nil {
+		return nil, err
+	}
+	b.persistSt, b.persistRes = st, res
+	facts := stage.Facts(res.Facts)
+	if res.Event.TPM == persist.TPMInsecureUnvouched {
+		facts["warning"] = "INSECURE: the root's key is sealed to a TPM no TEE vouches for (root.insecure_unvouched_tpm); a host-emulated TPM can unseal it"
+	}
+	return facts, nil
+}
+
 // root makes the root's device known to the steps after it. As PID 1 it mounts the root
 // (the verity volume, else root=) read-only at /sysroot, and a verified /usr on it. In a
 // systemd initrd, systemd mounted /sysroot: with roothash= it must be the verified volume.
@@ -226,6 +270,17 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 		}
 		b.rootDevice = dev
 		return stage.Facts{"device": dev}, nil
+	}
+	if b.persistRes != nil {
+		facts, err := b.persistSt.MountRoot(b.persistRes, NewRoot)
+		if err != nil {
+			return nil, err
+		}
+		b.rootDevice = b.persistRes.Device
+		if b.WarmInit != nil {
+			maps.Copy(facts, b.WarmInit(NewRoot, b.Plan.Init))
+		}
+		return facts, nil
 	}
 	facts := stage.Facts{}
 	var dev string
@@ -440,6 +495,12 @@ func (b *Boot) overlay(context.Context) (stage.Facts, error) {
 		return nil, err
 	}
 	cfg := b.Config.Overlay
+	if b.persistRes != nil {
+		if err := b.measure(eventlog.Overlay{Enabled: false}.Event()); err != nil {
+			return nil, err
+		}
+		return nil, stage.Skip("root.persistent: the root is the writable encrypted partition, no overlay")
+	}
 	if !cfg.Enabled {
 		// A verifier must be able to tell a read-only root from a forgotten measurement.
 		if err := b.measure(eventlog.Overlay{Enabled: false}.Event()); err != nil {

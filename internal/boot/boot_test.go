@@ -373,7 +373,7 @@ func TestSequence(t *testing.T) {
 		return strings.Join(n, " ")
 	}
 	for mode, want := range map[Mode]string{
-		ModeInitramfs:     "early-mounts modules attest initdata verity root storage overlay usr binds evidence handoff",
+		ModeInitramfs:     "early-mounts modules attest initdata verity persistent-root root storage overlay usr binds evidence handoff",
 		ModeSystemdInitrd: "modules attest initdata verity root storage overlay binds evidence",
 		ModeSystemd:       "modules attest initdata root storage binds",
 	} {

@@ -28,6 +28,8 @@ type Env struct {
 	// Storage builds the storage stage for the config, the root device and the root the
 	// mounts outside /run go into.
 	Storage func(cfg config.Storage, rootDevice, targetRoot string) StorageSetup
+	// Persist builds the persistent root's stage (root.persistent) for the config.
+	Persist func(cfg *config.Config) PersistentRoot
 	System  failaction.System
 	// Bootstrap mounts what reading the command line and logging need (/proc, /dev) before
 	// anything else runs; it returns what it mounted.

@@ -121,6 +121,9 @@ func Run(env Env, mode Mode, names []string, stderr io.Writer) int {
 	b := &Boot{Config: cfg, Cmdline: cl, Log: log, Mounts: env.Mounts, Modules: env.Modules, Devices: env.Devices,
 		Attest: env.Attest, Verity: env.Verity, InitdataSource: env.InitdataSource, Storage: env.Storage, CmdlineRaw: raw, CmdlinePin: pin, ConfigInfo: info,
 		PackedModules: packed, Mode: mode, Plan: plan, dec: dec, EFIVarsDir: env.EFIVarsDir, WarmInit: env.WarmInit}
+	if env.Persist != nil {
+		b.Persist = func() PersistentRoot { return env.Persist(cfg) }
+	}
 	runner := stage.Runner{Log: log, Clock: clock, Report: l.rep, Save: l.saveReport}
 	if err := runner.Run(context.Background(), b.stages(steps)); err != nil {
 		name := "boot"

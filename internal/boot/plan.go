@@ -1,6 +1,8 @@
 package boot
 
 import (
+	"fmt"
+
 	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/verity"
@@ -23,6 +25,8 @@ type Plan struct {
 	// Init is init= or root.init; InitArgs the words after "--".
 	Init     string
 	InitArgs []string
+	// Persistent is root.persistent: encrypt-on-first-boot.
+	Persistent bool
 }
 
 // NewPlan resolves the plan of a boot in mode.
@@ -49,6 +53,17 @@ func NewPlan(mode Mode, cfg *config.Config, cl *cmdline.Cmdline) (*Plan, error) 
 	}
 	if v, ok := cl.Get("init"); ok && v != "" {
 		p.Init = v
+	}
+	if cfg.Root.Persistent == config.PersistentEncryptOnFirstBoot {
+		switch {
+		case mode != ModeInitramfs:
+			return nil, fmt.Errorf("root.persistent: %s is only supported with cvmboot as PID 1 (initramfs mode) in this version, not in %s mode", cfg.Root.Persistent, mode)
+		case p.RootVolume == nil:
+			return nil, fmt.Errorf("root.persistent: %s copies the verified root, but the command line has no roothash=", cfg.Root.Persistent)
+		case p.UsrVolume != nil:
+			return nil, fmt.Errorf("root.persistent: %s with usrhash= is not supported (the copy would leave /usr unverified)", cfg.Root.Persistent)
+		}
+		p.Persistent = true
 	}
 	return p, nil
 }

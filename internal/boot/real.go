@@ -13,6 +13,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/blockdev"
 	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/disk"
 	"github.com/cvmboot/cvmboot/internal/dm"
 	"github.com/cvmboot/cvmboot/internal/efivar"
 	"github.com/cvmboot/cvmboot/internal/failaction"
@@ -20,6 +21,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/kmod"
 	"github.com/cvmboot/cvmboot/internal/logging"
 	"github.com/cvmboot/cvmboot/internal/mount"
+	"github.com/cvmboot/cvmboot/internal/persist"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/verity"
@@ -64,6 +66,19 @@ func (m *machine) storage(cfg config.Storage, rootDevice, targetRoot string) Sto
 	return storage.New(cfg, m.log, func() string { return rootDevice }, targetRoot)
 }
 
+func (m *machine) persist(cfg *config.Config) PersistentRoot {
+	esp, err := efivar.LoaderDevicePartUUID(efivar.Dir)
+	if err != nil {
+		esp = "" // the firmware did not say; the persistent root never takes an ESP by type either
+	}
+	return &persist.Stage{
+		Log: m.log, AllowUnvouchedTPM: cfg.Root.InsecureUnvouchedTPM, ESPPartUUID: esp,
+		Disk:    storage.RootDisk{Preparer: &disk.Preparer{Log: m.log, Mknod: true}},
+		Devices: storage.BlockDevices{}, Keyring: storage.KernelKeyring{}, Random: storage.Getrandom{},
+		TPMs: persist.DeviceTPM{}, Copier: persist.DirectCopier{Log: m.log}, FS: persist.Ext4{Log: m.log},
+	}
+}
+
 func (m *machine) MountedAt(target string) (string, error) {
 	mounts, err := mount.ReadMountInfo("/proc/self/mountinfo")
 	if err != nil {
@@ -98,7 +113,7 @@ func Real() Env {
 		spool = logging.NewSpool()
 	}
 	return Env{
-		Mounts: m, Modules: m, Devices: m, Attest: att, Verity: m, Storage: m.storage, InitdataSource: cocoInitdata{},
+		Mounts: m, Modules: m, Devices: m, Attest: att, Verity: m, Storage: m.storage, Persist: m.persist, InitdataSource: cocoInitdata{},
 		System:    failaction.Kernel{},
 		Bootstrap: bootstrapMounts,
 		Setup: func(cfg *config.Config) *zap.Logger {

@@ -82,6 +82,14 @@ type Root struct {
 	Options string `yaml:"options"`
 	// Init is the program started after the switch; init= on the command line wins.
 	Init string `yaml:"init"`
+	// Persistent is what becomes of the verified root: "off" boots it read-only every time;
+	// "encrypt-on-first-boot" copies it, through dm-verity, into a LUKS2 + dm-integrity
+	// partition made of the disk's free space at the first boot, seals the key to the TPM
+	// and boots that partition read-write from then on.
+	Persistent PersistentMode `yaml:"persistent"`
+	// InsecureUnvouchedTPM lets the persistent root seal its key to a TPM no TEE vouches for
+	// (one the host emulates can unseal it at will). For tests only; config file only.
+	InsecureUnvouchedTPM bool `yaml:"insecure_unvouched_tpm"`
 }
 
 // Verity is the verity section.
@@ -143,7 +151,7 @@ func Default() *Config {
 		Debug:   Debug{Enabled: false},
 		Modules: nil,
 		Devices: Devices{Timeout: Duration(30 * time.Second)},
-		Root:    Root{Device: "", FSType: FSAuto, Options: "", Init: "/sbin/init"},
+		Root:    Root{Device: "", FSType: FSAuto, Options: "", Init: "/sbin/init", Persistent: PersistentOff},
 		Verity:  Verity{Required: true, OnCorruption: CorruptionPanic},
 		Attest:  Attest{Require: AttestTEE, Nonce: nil},
 		Storage: Storage{
@@ -362,7 +370,10 @@ func (c *Config) FeatureModules() []string {
 			mods = append(mods, "dm_integrity", "authenc", "hmac", "sha256_generic")
 		}
 	}
-	if c.Overlay.Enabled {
+	if c.Root.Persistent == PersistentEncryptOnFirstBoot {
+		// The persistent root is aes-xts-plain64 with hmac(sha256) over dm-integrity.
+		mods = appendNew(mods, "dm_crypt", "xts", "ecb", "dm_integrity", "authenc", "hmac", "sha256_generic")
+	} else if c.Overlay.Enabled {
 		mods = append(mods, "overlay")
 	}
 	return mods
@@ -372,6 +383,9 @@ func (c *Config) FeatureModules() []string {
 // gain from: packed when the kernel has them, loaded when the CPU has the instructions (the
 // kernel refuses them with ENODEV otherwise, and the generic code serves).
 func (c *Config) AcceleratedModules() []string {
+	if c.Root.Persistent == PersistentEncryptOnFirstBoot {
+		return []string{"aesni_intel", "sha256_ssse3"}
+	}
 	if !c.Storage.Enabled {
 		return nil
 	}

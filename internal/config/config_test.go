@@ -362,7 +362,7 @@ func TestStringRoundTrip(t *testing.T) {
 	c.Failure.Action = FailureShell
 	c.Modules = []string{"virtio_blk", "true", "null"}
 	c.Devices.Timeout = Duration(1500 * time.Millisecond)
-	c.Root = Root{Device: "LABEL=yes", FSType: FSSquashfs, Options: "nodev,#x", Init: "/usr/lib/systemd/systemd"}
+	c.Root = Root{Device: "LABEL=yes", FSType: FSSquashfs, Options: "nodev,#x", Init: "/usr/lib/systemd/systemd", Persistent: PersistentOff, InsecureUnvouchedTPM: true}
 	c.Verity = Verity{Required: false, OnCorruption: CorruptionIgnore}
 	c.Attest = Attest{Require: AttestAny, Nonce: HexBytes{0xde, 0xad, 0xbe, 0xef}}
 	c.Storage.Label = "on"

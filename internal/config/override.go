@@ -20,6 +20,10 @@ var shortcuts = map[string]string{
 	"debug":   "debug.enabled",
 }
 
+// fileOnly are keys the command line may not set: a host that edits an unpinned command line
+// must not switch these protections off.
+var fileOnly = map[string]bool{"root.insecure_unvouched_tpm": true}
+
 // ApplyCmdline applies kernel command-line overrides, as cmdline.WithPrefix(CmdlinePrefix)
 // returns them, in order (a later one wins). A key is the dotted path of a value, such as
 // cvmboot.storage.integrity=off, or one of the shortcuts cvmboot.log=LEVEL,
@@ -67,6 +71,9 @@ func (c *Config) applyOverride(p cmdline.Param) (string, error) {
 	unknown := cmdlineError("", "unknown key %q", p.Key)
 	if !ok || name == "" {
 		return "", unknown
+	}
+	if fileOnly[name] {
+		return "", cmdlineError(p.Key, "can only be set in the config file: it turns a protection off")
 	}
 	v := reflectValue(c)
 	for _, seg := range strings.Split(name, ".") {

@@ -143,7 +143,7 @@ func TestEveryKeyOverridable(t *testing.T) {
 	values := map[string]string{
 		"log.level": "warn", "failure.action": "halt", "debug.enabled": "1", "modules": "dm_verity",
 		"devices.timeout": "5s", "root.device": "/dev/vdb", "root.fstype": "xfs", "root.options": "noatime",
-		"root.init": "/init", "verity.required": "0", "verity.on_corruption": "restart",
+		"root.init": "/init", "root.persistent": "encrypt-on-first-boot cvmboot.storage=0", "verity.required": "0", "verity.on_corruption": "restart",
 		"attest.require": "none", "attest.nonce": "01", "storage.enabled": "0", "storage.integrity": "aead",
 		"storage.filesystem": "xfs", "storage.min_size": "2G", "storage.label": "data",
 		"storage.type_guid": "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "storage.on_no_space": "tmpfs",
@@ -153,6 +153,15 @@ func TestEveryKeyOverridable(t *testing.T) {
 		"initdata.path": "/run/peerpod/initdata cvmboot.initdata.source=file",
 	}
 	for _, path := range leafPaths(reflect.TypeFor[Config](), "") {
+		if fileOnly[path] {
+			c := Default()
+			err := c.ApplyCmdline(overrides(t, "cvmboot."+path+"=1"))
+			if err == nil || !strings.Contains(err.Error(), "can only be set in the config file") {
+				t.Errorf("override of the file-only %s: %v", path, err)
+			}
+			values[path] = "(file only)"
+			continue
+		}
 		v, ok := values[path]
 		if !ok {
 			t.Errorf("test has no value for %s", path)
@@ -175,7 +184,7 @@ func TestEveryKeyOverridable(t *testing.T) {
 func TestDigest(t *testing.T) {
 	const wantJSON = `{"attest":{"nonce":"","require":"tee"},"debug":{"enabled":false},"devices":{"timeout":"30s"},` +
 		`"failure":{"action":"poweroff"},"initdata":{"path":"","required":false,"source":"none"},"log":{"level":"info"},"modules":[],"overlay":{"enabled":true,"size":"50%","upper":"tmpfs"},` +
-		`"root":{"device":"","fstype":"auto","init":"/sbin/init","options":""},` +
+		`"root":{"device":"","fstype":"auto","init":"/sbin/init","insecure_unvouched_tpm":false,"options":"","persistent":"off"},` +
 		`"storage":{"binds":[],"enabled":true,"filesystem":"ext4","integrity":"hmac-sha256","label":"cvmboot-storage",` +
 		`"min_size":"1GiB","mountpoint":"/run/kata-containers/image","on_no_space":"fail","type_guid":"0fc63daf-8483-4772-8e79-3d69d8477de4"},` +
 		`"verity":{"on_corruption":"panic","required":true}}`

@@ -72,6 +72,16 @@ func (FSType) allowedValues() []string {
 	return []string{"auto", "ext4", "erofs", "squashfs", "xfs", "btrfs"}
 }
 
+// PersistentMode is root.persistent.
+type PersistentMode string
+
+const (
+	PersistentOff                PersistentMode = "off"
+	PersistentEncryptOnFirstBoot PersistentMode = "encrypt-on-first-boot"
+)
+
+func (PersistentMode) allowedValues() []string { return []string{"off", "encrypt-on-first-boot"} }
+
 // CorruptionAction is verity.on_corruption: what dm-verity does on a block that fails its hash.
 type CorruptionAction string
 

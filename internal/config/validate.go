@@ -54,6 +54,14 @@ func (c *Config) Validate() error {
 		func() *Error { return checkMountOptions("root.options", c.Root.Options) },
 		func() *Error { return checkAbsPath("root.init", c.Root.Init) },
 		func() *Error {
+			if c.Root.Persistent == PersistentEncryptOnFirstBoot && c.Storage.Enabled {
+				e := invalid("root.persistent", "%q takes the disk's free space for the root: it requires storage.enabled: false", c.Root.Persistent)
+				e.related = "storage.enabled"
+				return e
+			}
+			return nil
+		},
+		func() *Error {
 			if c.Verity.OnCorruption == CorruptionIgnore && !c.Debug.Enabled {
 				e := invalid("verity.on_corruption", "%q requires debug.enabled: true", c.Verity.OnCorruption)
 				e.related = "debug.enabled"

@@ -36,6 +36,9 @@ type Request struct {
 	// ESPPartUUID is the PARTUUID of the ESP the firmware booted from (LoaderDevicePartUUID),
 	// lower case; "" when unknown. It is never reused, whatever its label and type.
 	ESPPartUUID string
+	// Keep leaves an earlier boot's partition as it is, for a caller that reads what it
+	// holds (the persistent root); it must still not be in use.
+	Keep bool
 }
 
 // Partition is the storage partition Prepare made or found.
@@ -251,7 +254,12 @@ func (p *Preparer) Prepare(ctx context.Context, diskPath string, req Request) (*
 		part.Path = path
 	}
 
-	if part.Reused {
+	if part.Reused && req.Keep {
+		if err := p.checkUnused(dev, part); err != nil {
+			return nil, err
+		}
+		log.Info("partition from an earlier boot found", zap.Int("number", part.Number), zap.String("partuuid", part.PartUUID), zap.Int64("size", part.Size))
+	} else if part.Reused {
 		if err := p.destroyOld(f, dev, part); err != nil {
 			return nil, err
 		}
@@ -293,6 +301,23 @@ func (p *Preparer) destroyOld(disk *os.File, dev *diskInfo, part *Partition) err
 		return fmt.Errorf("syncing reused partition %d on %s: %w", part.Number, part.Disk, err)
 	}
 	return nil
+}
+
+// checkUnused refuses a reused partition the kernel has in use (mounted, or held by a
+// device-mapper target), as destroyOld does before writing.
+func (p *Preparer) checkUnused(dev *diskInfo, part *Partition) error {
+	if part.Path == "" {
+		return nil
+	}
+	pf, err := os.OpenFile(part.Path, os.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("disk %s: partition %d (PARTUUID %s) carries the label but is in use (%s): refusing it",
+			part.Disk, part.Number, part.PartUUID, p.inUseBy(dev, part))
+	}
+	if err != nil {
+		return fmt.Errorf("opening partition %s: %w", part.Path, err)
+	}
+	return pf.Close()
 }
 
 // inUseBy says what holds a busy partition: the devices stacked on it, else a mount.

@@ -153,6 +153,20 @@ func TestPrepareReuse(t *testing.T) {
 	tableBefore := make([]byte, 34*512)
 	f.ReadAt(tableBefore, 0)
 
+	// Keep finds the partition and leaves its header for the caller.
+	keep := storageRequest()
+	keep.Keep = true
+	kept, err := (&Preparer{}).Prepare(context.Background(), img, keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !kept.Reused || kept.PartUUID != first.PartUUID {
+		t.Errorf("Keep got %+v, first %+v", kept, first)
+	}
+	if _, err := luks2.Read(w); err != nil {
+		t.Fatalf("Keep destroyed the previous boot's header: %v", err)
+	}
+
 	second, err := (&Preparer{}).Prepare(context.Background(), img, storageRequest())
 	if err != nil {
 		t.Fatal(err)

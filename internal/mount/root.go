@@ -78,6 +78,8 @@ type rootMounter struct {
 	probe           func(dev string) (blockdev.FSInfo, error)
 	// logicalBlockSize is the device's logical block size (BLKSSZGET); nil: unknown.
 	logicalBlockSize func(dev string) (int, error)
+	// writable mounts read-write: the persistent root (root.persistent), never the image's.
+	writable bool
 }
 
 // Root mounts dev read-only on target. fstype "auto" (or "") probes the
@@ -91,6 +93,12 @@ func Root(dev, fstype, target, extraOpts string) (string, error) {
 // RootWithLog is Root with step logging.
 func RootWithLog(log *zap.Logger, dev, fstype, target, extraOpts string) (string, error) {
 	return (&rootMounter{log: log, filesystemsPath: "/proc/filesystems", mount: unix.Mount, probe: probeDevice, logicalBlockSize: logicalBlockSize}).mountRoot(dev, fstype, target, extraOpts)
+}
+
+// WritableRootWithLog is RootWithLog mounting read-write, for the persistent encrypted root.
+func WritableRootWithLog(log *zap.Logger, dev, fstype, target, extraOpts string) (string, error) {
+	return (&rootMounter{log: log, filesystemsPath: "/proc/filesystems", mount: unix.Mount, probe: probeDevice,
+		logicalBlockSize: logicalBlockSize, writable: true}).mountRoot(dev, fstype, target, extraOpts)
 }
 
 // logicalBlockSize asks the kernel for the device's logical block size (BLKSSZGET).
@@ -125,7 +133,9 @@ func (r *rootMounter) mountRoot(dev, fstype, target, extraOpts string) (string, 
 	if err != nil {
 		return "", fmt.Errorf("mounting root %s on %s: %w", dev, target, err)
 	}
-	flags |= unix.MS_RDONLY
+	if !r.writable {
+		flags |= unix.MS_RDONLY
+	}
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return "", fmt.Errorf("mounting root %s: creating mount point %s: %w", dev, target, err)
 	}
@@ -133,11 +143,15 @@ func (r *rootMounter) mountRoot(dev, fstype, target, extraOpts string) (string, 
 	if err != nil {
 		return "", err
 	}
+	mode := "read-only"
+	if r.writable {
+		mode = "read-write"
+	}
 	var errs []error
 	for _, t := range candidates {
 		err := r.mount(dev, target, t, flags, data)
 		if err == nil {
-			log.Info("root mounted read-only", zap.String("device", dev), zap.String("fstype", t),
+			log.Info("root mounted "+mode, zap.String("device", dev), zap.String("fstype", t),
 				zap.String("target", target), zap.String("options", data))
 			return t, nil
 		}
@@ -146,7 +160,7 @@ func (r *rootMounter) mountRoot(dev, fstype, target, extraOpts string) (string, 
 				return "", serr
 			}
 		}
-		me := &Error{Op: "mount read-only", Source: dev, Target: target, FSType: t, Options: data, Err: err}
+		me := &Error{Op: "mount " + mode, Source: dev, Target: target, FSType: t, Options: data, Err: err}
 		log.Debug("root mount attempt failed", zap.Error(me))
 		errs = append(errs, me)
 		// A missing device or mount point will not improve with another type.

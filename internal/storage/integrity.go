@@ -15,11 +15,13 @@ import (
 //	16 provided_data_sectors u64 (what userspace reads)
 //	24 flags u32                28 log2_sectors_per_block u8
 const (
-	integritySBSize        = 4096 // the kernel reserves 8 sectors
-	integrityMagic         = "integrt\x00"
-	integrityMaxVersion    = 6
-	sbFlagFixedPadding     = 0x8 // SB_FLAG_FIXED_PADDING
-	integrityLog2Sectors4K = 3
+	integritySBSize = 4096 // the kernel reserves 8 sectors
+	// IntegritySuperblockSize is the area zeroed before the kernel formats dm-integrity.
+	IntegritySuperblockSize = integritySBSize
+	integrityMagic          = "integrt\x00"
+	integrityMaxVersion     = 6
+	sbFlagFixedPadding      = 0x8 // SB_FLAG_FIXED_PADDING
+	integrityLog2Sectors4K  = 3
 )
 
 // IntegritySuperblock is the part of a dm-integrity superblock the stage

@@ -128,29 +128,39 @@ func (s *Stage) activate(dmc DeviceMapper, part *disk.Partition, l Layout) (*vol
 	return vol, nil
 }
 
-// loadCrypt hands the key to the thread keyring, wipes it from memory and
-// loads the dm-crypt table that references it, all on one OS thread (the
-// thread keyring is that thread's), then drops the key from the keyring.
+// loadCrypt loads this stage's dm-crypt device (LoadCrypt).
 func (s *Stage) loadCrypt(dmc DeviceMapper, key *secret.Locked, l Layout, luksUUID, dataDev string, dataOffset int64, sectors uint64) error {
+	return LoadCrypt(dmc, s.Keyring, s.log(), key, l, DeviceName, luksUUID, dataDev, dataOffset, sectors)
+}
+
+// LoadCrypt hands the key to the thread keyring, wipes it from memory and loads the
+// dm-crypt table of device name that references it, all on one OS thread (the thread
+// keyring is that thread's), then drops the key from the keyring.
+func LoadCrypt(dmc DeviceMapper, kr Keyring, log *zap.Logger, key *secret.Locked, l Layout, name, luksUUID, dataDev string, dataOffset int64, sectors uint64) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	desc := KeyDescription(luksUUID)
-	id, err := s.Keyring.AddLogon(desc, key.Bytes())
+	id, err := kr.AddLogon(desc, key.Bytes())
 	key.Wipe() // the kernel has it now
 	if err != nil {
 		return err
 	}
-	_, err = dmc.CreateAndLoad(DeviceName, CryptUUID(luksUUID, DeviceName),
+	_, err = dmc.CreateAndLoad(name, CryptUUID(luksUUID, name),
 		[]dm.Target{CryptTarget(l, KeyringRef(l.KeySize, desc), dataDev, dataOffset, sectors)}, false)
-	if ierr := s.Keyring.Invalidate(id); ierr != nil {
-		s.log().Warn("volume key left in the thread keyring", zap.String("description", desc), zap.Error(ierr))
+	if ierr := kr.Invalidate(id); ierr != nil {
+		log.Warn("volume key left in the thread keyring", zap.String("description", desc), zap.Error(ierr))
 	}
 	return err
 }
 
-// formatIntegrity lets the kernel write a fresh dm-integrity superblock
-// through a temporary 8-sector device, then reads the data size it chose.
+// formatIntegrity formats this stage's dm-integrity superblock (FormatIntegrity).
 func (s *Stage) formatIntegrity(dmc DeviceMapper, path, dev string, offset int64, tagSize int, maxSectors uint64, luksUUID string) (uint64, error) {
+	return FormatIntegrity(dmc, s.Devices, path, dev, offset, tagSize, maxSectors, luksUUID)
+}
+
+// FormatIntegrity lets the kernel write a fresh dm-integrity superblock through a temporary
+// 8-sector device, then reads the data size it chose.
+func FormatIntegrity(dmc DeviceMapper, devs Devices, path, dev string, offset int64, tagSize int, maxSectors uint64, luksUUID string) (uint64, error) {
 	name := "temporary-cvmboot-" + luksUUID
 	if _, err := dmc.CreateAndLoad(name, "", []dm.Target{IntegrityFormatTarget(dev, offset, tagSize)}, false); err != nil {
 		return 0, fmt.Errorf("formatting dm-integrity on %s: %w", path, err)
@@ -158,8 +168,14 @@ func (s *Stage) formatIntegrity(dmc DeviceMapper, path, dev string, offset int64
 	if err := dmc.Remove(name); err != nil {
 		return 0, fmt.Errorf("removing the dm-integrity format device %s: %w", name, err)
 	}
+	return ReadIntegrity(devs, path, offset, tagSize, maxSectors)
+}
+
+// ReadIntegrity reads and checks the dm-integrity superblock at offset of path and returns
+// the data sectors it provides.
+func ReadIntegrity(devs Devices, path string, offset int64, tagSize int, maxSectors uint64) (uint64, error) {
 	b := make([]byte, integritySBSize)
-	if err := s.Devices.ReadDirect(path, offset, b); err != nil {
+	if err := devs.ReadDirect(path, offset, b); err != nil {
 		return 0, fmt.Errorf("reading the dm-integrity superblock of %s: %w", path, err)
 	}
 	sb, err := ParseIntegritySuperblock(b, tagSize, maxSectors)

@@ -19,6 +19,9 @@ const (
 	TypeCmdline  = "cvmboot.cmdline"
 	TypeHandoff  = "cvmboot.handoff"
 	TypeInitdata = "cvmboot.initdata"
+	// TypePersistentRoot is root.persistent's decision: the root is an encrypted partition
+	// of this disk, made from the verified root at the first boot.
+	TypePersistentRoot = "cvmboot.persistent-root"
 )
 
 // ContentType is the content_type of every record cvmboot writes.
@@ -114,6 +117,29 @@ type Storage struct {
 
 // Event returns the cvmboot.storage event.
 func (s Storage) Event() Event { return Event{Type: TypeStorage, Data: s} }
+
+// PersistentRoot is the data of a cvmboot.persistent-root event: the root is a LUKS2 +
+// dm-integrity partition whose key a TPM released under a PCR policy ("unlocked"), or that
+// this boot copied from the verified root and sealed ("converted").
+type PersistentRoot struct {
+	Action     string `json:"action"` // "converted" or "unlocked"
+	PartUUID   string `json:"partuuid"`
+	LUKSUUID   string `json:"luks_uuid"`
+	Cipher     string `json:"cipher"`
+	KeyBits    int    `json:"key_bits"`
+	Integrity  string `json:"integrity"`
+	SectorSize int    `json:"sector_size"`
+	Token      string `json:"token"` // "systemd-tpm2"
+	PCRs       []int  `json:"pcrs"`  // the sha256 PCRs of the key's policy
+	// TPM is what vouches for the TPM holding the key: "tee-vouched", or
+	// "insecure-unvouched" when root.insecure_unvouched_tpm let an unvouched one seal.
+	TPM string `json:"tpm"`
+	// SourceRootHash is the verified root the partition was copied from ("converted").
+	SourceRootHash string `json:"source_roothash,omitempty"`
+}
+
+// Event returns the cvmboot.persistent-root event.
+func (p PersistentRoot) Event() Event { return Event{Type: TypePersistentRoot, Data: p} }
 
 // Overlay is the data of a cvmboot.overlay event: the writable layer over the read-only root.
 type Overlay struct {

@@ -181,7 +181,7 @@ var debianConfig = cfg(noVerity, tpm, noStorage, overlay256)
 func allScenarios() []scenario {
 	return slices.Concat(coreScenarios, cmdlineScenarios(), matrixScenarios(), serveScenarios(), storageScenarios(),
 		overlayOnStorageScenarios(), dracutScenarios(), scratchStorageScenarios(), verityScenarios(), debianVerityScenarios(),
-		initdataScenarios(), recipeScenarios(), mkosiScenarios())
+		initdataScenarios(), recipeScenarios(), mkosiScenarios(), persistentScenarios())
 }
 
 // coreScenarios: the plain boots, firmware to init, and the basic refusals.

@@ -40,14 +40,17 @@ const (
 
 // BootSpec is one qemu run.
 type BootSpec struct {
-	Name      string        // used in messages and file names
-	WorkDir   string        // per-boot files: serial log, OVMF vars, TPM state
-	Disk      string        // raw disk image attached as virtio-blk; optional
-	Accel     Accel         // required; see DetectAccel
-	MemoryMiB int           // 1024 when 0
-	CPUs      int           // 2 when 0
-	NoTPM     bool          // skip swtpm
-	Timeout   time.Duration // hard limit; 3 minutes when 0
+	Name      string // used in messages and file names
+	WorkDir   string // per-boot files: serial log, OVMF vars, TPM state
+	Disk      string // raw disk image attached as virtio-blk; optional
+	Accel     Accel  // required; see DetectAccel
+	MemoryMiB int    // 1024 when 0
+	CPUs      int    // 2 when 0
+	NoTPM     bool   // skip swtpm
+	// TPMStateDir keeps the TPM's state there across boots (a machine's vTPM); empty: a
+	// fresh TPM in WorkDir/tpm.
+	TPMStateDir string
+	Timeout     time.Duration // hard limit; 3 minutes when 0
 	// Kernel boots a kernel directly (no OVMF) with Append as its command
 	// line; used by the accelerator probe.
 	Kernel, Initrd, Append string
@@ -68,6 +71,7 @@ type BootResult struct {
 	QemuStderr     string
 	SwtpmArgs      []string
 	SwtpmLogPath   string
+	TPMStateDir    string // the TPM's state, for a later boot of the same machine
 	ShutdownEvents []string
 }
 
@@ -154,12 +158,16 @@ func Boot(ctx context.Context, spec BootSpec) (*BootResult, error) {
 	var swtpm *exec.Cmd
 	if !spec.NoTPM {
 		ctrl := filepath.Join(sockDir, "tpm")
-		stateDir := filepath.Join(spec.WorkDir, "tpm")
-		_ = os.RemoveAll(stateDir)
+		stateDir := spec.TPMStateDir
+		if stateDir == "" {
+			stateDir = filepath.Join(spec.WorkDir, "tpm")
+			_ = os.RemoveAll(stateDir)
+		}
 		if err := os.MkdirAll(stateDir, 0o700); err != nil {
 			return nil, err
 		}
 		res.SwtpmLogPath = filepath.Join(spec.WorkDir, "swtpm.log")
+		res.TPMStateDir = stateDir
 		res.SwtpmArgs = []string{"swtpm", "socket", "--tpm2", "--tpmstate", "dir=" + stateDir,
 			"--ctrl", "type=unixio,path=" + ctrl, "--terminate",
 			"--log", "file=" + res.SwtpmLogPath + ",truncate"}

@@ -49,11 +49,14 @@ func parseCmdline(s string) []param {
 type expectKind string
 
 const (
-	expectRoot    expectKind = "root"    // root:ro | root:rw
-	expectRootFS  expectKind = "rootfs"  // rootfs:TYPE (ext4, erofs, overlay)
-	expectMount   expectKind = "mount"   // mount:PATH or mount:PATH=FSTYPE
-	expectFile    expectKind = "file"    // file:PATH exists
-	expectNoFile  expectKind = "nofile"  // nofile:PATH is absent
+	expectRoot   expectKind = "root"   // root:ro | root:rw
+	expectRootFS expectKind = "rootfs" // rootfs:TYPE (ext4, erofs, overlay)
+	expectMount  expectKind = "mount"  // mount:PATH or mount:PATH=FSTYPE
+	expectFile   expectKind = "file"   // file:PATH exists
+	expectNoFile expectKind = "nofile" // nofile:PATH is absent
+	// marker:PATH writes PATH when it is absent and says which it found: a writable root
+	// that keeps what a boot wrote (root.persistent) shows the marker at the next boot.
+	expectMarker  expectKind = "marker"
 	expectReport  expectKind = "report"  // report:KEY.PATH or report:KEY.PATH=VALUE
 	expectCmdline expectKind = "cmdline" // cmdline:WORD appears on /proc/cmdline
 )
@@ -130,7 +133,7 @@ func parseExpectation(raw string) (expectation, error) {
 			return expectation{}, fmt.Errorf("rootcheck.expect %q: root wants ro or rw, found %q", raw, arg)
 		}
 	case expectRootFS, expectCmdline:
-	case expectFile, expectNoFile:
+	case expectFile, expectNoFile, expectMarker:
 		if !strings.HasPrefix(arg, "/") {
 			return expectation{}, fmt.Errorf("rootcheck.expect %q: path must be absolute", raw)
 		}
@@ -143,7 +146,7 @@ func parseExpectation(raw string) (expectation, error) {
 			return expectation{}, fmt.Errorf("rootcheck.expect %q: mount point must be absolute", raw)
 		}
 	default:
-		return expectation{}, fmt.Errorf("rootcheck.expect %q: unknown kind %q (want root, rootfs, mount, file, nofile, report, cmdline)", raw, kind)
+		return expectation{}, fmt.Errorf("rootcheck.expect %q: unknown kind %q (want root, rootfs, mount, file, nofile, marker, report, cmdline)", raw, kind)
 	}
 	return e, nil
 }

@@ -20,6 +20,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -304,6 +305,22 @@ func runExpectations(c *checker, exps []expectation, cmdline string) {
 	}
 }
 
+// marker prints whether path was there from an earlier boot, and writes it (durably) when
+// it was not.
+func marker(path string) error {
+	if b, err := os.ReadFile(path); err == nil {
+		fmt.Printf("ROOTCHECK: marker %s present: %s\n", path, strings.TrimSpace(string(b)))
+		return nil
+	}
+	text := fmt.Sprintf("written at boot %d\n", time.Now().UnixNano())
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		return err
+	}
+	unix.Sync()
+	fmt.Printf("ROOTCHECK: marker %s written: %s", path, text)
+	return nil
+}
+
 // evalExpectation is pure so that it can be tested without a booted system,
 // except for the file kinds which stat the path.
 func evalExpectation(e expectation, mounts []mount, report any, reportErr error, cmdline string) error {
@@ -332,6 +349,8 @@ func evalExpectation(e expectation, mounts []mount, report any, reportErr error,
 		if _, err := os.Lstat(e.Arg); err == nil {
 			return fmt.Errorf("%s exists, expected absent", e.Arg)
 		}
+	case expectMarker:
+		return marker(e.Arg)
 	case expectReport:
 		if reportErr != nil {
 			return reportErr

@@ -1,0 +1,35 @@
+// Package persist is root.persistent: encrypt-on-first-boot. At the first boot it turns the
+// verified root into a persistent, writable, encrypted root; at later boots it unlocks it.
+//
+// # First boot (conversion)
+//
+// The disk's free space becomes partition "cvmboot-root": a LUKS2 header without keyslots
+// (cipher aes-xts-plain64, 4 KiB sectors, hmac(sha256) over dm-integrity, a random volume key
+// in locked memory), dm-integrity and dm-crypt. The verified root is copied into it block by
+// block from the dm-verity device, so every block is checked against the root hash as it is
+// read. Then a 32-byte secret is sealed to the TPM's current sha256 PCRs 4 and 11 (see
+// PolicyPCRs) and the conversion is committed by adding the keyslot for that secret and its
+// systemd-tpm2 token to the header, in systemd-cryptenroll's format. Until that header write,
+// the key exists only in memory: a conversion cut short leaves a header without keyslots,
+// which the next boot recognises and converts again from the start. The image's own
+// partitions (root, hash) are only read, never written: they stay as the image was
+// uploaded, and a machine whose TPM state is lost can be converted anew from them (its data
+// is then lost).
+//
+// # Later boots
+//
+// The header is read once into memory and checked against exactly what the conversion
+// writes (CheckHeader): a host that edits the unauthenticated JSON (cipher_null, another
+// segment) is refused, naming the field, before anything is activated. The TPM unseals the
+// secret only under the policy; the keyslot gives the volume key; dm-integrity and dm-crypt
+// are built from the checked in-memory header. The file system is grown to the partition
+// at every boot when it is smaller (after a conversion, or a grown disk).
+//
+// # Which TPM may seal
+//
+// A TPM the host emulates can unseal whatever was sealed to it. Only a TPM the TEE vouches
+// for may hold the key (an SVSM vTPM whose endorsement key is bound into the SEV-SNP
+// report). That check is not implemented yet, so every TPM is refused unless
+// root.insecure_unvouched_tpm allows an unvouched one, which the measurement, the report and
+// `cvmboot status` then say in words.
+package persist

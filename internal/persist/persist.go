@@ -1,0 +1,494 @@
+package persist
+
+import (
+	"os"
+
+	"cmp"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"golang.org/x/sys/unix"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/cvmboot/cvmboot/internal/disk"
+	"github.com/cvmboot/cvmboot/internal/dm"
+	"github.com/cvmboot/cvmboot/internal/luks2"
+	"github.com/cvmboot/cvmboot/internal/secret"
+	"github.com/cvmboot/cvmboot/internal/storage"
+	"github.com/cvmboot/cvmboot/internal/tpmseal"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
+)
+
+// Names of the partition, its LUKS2 header and its device-mapper device.
+const (
+	Label      = "cvmboot-root" // GPT partition name and LUKS2 label
+	Subsystem  = "cvmboot-root" // LUKS2 subsystem
+	DeviceName = "cvmboot-root" // /dev/mapper/cvmboot-root; its dm-integrity device is cvmboot-root_dif
+	// TypeGUID is the partition type: Linux filesystem data. Not the discoverable root type:
+	// the booted system must not take the partition for a root of its own.
+	TypeGUID = "0fc63daf-8483-4772-8e79-3d69d8477de4"
+)
+
+// PolicyPCRs are the sha256 PCRs the key is sealed to. PCR 4 holds every EFI binary the
+// firmware started (the UKI's Authenticode digest and nothing before it on this path); PCR
+// 11 the UKI's sections as systemd-stub measured them (kernel, initrd, command line,
+// os-release) and cvmboot's enter-initrd phase. Together they name this UKI booted this way.
+// PCR 7 is left out: it follows the host's Secure Boot variables (a dbx update would lock the
+// root away) and says nothing PCR 4 does not about the code that runs. PCRs 0-3 are left
+// out: the provider updates the firmware, whose identity the TEE's launch measurement
+// carries. cvmboot's leave-initrd phase (PCR 11) makes the policy fail for the booted system.
+var PolicyPCRs = []int{4, 11}
+
+// TPM vouching words of the measurement and the report.
+const (
+	TPMVouched           = "tee-vouched"
+	TPMInsecureUnvouched = "insecure-unvouched"
+)
+
+// Stage finds, makes or unlocks the persistent encrypted root.
+type Stage struct {
+	Log *zap.Logger
+	// AllowUnvouchedTPM is root.insecure_unvouched_tpm.
+	AllowUnvouchedTPM bool
+	// ESPPartUUID is the ESP the boot came from, never taken.
+	ESPPartUUID string
+	DevDir      string // holds mapper/; "/dev" when empty
+
+	Disk    storage.Disk
+	Devices storage.Devices
+	DM      storage.DeviceMapper
+	Keyring storage.Keyring
+	Random  storage.Random
+	TPMs    TPMs
+	Copier  Copier
+	FS      Filesystem
+	Now     func() time.Time
+	// OpenShared opens the partition while dm-integrity holds it, for the commit's header
+	// write; os.OpenFile (read-write, not exclusive) when nil.
+	OpenShared func(path string) (storage.Device, error)
+
+	dmc storage.DeviceMapper // DM, or /dev/mapper/control opened for one Open call
+}
+
+// Result is an activated persistent root. It never holds a key.
+type Result struct {
+	Device    string // /dev/mapper/cvmboot-root
+	Converted bool   // this boot made it from the verified root
+	Event     eventlog.PersistentRoot
+	Facts     map[string]string
+}
+
+func (s *Stage) log() *zap.Logger {
+	if s.Log == nil {
+		return zap.NewNop()
+	}
+	return s.Log
+}
+
+func (s *Stage) now() time.Time {
+	if s.Now == nil {
+		return time.Now()
+	}
+	return s.Now()
+}
+
+// checkTPM says what vouches for the TPM, or refuses it.
+func (s *Stage) checkTPM() (string, error) {
+	if s.AllowUnvouchedTPM {
+		s.log().Warn("INSECURE: root.insecure_unvouched_tpm lets a TPM no TEE vouches for hold the root's key; a host-emulated TPM can unseal it")
+		return TPMInsecureUnvouched, nil
+	}
+	return "", errors.New("the persistent root's key may only be sealed to a TPM the TEE vouches for (an SVSM vTPM bound into the SEV-SNP report); " +
+		"this version cannot check that binding yet, so every TPM is refused (root.insecure_unvouched_tpm allows one for tests)")
+}
+
+// Open returns the activated persistent root: at the first boot (or after a conversion cut
+// short) it makes it from verity, the activated dm-verity root with rootHash; later it
+// unlocks it. Nothing is written to the image's own partitions.
+func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, error) {
+	vouch, err := s.checkTPM()
+	if err != nil {
+		return nil, err
+	}
+	start := s.now()
+	srcSize, err := s.Devices.Size(verity)
+	if err != nil {
+		return nil, err
+	}
+	// The partition holds the LUKS2 metadata, dm-integrity's tags (32 bytes per 4 KiB
+	// sector, under 1%) and the root.
+	minSize := luks2.DefaultDataOffset + srcSize + srcSize/64 + 16<<20
+	part, err := s.Disk.Prepare(ctx, verity, disk.Request{Label: Label, TypeGUID: TypeGUID, MinSize: minSize, ESPPartUUID: s.ESPPartUUID, Keep: true})
+	if err != nil {
+		return nil, fmt.Errorf("persistent root partition (the root is %d bytes): %w", srcSize, err)
+	}
+	facts := map[string]string{
+		"partition": part.Path, "partuuid": part.PartUUID, "partition_bytes": strconv.FormatInt(part.Size, 10),
+		"source": verity, "source_bytes": strconv.FormatInt(srcSize, 10), "tpm": vouch,
+	}
+	s.dmc = s.DM
+	if s.dmc == nil {
+		c, err := dm.Open()
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		s.dmc = c
+	}
+	dev, err := s.Devices.Open(part.Path)
+	if err != nil {
+		return nil, err
+	}
+	h, err := luks2.Read(dev)
+	cerr := dev.Close()
+	var res *Result
+	switch {
+	case errors.Is(err, luks2.ErrNotLUKS2):
+		res, err = s.convert(ctx, part, verity, srcSize, rootHash, facts)
+	case err != nil:
+		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): the LUKS2 header does not read: %w; refusing to convert over it", part.Path, part.PartUUID, err)
+	case cerr != nil:
+		return nil, cerr
+	case len(h.Metadata.Keyslots) == 0 && len(h.Metadata.Tokens) == 0 && h.Subsystem == Subsystem:
+		s.log().Warn("the persistent root's conversion did not finish in an earlier boot (no keyslot was committed): starting it again",
+			zap.String("partition", part.Path), zap.String("luks_uuid", h.UUID))
+		facts["restarted"] = "true"
+		res, err = s.convert(ctx, part, verity, srcSize, rootHash, facts)
+	default:
+		res, err = s.unlock(part, h, facts)
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.Event.TPM = vouch
+	res.Event.PartUUID = part.PartUUID
+	res.Event.Cipher, res.Event.KeyBits, res.Event.Integrity, res.Event.SectorSize = Cipher, KeySize*8, "hmac-sha256", SectorSize
+	res.Event.Token, res.Event.PCRs = tpmseal.TokenType, PolicyPCRs
+	facts["total_ms"] = strconv.FormatInt(s.now().Sub(start).Milliseconds(), 10)
+	return res, nil
+}
+
+// convert makes the encrypted root from the verified one and commits it by adding the
+// TPM keyslot last.
+func (s *Stage) convert(ctx context.Context, part *disk.Partition, verity string, srcSize int64, rootHash string, facts map[string]string) (*Result, error) {
+	key, err := secret.New(KeySize)
+	if err != nil {
+		return nil, err
+	}
+	defer key.Wipe()
+	if err := s.Random.Fill(key.Bytes()); err != nil {
+		return nil, fmt.Errorf("generating the volume key: %w", err)
+	}
+	t := s.now()
+	dev, err := s.Devices.Open(part.Path)
+	if err != nil {
+		return nil, err
+	}
+	hdr, err := luks2.Format(dev, part.Size, luks2.Options{
+		Label: Label, Subsystem: Subsystem, Cipher: Cipher, KeySize: KeySize, SectorSize: SectorSize,
+		Integrity: Integrity, VolumeKey: key.Bytes(),
+	})
+	if err == nil {
+		_, err = dev.WriteAt(make([]byte, storage.IntegritySuperblockSize), int64(hdr.DataOffset()))
+	}
+	if cerr := dev.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("writing the persistent root's LUKS2 header to %s: %w", part.Path, err)
+	}
+	s.log().Info("persistent root: LUKS2 header written, no keyslot yet", zap.String("partition", part.Path), zap.String("luks_uuid", hdr.UUID))
+	t = lap(facts, "header_ms", t, s.now)
+
+	vol, err := s.activate(part, hdr, key, true)
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.teardown(vol)
+		}
+	}()
+	t = lap(facts, "activate_ms", t, s.now)
+	if vol.size < srcSize+storage.ProbeTail {
+		return nil, fmt.Errorf("persistent root %s holds %d bytes, the root is %d", vol.path, vol.size, srcSize)
+	}
+	if err := s.Copier.Copy(ctx, verity, vol.path, srcSize); err != nil {
+		return nil, fmt.Errorf("copying the verified root %s into %s: %w", verity, vol.path, err)
+	}
+	t = lap(facts, "copy_ms", t, s.now)
+	// Signature probes read the end of a device; unwritten dm-integrity sectors fail them.
+	if err := s.Devices.ZeroDirect(vol.path, vol.size-storage.ProbeTail, storage.ProbeTail); err != nil {
+		return nil, err
+	}
+	if err := s.commit(part, hdr, key); err != nil {
+		return nil, err
+	}
+	lap(facts, "seal_ms", t, s.now)
+	ok = true
+	facts["action"], facts["luks_uuid"], facts["device"] = "converted", hdr.UUID, vol.path
+	s.log().Info("persistent root made from the verified root and sealed to the TPM", zap.String("device", vol.path),
+		zap.String("luks_uuid", hdr.UUID), zap.Int64("copied_bytes", srcSize), zap.Ints("pcrs", PolicyPCRs))
+	return &Result{Device: vol.path, Converted: true, Facts: facts,
+		Event: eventlog.PersistentRoot{Action: "converted", LUKSUUID: hdr.UUID, SourceRootHash: rootHash}}, nil
+}
+
+// commit seals a fresh secret to the TPM's current policy PCRs and adds its keyslot and
+// token: the one write that turns a conversion into a persistent root.
+func (s *Stage) commit(part *disk.Partition, hdr *luks2.Header, key *secret.Locked) error {
+	tpm, closeTPM, err := s.TPMs.Open()
+	if err != nil {
+		return err
+	}
+	defer closeTPM()
+	values, err := tpmseal.ReadPCRs(tpm, PolicyPCRs)
+	if err != nil {
+		return err
+	}
+	sealed, err := secret.New(tpmseal.SecretSize)
+	if err != nil {
+		return err
+	}
+	defer sealed.Wipe()
+	if err := s.Random.Fill(sealed.Bytes()); err != nil {
+		return err
+	}
+	tok, err := tpmseal.Seal(tpm, tpmseal.PCRPolicy{PCRs: PolicyPCRs, Values: values}, sealed.Bytes(), 0, tpmseal.PrimaryECC)
+	if err != nil {
+		return err
+	}
+	raw, err := tok.Marshal()
+	if err != nil {
+		return err
+	}
+	pass, err := passphrase(sealed.Bytes())
+	if err != nil {
+		return err
+	}
+	defer pass.Wipe()
+	// dm-integrity holds the partition now: not exclusively. The header and keyslots area
+	// lie before its data offset, which it never touches.
+	dev, err := s.openShared(part.Path)
+	if err != nil {
+		return err
+	}
+	err = hdr.AddKeyslot(dev, 0, key.Bytes(), luks2.KeyslotSpec{
+		Passphrase: pass.Bytes(), KDF: luks2.KDFPBKDF2, Hash: keyslotHash, Iterations: keyslotIters,
+	}, []luks2.Token{{Type: tpmseal.TokenType, Keyslots: []int{0}, JSON: raw}})
+	if cerr := dev.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("committing the persistent root (adding its TPM keyslot to %s): %w", part.Path, err)
+	}
+	return nil
+}
+
+func (s *Stage) openShared(path string) (storage.Device, error) {
+	if s.OpenShared != nil {
+		return s.OpenShared(path)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s for the header update: %w", path, err)
+	}
+	return syncingFile{f}, nil
+}
+
+// syncingFile flushes the header update to the disk on Close.
+type syncingFile struct{ *os.File }
+
+func (f syncingFile) Close() error {
+	err := f.File.Sync()
+	if cerr := f.File.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// passphrase is the keyslot passphrase for a sealed secret, as systemd-cryptsetup passes
+// it: standard base64, in locked memory.
+func passphrase(sealed []byte) (*secret.Locked, error) {
+	p, err := secret.New(base64.StdEncoding.EncodedLen(len(sealed)))
+	if err != nil {
+		return nil, err
+	}
+	base64.StdEncoding.Encode(p.Bytes(), sealed)
+	return p, nil
+}
+
+// unlock checks the header, unseals a token's secret and activates the volume.
+func (s *Stage) unlock(part *disk.Partition, h *luks2.Header, facts map[string]string) (*Result, error) {
+	if err := CheckHeader(h); err != nil {
+		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): %w; refusing to activate it", part.Path, part.PartUUID, err)
+	}
+	t := s.now()
+	key, slot, err := s.unseal(part, h)
+	if err != nil {
+		return nil, err
+	}
+	defer key.Wipe()
+	t = lap(facts, "unseal_ms", t, s.now)
+	vol, err := s.activate(part, h, key, false)
+	if err != nil {
+		return nil, err
+	}
+	lap(facts, "activate_ms", t, s.now)
+	facts["action"], facts["luks_uuid"], facts["device"], facts["keyslot"] = "unlocked", h.UUID, vol.path, strconv.Itoa(slot)
+	s.log().Info("persistent root unlocked", zap.String("device", vol.path), zap.String("luks_uuid", h.UUID), zap.Int("keyslot", slot))
+	return &Result{Device: vol.path, Facts: facts, Event: eventlog.PersistentRoot{Action: "unlocked", LUKSUUID: h.UUID}}, nil
+}
+
+// unseal tries the tokens in order and returns the volume key (locked) and its keyslot.
+func (s *Stage) unseal(part *disk.Partition, h *luks2.Header) (*secret.Locked, int, error) {
+	tpm, closeTPM, err := s.TPMs.Open()
+	if err != nil {
+		return nil, 0, err
+	}
+	defer closeTPM()
+	dev, err := s.Devices.Open(part.Path)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer dev.Close()
+	var errs []error
+	for _, id := range sortedKeys(h.Metadata.Tokens) {
+		tok, err := tpmseal.ParseToken(h.Metadata.Tokens[id].JSON)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("token %d: %w", id, err))
+			continue
+		}
+		key, err := s.openToken(tpm, dev, h, tok)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("token %d (keyslot %d): %w", id, tok.Keyslot, err))
+			continue
+		}
+		return key, tok.Keyslot, nil
+	}
+	return nil, 0, fmt.Errorf("persistent root %s (PARTUUID %s): no token opens it: %w", part.Path, part.PartUUID, errors.Join(errs...))
+}
+
+func (s *Stage) openToken(tpm tpmseal.TPM, dev storage.Device, h *luks2.Header, tok *tpmseal.Token) (*secret.Locked, error) {
+	sealed, err := secret.New(64)
+	if err != nil {
+		return nil, err
+	}
+	defer sealed.Wipe()
+	n, err := tpmseal.Unseal(tpm, tok, sealed.Bytes())
+	if err != nil {
+		return nil, err
+	}
+	pass, err := passphrase(sealed.Bytes()[:n])
+	if err != nil {
+		return nil, err
+	}
+	defer pass.Wipe()
+	k, err := h.UnlockKeyslot(dev, tok.Keyslot, pass.Bytes())
+	if err != nil {
+		return nil, err
+	}
+	defer clear(k)
+	if len(k) != KeySize {
+		return nil, fmt.Errorf("the keyslot holds a %d-byte key, cvmboot writes %d", len(k), KeySize)
+	}
+	key, err := secret.New(KeySize)
+	if err != nil {
+		return nil, err
+	}
+	copy(key.Bytes(), k)
+	return key, nil
+}
+
+// volume is the activated stack.
+type volume struct {
+	path    string
+	size    int64
+	removes []string // top first
+	dmc     storage.DeviceMapper
+}
+
+// activate builds dm-integrity (formatting it when fresh) and dm-crypt from hdr. It uses a
+// copy of key: the caller's stays for the commit.
+func (s *Stage) activate(part *disk.Partition, hdr *luks2.Header, key *secret.Locked, fresh bool) (*volume, error) {
+	maj, min, err := s.Devices.Number(part.Path)
+	if err != nil {
+		return nil, err
+	}
+	partDev := fmt.Sprintf("%d:%d", maj, min)
+	dmc := s.dmc
+	vol := &volume{path: filepath.Join(cmp.Or(s.DevDir, "/dev"), "mapper", DeviceName), dmc: dmc}
+	offset := int64(hdr.DataOffset())
+	l := storage.LayoutHMACSHA256
+	maxSectors := uint64(part.Size-offset) / 512
+	var provided uint64
+	if fresh {
+		provided, err = storage.FormatIntegrity(dmc, s.Devices, part.Path, partDev, offset, l.TagSize, maxSectors, hdr.UUID)
+	} else {
+		provided, err = storage.ReadIntegrity(s.Devices, part.Path, offset, l.TagSize, maxSectors)
+	}
+	if err != nil {
+		return nil, err
+	}
+	dif, err := dmc.CreateAndLoad(storage.IntegrityName(DeviceName), storage.IntegrityUUID(hdr.UUID, DeviceName),
+		[]dm.Target{storage.IntegrityTarget(partDev, offset, l.TagSize, provided)}, false)
+	if err != nil {
+		return nil, fmt.Errorf("activating dm-integrity %s: %w", storage.IntegrityName(DeviceName), err)
+	}
+	vol.removes = []string{storage.IntegrityName(DeviceName)}
+	k, err := secret.New(KeySize)
+	if err != nil {
+		s.teardown(vol)
+		return nil, err
+	}
+	copy(k.Bytes(), key.Bytes())
+	if err := storage.LoadCrypt(dmc, s.Keyring, s.log(), k, l, DeviceName, hdr.UUID, dif.ID(), 0, provided); err != nil {
+		k.Wipe()
+		s.teardown(vol)
+		return nil, fmt.Errorf("activating dm-crypt %s: %w", DeviceName, err)
+	}
+	vol.removes = append([]string{DeviceName}, vol.removes...)
+	vol.size = int64(provided) * 512
+	return vol, nil
+}
+
+func (s *Stage) teardown(vol *volume) {
+	for _, name := range vol.removes {
+		if err := vol.dmc.Remove(name); err != nil {
+			s.log().Warn("could not remove device after a failed persistent root setup", zap.String("device", name), zap.Error(err))
+		}
+	}
+	vol.removes = nil
+}
+
+func lap(facts map[string]string, key string, since time.Time, now func() time.Time) time.Time {
+	t := now()
+	facts[key] = strconv.FormatInt(t.Sub(since).Milliseconds(), 10)
+	return t
+}
+
+// MountRoot mounts the activated root read-write at target and grows its file system to
+// the partition when it is smaller (after the conversion, or on a grown disk).
+func (s *Stage) MountRoot(res *Result, target string) (map[string]string, error) {
+	fstype, err := s.FS.Mount(res.Device, target)
+	if err != nil {
+		return nil, err
+	}
+	before, after, err := s.FS.Grow(res.Device, target)
+	if err != nil {
+		return nil, err
+	}
+	facts := map[string]string{"device": res.Device, "fstype": fstype, "target": target, "mode": "rw",
+		"filesystem_bytes": strconv.FormatInt(after, 10)}
+	if after > before {
+		facts["grown_from_bytes"] = strconv.FormatInt(before, 10)
+		s.log().Info("persistent root's file system grown to its partition", zap.String("device", res.Device),
+			zap.Int64("from_bytes", before), zap.Int64("to_bytes", after))
+	}
+	return facts, nil
+}
