@@ -523,3 +523,36 @@ func TestPeakRSS(t *testing.T) {
 		t.Errorf("missing line: %v", err)
 	}
 }
+
+// root.persistent is resolved in the plan: PID 1 mode with a verified root only.
+func TestPlanPersistent(t *testing.T) {
+	hash := strings.Repeat("00", 32)
+	cfg := config.Default()
+	cfg.Storage.Enabled = false
+	cfg.Root.Persistent = config.PersistentEncryptOnFirstBoot
+	for _, tt := range []struct {
+		mode       Mode
+		line, want string
+	}{
+		{ModeInitramfs, "roothash=" + hash, ""},
+		{ModeSystemdInitrd, "roothash=" + hash, "only supported with cvmboot as PID 1"},
+		{ModeInitramfs, "root=/dev/vda2", "the command line has no roothash="},
+		{ModeInitramfs, "roothash=" + hash + " usrhash=" + hash, "with usrhash= is not supported"},
+	} {
+		cl, err := cmdline.Parse(tt.line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := cfg.Clone()
+		if !strings.Contains(tt.line, "roothash") {
+			c.Verity.Required = false
+		}
+		p, err := NewPlan(tt.mode, c, cl)
+		switch {
+		case tt.want == "" && (err != nil || !p.Persistent):
+			t.Errorf("%s %q: %v, persistent %v", tt.mode, tt.line, err, p != nil && p.Persistent)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%s %q: %v, want %q", tt.mode, tt.line, err, tt.want)
+		}
+	}
+}

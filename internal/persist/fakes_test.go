@@ -1,0 +1,170 @@
+package persist
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cvmboot/cvmboot/internal/disk"
+	"github.com/cvmboot/cvmboot/internal/dm"
+	"github.com/cvmboot/cvmboot/internal/measure/swtpmtest"
+	"github.com/cvmboot/cvmboot/internal/storage"
+	"github.com/cvmboot/cvmboot/internal/tpmseal"
+)
+
+// machine is a fake of everything the stage touches but the TPM (swtpm): the partition and
+// the verity root are files, device-mapper devices are files under devDir/mapper.
+type machine struct {
+	t        *testing.T
+	part     string // the partition's file
+	verity   string // the verified root's file
+	devDir   string
+	tpm      tpmseal.TPM
+	tpmErr   error
+	prepared []disk.Request
+	keys     [][]byte // what dm-crypt was given, in order
+	tables   []string
+}
+
+const partSize = 64 << 20
+
+func newMachine(t *testing.T) *machine {
+	dir := t.TempDir()
+	m := &machine{t: t, part: filepath.Join(dir, "vda4"), verity: filepath.Join(dir, "root"), devDir: filepath.Join(dir, "dev"),
+		tpm: swtpmtest.Start(t)}
+	if err := os.MkdirAll(filepath.Join(m.devDir, "mapper"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	root := make([]byte, 8<<20)
+	for i := range root {
+		root[i] = byte(i / 4096)
+	}
+	for _, f := range []struct {
+		path string
+		data []byte
+		size int64
+	}{{m.part, nil, partSize}, {m.verity, root, int64(len(root))}} {
+		if err := os.WriteFile(f.path, f.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if f.size > 0 {
+			if err := os.Truncate(f.path, f.size); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return m
+}
+
+func (m *machine) stage() *Stage {
+	return &Stage{AllowUnvouchedTPM: true, DevDir: m.devDir, Disk: m, Devices: m, DM: m, Keyring: m, Random: storage.Getrandom{},
+		TPMs: tpms{m}, Copier: m, FS: m, OpenShared: func(p string) (storage.Device, error) { return os.OpenFile(p, os.O_RDWR, 0) }}
+}
+
+func (m *machine) Prepare(_ context.Context, _ string, req disk.Request) (*disk.Partition, error) {
+	m.prepared = append(m.prepared, req)
+	return &disk.Partition{Disk: "/dev/vda", Path: m.part, Number: 4, PartUUID: "0fc2a1b6-7c0e-4d6a-9c1e-2a4f5b6c7d8e", Size: partSize, Reused: len(m.prepared) > 1}, nil
+}
+
+func (m *machine) Number(string) (uint32, uint32, error) { return 8, 4, nil }
+func (m *machine) Size(p string) (int64, error) {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+func (m *machine) Open(p string) (storage.Device, error) { return os.OpenFile(p, os.O_RDWR, 0) }
+func (m *machine) ReadDirect(p string, off int64, b []byte) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.ReadAt(b, off)
+	return err
+}
+func (m *machine) ZeroDirect(string, int64, int64) error { return nil }
+func (m *machine) Written(string) (int64, error)         { return 0, nil }
+
+// CreateAndLoad records tables; the 8-sector dm-integrity table writes a superblock into
+// the partition file, as the kernel formats a zeroed one (a sixty-fourth for tags).
+func (m *machine) CreateAndLoad(name, uuid string, targets []dm.Target, _ bool) (dm.Device, error) {
+	t := targets[0]
+	m.tables = append(m.tables, name+" "+t.String())
+	if t.Type == "integrity" && t.Length == 8 {
+		off, _ := strconv.ParseInt(strings.Fields(t.Params)[1], 10, 64)
+		sectors := uint64(partSize-off*512) / 512
+		sb := make([]byte, 512)
+		copy(sb, "integrt\x00")
+		sb[8] = 4
+		binary.LittleEndian.PutUint16(sb[10:], 32)
+		binary.LittleEndian.PutUint32(sb[12:], 1)
+		binary.LittleEndian.PutUint64(sb[16:], (sectors-sectors/64-264)/8*8)
+		binary.LittleEndian.PutUint32(sb[24:], 0x8|0x10)
+		sb[28] = 3
+		f, err := os.OpenFile(m.part, os.O_RDWR, 0)
+		if err != nil {
+			return dm.Device{}, err
+		}
+		defer f.Close()
+		if _, err := f.WriteAt(sb, off*512); err != nil {
+			return dm.Device{}, err
+		}
+	}
+	if t.Type == "crypt" {
+		// The volume: a file as large as the table says.
+		if err := os.WriteFile(filepath.Join(m.devDir, "mapper", name), nil, 0o600); err != nil {
+			return dm.Device{}, err
+		}
+		if err := os.Truncate(filepath.Join(m.devDir, "mapper", name), int64(t.Length)*512); err != nil {
+			return dm.Device{}, err
+		}
+	}
+	return dm.Device{Name: name, UUID: uuid, Major: 253, Minor: uint32(len(m.tables))}, nil
+}
+func (m *machine) Remove(name string) error { m.tables = append(m.tables, "remove "+name); return nil }
+
+func (m *machine) AddLogon(_ string, payload []byte) (int, error) {
+	m.keys = append(m.keys, append([]byte(nil), payload...))
+	return 1, nil
+}
+func (m *machine) Invalidate(int) error { return nil }
+
+// tpms is the TPMs seam of a machine.
+type tpms struct{ m *machine }
+
+func (t tpms) Open() (tpmseal.TPM, func(), error) {
+	m := t.m
+	if m.tpmErr != nil {
+		return nil, nil, m.tpmErr
+	}
+	return m.tpm, func() {}, nil
+}
+
+// Copy copies the file, as far as the fake volume goes.
+func (m *machine) Copy(_ context.Context, src, dst string, n int64) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	_, err = io.Copy(out, io.LimitReader(in, n))
+	return err
+}
+
+func (m *machine) Mount(string, string) (string, error)      { return "ext4", nil }
+func (m *machine) Grow(string, string) (int64, int64, error) { return 8 << 20, 40 << 20, nil }
+
+var errNoTPM = errors.New("no TPM today")

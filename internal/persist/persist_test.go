@@ -1,0 +1,177 @@
+package persist
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/cvmboot/cvmboot/internal/luks2"
+)
+
+func readHeader(t *testing.T, path string) *luks2.Header {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h, err := luks2.Read(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func fileSum(t *testing.T, path string) [32]byte {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+func extendPCR(t *testing.T, m *machine, pcr int) {
+	d := sha256.Sum256([]byte("another UKI"))
+	_, err := (tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
+		Digests:   tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{{HashAlg: tpm2.TPMAlgSHA256, Digest: d[:]}}},
+	}).Execute(m.tpm)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The first boot converts and commits; the second unlocks the same key.
+func TestConvertThenUnlock(t *testing.T) {
+	m := newMachine(t)
+	res, err := m.stage().Open(context.Background(), m.verity, "00ff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Converted || res.Event.Action != "converted" || res.Event.SourceRootHash != "00ff" || !m.prepared[0].Keep {
+		t.Fatalf("first boot: %+v, request %+v", res, m.prepared[0])
+	}
+	h := readHeader(t, m.part)
+	if err := CheckHeader(h); err != nil {
+		t.Fatalf("the header the conversion wrote fails its own check: %v", err)
+	}
+	copied, err := os.ReadFile(res.Device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, _ := os.ReadFile(m.verity)
+	if !bytes.Equal(copied[:len(root)], root) {
+		t.Fatal("the volume does not start with the verified root")
+	}
+
+	again, err := m.stage().Open(context.Background(), m.verity, "00ff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Converted || again.Event.Action != "unlocked" || again.Event.LUKSUUID != h.UUID {
+		t.Fatalf("second boot: %+v", again.Event)
+	}
+	if len(m.keys) != 2 || !bytes.Equal(m.keys[0], m.keys[1]) || len(m.keys[0]) != KeySize {
+		t.Fatalf("dm-crypt got %d keys; the unlocked one must be the converted one", len(m.keys))
+	}
+	if string(again.Facts["tpm"]) != TPMInsecureUnvouched {
+		t.Fatalf("facts %v do not say the TPM is unvouched", again.Facts)
+	}
+}
+
+// Another UKI (PCR 11 differs): refused, naming the PCR with both values.
+func TestUnlockRefusesOtherPCRs(t *testing.T) {
+	m := newMachine(t)
+	if _, err := m.stage().Open(context.Background(), m.verity, "00ff"); err != nil {
+		t.Fatal(err)
+	}
+	extendPCR(t, m, 11)
+	_, err := m.stage().Open(context.Background(), m.verity, "00ff")
+	if err == nil || !strings.Contains(err.Error(), "PCR 11 expected") || strings.Contains(err.Error(), "PCR 4 expected") {
+		t.Fatalf("unlock after PCR 11 changed: %v", err)
+	}
+	t.Logf("refusal: %v", err)
+	if len(m.keys) != 1 {
+		t.Fatal("dm-crypt got a key after the refusal")
+	}
+}
+
+// A conversion cut short before the commit leaves a header without keyslots; the next
+// boot converts again.
+func TestRestartsUnfinishedConversion(t *testing.T) {
+	m := newMachine(t)
+	m.tpmErr = errNoTPM
+	if _, err := m.stage().Open(context.Background(), m.verity, "00ff"); err == nil || !strings.Contains(err.Error(), errNoTPM.Error()) {
+		t.Fatalf("conversion without a TPM: %v", err)
+	}
+	h := readHeader(t, m.part)
+	if len(h.Metadata.Keyslots) != 0 {
+		t.Fatal("a keyslot was written without the commit")
+	}
+	m.tpmErr = nil
+	res, err := m.stage().Open(context.Background(), m.verity, "00ff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Converted || res.Facts["restarted"] != "true" || readHeader(t, m.part).UUID == h.UUID {
+		t.Fatalf("after the cut: %+v", res.Facts)
+	}
+}
+
+// A header cvmboot did not write, or one that does not read, is never converted over.
+func TestRefusesOtherHeaders(t *testing.T) {
+	for _, tt := range []struct {
+		name, want string
+		setup      func(t *testing.T, path string)
+	}{
+		{"foreign LUKS2", `label is "data"`, func(t *testing.T, path string) {
+			f, _ := os.OpenFile(path, os.O_RDWR, 0)
+			defer f.Close()
+			if _, err := luks2.Format(f, partSize, luks2.Options{Label: "data", VolumeKey: make([]byte, 64),
+				Keyslots: []luks2.KeyslotSpec{{Passphrase: []byte("x"), KDF: luks2.KDFPBKDF2, Iterations: 1000}}}); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"damaged", "does not read", func(t *testing.T, path string) {
+			f, _ := os.OpenFile(path, os.O_RDWR, 0)
+			defer f.Close()
+			if _, err := luks2.Format(f, partSize, luks2.Options{Label: Label, Subsystem: Subsystem, VolumeKey: make([]byte, 64)}); err != nil {
+				t.Fatal(err)
+			}
+			for _, off := range []int64{4096 + 10, 16384 + 4096 + 10} { // both JSON areas
+				if _, err := f.WriteAt([]byte("X"), off); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m := newMachine(t)
+			tt.setup(t, m.part)
+			before := fileSum(t, m.part)
+			_, err := m.stage().Open(context.Background(), m.verity, "00ff")
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Open: %v, want %q", err, tt.want)
+			}
+			if fileSum(t, m.part) != before || len(m.keys) != 0 {
+				t.Fatal("the partition changed or a volume was activated")
+			}
+		})
+	}
+}
+
+// Without the insecure setting nothing is touched: no TPM is vouched for yet.
+func TestRefusesUnvouchedTPM(t *testing.T) {
+	m := newMachine(t)
+	st := m.stage()
+	st.AllowUnvouchedTPM = false
+	_, err := st.Open(context.Background(), m.verity, "00ff")
+	if err == nil || !strings.Contains(err.Error(), "root.insecure_unvouched_tpm") || len(m.prepared) != 0 {
+		t.Fatalf("Open: %v (disk prepared %d times)", err, len(m.prepared))
+	}
+}
