@@ -605,3 +605,31 @@ func FlipByte(path string, off int64) error {
 	_, err = f.WriteAt(b, off)
 	return err
 }
+
+// ReplaceESPFile overwrites dst (a path in the ESP, such as EFI/BOOT/BOOTX64.EFI) with the
+// file src, in the disk image at diskPath: the host putting another UKI on a machine's disk.
+func ReplaceESPFile(diskPath, dst, src string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	d, err := diskfs.Open(diskPath)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", diskPath, err)
+	}
+	defer d.Close()
+	fsys, err := d.GetFilesystem(1)
+	if err != nil {
+		return fmt.Errorf("%s ESP: %w", diskPath, err)
+	}
+	p := "/" + strings.TrimPrefix(path.Clean("/"+dst), "/")
+	f, err := fsys.OpenFile(p, os.O_RDWR|os.O_TRUNC)
+	if err != nil {
+		return fmt.Errorf("open %s in the ESP: %w", p, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s (%d bytes): %w", p, len(data), err)
+	}
+	return f.Close()
+}
