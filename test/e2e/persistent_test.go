@@ -65,6 +65,8 @@ func persistentScenarios() []scenario {
 			cmdline: persistentCmdline,
 			expect: []string{
 				`INSECURE: root.insecure_unvouched_tpm`,
+			// The report (rootcheck prints it; cvmboot status shows its facts) says so too.
+			`"warning":"INSECURE: the root's key is sealed to a TPM no TEE vouches for`,
 				`stage ok stage=persistent-root .*action=converted`,
 				`measured event=cvmboot.persistent-root`,
 				`root mounted read-write device=/dev/mapper/cvmboot-root`,
