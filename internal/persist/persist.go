@@ -329,7 +329,7 @@ func (s *Stage) unlock(part *disk.Partition, h *luks2.Header, facts map[string]s
 		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): %w; refusing to activate it", part.Path, part.PartUUID, err)
 	}
 	t := s.now()
-	key, slot, err := s.unseal(part, h)
+	key, slot, err := s.unseal(part, h, facts)
 	if err != nil {
 		return nil, err
 	}
@@ -346,7 +346,7 @@ func (s *Stage) unlock(part *disk.Partition, h *luks2.Header, facts map[string]s
 }
 
 // unseal tries the tokens in order and returns the volume key (locked) and its keyslot.
-func (s *Stage) unseal(part *disk.Partition, h *luks2.Header) (*secret.Locked, int, error) {
+func (s *Stage) unseal(part *disk.Partition, h *luks2.Header, facts map[string]string) (*secret.Locked, int, error) {
 	tpm, closeTPM, err := s.TPMs.Open()
 	if err != nil {
 		return nil, 0, err
@@ -364,7 +364,7 @@ func (s *Stage) unseal(part *disk.Partition, h *luks2.Header) (*secret.Locked, i
 			errs = append(errs, fmt.Errorf("token %d: %w", id, err))
 			continue
 		}
-		key, err := s.openToken(tpm, dev, h, tok)
+		key, err := s.openToken(tpm, dev, h, tok, facts)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("token %d (keyslot %d): %w", id, tok.Keyslot, err))
 			continue
@@ -374,16 +374,19 @@ func (s *Stage) unseal(part *disk.Partition, h *luks2.Header) (*secret.Locked, i
 	return nil, 0, fmt.Errorf("persistent root %s (PARTUUID %s): no token opens it: %w", part.Path, part.PartUUID, errors.Join(errs...))
 }
 
-func (s *Stage) openToken(tpm tpmseal.TPM, dev storage.Device, h *luks2.Header, tok *tpmseal.Token) (*secret.Locked, error) {
+func (s *Stage) openToken(tpm tpmseal.TPM, dev storage.Device, h *luks2.Header, tok *tpmseal.Token, facts map[string]string) (*secret.Locked, error) {
 	sealed, err := secret.New(64)
 	if err != nil {
 		return nil, err
 	}
 	defer sealed.Wipe()
+	t := s.now()
 	n, err := tpmseal.Unseal(tpm, tok, sealed.Bytes())
 	if err != nil {
 		return nil, err
 	}
+	t = lap(facts, "tpm_unseal_ms", t, s.now)
+	defer lap(facts, "keyslot_ms", t, s.now)
 	pass, err := passphrase(sealed.Bytes()[:n])
 	if err != nil {
 		return nil, err
