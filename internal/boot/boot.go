@@ -236,8 +236,18 @@ func (b *Boot) persist(ctx context.Context) (stage.Facts, error) {
 	if b.Persist == nil {
 		return nil, errors.New("root.persistent is set but this environment cannot make a persistent root")
 	}
+	// The key is sealed to PCRs the stub and the firmware fill; what cvmboot measures of the
+	// command line goes to PCR 15, outside the policy. A command line the host may change
+	// (init=, cvmboot.* overrides) would get the unlocked root: it must be the UKI's.
+	if b.CmdlinePin == "" {
+		return nil, errors.New("root.persistent needs a pinned command line (cvmboot initramfs --cmdline): without it the host could boot the UKI with its own init= or overrides and get the unlocked root")
+	}
 	if err := b.resumeMeasuring(); err != nil {
 		return nil, err
+	}
+	// cvmboot's leave-initrd extend of PCR 11 is what keeps the booted system from unsealing.
+	if !b.measuring {
+		return nil, errors.New("root.persistent needs cvmboot's measurements in the TPM (its leave-initrd phase locks the key away from the booted system), but this boot measures nothing")
 	}
 	st := b.Persist()
 	res, err := st.Open(ctx, v.Device, v.RootHash)

@@ -22,7 +22,7 @@ var shortcuts = map[string]string{
 
 // fileOnly are keys the command line may not set: a host that edits an unpinned command line
 // must not switch these protections off.
-var fileOnly = map[string]bool{"root.insecure_unvouched_tpm": true}
+var fileOnly = map[string]bool{"root.persistent": true, "root.insecure_unvouched_tpm": true}
 
 // ApplyCmdline applies kernel command-line overrides, as cmdline.WithPrefix(CmdlinePrefix)
 // returns them, in order (a later one wins). A key is the dotted path of a value, such as

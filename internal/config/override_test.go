@@ -143,7 +143,7 @@ func TestEveryKeyOverridable(t *testing.T) {
 	values := map[string]string{
 		"log.level": "warn", "failure.action": "halt", "debug.enabled": "1", "modules": "dm_verity",
 		"devices.timeout": "5s", "root.device": "/dev/vdb", "root.fstype": "xfs", "root.options": "noatime",
-		"root.init": "/init", "root.persistent": "encrypt-on-first-boot cvmboot.storage=0", "verity.required": "0", "verity.on_corruption": "restart",
+		"root.init": "/init", "verity.required": "0", "verity.on_corruption": "restart",
 		"attest.require": "none", "attest.nonce": "01", "storage.enabled": "0", "storage.integrity": "aead",
 		"storage.filesystem": "xfs", "storage.min_size": "2G", "storage.label": "data",
 		"storage.type_guid": "4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "storage.on_no_space": "tmpfs",

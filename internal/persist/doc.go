@@ -7,8 +7,8 @@
 // (cipher aes-xts-plain64, 4 KiB sectors, hmac(sha256) over dm-integrity, a random volume key
 // in locked memory), dm-integrity and dm-crypt. The verified root is copied into it block by
 // block from the dm-verity device, so every block is checked against the root hash as it is
-// read. Then a 32-byte secret is sealed to the TPM's current sha256 PCRs 4 and 11 (see
-// PolicyPCRs) and the conversion is committed by adding the keyslot for that secret and its
+// read. Then a 32-byte secret is sealed to the TPM's current sha256 PCRs 2, 4, 9, 11 and 12
+// (see PolicyPCRs) and the conversion is committed by adding the keyslot for that secret and its
 // systemd-tpm2 token to the header, in systemd-cryptenroll's format. Until that header write,
 // the key exists only in memory: a conversion cut short leaves a header without keyslots,
 // which the next boot recognises and converts again from the start. The image's own

@@ -45,6 +45,11 @@ func newMachine(t *testing.T) *machine {
 	for i := range root {
 		root[i] = byte(i / 4096)
 	}
+	// An ext4 superblock, as far as the stage reads one: 2048 blocks of 4 KiB.
+	binary.LittleEndian.PutUint32(root[1024+0x4:], 2048)
+	binary.LittleEndian.PutUint32(root[1024+0x18:], 2)
+	binary.LittleEndian.PutUint16(root[1024+0x38:], 0xEF53)
+	clear(root[1024+0x60 : 1024+0x68])
 	for _, f := range []struct {
 		path string
 		data []byte
@@ -119,10 +124,13 @@ func (m *machine) CreateAndLoad(name, uuid string, targets []dm.Target, _ bool) 
 		}
 	}
 	if t.Type == "crypt" {
-		// The volume: a file as large as the table says.
-		if err := os.WriteFile(filepath.Join(m.devDir, "mapper", name), nil, 0o600); err != nil {
+		// The volume: a file as large as the table says, whose bytes stay between
+		// activations (as the partition's do).
+		f, err := os.OpenFile(filepath.Join(m.devDir, "mapper", name), os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
 			return dm.Device{}, err
 		}
+		f.Close()
 		if err := os.Truncate(filepath.Join(m.devDir, "mapper", name), int64(t.Length)*512); err != nil {
 			return dm.Device{}, err
 		}

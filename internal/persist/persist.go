@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"golang.org/x/sys/unix"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -34,15 +35,19 @@ const (
 	TypeGUID = "0fc63daf-8483-4772-8e79-3d69d8477de4"
 )
 
-// PolicyPCRs are the sha256 PCRs the key is sealed to. PCR 4 holds every EFI binary the
-// firmware started (the UKI's Authenticode digest and nothing before it on this path); PCR
-// 11 the UKI's sections as systemd-stub measured them (kernel, initrd, command line,
-// os-release) and cvmboot's enter-initrd phase. Together they name this UKI booted this way.
-// PCR 7 is left out: it follows the host's Secure Boot variables (a dbx update would lock the
-// root away) and says nothing PCR 4 does not about the code that runs. PCRs 0-3 are left
-// out: the provider updates the firmware, whose identity the TEE's launch measurement
-// carries. cvmboot's leave-initrd phase (PCR 11) makes the policy fail for the booted system.
-var PolicyPCRs = []int{4, 11}
+// PolicyPCRs are the sha256 PCRs the key is sealed to. PCR 4 holds the boot applications
+// (the UKI's Authenticode digest, its kernel's); PCR 11 the UKI's sections as systemd-stub
+// measured them (kernel, initrd, command line, os-release) and cvmboot's enter-initrd
+// phase; PCR 2 the UEFI drivers and option ROMs the firmware ran, which the host supplies
+// (Driver#### options, PCI devices) and which run before the UKI; PCR 9 what the kernel
+// measured (its initrd, its command line); PCR 12 what systemd-stub took from outside the
+// UKI (load options, credentials, system extensions): nothing, normally. Together they name
+// this UKI booted this way on this VM's configuration. PCR 7 is left out: it follows the
+// host's Secure Boot variables (a dbx update would lock the root away) and says nothing PCR
+// 4 does not about the code that runs. PCRs 0, 1 and 3 are left out: the provider updates
+// the firmware, whose identity the TEE's launch measurement carries. cvmboot's
+// leave-initrd phase (PCR 11) makes the policy fail for the booted system.
+var PolicyPCRs = []int{2, 4, 9, 11, 12}
 
 // TPM vouching words of the measurement and the report.
 const (
@@ -120,6 +125,11 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 	if err != nil {
 		return nil, err
 	}
+	// Only ext4 is grown and mounted read-write: refuse anything else before a byte is
+	// written, not after the commit.
+	if err := s.checkSource(verity); err != nil {
+		return nil, err
+	}
 	// The partition holds the LUKS2 metadata, dm-integrity's tags (32 bytes per 4 KiB
 	// sector, under 1%) and the root.
 	minSize := luks2.DefaultDataOffset + srcSize + srcSize/64 + 16<<20
@@ -154,11 +164,14 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): the LUKS2 header does not read: %w; refusing to convert over it", part.Path, part.PartUUID, err)
 	case cerr != nil:
 		return nil, cerr
-	case len(h.Metadata.Keyslots) == 0 && len(h.Metadata.Tokens) == 0 && h.Subsystem == Subsystem:
+	case len(h.Metadata.Keyslots) == 0 && len(h.Metadata.Tokens) == 0 && h.Subsystem == Subsystem && h.Label == Label:
 		s.log().Warn("the persistent root's conversion did not finish in an earlier boot (no keyslot was committed): starting it again",
 			zap.String("partition", part.Path), zap.String("luks_uuid", h.UUID))
 		facts["restarted"] = "true"
 		res, err = s.convert(ctx, part, verity, srcSize, rootHash, facts)
+		if err == nil {
+			res.Event.Restarted = true
+		}
 	default:
 		res, err = s.unlock(part, h, facts)
 	}
@@ -205,7 +218,7 @@ func (s *Stage) convert(ctx context.Context, part *disk.Partition, verity string
 	s.log().Info("persistent root: LUKS2 header written, no keyslot yet", zap.String("partition", part.Path), zap.String("luks_uuid", hdr.UUID))
 	t = lap(facts, "header_ms", t, s.now)
 
-	vol, err := s.activate(part, hdr, key, true)
+	vol, err := s.activate(part, hdr, key, true, 'D')
 	if err != nil {
 		return nil, err
 	}
@@ -230,7 +243,13 @@ func (s *Stage) convert(ctx context.Context, part *disk.Partition, verity string
 	if err := s.commit(part, hdr, key); err != nil {
 		return nil, err
 	}
-	lap(facts, "seal_ms", t, s.now)
+	t = lap(facts, "seal_ms", t, s.now)
+	// From here on the root runs journaled.
+	s.teardown(vol)
+	if vol, err = s.activate(part, hdr, key, false, 'J'); err != nil {
+		return nil, err
+	}
+	lap(facts, "reactivate_ms", t, s.now)
 	ok = true
 	facts["action"], facts["luks_uuid"], facts["device"] = "converted", hdr.UUID, vol.path
 	s.log().Info("persistent root made from the verified root and sealed to the TPM", zap.String("device", vol.path),
@@ -335,7 +354,7 @@ func (s *Stage) unlock(part *disk.Partition, h *luks2.Header, facts map[string]s
 	}
 	defer key.Wipe()
 	t = lap(facts, "unseal_ms", t, s.now)
-	vol, err := s.activate(part, h, key, false)
+	vol, err := s.activate(part, h, key, false, 'J')
 	if err != nil {
 		return nil, err
 	}
@@ -360,6 +379,9 @@ func (s *Stage) unseal(part *disk.Partition, h *luks2.Header, facts map[string]s
 	var errs []error
 	for _, id := range sortedKeys(h.Metadata.Tokens) {
 		tok, err := tpmseal.ParseToken(h.Metadata.Tokens[id].JSON)
+		if err == nil && (!slices.Equal(tok.PCRs, PolicyPCRs) || tok.PrimaryAlg != tpmseal.PrimaryECC) {
+			err = fmt.Errorf("sealed to PCRs %v under an %s primary key, cvmboot seals to %v under ecc", tok.PCRs, tok.PrimaryAlg, PolicyPCRs)
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("token %d: %w", id, err))
 			continue
@@ -416,9 +438,12 @@ type volume struct {
 	dmc     storage.DeviceMapper
 }
 
-// activate builds dm-integrity (formatting it when fresh) and dm-crypt from hdr. It uses a
-// copy of key: the caller's stays for the commit.
-func (s *Stage) activate(part *disk.Partition, hdr *luks2.Header, key *secret.Locked, fresh bool) (*volume, error) {
+// activate builds dm-integrity (formatting it, with a journal, when fresh) and dm-crypt
+// from hdr. The conversion's copy runs in mode D (a cut copy is redone anyway, and the
+// journal would write everything twice); the root runs in mode J, so that a sector and its
+// tag are written together or not at all: a VM killed mid-write must not leave sectors
+// that fail their tags. It uses a copy of key: the caller's stays for the commit.
+func (s *Stage) activate(part *disk.Partition, hdr *luks2.Header, key *secret.Locked, fresh bool, mode byte) (*volume, error) {
 	maj, min, err := s.Devices.Number(part.Path)
 	if err != nil {
 		return nil, err
@@ -431,7 +456,7 @@ func (s *Stage) activate(part *disk.Partition, hdr *luks2.Header, key *secret.Lo
 	maxSectors := uint64(part.Size-offset) / 512
 	var provided uint64
 	if fresh {
-		provided, err = storage.FormatIntegrity(dmc, s.Devices, part.Path, partDev, offset, l.TagSize, maxSectors, hdr.UUID)
+		provided, err = storage.FormatIntegrity(dmc, s.Devices, part.Path, partDev, offset, l.TagSize, maxSectors, hdr.UUID, true)
 	} else {
 		provided, err = storage.ReadIntegrity(s.Devices, part.Path, offset, l.TagSize, maxSectors)
 	}
@@ -439,7 +464,7 @@ func (s *Stage) activate(part *disk.Partition, hdr *luks2.Header, key *secret.Lo
 		return nil, err
 	}
 	dif, err := dmc.CreateAndLoad(storage.IntegrityName(DeviceName), storage.IntegrityUUID(hdr.UUID, DeviceName),
-		[]dm.Target{storage.IntegrityTarget(partDev, offset, l.TagSize, provided)}, false)
+		[]dm.Target{storage.IntegrityTargetMode(partDev, offset, l.TagSize, provided, mode)}, false)
 	if err != nil {
 		return nil, fmt.Errorf("activating dm-integrity %s: %w", storage.IntegrityName(DeviceName), err)
 	}
@@ -476,7 +501,7 @@ func lap(facts map[string]string, key string, since time.Time, now func() time.T
 }
 
 // MountRoot mounts the activated root read-write at target and grows its file system to
-// the partition when it is smaller (after the conversion, or on a grown disk).
+// the partition when it is smaller (after the conversion; a partition is not grown).
 func (s *Stage) MountRoot(res *Result, target string) (map[string]string, error) {
 	fstype, err := s.FS.Mount(res.Device, target)
 	if err != nil {

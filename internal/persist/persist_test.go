@@ -76,8 +76,19 @@ func TestConvertThenUnlock(t *testing.T) {
 	if again.Converted || again.Event.Action != "unlocked" || again.Event.LUKSUUID != h.UUID {
 		t.Fatalf("second boot: %+v", again.Event)
 	}
-	if len(m.keys) != 2 || !bytes.Equal(m.keys[0], m.keys[1]) || len(m.keys[0]) != KeySize {
+	// The copy ran on one activation, the converted root on a second (journaled), the
+	// unlocked one on a third: all with the one key.
+	if len(m.keys) != 3 || !bytes.Equal(m.keys[0], m.keys[2]) || !bytes.Equal(m.keys[1], m.keys[2]) || len(m.keys[0]) != KeySize {
 		t.Fatalf("dm-crypt got %d keys; the unlocked one must be the converted one", len(m.keys))
+	}
+	var modes []string
+	for _, tb := range m.tables {
+		if f := strings.Fields(tb); len(f) > 7 && f[0] == DeviceName+"_dif" && f[3] == "integrity" {
+			modes = append(modes, f[7])
+		}
+	}
+	if strings.Join(modes, " ") != "D J J" {
+		t.Fatalf("dm-integrity modes %v: want D for the copy, J for the root", modes)
 	}
 	if string(again.Facts["tpm"]) != TPMInsecureUnvouched {
 		t.Fatalf("facts %v do not say the TPM is unvouched", again.Facts)
@@ -96,7 +107,7 @@ func TestUnlockRefusesOtherPCRs(t *testing.T) {
 		t.Fatalf("unlock after PCR 11 changed: %v", err)
 	}
 	t.Logf("refusal: %v", err)
-	if len(m.keys) != 1 {
+	if len(m.keys) != 2 {
 		t.Fatal("dm-crypt got a key after the refusal")
 	}
 }
@@ -162,6 +173,18 @@ func TestRefusesOtherHeaders(t *testing.T) {
 				t.Fatal("the partition changed or a volume was activated")
 			}
 		})
+	}
+}
+
+// A verified root that is not ext4 is refused before the disk is touched.
+func TestRefusesOtherFilesystems(t *testing.T) {
+	m := newMachine(t)
+	f, _ := os.OpenFile(m.verity, os.O_RDWR, 0)
+	f.WriteAt([]byte{0, 0}, 1024+0x38)
+	f.Close()
+	_, err := m.stage().Open(context.Background(), m.verity, "00ff")
+	if err == nil || !strings.Contains(err.Error(), "no superblock magic 0xEF53") || len(m.prepared) != 0 {
+		t.Fatalf("Open: %v (disk prepared %d times)", err, len(m.prepared))
 	}
 }
 

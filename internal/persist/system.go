@@ -217,6 +217,27 @@ func prewriteGroupHeads(dev string, sb []byte, oldBlocks, newBlocks uint64) erro
 	return f.Sync()
 }
 
+// checkSource refuses a verified root the persistent root cannot run on: only ext4 without
+// bigalloc is grown and mounted read-write.
+func (s *Stage) checkSource(dev string) error {
+	f, err := os.Open(dev)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sb := make([]byte, 1024)
+	if _, err := f.ReadAt(sb, 1024); err != nil {
+		return fmt.Errorf("reading the file system superblock of %s: %w", dev, err)
+	}
+	if _, _, err := ext4Size(sb); err != nil {
+		return fmt.Errorf("root.persistent: the verified root %s: %w", dev, err)
+	}
+	if binary.LittleEndian.Uint32(sb[0x64:])&0x200 != 0 { // RO_COMPAT_BIGALLOC
+		return fmt.Errorf("root.persistent: the verified root %s is ext4 with bigalloc, which the persistent root does not grow", dev)
+	}
+	return nil
+}
+
 // ext4Size reads the block count and block size from an ext4 superblock.
 func ext4Size(sb []byte) (uint64, int64, error) {
 	if len(sb) < 0x158 || binary.LittleEndian.Uint16(sb[0x38:]) != 0xEF53 {

@@ -78,8 +78,15 @@ func integrityOptions() string {
 // offset bytes: no journal (mode D), external tags of tagSize bytes written
 // by dm-crypt (no internal_hash), providedSectors from the superblock.
 func IntegrityTarget(dev string, offset int64, tagSize int, providedSectors uint64) dm.Target {
+	return IntegrityTargetMode(dev, offset, tagSize, providedSectors, 'D')
+}
+
+// IntegrityTargetMode is IntegrityTarget in mode D (direct, no journal) or J (journaled:
+// a data sector and its tag are written together or not at all, what a volume that
+// outlives a crash needs).
+func IntegrityTargetMode(dev string, offset int64, tagSize int, providedSectors uint64, mode byte) dm.Target {
 	return dm.Target{Start: 0, Length: providedSectors, Type: "integrity",
-		Params: fmt.Sprintf("%s %d %d D %s", dev, offset/sectorBytes, tagSize, integrityOptions())}
+		Params: fmt.Sprintf("%s %d %d %c %s", dev, offset/sectorBytes, tagSize, mode, integrityOptions())}
 }
 
 // formatJournalSectors asks for the smallest journal (one section) when the
@@ -94,9 +101,19 @@ const formatJournalSectors = 8
 // choose provided_data_sectors, as cryptsetup's INTEGRITY_format does.
 // Options in cryptsetup's order (journal_sectors first).
 func IntegrityFormatTarget(dev string, offset int64, tagSize int) dm.Target {
+	return integrityFormatTarget(dev, offset, tagSize, formatJournalSectors)
+}
+
+// integrityFormatTarget formats with journalSectors of journal; 0 leaves the size to the
+// kernel (its default, as cryptsetup's, for volumes that run in mode J).
+func integrityFormatTarget(dev string, offset int64, tagSize, journalSectors int) dm.Target {
+	if journalSectors == 0 {
+		return dm.Target{Start: 0, Length: 8, Type: "integrity",
+			Params: fmt.Sprintf("%s %d %d D 3 block_size:%d fix_padding fix_hmac", dev, offset/sectorBytes, tagSize, EncryptionSectorSize)}
+	}
 	return dm.Target{Start: 0, Length: 8, Type: "integrity",
 		Params: fmt.Sprintf("%s %d %d D 4 journal_sectors:%d block_size:%d fix_padding fix_hmac",
-			dev, offset/sectorBytes, tagSize, formatJournalSectors, EncryptionSectorSize)}
+			dev, offset/sectorBytes, tagSize, journalSectors, EncryptionSectorSize)}
 }
 
 // CryptTarget is the dm-crypt table: key is the key parameter (a keyring

@@ -136,6 +136,9 @@ type PersistentRoot struct {
 	TPM string `json:"tpm"`
 	// SourceRootHash is the verified root the partition was copied from ("converted").
 	SourceRootHash string `json:"source_roothash,omitempty"`
+	// Restarted: a header without keyslots (a conversion cut short, or one whose keyslots
+	// the host removed) was converted over, back to the image's contents.
+	Restarted bool `json:"restarted,omitempty"`
 }
 
 // Event returns the cvmboot.persistent-root event.

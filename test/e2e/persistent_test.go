@@ -25,7 +25,7 @@ var persistentConfig = cfg(tpm, noStorage, func(c *config.Config) {
 })
 
 // persistentCmdline is the same in every boot of the machine: it is part of the UKI, and so
-// of PCR 11, which the key is sealed to.
+// of PCRs 9 and 11, which the key is sealed to.
 const persistentCmdline = "roothash={roothash} rootcheck.expect=root:rw,rootfs:ext4,marker:/persist-marker"
 
 // persistentDisk is a verity root with free space for the persistent root.
@@ -57,7 +57,8 @@ func persistentScenarios() []scenario {
 		},
 		{
 			// First boot: the verified root is copied into a new encrypted partition, the key
-			// sealed to swtpm's PCRs 4 and 11, and the copy booted read-write: a marker written.
+			// sealed to swtpm's PCRs 2, 4, 9, 11 and 12, and the copy booted read-write: a
+			// marker written.
 			// Second boot of the same disk and TPM: unlocked, the marker is there; cryptsetup
 			// reads a LUKS2 header with integrity and a systemd-tpm2 token.
 			name: "persistent-first-boot", root: rootTiny, config: persistentConfig,
@@ -65,8 +66,8 @@ func persistentScenarios() []scenario {
 			cmdline: persistentCmdline,
 			expect: []string{
 				`INSECURE: root.insecure_unvouched_tpm`,
-			// The report (rootcheck prints it; cvmboot status shows its facts) says so too.
-			`"warning":"INSECURE: the root's key is sealed to a TPM no TEE vouches for`,
+				// The report (rootcheck prints it; cvmboot status shows its facts) says so too.
+				`"warning":"INSECURE: the root's key is sealed to a TPM no TEE vouches for`,
 				`stage ok stage=persistent-root .*action=converted`,
 				`measured event=cvmboot.persistent-root`,
 				`root mounted read-write device=/dev/mapper/cvmboot-root`,
@@ -98,8 +99,8 @@ func checkBoot(sc scenario, b *harness.BootResult, what string, o outcome, expec
 }
 
 // persistentOtherUKI: the host boots another UKI (the same image with one more word on its
-// command line, so another PCR 4 and 11) on the converted disk: the TPM does not unseal,
-// and the refusal names both PCRs.
+// command line, so another PCR 4, 9 and 11) on the converted disk: the TPM does not unseal,
+// and the refusal names the PCRs.
 func persistentOtherUKI(t *testing.T, e *env, first *harness.BootResult, img *harness.Image) []string {
 	sc := scenarioNamed("persistent-other-uki")
 	work := filepath.Join(filepath.Dir(img.Disk.Path), "other-uki")
@@ -128,7 +129,7 @@ func persistentOtherUKI(t *testing.T, e *env, first *harness.BootResult, img *ha
 		return []string{err.Error()}
 	}
 	problems := checkBoot(sc, b, "the other UKI's boot", failureAction, []string{
-		`{fatal}: stage persistent-root failed: persistent root /dev/vda4 .*no token opens it: token 0 \(keyslot 0\): the TPM's PCRs do not match the token's policy: PCR 4 expected [0-9a-f]{64} found [0-9a-f]{64}; PCR 11 expected [0-9a-f]{64} found [0-9a-f]{64}`,
+		`{fatal}: stage persistent-root failed: persistent root /dev/vda4 .*no token opens it: token 0 \(keyslot 0\): the TPM's PCRs do not match the token's policy: PCR 4 expected [0-9a-f]{64} found [0-9a-f]{64};.* PCR 11 expected [0-9a-f]{64} found [0-9a-f]{64}`,
 	}, []string{`ROOTCHECK:`, `Kernel panic`, `stage ok stage=persistent-root`, `persistent root unlocked`})
 	if len(problems) == 0 {
 		t.Logf("other UKI refused: %s", firstMatch(b.Serial, "cvmboot: FATAL"))
@@ -323,7 +324,7 @@ func persistentSecondBoot(t *testing.T, e *env, first *harness.BootResult, img *
 	}
 	t.Logf("cryptsetup luksDump of the persistent root:\n%s", dump)
 	for _, want := range []string{"Version:       \t2", "Subsystem:     \tcvmboot-root", "cipher: aes-xts-plain64",
-		"integrity: hmac(sha256)", "0: systemd-tpm2", "tpm2-hash-pcrs:   4+11", "Keyslot:    0"} {
+		"integrity: hmac(sha256)", "0: systemd-tpm2", "tpm2-hash-pcrs:   2+4+9+11+12", "Keyslot:    0"} {
 		if !strings.Contains(dump, want) {
 			problems = append(problems, fmt.Sprintf("luksDump of the persistent root lacks %q", want))
 		}

@@ -140,9 +140,9 @@ var storageExpectFirst = []string{
 	`E2E-CHECK: status: keysize:\s+\d+ bits`, `E2E-CHECK: status: key location:\s+keyring`,
 	`E2E-CHECK: status: integrity:\s+hmac\(sha256\)`,
 	`E2E-CHECK: status: integrity keysize:\s+256 bits`, `E2E-CHECK: status: sector size:\s+4096`,
-	// Every step of the PID 1 sequence ran but verity and usr: this root has no roothash= or
-	// usrhash=.
-	`E2E-CHECK: cvmboot-status=exit 0 9 stages ok, 3 failed or skipped`, `E2E-CHECK: skipped=initdata verity usr \r?$`,
+	// Every step of the PID 1 sequence ran but verity and usr (this root has no roothash= or
+	// usrhash=) and persistent-root (off).
+	`E2E-CHECK: cvmboot-status=exit 0 9 stages ok, 4 failed or skipped`, `E2E-CHECK: skipped=initdata verity persistent-root usr \r?$`,
 	`E2E-CHECK: journal-import=success [1-9]\d* records with CVMBOOT_STAGE`,
 	`E2E-CHECK: journal: CVMBOOT_STAGE=storage`, `E2E-CHECK: journal: MESSAGE=stage ok`,
 	`E2E-CHECK: isLuks=yes`, `E2E-CHECK: dump: Version:\s+2`, `E2E-CHECK: dump: Label:\s+cvmboot-storage`,
