@@ -21,35 +21,15 @@ import (
 // test is skipped when swtpm is not installed, and swtpm is killed when the test ends.
 func Start(t testing.TB) transport.TPMCloser {
 	t.Helper()
-	bin, err := exec.LookPath("swtpm")
-	if err != nil {
-		t.Skip("swtpm is not installed (apt-get install swtpm): skipping the real-TPM test")
-	}
 	// Unix socket paths are limited to 108 bytes: keep them short, outside t.TempDir's long path.
 	sockDir, err := os.MkdirTemp("", "swtpm")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	state := t.TempDir()
 	server := filepath.Join(sockDir, "s")
 	ctrl := filepath.Join(sockDir, "c")
-	var out bytes.Buffer
-	cmd := exec.Command(bin, "socket", "--tpm2",
-		"--server", "type=unixio,path="+server,
-		"--ctrl", "type=unixio,path="+ctrl,
-		"--flags", "not-need-init,startup-clear",
-		"--tpmstate", "dir="+state)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start swtpm: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
+	out, exited := run(t, "type=unixio,path="+server, "type=unixio,path="+ctrl)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(server); err == nil {
@@ -86,6 +66,31 @@ func Start(t testing.TB) transport.TPMCloser {
 	}
 }
 
+// run starts swtpm with the given server and control channels and a fresh state; the test
+// is skipped when swtpm is not installed, and swtpm is killed when the test ends. It returns
+// swtpm's output and a channel that gets its exit.
+func run(t testing.TB, server, ctrl string) (*bytes.Buffer, <-chan error) {
+	t.Helper()
+	bin, err := exec.LookPath("swtpm")
+	if err != nil {
+		t.Skip("swtpm is not installed (apt-get install swtpm): skipping the real-TPM test")
+	}
+	out := &bytes.Buffer{}
+	cmd := exec.Command(bin, "socket", "--tpm2", "--server", server, "--ctrl", ctrl,
+		"--flags", "not-need-init,startup-clear", "--tpmstate", "dir="+t.TempDir())
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start swtpm: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	return out, exited
+}
+
 // TCP is a swtpm listening on loopback TCP, the only transport tpm2-tss's swtpm TCTI (as in
 // Debian 12) speaks: it lets systemd's tools and the test use the same TPM, one connection at a
 // time (swtpm serves one client at a time).
@@ -120,30 +125,11 @@ func (s TCP) Open(t testing.TB) transport.TPMCloser {
 // installed, and swtpm is killed when the test ends.
 func StartTCP(t testing.TB) TCP {
 	t.Helper()
-	bin, err := exec.LookPath("swtpm")
-	if err != nil {
-		t.Skip("swtpm is not installed (apt-get install swtpm): skipping the real-TPM test")
-	}
 	port, err := freePortPair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out bytes.Buffer
-	cmd := exec.Command(bin, "socket", "--tpm2",
-		"--server", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port),
-		"--ctrl", fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1),
-		"--flags", "not-need-init,startup-clear",
-		"--tpmstate", "dir="+t.TempDir())
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start swtpm: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
+	run(t, fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port), fmt.Sprintf("type=tcp,port=%d,bindaddr=127.0.0.1", port+1))
 	s := TCP{Port: port}
 	s.Open(t).Close()
 	return s
