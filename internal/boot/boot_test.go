@@ -12,6 +12,7 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/persist"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/verity"
@@ -553,6 +554,41 @@ func TestPlanPersistent(t *testing.T) {
 			t.Errorf("%s %q: %v, persistent %v", tt.mode, tt.line, err, p != nil && p.Persistent)
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
 			t.Errorf("%s %q: %v, want %q", tt.mode, tt.line, err, tt.want)
+		}
+	}
+}
+
+// fakePersist records whether the persistent root was opened.
+type fakePersist struct{ opened int }
+
+func (f *fakePersist) Open(context.Context, string, string) (*persist.Result, error) {
+	f.opened++
+	return &persist.Result{Device: "/dev/mapper/cvmboot-root", Facts: map[string]string{}}, nil
+}
+func (f *fakePersist) MountRoot(*persist.Result, string) (map[string]string, error) { return nil, nil }
+
+// The persistent root is never opened for a command line the host may change, nor when
+// cvmboot's leave-initrd will not reach the TPM.
+func TestPersistRefusals(t *testing.T) {
+	for _, tt := range []struct {
+		pin       string
+		measuring bool
+		want      string
+	}{
+		{"", true, "needs a pinned command line"},
+		{"sha256:00", false, "needs cvmboot's measurements in the TPM"},
+		{"sha256:00", true, ""},
+	} {
+		fp, att := &fakePersist{}, &fakeAttest{present: true}
+		b := &Boot{Config: config.Default(), Mode: ModeInitramfs, Attest: att, Plan: &Plan{Persistent: true}, CmdlinePin: tt.pin,
+			measuring: tt.measuring, Persist: func() PersistentRoot { return fp },
+			dec: &Decisions{Verity: []VerityVolume{{Name: "root", Device: "/dev/mapper/root", RootHash: "00"}}}}
+		_, err := b.persist(context.Background())
+		switch {
+		case tt.want == "" && (err != nil || fp.opened != 1 || len(att.measured) != 1):
+			t.Errorf("pin %q measuring %v: %v, opened %d", tt.pin, tt.measuring, err, fp.opened)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want) || fp.opened != 0):
+			t.Errorf("pin %q measuring %v: %v, opened %d; want %q", tt.pin, tt.measuring, err, fp.opened, tt.want)
 		}
 	}
 }

@@ -3,7 +3,6 @@ package persist
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -240,8 +239,11 @@ func (s *Stage) checkSource(dev string) error {
 
 // ext4Size reads the block count and block size from an ext4 superblock.
 func ext4Size(sb []byte) (uint64, int64, error) {
-	if len(sb) < 0x158 || binary.LittleEndian.Uint16(sb[0x38:]) != 0xEF53 {
-		return 0, 0, errors.New("not an ext4 file system (no superblock magic 0xEF53): the persistent root grows ext4 only")
+	if len(sb) < 0x158 {
+		return 0, 0, fmt.Errorf("ext4 superblock: %d bytes, want 1024", len(sb))
+	}
+	if m := binary.LittleEndian.Uint16(sb[0x38:]); m != 0xEF53 {
+		return 0, 0, fmt.Errorf("not an ext4 file system (no superblock magic 0xEF53, found 0x%04X): the persistent root grows ext4 only", m)
 	}
 	logBS := binary.LittleEndian.Uint32(sb[0x18:])
 	if logBS > 6 {
