@@ -24,6 +24,8 @@ import (
 	"github.com/cvmboot/cvmboot/internal/persist"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/storage"
+	"github.com/cvmboot/cvmboot/internal/tee"
+	"github.com/cvmboot/cvmboot/internal/tpmvouch"
 	"github.com/cvmboot/cvmboot/internal/verity"
 	"github.com/cvmboot/cvmboot/internal/warm"
 	"github.com/cvmboot/cvmboot/pkg/report"
@@ -73,6 +75,8 @@ func (m *machine) persist(cfg *config.Config) PersistentRoot {
 	}
 	return &persist.Stage{
 		Log: m.log, AllowUnvouchedTPM: cfg.Root.InsecureUnvouchedTPM, ESPPartUUID: esp,
+		// configfs is mounted: the persistent root needs measurements, which start first.
+		Vouch:   tpmvouch.ForPlatform(tee.Detect(tee.Options{})),
 		Disk:    storage.RootDisk{Preparer: &disk.Preparer{Log: m.log, Mknod: true}},
 		Devices: storage.BlockDevices{}, Keyring: storage.KernelKeyring{}, Random: storage.Getrandom{},
 		TPMs: persist.DeviceTPM{}, Copier: persist.DirectCopier{Log: m.log}, FS: persist.Ext4{Log: m.log},

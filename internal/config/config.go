@@ -87,8 +87,9 @@ type Root struct {
 	// partition made of the disk's free space at the first boot, seals the key to the TPM
 	// and boots that partition read-write from then on.
 	Persistent PersistentMode `yaml:"persistent"`
-	// InsecureUnvouchedTPM lets the persistent root seal its key to a TPM no TEE vouches for
-	// (one the host emulates can unseal it at will). For tests only; config file only.
+	// InsecureUnvouchedTPM lets the persistent root seal its key to a TPM no TEE vouches for,
+	// where nothing can vouch (one the host emulates can unseal it at will). For tests only;
+	// config file only. A failed check is refused regardless.
 	InsecureUnvouchedTPM bool `yaml:"insecure_unvouched_tpm"`
 }
 

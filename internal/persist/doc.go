@@ -28,8 +28,11 @@
 // # Which TPM may seal
 //
 // A TPM the host emulates can unseal whatever was sealed to it. Only a TPM the TEE vouches
-// for may hold the key (an SVSM vTPM whose endorsement key is bound into the SEV-SNP
-// report). That check is not implemented yet, so every TPM is refused unless
-// root.insecure_unvouched_tpm allows an unvouched one, which the measurement, the report and
-// `cvmboot status` then say in words.
+// for may hold the key: on SEV-SNP an SVSM's vTPM, whose endorsement key the SVSM binds into
+// a report (internal/tpmvouch). The TPM's endorsement key is compared with the bound one
+// before anything is written, and every seal and unseal runs in a session salted to the bound
+// key, which a TPM without its private half cannot answer. Where nothing can vouch (no SVSM,
+// TDX, no TEE) the TPM is refused unless root.insecure_unvouched_tpm allows it, which the
+// measurement, the report and `cvmboot status` then say in words; a check that fails (a
+// report that does not bind the key, another TPM answering) is refused whatever the setting.
 package persist

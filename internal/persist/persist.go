@@ -9,11 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"golang.org/x/sys/unix"
+	"maps"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
 	"go.uber.org/zap"
 
 	"github.com/cvmboot/cvmboot/internal/disk"
@@ -22,6 +24,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/secret"
 	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/tpmseal"
+	"github.com/cvmboot/cvmboot/internal/tpmvouch"
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
@@ -58,6 +61,8 @@ const (
 // Stage finds, makes or unlocks the persistent encrypted root.
 type Stage struct {
 	Log *zap.Logger
+	// Vouch says whether the TEE vouches for the TPM (tpmvouch.ForPlatform); nil: nothing can.
+	Vouch tpmvouch.Voucher
 	// AllowUnvouchedTPM is root.insecure_unvouched_tpm.
 	AllowUnvouchedTPM bool
 	// ESPPartUUID is the ESP the boot came from, never taken.
@@ -78,6 +83,7 @@ type Stage struct {
 	OpenShared func(path string) (storage.Device, error)
 
 	dmc storage.DeviceMapper // DM, or /dev/mapper/control opened for one Open call
+	ek  *tpm2.TPMTPublic     // the vouched endorsement key the sessions are salted to
 }
 
 // Result is an activated persistent root. It never holds a key.
@@ -102,25 +108,59 @@ func (s *Stage) now() time.Time {
 	return s.Now()
 }
 
-// checkTPM says what vouches for the TPM, or refuses it.
-func (s *Stage) checkTPM() (string, error) {
-	if s.AllowUnvouchedTPM {
-		s.log().Warn("INSECURE: root.insecure_unvouched_tpm lets a TPM no TEE vouches for hold the root's key; a host-emulated TPM can unseal it")
-		return TPMInsecureUnvouched, nil
+// checkTPM asks the TEE to vouch for the TPM: then every seal and unseal runs in sessions
+// salted to the endorsement key the TEE binds. Otherwise the TPM is refused, unless no TEE
+// can vouch here and root.insecure_unvouched_tpm allows it.
+func (s *Stage) checkTPM(facts map[string]string) (string, *tpmvouch.Binding, error) {
+	var b *tpmvouch.Binding
+	err := tpmvouch.ErrUnavailable
+	if s.Vouch != nil {
+		b, err = s.Vouch.Vouch()
 	}
-	return "", errors.New("the persistent root's key may only be sealed to a TPM the TEE vouches for (an SVSM vTPM bound into the SEV-SNP report); " +
-		"this version cannot check that binding yet, so every TPM is refused (root.insecure_unvouched_tpm allows one for tests)")
+	if err == nil {
+		// A TEE vouches for one TPM and another answers: the host swapped it. No setting
+		// lets that through.
+		if err := s.checkEndorsement(&b.EK); err != nil {
+			return "", nil, fmt.Errorf("the persistent root's TPM: %w; refusing it", err)
+		}
+		s.ek = &b.EK
+		facts["tpm_vouched_by"], facts["tpm_ek_sha256"], facts["tee_measurement"] = b.By, b.EKSHA256, b.Measurement
+		s.log().Info("the TEE vouches for the TPM: its sessions are salted to the endorsement key the report binds",
+			zap.String("by", b.By), zap.String("ek_sha256", b.EKSHA256), zap.String("measurement", b.Measurement))
+		return TPMVouched, b, nil
+	}
+	// The insecure setting stands in for a TEE that is not there, never for a check that
+	// failed.
+	if s.AllowUnvouchedTPM && errors.Is(err, tpmvouch.ErrUnavailable) {
+		facts["tpm_unvouched_reason"] = err.Error()
+		s.log().Warn("INSECURE: root.insecure_unvouched_tpm lets a TPM no TEE vouches for hold the root's key; a host-emulated TPM can unseal it",
+			zap.String("reason", err.Error()))
+		return TPMInsecureUnvouched, nil, nil
+	}
+	return "", nil, fmt.Errorf("the persistent root's key may only be sealed to a TPM the TEE vouches for (an SVSM's vTPM bound into the SEV-SNP report): %w; refusing it (root.insecure_unvouched_tpm allows one for tests)", err)
+}
+
+// checkEndorsement checks the TPM's endorsement key against the vouched one before a byte is
+// written.
+func (s *Stage) checkEndorsement(ek *tpm2.TPMTPublic) error {
+	tpm, closeTPM, err := s.TPMs.Open()
+	if err != nil {
+		return err
+	}
+	defer closeTPM()
+	return tpmseal.CheckEndorsement(tpm, ek)
 }
 
 // Open returns the activated persistent root: at the first boot (or after a conversion cut
 // short) it makes it from verity, the activated dm-verity root with rootHash; later it
 // unlocks it. Nothing is written to the image's own partitions.
 func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, error) {
-	vouch, err := s.checkTPM()
+	start := s.now()
+	facts := map[string]string{}
+	vouch, binding, err := s.checkTPM(facts)
 	if err != nil {
 		return nil, err
 	}
-	start := s.now()
 	srcSize, err := s.Devices.Size(verity)
 	if err != nil {
 		return nil, err
@@ -137,10 +177,10 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 	if err != nil {
 		return nil, fmt.Errorf("persistent root partition (the root is %d bytes): %w", srcSize, err)
 	}
-	facts := map[string]string{
+	maps.Copy(facts, map[string]string{
 		"partition": part.Path, "partuuid": part.PartUUID, "partition_bytes": strconv.FormatInt(part.Size, 10),
 		"source": verity, "source_bytes": strconv.FormatInt(srcSize, 10), "tpm": vouch,
-	}
+	})
 	s.dmc = s.DM
 	if s.dmc == nil {
 		c, err := dm.Open()
@@ -179,6 +219,9 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 		return nil, err
 	}
 	res.Event.TPM = vouch
+	if binding != nil {
+		res.Event.TPMVouchedBy, res.Event.TPMEKSHA256 = binding.By, binding.EKSHA256
+	}
 	res.Event.PartUUID = part.PartUUID
 	res.Event.Cipher, res.Event.KeyBits, res.Event.Integrity, res.Event.SectorSize = Cipher, KeySize*8, "hmac-sha256", SectorSize
 	res.Event.Token, res.Event.PCRs = tpmseal.TokenType, PolicyPCRs
@@ -278,7 +321,7 @@ func (s *Stage) commit(part *disk.Partition, hdr *luks2.Header, key *secret.Lock
 	if err := s.Random.Fill(sealed.Bytes()); err != nil {
 		return err
 	}
-	tok, err := tpmseal.Seal(tpm, tpmseal.PCRPolicy{PCRs: PolicyPCRs, Values: values}, sealed.Bytes(), 0, tpmseal.PrimaryECC)
+	tok, err := tpmseal.Seal(tpm, tpmseal.PCRPolicy{PCRs: PolicyPCRs, Values: values}, sealed.Bytes(), 0, tpmseal.PrimaryECC, s.ek)
 	if err != nil {
 		return err
 	}
@@ -403,7 +446,7 @@ func (s *Stage) openToken(tpm tpmseal.TPM, dev storage.Device, h *luks2.Header, 
 	}
 	defer sealed.Wipe()
 	t := s.now()
-	n, err := tpmseal.Unseal(tpm, tok, sealed.Bytes())
+	n, err := tpmseal.Unseal(tpm, tok, sealed.Bytes(), s.ek)
 	if err != nil {
 		return nil, err
 	}

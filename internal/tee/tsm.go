@@ -59,6 +59,7 @@ type TSMReport struct {
 	Provider   string
 	OutBlob    []byte
 	AuxBlob    []byte
+	Manifest   []byte // manifestblob, for a service report
 	Generation uint64
 }
 
@@ -67,11 +68,36 @@ type TSMReport struct {
 // our write of inblob: any other write means another process changed the request and the report
 // may not be ours. withAux reads auxblob (SEV-SNP's certificate table).
 func (t *TSM) Report(inblob []byte, provider string, withAux bool) (*TSMReport, error) {
+	return t.take(tsmRequest{inblob: inblob, provider: provider, withAux: withAux})
+}
+
+// Service names one service of a service provider (Linux 6.10 and later): the SVSM's vTPM.
+type Service struct {
+	Provider        string // service_provider: "svsm"
+	GUID            string // service_guid
+	ManifestVersion uint32 // service_manifest_version
+}
+
+// ServiceReport takes a report from a service provider for one service: the report binds
+// inblob and the service's manifest, returned in Manifest. The entry's generation must advance
+// by exactly our four writes.
+func (t *TSM) ServiceReport(inblob []byte, provider string, svc Service) (*TSMReport, error) {
+	return t.take(tsmRequest{inblob: inblob, provider: provider, service: &svc})
+}
+
+type tsmRequest struct {
+	inblob   []byte
+	provider string
+	withAux  bool
+	service  *Service
+}
+
+func (t *TSM) take(req tsmRequest) (*TSMReport, error) {
 	entry, err := t.Client.MkdirTemp(t.ReportDir, "cvmboot-")
 	if err != nil {
 		return nil, fmt.Errorf("configfs-tsm: create a report entry in %s: %w", t.ReportDir, err)
 	}
-	rep, err := t.report(entry, inblob, provider, withAux)
+	rep, err := t.report(entry, req)
 	if rmErr := t.Client.RemoveAll(entry); rmErr != nil {
 		err = errors.Join(err, fmt.Errorf("configfs-tsm: remove the report entry %s: %w", entry, rmErr))
 	}
@@ -81,14 +107,35 @@ func (t *TSM) Report(inblob []byte, provider string, withAux bool) (*TSMReport, 
 	return rep, nil
 }
 
-func (t *TSM) report(entry string, inblob []byte, provider string, withAux bool) (*TSMReport, error) {
+// ErrNoServiceProvider means configfs-tsm offers no service_provider attribute: the guest
+// runs without an SVSM (at VMPL 0), or the kernel predates Linux 6.10.
+var ErrNoServiceProvider = errors.New("configfs-tsm has no service_provider attribute: no SVSM (the guest runs at VMPL 0) or a kernel before Linux 6.10")
+
+func (t *TSM) report(entry string, req tsmRequest) (*TSMReport, error) {
 	attr := func(name string) string { return filepath.Join(entry, name) }
 	before, err := t.generation(entry)
 	if err != nil {
 		return nil, err
 	}
-	if err := t.Client.WriteFile(attr("inblob"), inblob); err != nil {
-		return nil, fmt.Errorf("configfs-tsm: write %d bytes to %s: %w", len(inblob), attr("inblob"), err)
+	writes := uint64(1)
+	if svc := req.service; svc != nil {
+		for _, w := range []struct{ name, value string }{
+			{"service_provider", svc.Provider},
+			{"service_guid", svc.GUID},
+			{"service_manifest_version", strconv.FormatUint(uint64(svc.ManifestVersion), 10)},
+		} {
+			err := t.Client.WriteFile(attr(w.name), []byte(w.value))
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("configfs-tsm: %s is missing: %w", attr(w.name), ErrNoServiceProvider)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("configfs-tsm: write %q to %s: %w", w.value, attr(w.name), err)
+			}
+			writes++
+		}
+	}
+	if err := t.Client.WriteFile(attr("inblob"), req.inblob); err != nil {
+		return nil, fmt.Errorf("configfs-tsm: write %d bytes to %s: %w", len(req.inblob), attr("inblob"), err)
 	}
 	rep := &TSMReport{}
 	rep.OutBlob, err = t.Client.ReadFile(attr("outblob"))
@@ -98,10 +145,16 @@ func (t *TSM) report(entry string, inblob []byte, provider string, withAux bool)
 	if len(rep.OutBlob) == 0 {
 		return nil, fmt.Errorf("configfs-tsm: %s is empty", attr("outblob"))
 	}
-	if withAux {
+	if req.withAux {
 		rep.AuxBlob, err = t.Client.ReadFile(attr("auxblob"))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("configfs-tsm: read %s: %w", attr("auxblob"), err)
+		}
+	}
+	if req.service != nil {
+		rep.Manifest, err = t.Client.ReadFile(attr("manifestblob"))
+		if err != nil {
+			return nil, fmt.Errorf("configfs-tsm: read %s: %w", attr("manifestblob"), err)
 		}
 	}
 	p, err := t.Client.ReadFile(attr("provider"))
@@ -109,15 +162,15 @@ func (t *TSM) report(entry string, inblob []byte, provider string, withAux bool)
 		return nil, fmt.Errorf("configfs-tsm: read %s: %w", attr("provider"), err)
 	}
 	rep.Provider = string(bytes.TrimSpace(p))
-	if rep.Provider != provider {
-		return nil, fmt.Errorf("configfs-tsm: provider is %q, expected %q", rep.Provider, provider)
+	if rep.Provider != req.provider {
+		return nil, fmt.Errorf("configfs-tsm: provider is %q, expected %q", rep.Provider, req.provider)
 	}
 	after, err := t.generation(entry)
 	if err != nil {
 		return nil, err
 	}
-	if after != before+1 {
-		return nil, fmt.Errorf("configfs-tsm: %s went from %d to %d while reading the report, expected %d: another writer changed the request", attr("generation"), before, after, before+1)
+	if after != before+writes {
+		return nil, fmt.Errorf("configfs-tsm: %s went from %d to %d while reading the report, expected %d: another writer changed the request", attr("generation"), before, after, before+writes)
 	}
 	rep.Generation = after
 	return rep, nil

@@ -85,3 +85,25 @@ func TestTSMReport(t *testing.T) {
 		t.Errorf("the provider probe left %d entries", n)
 	}
 }
+
+// A service report writes the service's three attributes and inblob, and reads the manifest.
+func TestTSMServiceReport(t *testing.T) {
+	manifest := []byte("the vTPM's endorsement key")
+	fake := teetest.SVSM(teetest.SNPSigner(t), manifest, nil)
+	var nonce [64]byte
+	rep, err := (&tee.SNP{TSM: &tee.TSM{Client: fake, ReportDir: reportDir}}).VTPMReport(nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(rep.Manifest, manifest) || rep.Generation != 4 || len(rep.OutBlob) != 0x4a0 {
+		t.Fatalf("report: generation %d, manifest %q, %d-byte outblob", rep.Generation, rep.Manifest, len(rep.OutBlob))
+	}
+	// Another service is refused by the SVSM (the kernel says EINVAL).
+	_, err = (&tee.TSM{Client: fake, ReportDir: reportDir}).ServiceReport(nonce[:], tee.ProviderSNP, tee.Service{Provider: "svsm", GUID: "00000000-0000-0000-0000-000000000001"})
+	if err == nil {
+		t.Fatal("a report for another service")
+	}
+	if n := teetest.Entries(fake); n != 0 {
+		t.Errorf("%d report entries left behind", n)
+	}
+}

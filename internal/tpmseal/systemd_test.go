@@ -93,7 +93,7 @@ func TestOpenSystemdEnrolledToken(t *testing.T) {
 		t.Fatalf("systemd's policy %x, ours for the same PCR values %x", found.PolicyHash, d)
 	}
 	secret := make([]byte, SecretSize)
-	n, err := Unseal(tpm, found, secret)
+	n, err := Unseal(tpm, found, secret, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +106,7 @@ func TestOpenSystemdEnrolledToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	extend(t, tpm, 11, []byte("another UKI"))
-	if _, err := Unseal(tpm, found, secret); err == nil {
+	if _, err := Unseal(tpm, found, secret, nil); err == nil {
 		t.Fatal("unsealed after PCR 11 changed")
 	} else {
 		t.Logf("after PCR 11 changed: %v", err)
@@ -125,7 +125,7 @@ func TestSystemdReadsOurToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	secret := newSecret(t)
-	tok, err := Seal(tpm, PCRPolicy{PCRs: []int{4, 11}, Values: values}, secret, 0, PrimaryECC)
+	tok, err := Seal(tpm, PCRPolicy{PCRs: []int{4, 11}, Values: values}, secret, 0, PrimaryECC, nil)
 	tpm.Close()
 	if err != nil {
 		t.Fatal(err)
@@ -169,7 +169,7 @@ func TestSystemdReadsOurToken(t *testing.T) {
 	tpm = sw.Open(t)
 	defer tpm.Close()
 	got := make([]byte, SecretSize)
-	if n, err := Unseal(tpm, tok, got); err != nil || !bytes.Equal(got[:n], secret) {
+	if n, err := Unseal(tpm, tok, got, nil); err != nil || !bytes.Equal(got[:n], secret) {
 		t.Fatalf("unseal our own token: %v", err)
 	}
 }

@@ -52,7 +52,7 @@ func TestSealUnseal(t *testing.T) {
 	for _, alg := range []string{PrimaryECC, PrimaryRSA} {
 		t.Run(alg, func(t *testing.T) {
 			secret := newSecret(t)
-			tok, err := Seal(tpm, PCRPolicy{PCRs: pcrs, Values: values}, secret, 1, alg)
+			tok, err := Seal(tpm, PCRPolicy{PCRs: pcrs, Values: values}, secret, 1, alg, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -65,7 +65,7 @@ func TestSealUnseal(t *testing.T) {
 				t.Fatalf("ParseToken(%s): %v", raw, err)
 			}
 			dst := make([]byte, 64)
-			n, err := Unseal(tpm, back, dst)
+			n, err := Unseal(tpm, back, dst, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -87,12 +87,12 @@ func TestSealPredicted(t *testing.T) {
 	}
 	want := [][]byte{now[0], predict(now[1], []byte("next uki"))}
 	secret := newSecret(t)
-	tok, err := Seal(tpm, PCRPolicy{PCRs: pcrs, Values: want}, secret, 0, PrimaryECC)
+	tok, err := Seal(tpm, PCRPolicy{PCRs: pcrs, Values: want}, secret, 0, PrimaryECC, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dst := make([]byte, SecretSize)
-	_, err = Unseal(tpm, tok, dst)
+	_, err = Unseal(tpm, tok, dst, nil)
 	var pm *PolicyMismatchError
 	if !errors.As(err, &pm) || len(pm.Differ) != 1 || pm.Differ[0].PCR != 11 ||
 		!bytes.Equal(pm.Differ[0].Expected, want[1]) || !bytes.Equal(pm.Differ[0].Found, now[1]) {
@@ -103,11 +103,11 @@ func TestSealPredicted(t *testing.T) {
 		t.Fatal("the refused unseal wrote the secret")
 	}
 	extend(t, tpm, 11, []byte("next uki"))
-	if n, err := Unseal(tpm, tok, dst); err != nil || !bytes.Equal(dst[:n], secret) {
+	if n, err := Unseal(tpm, tok, dst, nil); err != nil || !bytes.Equal(dst[:n], secret) {
 		t.Fatalf("unseal after the extend: %v", err)
 	}
 	extend(t, tpm, 11, []byte("one more"))
-	if _, err := Unseal(tpm, tok, dst); !errors.As(err, &pm) {
+	if _, err := Unseal(tpm, tok, dst, nil); !errors.As(err, &pm) {
 		t.Fatalf("unseal after another extend: %v, want a mismatch", err)
 	}
 }
@@ -119,11 +119,11 @@ func TestUnsealOtherTPM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tok, err := Seal(a, PCRPolicy{PCRs: []int{11}, Values: values}, newSecret(t), 0, PrimaryECC)
+	tok, err := Seal(a, PCRPolicy{PCRs: []int{11}, Values: values}, newSecret(t), 0, PrimaryECC, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Unseal(b, tok, make([]byte, SecretSize)); err == nil {
+	if _, err := Unseal(b, tok, make([]byte, SecretSize), nil); err == nil {
 		t.Fatal("another TPM unsealed the token")
 	} else {
 		t.Logf("other TPM: %v", err)

@@ -39,8 +39,9 @@ func (e *PolicyMismatchError) Error() string {
 }
 
 // Unseal opens t's sealed object under its PCR policy and writes the secret into dst (the
-// caller's locked memory), returning its length.
-func Unseal(tpm TPM, t *Token, dst []byte) (int, error) {
+// caller's locked memory), returning its length. With ek (a TEE-vouched endorsement key), the
+// policy session is salted to ek: a TPM without ek's private half cannot answer it.
+func Unseal(tpm TPM, t *Token, dst []byte, ek *tpm2.TPMTPublic) (int, error) {
 	obj, err := parseBlob(t.Blob, t.PolicyHash)
 	if err != nil {
 		return 0, err
@@ -61,10 +62,15 @@ func Unseal(tpm TPM, t *Token, dst []byte) (int, error) {
 		return 0, fmt.Errorf("unseal: load the sealed object under the %s primary key (sealed by another TPM?): %w", t.PrimaryAlg, err)
 	}
 	defer flush(s, loaded.ObjectHandle)
-
-	sess, closeSession, err := tpm2.PolicySession(s, tpm2.TPMAlgSHA256, 16, prim.salt(tpm2.AESEncryption(128, tpm2.EncryptOut))...)
+	salt, unsalt, err := saltKey(s, prim, ek)
 	if err != nil {
-		return 0, fmt.Errorf("unseal: start a policy session: %w", err)
+		return 0, fmt.Errorf("unseal: %w", err)
+	}
+	defer unsalt()
+
+	sess, closeSession, err := tpm2.PolicySession(s, tpm2.TPMAlgSHA256, 16, salt.salt(tpm2.AESEncryption(128, tpm2.EncryptOut))...)
+	if err != nil {
+		return 0, fmt.Errorf("unseal: start a policy session%s: %w", saltNote(ek), err)
 	}
 	defer closeSession()
 	if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: selection(t.PCRs)}).Execute(s); err != nil {

@@ -134,6 +134,11 @@ type PersistentRoot struct {
 	// TPM is what vouches for the TPM holding the key: "tee-vouched", or
 	// "insecure-unvouched" when root.insecure_unvouched_tpm let an unvouched one seal.
 	TPM string `json:"tpm"`
+	// TPMVouchedBy is what vouched ("svsm-vtpm": an SVSM's vTPM bound into the SEV-SNP
+	// report) and TPMEKSHA256 the SHA-256 of the endorsement key's TPMT_PUBLIC the report
+	// binds; every seal and unseal ran in sessions salted to that key. Empty when unvouched.
+	TPMVouchedBy string `json:"tpm_vouched_by,omitempty"`
+	TPMEKSHA256  string `json:"tpm_ek_sha256,omitempty"`
 	// SourceRootHash is the verified root the partition was copied from ("converted").
 	SourceRootHash string `json:"source_roothash,omitempty"`
 	// Restarted: a header without keyslots (a conversion cut short, or one whose keyslots

@@ -68,6 +68,8 @@ func persistentScenarios() []scenario {
 				`INSECURE: root.insecure_unvouched_tpm`,
 				// The report (rootcheck prints it; cvmboot status shows its facts) says so too.
 				`"warning":"INSECURE: the root's key is sealed to a TPM no TEE vouches for`,
+				// Why nothing vouched: no SEV-SNP (so no SVSM), no TDX in this VM.
+				`"tpm_unvouched_reason":"no TEE here vouches for a TPM: SEV-SNP absent: `,
 				`stage ok stage=persistent-root .*action=converted`,
 				`measured event=cvmboot.persistent-root`,
 				`root mounted read-write device=/dev/mapper/cvmboot-root`,

@@ -5,10 +5,14 @@ package teetest
 
 import (
 	"crypto/rand"
+	"crypto/sha512"
 	"encoding/binary"
 	"encoding/pem"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +24,7 @@ import (
 	sevtest "github.com/google/go-sev-guest/testing"
 	tdxtest "github.com/google/go-tdx-guest/testing"
 	tdxdata "github.com/google/go-tdx-guest/testing/testdata"
+	"github.com/google/uuid"
 )
 
 // SNPSigner returns a test-only AMD certificate chain (ARK, ASK, VCEK) for go-sev-guest's
@@ -92,7 +97,7 @@ func SNPDevice(s *sevtest.AmdSigner, certs []byte, reportData ...[64]byte) *sevt
 
 // TSM returns a fake configfs-tsm with one provider: outblob(inblob) makes the report (return
 // nil, nil for an empty outblob) and auxblob is returned as is.
-func TSM(provider string, outblob func(inblob []byte) ([]byte, error), auxblob []byte) *faketsm.Client {
+func TSM(provider string, outblob func(inblob []byte) ([]byte, error), auxblob []byte) *Fake {
 	sub := &faketsm.ReportSubsystem{
 		MakeEntry: func() *faketsm.ReportEntry {
 			return &faketsm.ReportEntry{
@@ -127,11 +132,96 @@ func TSM(provider string, outblob func(inblob []byte) ([]byte, error), auxblob [
 		},
 		Random: rand.Reader,
 	}
-	return &faketsm.Client{Subsystems: map[string]configfsi.Client{"report": sub}}
+	return &Fake{Client: &faketsm.Client{Subsystems: map[string]configfsi.Client{"report": sub}}, writable: []string{"inblob", "privlevel"}}
+}
+
+// SVSMVTPMGUID is the SVSM vTPM service's GUID (tee.VTPMService; repeated: teetest stands
+// for the SVSM and must not take the guest's constant on trust).
+const SVSMVTPMGUID = "c476f1eb-0123-45a5-9641-b4e7dde5bfe3"
+
+// SVSM returns a fake configfs-tsm of an SEV-SNP guest under an SVSM with a vTPM whose
+// manifest (the endorsement key's TPMT_PUBLIC) is manifest. As the SVSM, it answers a request
+// for the vTPM service with a report made at VMPL 0 binding SHA-512(inblob || manifest),
+// signed by s; edit, when not nil, changes the report before it is signed. Any other
+// service provider or GUID is refused, as the kernel and the SVSM refuse them.
+func SVSM(s *sevtest.AmdSigner, manifest []byte, edit func(report []byte)) *Fake {
+	writable := []string{"inblob", "privlevel", "service_provider", "service_guid", "service_manifest_version"}
+	sub := &faketsm.ReportSubsystem{
+		MakeEntry: func() *faketsm.ReportEntry {
+			e := &faketsm.ReportEntry{InAttrs: map[string]*faketsm.ReportAttributeState{},
+				ROAttrs: map[string][]byte{"provider": []byte("sev_guest\n")}}
+			for _, a := range writable {
+				e.InAttrs[a] = &faketsm.ReportAttributeState{}
+			}
+			return e
+		},
+		CheckInAttr: func(_ *faketsm.ReportEntry, attr string, contents []byte) error {
+			switch attr {
+			case "inblob":
+				if len(contents) != 64 {
+					return syscall.EINVAL
+				}
+			case "service_provider":
+				if string(contents) != "svsm" {
+					return syscall.EINVAL
+				}
+			case "service_guid":
+				if _, err := uuid.Parse(string(contents)); err != nil {
+					return syscall.EINVAL
+				}
+			case "service_manifest_version", "privlevel":
+			default:
+				return fmt.Errorf("%q is not writable", attr)
+			}
+			return nil
+		},
+		ReadAttr: func(e *faketsm.ReportEntry, attr string) ([]byte, error) {
+			switch attr {
+			case "provider":
+				return []byte("sev_guest\n"), nil
+			case "manifestblob":
+				return manifest, nil
+			case "outblob":
+				in := e.InAttrs["inblob"].Value
+				if len(in) == 0 || string(e.InAttrs["service_provider"].Value) != "svsm" ||
+					string(e.InAttrs["service_guid"].Value) != SVSMVTPMGUID {
+					return nil, syscall.EINVAL
+				}
+				rd := sha512.Sum512(append(append([]byte(nil), in...), manifest...))
+				raw := SNPRawReport(rd[:])
+				report := append([]byte(nil), raw[:sevabi.ReportSize]...)
+				if edit != nil {
+					edit(report)
+				}
+				if err := SignSNPReport(s, report); err != nil {
+					return nil, err
+				}
+				return report, nil
+			}
+			return nil, os.ErrNotExist
+		},
+		Random: rand.Reader,
+	}
+	return &Fake{Client: &faketsm.Client{Subsystems: map[string]configfsi.Client{"report": sub}}, writable: writable}
+}
+
+// Fake is a fake configfs-tsm. Its entries have only the writable attributes listed: a write
+// to any other fails to open, ENOENT, as the kernel hides attributes its provider lacks.
+type Fake struct {
+	*faketsm.Client
+	writable []string
+}
+
+// WriteFile implements tee.TSMClient.
+func (f *Fake) WriteFile(name string, contents []byte) error {
+	if !slices.Contains(f.writable, filepath.Base(name)) {
+		return &fs.PathError{Op: "open", Path: name, Err: syscall.ENOENT}
+	}
+	return f.Client.WriteFile(name, contents)
 }
 
 // Entries returns how many report entries a fake configfs-tsm still holds.
-func Entries(c *faketsm.Client) int {
+func Entries(c *Fake) int {
 	return len(c.Subsystems["report"].(*faketsm.ReportSubsystem).Entries)
 }
 
