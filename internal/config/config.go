@@ -88,8 +88,9 @@ type Root struct {
 	// and boots that partition read-write from then on.
 	Persistent PersistentMode `yaml:"persistent"`
 	// InsecureUnvouchedTPM lets the persistent root seal its key to a TPM no TEE vouches for,
-	// where nothing can vouch (one the host emulates can unseal it at will). For tests only;
-	// config file only. A failed check is refused regardless.
+	// on a machine that is no TEE at all (one the host emulates can unseal it at will). For
+	// tests only; config file only. A TEE without a TPM of its own, or a failed check, is
+	// refused regardless.
 	InsecureUnvouchedTPM bool `yaml:"insecure_unvouched_tpm"`
 }
 

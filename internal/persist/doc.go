@@ -30,9 +30,10 @@
 // A TPM the host emulates can unseal whatever was sealed to it. Only a TPM the TEE vouches
 // for may hold the key: on SEV-SNP an SVSM's vTPM, whose endorsement key the SVSM binds into
 // a report (internal/tpmvouch). The TPM's endorsement key is compared with the bound one
-// before anything is written, and every seal and unseal runs in a session salted to the bound
-// key, which a TPM without its private half cannot answer. Where nothing can vouch (no SVSM,
-// TDX, no TEE) the TPM is refused unless root.insecure_unvouched_tpm allows it, which the
-// measurement, the report and `cvmboot status` then say in words; a check that fails (a
-// report that does not bind the key, another TPM answering) is refused whatever the setting.
+// before the LUKS2 header is written and at every unseal, and every seal and unseal runs in
+// a session salted to the bound key, which a TPM without its private half cannot answer. On
+// a machine that is no TEE at all the TPM is refused unless root.insecure_unvouched_tpm
+// allows it, which the measurement, the report and `cvmboot status` then say in words; a TEE
+// without a TPM of its own (SEV-SNP without an SVSM, TDX) and a check that fails (a report
+// that does not bind the key, another TPM answering) are refused whatever the setting.
 package persist

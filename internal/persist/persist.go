@@ -118,11 +118,9 @@ func (s *Stage) checkTPM(facts map[string]string) (string, *tpmvouch.Binding, er
 		b, err = s.Vouch.Vouch()
 	}
 	if err == nil {
-		// A TEE vouches for one TPM and another answers: the host swapped it. No setting
-		// lets that through.
-		if err := s.checkEndorsement(&b.EK); err != nil {
-			return "", nil, fmt.Errorf("the persistent root's TPM: %w; refusing it", err)
-		}
+		// The TPM's endorsement key is checked against b.EK before the conversion writes
+		// anything (convert) and by every unseal: a TEE vouches for one TPM and another
+		// answers, the host swapped it. No setting lets that through.
 		s.ek = &b.EK
 		facts["tpm_vouched_by"], facts["tpm_ek_sha256"], facts["tee_measurement"] = b.By, b.EKSHA256, b.Measurement
 		s.log().Info("the TEE vouches for the TPM: its sessions are salted to the endorsement key the report binds",
@@ -137,7 +135,11 @@ func (s *Stage) checkTPM(facts map[string]string) (string, *tpmvouch.Binding, er
 			zap.String("reason", err.Error()))
 		return TPMInsecureUnvouched, nil, nil
 	}
-	return "", nil, fmt.Errorf("the persistent root's key may only be sealed to a TPM the TEE vouches for (an SVSM's vTPM bound into the SEV-SNP report): %w; refusing it (root.insecure_unvouched_tpm allows one for tests)", err)
+	hint := ""
+	if errors.Is(err, tpmvouch.ErrUnavailable) {
+		hint = " (root.insecure_unvouched_tpm allows one for tests, on a machine that is no TEE)"
+	}
+	return "", nil, fmt.Errorf("the persistent root's key may only be sealed to a TPM the TEE vouches for (an SVSM's vTPM bound into the SEV-SNP report): %w; refusing it%s", err, hint)
 }
 
 // checkEndorsement checks the TPM's endorsement key against the vouched one before a byte is
@@ -220,7 +222,7 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 	}
 	res.Event.TPM = vouch
 	if binding != nil {
-		res.Event.TPMVouchedBy, res.Event.TPMEKSHA256 = binding.By, binding.EKSHA256
+		res.Event.TPMVouchedBy, res.Event.TPMEKSHA256, res.Event.TEEMeasurement = binding.By, binding.EKSHA256, binding.Measurement
 	}
 	res.Event.PartUUID = part.PartUUID
 	res.Event.Cipher, res.Event.KeyBits, res.Event.Integrity, res.Event.SectorSize = Cipher, KeySize*8, "hmac-sha256", SectorSize
@@ -232,6 +234,11 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 // convert makes the encrypted root from the verified one and commits it by adding the
 // TPM keyslot last.
 func (s *Stage) convert(ctx context.Context, part *disk.Partition, verity string, srcSize int64, rootHash string, facts map[string]string) (*Result, error) {
+	if s.ek != nil {
+		if err := s.checkEndorsement(s.ek); err != nil {
+			return nil, fmt.Errorf("the persistent root's TPM: %w; refusing to convert", err)
+		}
+	}
 	key, err := secret.New(KeySize)
 	if err != nil {
 		return nil, err

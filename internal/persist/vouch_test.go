@@ -1,15 +1,18 @@
 package persist
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"os"
 	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/cvmboot/cvmboot/internal/luks2"
 	"github.com/cvmboot/cvmboot/internal/measure/swtpmtest"
 	"github.com/cvmboot/cvmboot/internal/tee"
 	"github.com/cvmboot/cvmboot/internal/tee/teetest"
@@ -59,16 +62,92 @@ func TestVouchedTPM(t *testing.T) {
 }
 
 // The SVSM vouches for another TPM than the one answering (the host swapped it): refused
-// before anything is written, whatever the insecure setting says.
+// before the LUKS2 header is written, whatever the insecure setting says; and a root
+// converted under the right TPM does not unlock under the other.
 func TestVouchedForAnotherTPM(t *testing.T) {
 	m := newMachine(t)
-	st := m.underSVSM(t, ekManifest(t, swtpmtest.Start(t)), nil)
+	other := swtpmtest.Start(t)
+	st := m.underSVSM(t, ekManifest(t, other), nil)
 	st.AllowUnvouchedTPM = true
 	_, err := st.Open(context.Background(), m.verity, "00ff")
-	if err == nil || !strings.Contains(err.Error(), "is not the one the TEE vouches for") || len(m.prepared) != 0 {
-		t.Fatalf("Open: %v (disk prepared %d times)", err, len(m.prepared))
+	if err == nil || !strings.Contains(err.Error(), "is not the one the TEE vouches for") || !strings.Contains(err.Error(), "refusing to convert") {
+		t.Fatalf("Open: %v", err)
 	}
 	t.Log(err)
+	if !bytes.Equal(readHead(t, m.part), make([]byte, 4096)) {
+		t.Fatal("the partition was written")
+	}
+	if _, err := m.underSVSM(t, ekManifest(t, m.tpm), nil).Open(context.Background(), m.verity, "00ff"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = m.underSVSM(t, ekManifest(t, other), nil).Open(context.Background(), m.verity, "00ff")
+	if err == nil || !strings.Contains(err.Error(), "is not the one the TEE vouches for") {
+		t.Fatalf("unlock under another TPM's vouching: %v", err)
+	}
+}
+
+func readHead(t *testing.T, path string) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 4096)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// impostor is the host's TPM copying the vouched endorsement key's public area: it relays
+// CreatePrimary in the endorsement hierarchy to the vouched TPM and answers with that
+// TPM's public key, under its own handle.
+type impostor struct {
+	tpmseal.TPM
+	vouched tpmseal.TPM
+}
+
+func (m impostor) Send(cmd []byte) ([]byte, error) {
+	own, err := m.TPM.Send(cmd)
+	if err != nil || len(cmd) < 14 || binary.BigEndian.Uint32(cmd[6:]) != uint32(tpm2.TPMCCCreatePrimary) ||
+		binary.BigEndian.Uint32(cmd[10:]) != uint32(tpm2.TPMRHEndorsement) {
+		return own, err
+	}
+	copied, err := m.vouched.Send(cmd)
+	if err != nil || len(copied) < 14 || len(own) < 14 {
+		return own, err
+	}
+	copy(copied[10:14], own[10:14])
+	return copied, nil
+}
+
+// The stage salts its sessions to the vouched key: a host TPM passing the check by copying
+// the key's public area fails at the seal, and nothing is committed.
+func TestImpostorTPMCannotCommit(t *testing.T) {
+	m := newMachine(t)
+	tee := swtpmtest.Start(t)
+	host := m.tpm
+	m.tpm = impostor{TPM: host, vouched: tee}
+	_, err := m.underSVSM(t, ekManifest(t, tee), nil).Open(context.Background(), m.verity, "00ff")
+	if err == nil || !strings.Contains(err.Error(), "salted to the TEE-vouched endorsement key") {
+		t.Fatalf("Open through the impostor: %v", err)
+	}
+	t.Log(err)
+	h, err := luks2.Read(mustOpen(t, m.part))
+	if err != nil || len(h.Metadata.Keyslots) != 0 {
+		t.Fatalf("after the failed seal: header %v, %d keyslots; want a header without keyslots", err, len(h.Metadata.Keyslots))
+	}
+}
+
+func mustOpen(t *testing.T, path string) *os.File {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
 }
 
 // An SVSM report that does not hold is a failed check, not a missing TEE: the insecure

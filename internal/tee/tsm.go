@@ -125,7 +125,7 @@ func (t *TSM) report(entry string, req tsmRequest) (*TSMReport, error) {
 			{"service_manifest_version", strconv.FormatUint(uint64(svc.ManifestVersion), 10)},
 		} {
 			err := t.Client.WriteFile(attr(w.name), []byte(w.value))
-			if errors.Is(err, fs.ErrNotExist) {
+			if w.name == "service_provider" && errors.Is(err, fs.ErrNotExist) {
 				return nil, fmt.Errorf("configfs-tsm: %s is missing: %w", attr(w.name), ErrNoServiceProvider)
 			}
 			if err != nil {

@@ -17,5 +17,6 @@
 // another, is likewise the verifier's to judge; it is logged here.
 //
 // Other TEEs (TDX with a paravisor or TD-partitioning vTPM, Azure's paravisor vTPM) are not
-// checked by this version: Unavailable says so, and the TPM is not vouched for.
+// checked by this version: Refused says so. Only a machine that is no TEE at all is
+// Unavailable (ErrUnavailable), the one case a test setting may let an unvouched TPM seal.
 package tpmvouch

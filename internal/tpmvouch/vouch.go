@@ -63,7 +63,9 @@ func (v SVSM) Vouch() (*Binding, error) {
 	}
 	rep, err := v.Reporter.VTPMReport(nonce)
 	if errors.Is(err, tee.ErrNoServiceProvider) {
-		return nil, fmt.Errorf("%w: SEV-SNP without an SVSM: %w", ErrUnavailable, err)
+		// Not ErrUnavailable: the host chooses whether an SVSM runs, and a TEE without one
+		// has no TPM of its own; a TPM attached to it is the host's.
+		return nil, fmt.Errorf("SEV-SNP without an SVSM, so without a TPM inside the TEE: %w", err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("the SVSM's vTPM attestation: %w", err)
@@ -124,11 +126,13 @@ func parseEK(manifest []byte) (*tpm2.TPMTPublic, error) {
 	return ek, nil
 }
 
-// ErrUnavailable means nothing on this platform can vouch for a TPM, as opposed to a check
-// that failed: an SVSM whose report does not hold is an attack, not a missing feature.
+// ErrUnavailable means the machine is no TEE at all, so nothing can vouch for a TPM: the one
+// case root.insecure_unvouched_tpm may stand in for. A TEE whose TPM cannot be vouched for
+// (SEV-SNP without an SVSM, TDX) or a check that failed is another error: which of those a
+// machine presents is the host's choice.
 var ErrUnavailable = errors.New("no TEE here vouches for a TPM")
 
-// Unavailable is a platform where no TEE vouches for the TPM.
+// Unavailable is a machine without a TEE: nothing vouches for its TPM.
 type Unavailable struct{ Reason string }
 
 // Vouch implements Voucher: it always fails with ErrUnavailable and the reason.
@@ -136,8 +140,14 @@ func (u Unavailable) Vouch() (*Binding, error) {
 	return nil, fmt.Errorf("%w: %s", ErrUnavailable, u.Reason)
 }
 
+// Refused is a TEE whose TPM this version cannot vouch for.
+type Refused struct{ Reason string }
+
+// Vouch implements Voucher: it always fails with the reason (not ErrUnavailable).
+func (r Refused) Vouch() (*Binding, error) { return nil, errors.New(r.Reason) }
+
 // ForPlatform returns the voucher for the detected platform: the SVSM's vTPM report on
-// SEV-SNP with configfs-tsm, otherwise Unavailable with the reason.
+// SEV-SNP with configfs-tsm; Refused on another TEE; Unavailable without one.
 func ForPlatform(det *tee.Detection) Voucher {
 	for _, s := range det.Sources() {
 		if snp, ok := s.(*tee.SNP); ok && snp.TSM != nil {
@@ -146,9 +156,9 @@ func ForPlatform(det *tee.Detection) Voucher {
 	}
 	switch {
 	case det.SNP.Present:
-		return Unavailable{"SEV-SNP without configfs-tsm: the SVSM's vTPM report is reachable only through configfs-tsm (Linux 6.10 and later)"}
+		return Refused{"SEV-SNP without configfs-tsm: the SVSM's vTPM report is reachable only through configfs-tsm (Linux 6.10 and later)"}
 	case det.TDX.Present:
-		return Unavailable{"TDX: this version checks no vTPM binding on TDX (a paravisor's or TD partition's vTPM)"}
+		return Refused{"TDX: this version checks no vTPM binding on TDX (a paravisor's or TD partition's vTPM)"}
 	}
 	return Unavailable{"SEV-SNP " + det.SNP.String() + "; TDX " + det.TDX.String()}
 }

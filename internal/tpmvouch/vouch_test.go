@@ -95,12 +95,14 @@ func TestSVSMReplayedReport(t *testing.T) {
 	}
 }
 
-// Without an SVSM the kernel offers no service_provider attribute: unavailable, not failed.
+// Without an SVSM the kernel offers no service_provider attribute: refused, and not as an
+// unavailable TEE, which a test setting could stand in for.
 func TestNoSVSM(t *testing.T) {
 	plain := teetest.TSM("sev_guest", func(in []byte) ([]byte, error) { return in, nil }, nil)
 	v := tpmvouch.SVSM{Reporter: &tee.SNP{TSM: &tee.TSM{Client: plain, ReportDir: reportDir}}}
 	_, err := v.Vouch()
-	if !errors.Is(err, tpmvouch.ErrUnavailable) || !errors.Is(err, tee.ErrNoServiceProvider) || !strings.Contains(err.Error(), "service_provider is missing") {
+	// Not "unavailable": the host chooses whether an SVSM runs.
+	if errors.Is(err, tpmvouch.ErrUnavailable) || !errors.Is(err, tee.ErrNoServiceProvider) || !strings.Contains(err.Error(), "service_provider is missing") {
 		t.Fatalf("Vouch without an SVSM = %v", err)
 	}
 	if _, err := (tpmvouch.SVSM{Reporter: &tee.SNP{}}).Vouch(); err == nil || errors.Is(err, tpmvouch.ErrUnavailable) {

@@ -139,6 +139,9 @@ type PersistentRoot struct {
 	// binds; every seal and unseal ran in sessions salted to that key. Empty when unvouched.
 	TPMVouchedBy string `json:"tpm_vouched_by,omitempty"`
 	TPMEKSHA256  string `json:"tpm_ek_sha256,omitempty"`
+	// TEEMeasurement is the launch measurement of the report that vouched (hex): which
+	// firmware and SVSM hold the TPM. The guest does not judge it; a verifier does.
+	TEEMeasurement string `json:"tee_measurement,omitempty"`
 	// SourceRootHash is the verified root the partition was copied from ("converted").
 	SourceRootHash string `json:"source_roothash,omitempty"`
 	// Restarted: a header without keyslots (a conversion cut short, or one whose keyslots
