@@ -65,7 +65,7 @@ BENCH_RUNS ?= 3
 bench: deps build
 	@mkdir -p test/bench/results
 	$(GO) test -run '^$$' -bench '1GiB' -benchtime 1x -count $(BENCH_RUNS) -timeout 60m ./pkg/verity | tee test/bench/results/verity-bench.txt
-	CVMBOOT_E2E=1 CVMBOOT_E2E_BENCH=1 CVMBOOT_BENCH_RUNS=$(BENCH_RUNS) $(GO) test -count=1 -run '^(TestStorageBench|TestBootBench)$$' -v -timeout 90m ./test/e2e 2>&1 | tee test/bench/results/e2e-bench.log | grep -E 'run [0-9]+|ratio|cvmboot:|cvmboot steps|reference:|cvmboot / busybox|systemd-initrd /|root systemd|binary|storage-ready|results in|^(ok|FAIL|---)'; exit $${PIPESTATUS[0]}
+	CVMBOOT_E2E=1 CVMBOOT_E2E_BENCH=1 CVMBOOT_BENCH_RUNS=$(BENCH_RUNS) $(GO) test -count=1 -run '^(TestStorageBench|TestBootBench|TestPersistBench)$$' -v -timeout 150m ./test/e2e 2>&1 | tee test/bench/results/e2e-bench.log | grep -E 'run [0-9]+|ratio|conversion|persistent root,|cvmboot:|cvmboot steps|reference:|cvmboot / busybox|systemd-initrd /|root systemd|binary|storage-ready|results in|^(ok|FAIL|---)'; exit $${PIPESTATUS[0]}
 	$(GO) run ./test/bench/benchtable -dir test/bench/results
 
 # Runs every fuzz target for FUZZTIME each (`make fuzz FUZZTIME=10m` for real); fuzz-ci is

@@ -18,7 +18,7 @@ PASS
 func TestBuild(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "verity-bench.txt"), []byte(verityOut), 0o644)
-	for _, name := range []string{"storage.json", "boot.json"} {
+	for _, name := range []string{"storage.json", "boot.json", "persistent.json"} {
 		b, err := os.ReadFile(filepath.Join("..", "results", name))
 		if err != nil {
 			t.Skipf("no committed %s: %v", name, err)
@@ -29,7 +29,7 @@ func TestBuild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(sum.Missing) != 0 || len(sum.Rows) != 9 {
+	if len(sum.Missing) != 0 || len(sum.Rows) != 11 {
 		t.Fatalf("rows %d, missing %v", len(sum.Rows), sum.Missing)
 	}
 	f := sum.Rows[0]
@@ -44,7 +44,7 @@ func TestBuild(t *testing.T) {
 	}
 	var out bytes.Buffer
 	printTable(&out, sum)
-	for _, want := range []string{"dm-verity format, 1 GiB", "2.10× (2.00–2.20)", "LUKS2 random-key format + activate", "storage ready, 100 GiB", "boot, /init → root systemd", "dracut systemd initrd"} {
+	for _, want := range []string{"dm-verity format, 1 GiB", "2.10× (2.00–2.20)", "LUKS2 random-key format + activate", "storage ready, 100 GiB", "boot, /init → root systemd", "dracut systemd initrd", "persistent root conversion, 2048 MiB", "the 0.3 s goal"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}
@@ -54,7 +54,7 @@ func TestBuild(t *testing.T) {
 func TestBuildReportsMissingAndBadInput(t *testing.T) {
 	dir := t.TempDir()
 	sum, err := build(dir)
-	if err != nil || len(sum.Missing) != 3 {
+	if err != nil || len(sum.Missing) != 4 {
 		t.Fatalf("%v %v", sum, err)
 	}
 	os.WriteFile(filepath.Join(dir, "verity-bench.txt"), []byte("BenchmarkFormat1GiB-2 1 5 ns/op 1.0 s-ours\n"), 0o644)
@@ -65,5 +65,10 @@ func TestBuildReportsMissingAndBadInput(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "storage.json"), []byte(`{"runs":[{"cvmboot":{"seconds":1,"steps_ms":"x:1"},"reference":{"seconds":2,"steps_ms":"y:2"}}]}`), 0o644)
 	if _, err := build(dir); err == nil || !strings.Contains(err.Error(), "steps lack activate") {
 		t.Errorf("bad steps: %v", err)
+	}
+	os.Remove(filepath.Join(dir, "storage.json"))
+	os.WriteFile(filepath.Join(dir, "persistent.json"), []byte(`{"runs":[{"conversion":{"seconds":1},"plain_copy":{"seconds":0},"unlock":{"seconds":1}}]}`), 0o644)
+	if _, err := build(dir); err == nil || !strings.Contains(err.Error(), "persistent.json run 1 has no times") {
+		t.Errorf("persistent run without times: %v", err)
 	}
 }
