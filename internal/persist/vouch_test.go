@@ -100,35 +100,13 @@ func readHead(t *testing.T, path string) []byte {
 	return b
 }
 
-// impostor is the host's TPM copying the vouched endorsement key's public area: it relays
-// CreatePrimary in the endorsement hierarchy to the vouched TPM and answers with that
-// TPM's public key, under its own handle.
-type impostor struct {
-	tpmseal.TPM
-	vouched tpmseal.TPM
-}
-
-func (m impostor) Send(cmd []byte) ([]byte, error) {
-	own, err := m.TPM.Send(cmd)
-	if err != nil || len(cmd) < 14 || binary.BigEndian.Uint32(cmd[6:]) != uint32(tpm2.TPMCCCreatePrimary) ||
-		binary.BigEndian.Uint32(cmd[10:]) != uint32(tpm2.TPMRHEndorsement) {
-		return own, err
-	}
-	copied, err := m.vouched.Send(cmd)
-	if err != nil || len(copied) < 14 || len(own) < 14 {
-		return own, err
-	}
-	copy(copied[10:14], own[10:14])
-	return copied, nil
-}
-
 // The stage salts its sessions to the vouched key: a host TPM passing the check by copying
 // the key's public area fails at the seal, and nothing is committed.
 func TestImpostorTPMCannotCommit(t *testing.T) {
 	m := newMachine(t)
 	tee := swtpmtest.Start(t)
 	host := m.tpm
-	m.tpm = impostor{TPM: host, vouched: tee}
+	m.tpm = swtpmtest.Impostor{Host: host, Vouched: tee}
 	_, err := m.underSVSM(t, ekManifest(t, tee), nil).Open(context.Background(), m.verity, "00ff")
 	if err == nil || !strings.Contains(err.Error(), "salted to the TEE-vouched endorsement key") {
 		t.Fatalf("Open through the impostor: %v", err)

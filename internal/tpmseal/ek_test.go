@@ -79,34 +79,12 @@ func TestOtherEKRefused(t *testing.T) {
 	}
 }
 
-// impostor is the host's TPM passing off the TEE's endorsement key as its own: it relays
-// CreatePrimary in the endorsement hierarchy to the vouched TPM and answers with that TPM's
-// public key, under the handle of its own endorsement key. Everything else it answers itself.
-type impostor struct {
-	TPM         // the host's TPM
-	vouched TPM // the TEE's, whose public key the host copies
-}
-
-func (m impostor) Send(cmd []byte) ([]byte, error) {
-	own, err := m.TPM.Send(cmd)
-	if err != nil || len(cmd) < 14 || binary.BigEndian.Uint32(cmd[6:]) != uint32(tpm2.TPMCCCreatePrimary) ||
-		binary.BigEndian.Uint32(cmd[10:]) != uint32(tpm2.TPMRHEndorsement) {
-		return own, err
-	}
-	copied, err := m.vouched.Send(cmd)
-	if err != nil || len(copied) < 14 || len(own) < 14 {
-		return own, err
-	}
-	copy(copied[10:14], own[10:14])
-	return copied, nil
-}
-
 // The host's TPM claiming the vouched endorsement key passes the comparison but cannot
 // answer a session salted to it: sealing and unsealing fail.
 func TestImpostorTPMCannotAnswer(t *testing.T) {
 	host, tee := swtpmtest.Start(t), swtpmtest.Start(t)
 	ek := ekOf(t, tee, tpm2.RSAEKTemplate)
-	fake := impostor{TPM: host, vouched: tee}
+	fake := swtpmtest.Impostor{Host: host, Vouched: tee}
 	values, err := ReadPCRs(host, []int{11})
 	if err != nil {
 		t.Fatal(err)
@@ -133,12 +111,12 @@ func TestImpostorTPMCannotAnswer(t *testing.T) {
 }
 
 // liar is a host TPM that does not merely fail the salted session but pretends: it copies
-// the vouched endorsement key's public area (as impostor does), answers StartAuthSession
+// the vouched endorsement key's public area (as swtpmtest.Impostor does), answers StartAuthSession
 // with success and a session of its own, and answers the commands in that session (Create,
 // PolicyPCR, Unseal) with success, made-up results and an HMAC it cannot compute. All
 // that stops it is the caller's check of the answer's HMAC.
 type liar struct {
-	impostor
+	swtpmtest.Impostor
 	fake     map[uint32]bool // the session handles it made up
 	answered []uint32        // the command codes it answered in a fake session
 	seen     [][]byte        // every command
@@ -186,7 +164,7 @@ func (l *liar) Send(cmd []byte) ([]byte, error) {
 		body = append(body, bytes.Repeat([]byte{0x33}, 32)...)
 		return answer(0x8002, body), nil
 	}
-	return l.impostor.Send(cmd)
+	return l.Impostor.Send(cmd)
 }
 
 // A host TPM that answers the salted sessions with success is caught by the answers'
@@ -199,7 +177,7 @@ func TestLyingTPMCaughtByHMAC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &liar{impostor: impostor{TPM: host, vouched: tee}, fake: map[uint32]bool{}}
+	l := &liar{Impostor: swtpmtest.Impostor{Host: host, Vouched: tee}, fake: map[uint32]bool{}}
 	secret := newSecret(t)
 	_, err = Seal(l, PCRPolicy{PCRs: []int{11}, Values: values}, secret, 0, PrimaryECC, ek)
 	if err == nil || !slices.Contains(l.answered, uint32(tpm2.TPMCCCreate)) || !strings.Contains(err.Error(), "HMAC") {
