@@ -133,10 +133,13 @@ func LoadOptions(cmdline string) (b []byte, ok bool) {
 	return b, true
 }
 
-// PCR9InitrdStubMajor is the one systemd-stub version whose initrd event the reference values
-// predict: 252 passes its .initrd section as it is (the e2e boots' firmware logs); 257 does
-// not, and the versions between are unchecked.
-const PCR9InitrdStubMajor = 252
+// PCR9InitrdStubMajors are the systemd-stub versions whose initrd event the reference values
+// predict, each checked against the firmware log of an e2e boot: 252 (Debian 12's 252.39)
+// passes its .initrd section as it is; 257 (trixie's 257.13, e2e readme-recipe-ukify) passes
+// the .ucode and .initrd sections followed by a cpio archive of each of .pcrsig, .pcrpkey and
+// .osrel, all concatenated with each padded to 4 bytes (src/boot/stub.c, cpio.c). The
+// versions between are unchecked and not predicted.
+var PCR9InitrdStubMajors = []int{252, 257}
 
 // ZeroPCR is a SHA-256 PCR nothing extended: PCR 12 after a clean boot.
 var ZeroPCR = strings.Repeat("0", 2*sha256.Size)
@@ -370,18 +373,15 @@ func compute(f io.ReaderAt, size int64, opts Options) (*Values, error) {
 			v.PCR9.LoadOptions, v.PCR9.LoadOptionsSHA384 = hex.EncodeToString(d[:]), hex.EncodeToString(d384[:])
 		}
 	}
+	initrd, note, err := stubInitrd(im, v.Stub.Major)
 	switch {
-	case v.Stub.Major > PCR9InitrdStubMajor:
-		// systemd-stub 257 (e2e readme-recipe-ukify's firmware log) served the kernel another
-		// initrd than its .initrd section, with no credentials or extensions on the ESP; what
-		// it assembles is not predicted, so the kernel's initrd event is not judged.
-		v.PCR9.Note = fmt.Sprintf("systemd-stub %d assembles the initrd it passes the kernel itself: pcr9.initrd (and pcr9.value) are predicted for stub %d only, and a verifier given these values refuses the kernel's initrd event", v.Stub.Major, PCR9InitrdStubMajor)
-	case len(im.Lookup(uki.SectionUcode)) == 0:
-		for _, e := range events {
-			if e.Section == uki.SectionInitrd {
-				v.PCR9.Initrd, v.PCR9.InitrdSHA384 = hex.EncodeToString(e.DataDigest[:]), hex.EncodeToString(e.DataDigest384[:])
-			}
-		}
+	case err != nil:
+		return nil, err
+	case note != "":
+		v.PCR9.Note = note
+	case initrd != nil:
+		d, d384 := sha256.Sum256(initrd), sha512.Sum384(initrd)
+		v.PCR9.Initrd, v.PCR9.InitrdSHA384 = hex.EncodeToString(d[:]), hex.EncodeToString(d384[:])
 	}
 	if v.PCR9.LoadOptions != "" && v.PCR9.Initrd != "" {
 		lo, _ := hex.DecodeString(v.PCR9.LoadOptions)
@@ -446,4 +446,69 @@ func (v *Values) Trustee() map[string][]string {
 		out[TrusteeInitDataName] = v.InitData.trustee()
 	}
 	return out
+}
+
+// stubInitrd is the initrd the UKI's systemd-stub passes the kernel when nothing on the ESP
+// adds to it (credentials, system extensions, add-ons: those the reference values cannot
+// see), or a note saying why it is not predicted; nil without one.
+func stubInitrd(im *uki.Image, major int) ([]byte, string, error) {
+	section := func(name string) ([]byte, error) {
+		s := im.Lookup(name)
+		if len(s) != 1 {
+			return nil, nil
+		}
+		b, err := io.ReadAll(im.SectionReader(s[0]))
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", name, err)
+		}
+		return b, nil
+	}
+	has := func(name string) bool { return len(im.Lookup(name)) > 0 }
+	var parts [][]byte
+	switch major {
+	case 252:
+		if has(uki.SectionUcode) || has(".pcrsig") || has(".pcrpkey") {
+			return nil, "systemd-stub 252 adds its .ucode, .pcrsig or .pcrpkey to the initrd: pcr9.initrd is predicted for a UKI without them", nil
+		}
+		b, err := section(uki.SectionInitrd)
+		if err != nil || b == nil {
+			return nil, "", err
+		}
+		parts = [][]byte{b}
+	case 257:
+		// UKIs with profiles are refused before (StubEvents): no .profile cpio here.
+		for _, name := range []string{uki.SectionUcode, uki.SectionInitrd} {
+			b, err := section(name)
+			if err != nil {
+				return nil, "", err
+			}
+			if b != nil {
+				parts = append(parts, b)
+			}
+		}
+		for _, w := range []struct{ section, file string }{
+			{".pcrsig", "tpm2-pcr-signature.json"}, {".pcrpkey", "tpm2-pcr-public-key.pem"}, {".osrel", "os-release"},
+		} {
+			b, err := section(w.section)
+			if err != nil {
+				return nil, "", err
+			}
+			if b != nil {
+				parts = append(parts, stubCpio(".extra", w.file, b))
+			}
+		}
+	default:
+		return nil, fmt.Sprintf("systemd-stub %d assembles the initrd it passes the kernel itself: pcr9.initrd (and pcr9.value) are predicted for stubs %v only, and a verifier given these values refuses the kernel's initrd event", major, PCR9InitrdStubMajors), nil
+	}
+	switch len(parts) {
+	case 0:
+		return nil, "", nil
+	case 1:
+		return parts[0], "", nil
+	}
+	var all []byte
+	for _, p := range parts {
+		all = pad4(append(all, p...))
+	}
+	return all, "", nil
 }

@@ -415,3 +415,59 @@ func TestRTMR2MatchesSystemdMeasure(t *testing.T) {
 	}
 	t.Logf("rtmr2.value %s = systemd-measure calculate --bank=sha384", m[1])
 }
+
+const magic257 = "#### LoaderInfo: systemd-stub 257.13-1~deb13u1 ####"
+
+// stub257Osrel is the cpio archive systemd-stub 257 passes for an .osrel of "ID=x\n",
+// written out record by record from src/boot/cpio.c of 257.13: the directory .extra (inode
+// 1, mode 040555), the file .extra/os-release (inode 2, mode 0100444, 5 bytes), each header
+// and body padded to 4 bytes, and the stub's trailer.
+const stub257Osrel = "070701" + "00000001" + "0000416d" + "00000000" + "00000000" + "00000001" + "00000000" +
+	"00000000" + "00000000" + "00000000" + "00000000" + "00000000" + "00000007" + "00000000" + ".extra\x00" + "\x00\x00\x00" +
+	"070701" + "00000002" + "00008124" + "00000000" + "00000000" + "00000001" + "00000000" +
+	"00000005" + "00000000" + "00000000" + "00000000" + "00000000" + "00000012" + "00000000" + ".extra/os-release\x00" +
+	"ID=x\n" + "\x00\x00\x00" +
+	"070701" + "00000000" + "00000000" + "00000000" + "00000000" + "00000001" + "00000000" +
+	"00000000" + "00000000" + "00000000" + "00000000" + "00000000" + "0000000B" + "00000000" + "TRAILER!!!\x00\x00\x00\x00"
+
+// Stub 257 passes .initrd padded to 4 bytes, then its .osrel as a cpio archive (the e2e
+// readme-recipe-ukify boot's firmware log holds the same rule for a real UKI).
+func TestComputeStub257Initrd(t *testing.T) {
+	v, err := Compute(writeUKI(t, ukitest.UKI(magic257, ukitest.S(".osrel", "ID=x\n"), ukitest.S(".cmdline", "quiet"),
+		ukitest.S(".linux", "not a PE kernel"), ukitest.S(".initrd", "cpio!"))), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "cpio!\x00\x00\x00" + stub257Osrel
+	if v.PCR9.Initrd != hexsum(want) || v.PCR9.InitrdSHA384 != hexsum384(want) || v.PCR9.Note != "" {
+		t.Fatalf("pcr9 %+v, want the initrd digest %s", v.PCR9, hexsum(want))
+	}
+	if v.PCR9.Value != extend(extend(strings.Repeat("0", 64), v.PCR9.LoadOptions), hexsum(want)) {
+		t.Fatalf("pcr9 value %s", v.PCR9.Value)
+	}
+	// Without .osrel (or any other wrapped section) the .initrd goes as it is.
+	v, err = Compute(writeUKI(t, ukitest.UKI(magic257, ukitest.S(".cmdline", "quiet"), ukitest.S(".linux", "k"), ukitest.S(".initrd", "cpio!"))), Options{})
+	if err != nil || v.PCR9.Initrd != hexsum("cpio!") {
+		t.Fatalf("257 without .osrel: %+v, %v", v.PCR9, err)
+	}
+}
+
+// What is not predicted says why, and gives no initrd digest.
+func TestComputeInitrdNotPredicted(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		spec ukitest.Spec
+		note string
+	}{
+		{"stub 255", ukitest.UKI(strings.ReplaceAll(magic257, "257.13-1~deb13u1", "255.4-1"), ukitest.S(".linux", "k"), ukitest.S(".initrd", "i")), "systemd-stub 255 assembles the initrd"},
+		{"252 with .pcrpkey", ukitest.UKI(ukitest.Magic252, ukitest.S(".linux", "k"), ukitest.S(".initrd", "i"), ukitest.S(".pcrpkey", "key")), "adds its .ucode, .pcrsig or .pcrpkey"},
+	} {
+		v, err := Compute(writeUKI(t, tt.spec), Options{})
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		if v.PCR9.Initrd != "" || v.PCR9.Value != "" || !strings.Contains(v.PCR9.Note, tt.note) {
+			t.Errorf("%s: pcr9 %+v, want a note containing %q", tt.name, v.PCR9, tt.note)
+		}
+	}
+}
