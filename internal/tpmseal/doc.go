@@ -19,7 +19,8 @@
 //	 "tpm2-policy-hash":HEX,"tpm2-pin":false}
 //
 // cvmboot adds "cvmboot_pcr_values", the expected value of each PCR in "tpm2-pcrs" (hex, same
-// order), so that a refusal names the PCRs whose values differ; systemd ignores the field.
+// order), so that a refusal names the PCRs whose values differ, and "cvmboot_generation", which
+// orders its tokens (the newest replaces the older after a UKI update); systemd ignores both.
 // Tokens that need more than a PCR policy (a PIN, a signed PCR policy, a pcrlock policy, a
 // persistent SRK) are refused as unsupported, by name.
 //

@@ -130,6 +130,7 @@ func TestSystemdReadsOurToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	tok.Generation = 2 // cvmboot's extension fields ride along
 	raw, err := tok.Marshal()
 	if err != nil {
 		t.Fatal(err)

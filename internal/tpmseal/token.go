@@ -11,6 +11,9 @@ type Token struct {
 	PrimaryAlg string   // "ecc" or "rsa": the primary key the object was created under
 	PolicyHash []byte   // the object's authPolicy
 	PCRValues  [][]byte // expected values of PCRs (cvmboot's tokens); nil in systemd's
+	// Generation orders cvmboot's tokens: the conversion's is 1, each enrolled one the
+	// highest before it plus one. 0 in systemd's tokens and cvmboot's first ones.
+	Generation int
 }
 
 // Primary key algorithms of the token's "tpm2-primary-alg".

@@ -45,6 +45,7 @@ func ParseToken(raw []byte) (*Token, error) {
 	var blob, policyHash string
 	var pin bool
 	var values []string
+	var generation *int
 	for name, v := range fields {
 		var err error
 		switch name {
@@ -66,6 +67,8 @@ func ParseToken(raw []byte) (*Token, error) {
 			err = json.Unmarshal(v, &pin)
 		case "cvmboot_pcr_values":
 			err = json.Unmarshal(v, &values)
+		case "cvmboot_generation":
+			err = json.Unmarshal(v, &generation)
 		default:
 			if what, ok := unsupportedFields[name]; ok {
 				if isEmpty(v) {
@@ -115,6 +118,12 @@ func ParseToken(raw []byte) (*Token, error) {
 				return nil, fmt.Errorf("systemd-tpm2 token: cvmboot_pcr_values[%d] is not hex: %v", i, err)
 			}
 		}
+	}
+	if generation != nil {
+		if *generation < 1 {
+			return nil, fmt.Errorf("systemd-tpm2 token: cvmboot_generation %d: want 1 or more", *generation)
+		}
+		t.Generation = *generation
 	}
 	if err := t.check(); err != nil {
 		return nil, err

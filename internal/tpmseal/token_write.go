@@ -19,6 +19,7 @@ type tokenJSON struct {
 	PolicyHash string   `json:"tpm2-policy-hash"`
 	PIN        bool     `json:"tpm2-pin"`
 	PCRValues  []string `json:"cvmboot_pcr_values,omitempty"`
+	Generation int      `json:"cvmboot_generation,omitempty"`
 }
 
 // Marshal writes the token as LUKS2 token JSON.
@@ -29,7 +30,7 @@ func (t *Token) Marshal() ([]byte, error) {
 	j := tokenJSON{
 		Type: TokenType, Keyslots: []string{strconv.Itoa(t.Keyslot)}, Blob: t.Blob,
 		PCRs: t.PCRs, Bank: "sha256", PrimaryAlg: t.PrimaryAlg,
-		PolicyHash: hex.EncodeToString(t.PolicyHash),
+		PolicyHash: hex.EncodeToString(t.PolicyHash), Generation: t.Generation,
 	}
 	for _, v := range t.PCRValues {
 		j.PCRValues = append(j.PCRValues, hex.EncodeToString(v))
@@ -41,6 +42,9 @@ func (t *Token) Marshal() ([]byte, error) {
 func (t *Token) check() error {
 	if t.Keyslot < 0 || t.Keyslot > 31 {
 		return fmt.Errorf("systemd-tpm2 token: keyslot %d out of range 0-31", t.Keyslot)
+	}
+	if t.Generation < 0 {
+		return fmt.Errorf("systemd-tpm2 token: cvmboot_generation %d is negative", t.Generation)
 	}
 	if t.PrimaryAlg != PrimaryECC && t.PrimaryAlg != PrimaryRSA {
 		return fmt.Errorf("systemd-tpm2 token: tpm2-primary-alg %q: want %q or %q", t.PrimaryAlg, PrimaryECC, PrimaryRSA)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -56,6 +57,7 @@ func TestSealUnseal(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			tok.Generation = 3
 			raw, err := tok.Marshal()
 			if err != nil {
 				t.Fatal(err)
@@ -63,6 +65,9 @@ func TestSealUnseal(t *testing.T) {
 			back, err := ParseToken(raw)
 			if err != nil {
 				t.Fatalf("ParseToken(%s): %v", raw, err)
+			}
+			if back.Generation != 3 || !strings.Contains(string(raw), `"cvmboot_generation":3`) {
+				t.Fatalf("generation %d after a round trip of %s", back.Generation, raw)
 			}
 			dst := make([]byte, 64)
 			n, err := Unseal(tpm, back, dst, nil)
