@@ -286,6 +286,11 @@ func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 		if err != nil {
 			return nil, err
 		}
+		if k := b.persistRes.Keys; k != nil {
+			if err := b.measure(k.Event()); err != nil {
+				return nil, err
+			}
+		}
 		b.rootDevice = b.persistRes.Device
 		if b.WarmInit != nil {
 			maps.Copy(facts, b.WarmInit(NewRoot, b.Plan.Init))

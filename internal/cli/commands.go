@@ -43,6 +43,7 @@ func Commands() []Command {
 		{Name: "luks2", Summary: "format and dump LUKS2 headers", Run: luks2cli.Main},
 		{Name: "systemd-generator", Summary: "write the FailureAction= drop-ins of cvmboot's units (a systemd generator)", Run: generatorCmd},
 		{Name: "modules", Summary: "print the kernel modules the config needs (for initrd generators such as dracut)", Run: modulesCmd},
+		{Name: "enroll", Summary: "prepare the persistent root for a new UKI (root.persistent)", Run: enrollCmd},
 	}
 }
 

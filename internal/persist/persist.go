@@ -82,8 +82,26 @@ type Stage struct {
 	// write; os.OpenFile (read-write, not exclusive) when nil.
 	OpenShared func(path string) (storage.Device, error)
 
-	dmc storage.DeviceMapper // DM, or /dev/mapper/control opened for one Open call
-	ek  *tpm2.TPMTPublic     // the vouched endorsement key the sessions are salted to
+	dmc  storage.DeviceMapper // DM, or /dev/mapper/control opened for one Open call
+	ek   *tpm2.TPMTPublic     // the vouched endorsement key the sessions are salted to
+	held *held                // from Open to the end of MountRoot
+}
+
+// held is what Open keeps for MountRoot's key maintenance (an enrollment request on the
+// root, tokens of an older UKI): the volume key, in locked memory, and what unlocked it.
+type held struct {
+	key        *secret.Locked
+	part       *disk.Partition
+	hdr        *luks2.Header
+	generation int // of the token that opened the root (1: the conversion's)
+}
+
+// forget wipes the held key.
+func (s *Stage) forget() {
+	if s.held != nil {
+		s.held.key.Wipe()
+		s.held = nil
+	}
 }
 
 // Result is an activated persistent root. It never holds a key.
@@ -92,6 +110,9 @@ type Result struct {
 	Converted bool   // this boot made it from the verified root
 	Event     eventlog.PersistentRoot
 	Facts     map[string]string
+	// Keys is what MountRoot changed in the keyslots (an enrollment, older tokens retired),
+	// for the caller to measure; nil when nothing changed.
+	Keys *eventlog.PersistentRootKeys
 }
 
 func (s *Stage) log() *zap.Logger {
@@ -218,6 +239,7 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 		res, err = s.unlock(part, h, facts)
 	}
 	if err != nil {
+		s.forget()
 		return nil, err
 	}
 	res.Event.TPM = vouch
@@ -243,7 +265,12 @@ func (s *Stage) convert(ctx context.Context, part *disk.Partition, verity string
 	if err != nil {
 		return nil, err
 	}
-	defer key.Wipe()
+	kept := false
+	defer func() {
+		if !kept {
+			key.Wipe()
+		}
+	}()
 	if err := s.Random.Fill(key.Bytes()); err != nil {
 		return nil, fmt.Errorf("generating the volume key: %w", err)
 	}
@@ -300,7 +327,8 @@ func (s *Stage) convert(ctx context.Context, part *disk.Partition, verity string
 		return nil, err
 	}
 	lap(facts, "reactivate_ms", t, s.now)
-	ok = true
+	ok, kept = true, true
+	s.held = &held{key: key, part: part, hdr: hdr, generation: 1}
 	facts["action"], facts["luks_uuid"], facts["device"] = "converted", hdr.UUID, vol.path
 	s.log().Info("persistent root made from the verified root and sealed to the TPM", zap.String("device", vol.path),
 		zap.String("luks_uuid", hdr.UUID), zap.Int64("copied_bytes", srcSize), zap.Ints("pcrs", PolicyPCRs))
@@ -320,6 +348,15 @@ func (s *Stage) commit(part *disk.Partition, hdr *luks2.Header, key *secret.Lock
 	if err != nil {
 		return err
 	}
+	if err := s.addSealedKeyslot(tpm, part, hdr, key, 0, values, 1); err != nil {
+		return fmt.Errorf("committing the persistent root (adding its TPM keyslot to %s): %w", part.Path, err)
+	}
+	return nil
+}
+
+// addSealedKeyslot seals a fresh secret to PolicyPCRs holding values and adds it as keyslot
+// slot for key, with its systemd-tpm2 token of generation gen.
+func (s *Stage) addSealedKeyslot(tpm tpmseal.TPM, part *disk.Partition, hdr *luks2.Header, key *secret.Locked, slot int, values [][]byte, gen int) error {
 	sealed, err := secret.New(tpmseal.SecretSize)
 	if err != nil {
 		return err
@@ -328,10 +365,11 @@ func (s *Stage) commit(part *disk.Partition, hdr *luks2.Header, key *secret.Lock
 	if err := s.Random.Fill(sealed.Bytes()); err != nil {
 		return err
 	}
-	tok, err := tpmseal.Seal(tpm, tpmseal.PCRPolicy{PCRs: PolicyPCRs, Values: values}, sealed.Bytes(), 0, tpmseal.PrimaryECC, s.ek)
+	tok, err := tpmseal.Seal(tpm, tpmseal.PCRPolicy{PCRs: PolicyPCRs, Values: values}, sealed.Bytes(), slot, tpmseal.PrimaryECC, s.ek)
 	if err != nil {
 		return err
 	}
+	tok.Generation = gen
 	raw, err := tok.Marshal()
 	if err != nil {
 		return err
@@ -347,16 +385,13 @@ func (s *Stage) commit(part *disk.Partition, hdr *luks2.Header, key *secret.Lock
 	if err != nil {
 		return err
 	}
-	err = hdr.AddKeyslot(dev, 0, key.Bytes(), luks2.KeyslotSpec{
+	err = hdr.AddKeyslot(dev, slot, key.Bytes(), luks2.KeyslotSpec{
 		Passphrase: pass.Bytes(), KDF: luks2.KDFPBKDF2, Hash: keyslotHash, Iterations: keyslotIters,
-	}, []luks2.Token{{Type: tpmseal.TokenType, Keyslots: []int{0}, JSON: raw}})
+	}, []luks2.Token{{Type: tpmseal.TokenType, Keyslots: []int{slot}, JSON: raw}})
 	if cerr := dev.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		return fmt.Errorf("committing the persistent root (adding its TPM keyslot to %s): %w", part.Path, err)
-	}
-	return nil
+	return err
 }
 
 func (s *Stage) openShared(path string) (storage.Device, error) {
@@ -398,32 +433,35 @@ func (s *Stage) unlock(part *disk.Partition, h *luks2.Header, facts map[string]s
 		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): %w; refusing to activate it", part.Path, part.PartUUID, err)
 	}
 	t := s.now()
-	key, slot, err := s.unseal(part, h, facts)
+	key, tok, err := s.unseal(part, h, facts)
 	if err != nil {
 		return nil, err
 	}
-	defer key.Wipe()
+	slot := tok.Keyslot
 	t = lap(facts, "unseal_ms", t, s.now)
 	vol, err := s.activate(part, h, key, false, 'J')
 	if err != nil {
+		key.Wipe()
 		return nil, err
 	}
 	lap(facts, "activate_ms", t, s.now)
+	s.held = &held{key: key, part: part, hdr: h, generation: max(tok.Generation, 1)}
 	facts["action"], facts["luks_uuid"], facts["device"], facts["keyslot"] = "unlocked", h.UUID, vol.path, strconv.Itoa(slot)
 	s.log().Info("persistent root unlocked", zap.String("device", vol.path), zap.String("luks_uuid", h.UUID), zap.Int("keyslot", slot))
 	return &Result{Device: vol.path, Facts: facts, Event: eventlog.PersistentRoot{Action: "unlocked", LUKSUUID: h.UUID}}, nil
 }
 
-// unseal tries the tokens in order and returns the volume key (locked) and its keyslot.
-func (s *Stage) unseal(part *disk.Partition, h *luks2.Header, facts map[string]string) (*secret.Locked, int, error) {
+// unseal tries the tokens in order and returns the volume key (locked) and the token that
+// opened it.
+func (s *Stage) unseal(part *disk.Partition, h *luks2.Header, facts map[string]string) (*secret.Locked, *tpmseal.Token, error) {
 	tpm, closeTPM, err := s.TPMs.Open()
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, err
 	}
 	defer closeTPM()
 	dev, err := s.Devices.Open(part.Path)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, err
 	}
 	defer dev.Close()
 	var errs []error
@@ -441,9 +479,9 @@ func (s *Stage) unseal(part *disk.Partition, h *luks2.Header, facts map[string]s
 			errs = append(errs, fmt.Errorf("token %d (keyslot %d): %w", id, tok.Keyslot, err))
 			continue
 		}
-		return key, tok.Keyslot, nil
+		return key, tok, nil
 	}
-	return nil, 0, fmt.Errorf("persistent root %s (PARTUUID %s): no token opens it: %w", part.Path, part.PartUUID, errors.Join(errs...))
+	return nil, nil, fmt.Errorf("persistent root %s (PARTUUID %s): no token opens it: %w", part.Path, part.PartUUID, errors.Join(errs...))
 }
 
 func (s *Stage) openToken(tpm tpmseal.TPM, dev storage.Device, h *luks2.Header, tok *tpmseal.Token, facts map[string]string) (*secret.Locked, error) {
@@ -551,8 +589,10 @@ func lap(facts map[string]string, key string, since time.Time, now func() time.T
 }
 
 // MountRoot mounts the activated root read-write at target and grows its file system to
-// the partition when it is smaller (after the conversion; a partition is not grown).
+// the partition when it is smaller (after the conversion; a partition is not grown). Then it
+// maintains the keyslots (maintainKeys) and forgets the volume key.
 func (s *Stage) MountRoot(res *Result, target string) (map[string]string, error) {
+	defer s.forget()
 	fstype, err := s.FS.Mount(res.Device, target)
 	if err != nil {
 		return nil, err
@@ -567,6 +607,13 @@ func (s *Stage) MountRoot(res *Result, target string) (map[string]string, error)
 		facts["grown_from_bytes"] = strconv.FormatInt(before, 10)
 		s.log().Info("persistent root's file system grown to its partition", zap.String("device", res.Device),
 			zap.Int64("from_bytes", before), zap.Int64("to_bytes", after))
+	}
+	if s.held != nil {
+		keys, err := s.maintainKeys(target, facts)
+		if err != nil {
+			return nil, err
+		}
+		res.Keys = keys
 	}
 	return facts, nil
 }

@@ -22,6 +22,9 @@ const (
 	// TypePersistentRoot is root.persistent's decision: the root is an encrypted partition
 	// of this disk, made from the verified root at the first boot.
 	TypePersistentRoot = "cvmboot.persistent-root"
+	// TypePersistentRootKeys is a change to the persistent root's keyslots: a secret sealed
+	// for another UKI (an enrollment request), or the tokens of an older UKI removed.
+	TypePersistentRootKeys = "cvmboot.persistent-root-keys"
 )
 
 // ContentType is the content_type of every record cvmboot writes.
@@ -151,6 +154,28 @@ type PersistentRoot struct {
 
 // Event returns the cvmboot.persistent-root event.
 func (p PersistentRoot) Event() Event { return Event{Type: TypePersistentRoot, Data: p} }
+
+// PersistentRootKeys is the data of a cvmboot.persistent-root-keys event.
+type PersistentRootKeys struct {
+	LUKSUUID string `json:"luks_uuid"`
+	// Enrolled is the keyslot added for another UKI, whose SHA-256 it names, with the PCR
+	// values (PCRs of cvmboot.persistent-root, hex) its secret is sealed to.
+	Enrolled *EnrolledKeyslot `json:"enrolled,omitempty"`
+	// Retired are the keyslots removed: tokens of an older generation sealed to PCR values
+	// this boot does not have, once a newer token opened the root.
+	Retired []int `json:"retired,omitempty"`
+}
+
+// EnrolledKeyslot is one keyslot added for another UKI.
+type EnrolledKeyslot struct {
+	Keyslot    int      `json:"keyslot"`
+	Generation int      `json:"generation"`
+	UKISHA256  string   `json:"uki_sha256"`
+	PCRValues  []string `json:"pcr_values"`
+}
+
+// Event returns the cvmboot.persistent-root-keys event.
+func (p PersistentRootKeys) Event() Event { return Event{Type: TypePersistentRootKeys, Data: p} }
 
 // Overlay is the data of a cvmboot.overlay event: the writable layer over the read-only root.
 type Overlay struct {

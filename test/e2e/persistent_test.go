@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -44,6 +45,19 @@ func persistentScenarios() []scenario {
 		}
 	}
 	return []scenario{
+		{
+			// A UKI update. The first boot (UKI A) converts; its booted system asks for UKI
+			// B (A's command line with one more word, on the ESP) as `cvmboot enroll --uki`
+			// does. The second boot, still A, seals a secret for B in keyslot 1; the third
+			// boots B, which opens with keyslot 1 and removes keyslot 0.
+			name: "persistent-enroll-update", root: rootTiny, config: persistentConfig, recipe: persistentDisk,
+			cmdline: persistentCmdline + ",enroll:/dev/vda1=" + nextUKIOnESP, modules: enrollModules,
+			image: addNextUKI,
+			expect: append(slices.Clone(converted), `ROOTCHECK: enroll request for UKI [0-9a-f]{64} on /dev/vda4: PCRs \[2 4 9 11 12\]`,
+				`ROOTCHECK: marker /persist-marker written`),
+			reject:  []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`},
+			outcome: bootedAndChecked, timeLimit: 4 * time.Minute, after: persistentEnrollUpdate,
+		},
 		refused("persistent-other-uki", persistentOtherUKI),
 		refused("persistent-header-tamper", persistentHeaderTamper),
 		refused("persistent-ciphertext-tamper", persistentCiphertextTamper),
@@ -363,4 +377,98 @@ func luksDumpPartition(diskPath, label string) (string, error) {
 		return "", fmt.Errorf("cryptsetup luksDump: %v\n%s", err, b)
 	}
 	return string(b), nil
+}
+
+// nextUKIOnESP is where persistent-enroll-update puts UKI B on the ESP (vfat: the booted
+// tiny root mounts it with the modules below).
+const nextUKIOnESP = "/EFI/BOOT/NEXT.EFI"
+
+var enrollModules = append(slices.Clone(harness.DefaultModules), "vfat", "nls_cp437", "nls_ascii")
+
+// nextUKI builds UKI B for img: the same kernel and config, A's command line with one more
+// word, so PCRs 4, 9 and 11 differ.
+func nextUKI(e *env, sc scenario, img *harness.Image) (string, error) {
+	work := filepath.Join(filepath.Dir(img.Disk.Path), "next-uki")
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return "", err
+	}
+	cmdline := img.Cmdline + " cvmboot.log=info"
+	cfgPath := filepath.Join(work, "config.yaml")
+	initrd, uki := filepath.Join(work, "initramfs.img"), filepath.Join(work, "BOOTX64.EFI")
+	if err := os.WriteFile(cfgPath, []byte(sc.config), 0o644); err != nil {
+		return "", err
+	}
+	mods := sc.modules
+	if mods == nil {
+		mods = harness.DefaultModules
+	}
+	out, err := exec.Command(e.tools.Cvmboot, "initramfs", "--kernel-modules", e.kernel.ModulesDir, "--modules", strings.Join(mods, ","),
+		"--config", cfgPath, "-o", initrd, "--cmdline", cmdline).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("cvmboot initramfs: %v\n%s", err, out)
+	}
+	if _, err := harness.BuildUKI(context.Background(), harness.UKISpec{Kernel: e.kernel.Vmlinuz, Initrd: initrd, Cmdline: cmdline}, uki); err != nil {
+		return "", err
+	}
+	return uki, nil
+}
+
+// addNextUKI puts UKI B on the ESP before the first boot.
+func addNextUKI(img *harness.Image) error {
+	uki, err := nextUKI(sharedEnv, scenarioNamed("persistent-enroll-update"), img)
+	if err != nil {
+		return err
+	}
+	return harness.AddESPFile(img.Disk.Path, nextUKIOnESP, uki)
+}
+
+// persistentEnrollUpdate boots A again (the request is carried out: keyslot 1, sealed for
+// B), then B (it opens with keyslot 1; keyslot 0 is removed), and reads the header.
+func persistentEnrollUpdate(t *testing.T, e *env, first *harness.BootResult, img *harness.Image) []string {
+	sc := scenarioNamed("persistent-enroll-update")
+	second, err := bootAgain(t, e, sc, first, img, "boot2")
+	if err != nil {
+		return []string{err.Error()}
+	}
+	problems := checkBoot(sc, second, "the second boot (A, carrying out the request)", bootedAndChecked, []string{
+		`stage ok stage=persistent-root .*action=unlocked .*keyslot=0`,
+		`persistent root: a secret sealed for another UKI, from the enrollment request`,
+		`measured event=cvmboot.persistent-root-keys`,
+		`stage ok stage=root .*enrolled_keyslot=1`,
+		`ROOTCHECK: marker /persist-marker present`,
+		`ROOTCHECK: DONE pass=\d+ fail=0`,
+	}, []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`, `retired_keyslots`})
+	if len(problems) > 0 {
+		return problems
+	}
+	next := filepath.Join(filepath.Dir(img.Disk.Path), "next-uki", "BOOTX64.EFI")
+	if err := harness.ReplaceESPFile(img.Disk.Path, "EFI/BOOT/BOOTX64.EFI", next); err != nil {
+		return []string{err.Error()}
+	}
+	third, err := bootAgain(t, e, sc, first, img, "boot3-next-uki")
+	if err != nil {
+		return []string{err.Error()}
+	}
+	problems = checkBoot(sc, third, "the third boot (B)", bootedAndChecked, []string{
+		`cvmboot.log=info`,
+		`stage ok stage=persistent-root .*action=unlocked .*keyslot=1`,
+		`persistent root: keyslot of an older UKI removed, a newer one opened the root`,
+		`measured event=cvmboot.persistent-root-keys`,
+		`stage ok stage=root .*retired_keyslots=0`,
+		`ROOTCHECK: marker /persist-marker present`,
+		`ROOTCHECK: DONE pass=\d+ fail=0`,
+	}, []string{`ROOTCHECK: FAIL`, `{fatal}`, `Kernel panic`})
+	if len(problems) > 0 {
+		return problems
+	}
+	t.Logf("UKI B opened the root with the keyslot enrolled for it: %s", firstMatch(third.Serial, "stage ok stage=root"))
+	dump, err := luksDumpPartition(img.Disk.Path, "cvmboot-root")
+	if err != nil {
+		return []string{err.Error()}
+	}
+	t.Logf("cryptsetup luksDump after the update:\n%s", dump)
+	if !strings.Contains(dump, "  1: luks2") || strings.Contains(dump, "  0: luks2") || strings.Count(dump, "systemd-tpm2") != 1 {
+		problems = append(problems, "luksDump after the update: want keyslot 1 alone, with one systemd-tpm2 token")
+	}
+	return problems
 }

@@ -609,6 +609,15 @@ func FlipByte(path string, off int64) error {
 // ReplaceESPFile overwrites dst (a path in the ESP, such as EFI/BOOT/BOOTX64.EFI) with the
 // file src, in the disk image at diskPath: the host putting another UKI on a machine's disk.
 func ReplaceESPFile(diskPath, dst, src string) error {
+	return writeESPFile(diskPath, dst, src, os.O_RDWR|os.O_TRUNC)
+}
+
+// AddESPFile copies src onto the disk's ESP as dst, a new file in an existing directory.
+func AddESPFile(diskPath, dst, src string) error {
+	return writeESPFile(diskPath, dst, src, os.O_RDWR|os.O_CREATE|os.O_TRUNC)
+}
+
+func writeESPFile(diskPath, dst, src string, flags int) error {
 	data, err := os.ReadFile(src)
 	if err != nil {
 		return err
@@ -623,7 +632,7 @@ func ReplaceESPFile(diskPath, dst, src string) error {
 		return fmt.Errorf("%s ESP: %w", diskPath, err)
 	}
 	p := "/" + strings.TrimPrefix(path.Clean("/"+dst), "/")
-	f, err := fsys.OpenFile(p, os.O_RDWR|os.O_TRUNC)
+	f, err := fsys.OpenFile(p, flags)
 	if err != nil {
 		return fmt.Errorf("open %s in the ESP: %w", p, err)
 	}

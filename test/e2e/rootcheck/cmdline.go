@@ -59,6 +59,9 @@ const (
 	expectMarker  expectKind = "marker"
 	expectReport  expectKind = "report"  // report:KEY.PATH or report:KEY.PATH=VALUE
 	expectCmdline expectKind = "cmdline" // cmdline:WORD appears on /proc/cmdline
+	// enroll:DEV=PATH mounts DEV (vfat, read-only) and runs what `cvmboot enroll --uki`
+	// runs for the UKI at PATH on it: a request on the persistent root for the next boot.
+	expectEnroll expectKind = "enroll"
 )
 
 // expectation is one extra check requested with rootcheck.expect=.
@@ -137,10 +140,13 @@ func parseExpectation(raw string) (expectation, error) {
 		if !strings.HasPrefix(arg, "/") {
 			return expectation{}, fmt.Errorf("rootcheck.expect %q: path must be absolute", raw)
 		}
-	case expectMount, expectReport:
+	case expectMount, expectReport, expectEnroll:
 		e.Arg, e.Value, e.HasValue = strings.Cut(arg, "=")
 		if e.Arg == "" {
 			return expectation{}, fmt.Errorf("rootcheck.expect %q: empty %s", raw, kind)
+		}
+		if e.Kind == expectEnroll && (!strings.HasPrefix(e.Arg, "/dev/") || !strings.HasPrefix(e.Value, "/")) {
+			return expectation{}, fmt.Errorf("rootcheck.expect %q: want enroll:/dev/DEVICE=/PATH", raw)
 		}
 		if e.Kind == expectMount && !strings.HasPrefix(e.Arg, "/") {
 			return expectation{}, fmt.Errorf("rootcheck.expect %q: mount point must be absolute", raw)

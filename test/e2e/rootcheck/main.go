@@ -24,6 +24,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cvmboot/cvmboot/internal/persist"
+	"github.com/cvmboot/cvmboot/internal/tee"
 )
 
 const reportPath = "/run/cvmboot/report.json"
@@ -321,6 +324,26 @@ func marker(path string) error {
 	return nil
 }
 
+// enroll mounts dev and leaves an enrollment request for the UKI at path on it, as `cvmboot
+// enroll --uki` does (persist.Enroll), and prints the predicted values.
+func enroll(dev, path string) error {
+	dir := "/run/rootcheck-enroll"
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(dev, dir, "vfat", unix.MS_RDONLY, ""); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", dev, dir, err)
+	}
+	defer unix.Unmount(dir, 0)
+	req, part, err := persist.Enroll(persist.EnrollOptions{UKI: filepath.Join(dir, path), FirmwareLog: tee.FirmwareLogPath})
+	if err != nil {
+		return err
+	}
+	unix.Sync()
+	fmt.Printf("ROOTCHECK: enroll request for UKI %s on %s: PCRs %v = %s\n", req.UKISHA256, part, req.PCRs, strings.Join(req.Values, " "))
+	return nil
+}
+
 // evalExpectation is pure so that it can be tested without a booted system,
 // except for the file kinds which stat the path.
 func evalExpectation(e expectation, mounts []mount, report any, reportErr error, cmdline string) error {
@@ -351,6 +374,8 @@ func evalExpectation(e expectation, mounts []mount, report any, reportErr error,
 		}
 	case expectMarker:
 		return marker(e.Arg)
+	case expectEnroll:
+		return enroll(e.Arg, e.Value)
 	case expectReport:
 		if reportErr != nil {
 			return reportErr

@@ -38,7 +38,7 @@ func TestParseCmdline(t *testing.T) {
 func TestParseOptions(t *testing.T) {
 	o := parseOptions(parseCmdline("rootcheck.mode=initrd rootcheck.skip=report,pid1 " +
 		"rootcheck.expect=root:rw,rootfs:overlay rootcheck.expect=report:verity.status=verified,file:/dev/tpm0 " +
-		"rootcheck.expect=bogus:x,file:relative,mount:/run=tmpfs,,cmdline:quiet"))
+		"rootcheck.expect=bogus:x,file:relative,mount:/run=tmpfs,,cmdline:quiet,enroll:/dev/vda1=/EFI/next.efi,enroll:vda1=x"))
 	if o.Mode != "initrd" || !o.Skip["report"] || !o.Skip["pid1"] {
 		t.Errorf("mode %q skip %v", o.Mode, o.Skip)
 	}
@@ -46,11 +46,11 @@ func TestParseOptions(t *testing.T) {
 	for _, e := range o.Expect {
 		kinds = append(kinds, string(e.Kind)+"("+e.Arg+"|"+e.Value+")")
 	}
-	want := "root(rw|) rootfs(overlay|) report(verity.status|verified) file(/dev/tpm0|) mount(/run|tmpfs) cmdline(quiet|)"
+	want := "root(rw|) rootfs(overlay|) report(verity.status|verified) file(/dev/tpm0|) mount(/run|tmpfs) cmdline(quiet|) enroll(/dev/vda1|/EFI/next.efi)"
 	if strings.Join(kinds, " ") != want {
 		t.Errorf("expectations %s\nwant         %s", strings.Join(kinds, " "), want)
 	}
-	if len(o.Errors) != 2 || !strings.Contains(o.Errors[0], "unknown kind") || !strings.Contains(o.Errors[1], "absolute") {
+	if len(o.Errors) != 3 || !strings.Contains(o.Errors[0], "unknown kind") || !strings.Contains(o.Errors[1], "absolute") || !strings.Contains(o.Errors[2], "want enroll:/dev/DEVICE=/PATH") {
 		t.Errorf("errors %q", o.Errors)
 	}
 	if o := parseOptions(parseCmdline("rootcheck.mode=weird")); len(o.Errors) != 1 {

@@ -1,0 +1,160 @@
+package persist
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/cvmboot/cvmboot/internal/tpmseal"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
+)
+
+// maintainKeys runs once the root is mounted, with the volume key still held. It retires
+// cvmboot's tokens of an older generation than the one that opened the root whose recorded
+// PCR values are not this boot's (the UKI they were sealed for is not the one booting: a
+// newer UKI has booted with its own token), then carries out an enrollment request left on
+// the root by `cvmboot enroll`. Both are header writes before the data offset. It returns
+// what changed, for the caller to measure, or nil.
+func (s *Stage) maintainKeys(target string, facts map[string]string) (*eventlog.PersistentRootKeys, error) {
+	h := s.held
+	tpm, closeTPM, err := s.TPMs.Open()
+	if err != nil {
+		return nil, err
+	}
+	defer closeTPM()
+	now, err := tpmseal.ReadPCRs(tpm, PolicyPCRs)
+	if err != nil {
+		return nil, err
+	}
+	ev := &eventlog.PersistentRootKeys{LUKSUUID: h.hdr.UUID}
+	tokens := map[int]*tpmseal.Token{} // by keyslot: cvmboot's tokens
+	maxGen := 0
+	for _, id := range sortedKeys(h.hdr.Metadata.Tokens) {
+		tok, err := tpmseal.ParseToken(h.hdr.Metadata.Tokens[id].JSON)
+		if err != nil || tok.PCRValues == nil {
+			continue // not cvmboot's: never touched here
+		}
+		tokens[tok.Keyslot] = tok
+		maxGen = max(maxGen, tok.Generation, 1)
+	}
+	for _, slot := range sortedKeys(tokens) {
+		tok := tokens[slot]
+		if max(tok.Generation, 1) >= h.generation || samePCRs(tok.PCRValues, now) {
+			continue
+		}
+		if err := s.removeKeyslot(slot); err != nil {
+			return nil, fmt.Errorf("retiring keyslot %d (generation %d) of the persistent root %s: %w", slot, max(tok.Generation, 1), h.part.Path, err)
+		}
+		delete(tokens, slot)
+		ev.Retired = append(ev.Retired, slot)
+		s.log().Info("persistent root: keyslot of an older UKI removed, a newer one opened the root",
+			zap.Int("keyslot", slot), zap.Int("generation", max(tok.Generation, 1)), zap.Int("opened_generation", h.generation))
+	}
+	if len(ev.Retired) > 0 {
+		facts["retired_keyslots"] = joinInts(ev.Retired)
+	}
+
+	enrolled, err := s.enroll(tpm, target, tokens, maxGen, facts)
+	if err != nil {
+		return nil, err
+	}
+	ev.Enrolled = enrolled
+	if ev.Enrolled == nil && len(ev.Retired) == 0 {
+		return nil, nil
+	}
+	return ev, nil
+}
+
+// enroll carries out the request at target/RequestPath, if any: a fresh secret sealed to its
+// values in a new keyslot of the next generation, then the request removed. A request that
+// does not parse is renamed *.refused and reported, not fatal: only the root writes it, and a
+// boot that stopped here would lock its owner out. A request already carried out (a token
+// with the same values: the boot stopped before removing it) is only removed.
+func (s *Stage) enroll(tpm tpmseal.TPM, target string, tokens map[int]*tpmseal.Token, maxGen int, facts map[string]string) (*eventlog.EnrolledKeyslot, error) {
+	path := filepath.Join(target, RequestPath)
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the enrollment request %s: %w", path, err)
+	}
+	req, values, err := ParseRequest(raw)
+	if err != nil {
+		s.log().Warn("enrollment request refused: renamed", zap.String("path", path), zap.Error(err))
+		facts["enroll_refused"] = err.Error()
+		return nil, os.Rename(path, path+".refused")
+	}
+	for slot, tok := range tokens {
+		if samePCRs(tok.PCRValues, values) {
+			facts["enrolled_keyslot"] = strconv.Itoa(slot) + " (before)"
+			return nil, removeSynced(path)
+		}
+	}
+	h := s.held
+	slot, err := h.hdr.FreeKeyslot()
+	if err != nil {
+		return nil, err
+	}
+	gen := maxGen + 1
+	if err := s.addSealedKeyslot(tpm, h.part, h.hdr, h.key, slot, values, gen); err != nil {
+		return nil, fmt.Errorf("enrolling UKI %s in keyslot %d of the persistent root %s: %w", req.UKISHA256, slot, h.part.Path, err)
+	}
+	if err := removeSynced(path); err != nil {
+		return nil, err
+	}
+	facts["enrolled_keyslot"], facts["enrolled_uki_sha256"] = strconv.Itoa(slot), req.UKISHA256
+	s.log().Info("persistent root: a secret sealed for another UKI, from the enrollment request",
+		zap.Int("keyslot", slot), zap.Int("generation", gen), zap.String("uki_sha256", req.UKISHA256), zap.Strings("pcr_values", req.Values))
+	return &eventlog.EnrolledKeyslot{Keyslot: slot, Generation: gen, UKISHA256: req.UKISHA256, PCRValues: req.Values}, nil
+}
+
+// removeKeyslot removes a keyslot and its token while dm-integrity holds the partition.
+func (s *Stage) removeKeyslot(slot int) error {
+	dev, err := s.openShared(s.held.part.Path)
+	if err != nil {
+		return err
+	}
+	err = s.held.hdr.RemoveKeyslot(dev, slot)
+	if cerr := dev.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// removeSynced removes a file and flushes its directory, so that a request is not carried
+// out twice.
+func removeSynced(path string) error {
+	if err := os.Remove(path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func samePCRs(a, b [][]byte) bool {
+	return slices.EqualFunc(a, b, func(x, y []byte) bool { return bytes.Equal(x, y) })
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, ",")
+}
