@@ -25,6 +25,15 @@
 // are built from the checked in-memory header. The file system is grown to the partition
 // at every boot when it is smaller (after a conversion, or a grown disk).
 //
+// # UKI updates
+//
+// A secret is sealed to one UKI's PCRs. `cvmboot enroll --uki` (Enroll) predicts another
+// UKI's (Predict) and leaves a request on the root itself, which the host cannot write. The
+// stage keeps the volume key in locked memory until the root is mounted (MountRoot), then
+// carries the request out (a keyslot for the new UKI, its token one generation newer) and,
+// when a newer generation opened the root, removes cvmboot's older keyslots that this boot's
+// PCRs do not satisfy (maintainKeys).
+//
 // # Which TPM may seal
 //
 // A TPM the host emulates can unseal whatever was sealed to it. Only a TPM the TEE vouches
