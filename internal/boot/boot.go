@@ -89,6 +89,8 @@ type StorageSetup interface {
 type PersistentRoot interface {
 	Open(ctx context.Context, verityDevice, rootHash string) (*persist.Result, error)
 	MountRoot(res *persist.Result, target string) (map[string]string, error)
+	// Forget wipes what Open keeps for MountRoot, when the boot stops between them.
+	Forget()
 }
 
 // Boot holds what the stages share.
@@ -255,6 +257,7 @@ func (b *Boot) persist(ctx context.Context) (stage.Facts, error) {
 		return nil, err
 	}
 	if err := b.measure(res.Event.Event()); err != nil {
+		st.Forget()
 		return nil, err
 	}
 	b.persistSt, b.persistRes = st, res

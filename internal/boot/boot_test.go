@@ -566,6 +566,7 @@ func (f *fakePersist) Open(context.Context, string, string) (*persist.Result, er
 	return &persist.Result{Device: "/dev/mapper/cvmboot-root", Facts: map[string]string{}}, nil
 }
 func (f *fakePersist) MountRoot(*persist.Result, string) (map[string]string, error) { return nil, nil }
+func (f *fakePersist) Forget()                                                      {}
 
 // The persistent root is never opened for a command line the host may change, nor when
 // cvmboot's leave-initrd will not reach the TPM.

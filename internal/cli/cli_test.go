@@ -43,10 +43,10 @@ func TestUsageErrors(t *testing.T) {
 	if code, _, errOut := runCLI("init"); code != ExitUsage || !strings.Contains(errOut, "not PID 1") {
 		t.Errorf("init outside PID 1: %d %q", code, errOut)
 	}
-	if code, _, errOut := runCLI("enroll"); code != ExitUsage || !strings.Contains(errOut, "--uki is required") {
+	if code, _, errOut := runCLI("enroll", "--uki", "x.efi"); code != ExitUsage || !strings.Contains(errOut, "--uki and --sha256 are required") {
 		t.Errorf("enroll without --uki: %d %s", code, errOut)
 	}
-	if code, _, errOut := runCLI("enroll", "--uki", "/nonexistent.efi"); code != ExitFailed || !strings.Contains(errOut, "cvmboot enroll: ") {
+	if code, _, errOut := runCLI("enroll", "--uki", "/nonexistent.efi", "--sha256", "00"); code != ExitFailed || !strings.Contains(errOut, "cvmboot enroll: ") {
 		t.Errorf("enroll on a machine without a persistent root: %d %s", code, errOut)
 	}
 	if code, _, _ := runCLI("run"); code != ExitUsage {

@@ -78,21 +78,28 @@ func ParseRequest(raw []byte) (*Request, [][]byte, error) {
 
 // Predict returns the values PolicyPCRs will hold in the initramfs when next boots on this
 // machine in place of the UKI that booted now, whose token is cur. fw is the firmware's TPM
-// event log of this boot (SHA-256).
+// event log of this boot (SHA-256); now are the TPM's PolicyPCRs, read in the booted system.
 //
-// It first replays this boot: the firmware log's PCR 4, PCR 9, and PCR 11 followed by
-// cvmboot's enter-initrd phase must give the values cur was sealed to, or the prediction
-// rests on a boot it does not understand and is refused. Then PCR 4 is the same log with
-// the two boot applications (the UKI, then the kernel it loads) replaced by next's
+// It first checks that cur is this boot's token and that the log is this boot's: PCR 2 and
+// 12 in the TPM are cur's (nothing extends them after the initramfs), the log's PCR 4 and 9
+// replay to the TPM's and to cur's, and the log's PCR 11 followed by cvmboot's enter-initrd
+// phase to cur's. Otherwise the prediction would rest on a boot it does not understand, or
+// on a token the host wrote into the header, and it is refused. Then PCR 4 is the same log
+// with the two boot applications (the UKI, then the kernel it loads) replaced by next's
 // Authenticode digests; PCR 9 and PCR 11 are next's reference values; PCR 2 (drivers) and
-// PCR 12 (nothing from outside the UKI) stay as they are.
-func Predict(cur *tpmseal.Token, fw []evidence.FirmwareEvent, next *reference.Values) ([][]byte, error) {
-	if !slices.Equal(cur.PCRs, PolicyPCRs) || len(cur.PCRValues) != len(cur.PCRs) {
+// PCR 12 (nothing from outside the UKI) are the TPM's.
+func Predict(cur *tpmseal.Token, fw []evidence.FirmwareEvent, next *reference.Values, now [][]byte) ([][]byte, error) {
+	if !slices.Equal(cur.PCRs, PolicyPCRs) || len(cur.PCRValues) != len(cur.PCRs) || len(now) != len(PolicyPCRs) {
 		return nil, fmt.Errorf("the current token is sealed to PCRs %v with %d recorded values; cvmboot's name all of %v", cur.PCRs, len(cur.PCRValues), PolicyPCRs)
 	}
-	recorded := map[int][]byte{}
+	recorded, tpm := map[int][]byte{}, map[int][]byte{}
 	for i, p := range cur.PCRs {
-		recorded[p] = cur.PCRValues[i]
+		recorded[p], tpm[p] = cur.PCRValues[i], now[i]
+	}
+	for _, p := range []int{2, 12} {
+		if !bytes.Equal(tpm[p], recorded[p]) {
+			return nil, fmt.Errorf("PCR %d: the TPM holds %x, the token was sealed to %x: the token is not this boot's", p, tpm[p], recorded[p])
+		}
 	}
 	enter, err := reference.PhaseDigest("enter-initrd")
 	if err != nil {
@@ -123,6 +130,9 @@ func Predict(cur *tpmseal.Token, fw []evidence.FirmwareEvent, next *reference.Va
 	}{{4, replay(4, nil), "the firmware log"}, {9, replay(9, nil), "the firmware log"}, {11, p11, "the firmware log and cvmboot's enter-initrd phase"}} {
 		if !bytes.Equal(c.found[:], recorded[c.pcr]) {
 			return nil, fmt.Errorf("PCR %d: %s replay to %x, but the token was sealed to %x: this boot is not the one the token records, nothing to predict from", c.pcr, c.what, c.found, recorded[c.pcr])
+		}
+		if c.pcr != 11 && !bytes.Equal(c.found[:], tpm[c.pcr]) {
+			return nil, fmt.Errorf("PCR %d: %s replay to %x, but the TPM holds %x: the log is not this boot's", c.pcr, c.what, c.found, tpm[c.pcr])
 		}
 	}
 
@@ -168,7 +178,7 @@ func Predict(cur *tpmseal.Token, fw []evidence.FirmwareEvent, next *reference.Va
 		case 11:
 			out[i] = p11n
 		default:
-			out[i] = slices.Clone(recorded[p])
+			out[i] = slices.Clone(tpm[p])
 		}
 	}
 	return out, nil
@@ -207,7 +217,12 @@ func NewRequestFor(ukiSHA256 string, values [][]byte) ([]byte, error) {
 // EnrollOptions are `cvmboot enroll`'s inputs; the zero value of each path is the running
 // system's.
 type EnrollOptions struct {
-	UKI         string // the UKI that will boot next
+	UKI string // the UKI that will boot next
+	// SHA256 is the SHA-256 the owner expects of UKI's bytes (hex): the file may come from
+	// where the host can write (the ESP), and a secret sealed for the host's UKI is the
+	// host's.
+	SHA256      string
+	TPMs        TPMs   // DeviceTPM{} when nil
 	Root        string // the persistent root, mounted; "/"
 	SysDir      string // "/sys"
 	DevDir      string // "/dev"
@@ -221,6 +236,21 @@ type EnrollOptions struct {
 // removes the older keyslots. It returns the request and the partition it is for.
 func Enroll(o EnrollOptions) (*Request, string, error) {
 	o.Root, o.SysDir, o.DevDir = cmp.Or(o.Root, "/"), cmp.Or(o.SysDir, "/sys"), cmp.Or(o.DevDir, "/dev")
+	if o.TPMs == nil {
+		o.TPMs = DeviceTPM{}
+	}
+	// The UKI is read once and judged from those bytes: the file may be swapped meanwhile.
+	data, err := os.ReadFile(o.UKI)
+	if err != nil {
+		return nil, "", err
+	}
+	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != strings.ToLower(o.SHA256) {
+		return nil, "", fmt.Errorf("the UKI %s has SHA-256 %x, the one to enroll is %s: refusing to seal the root's key for another UKI", o.UKI, sum, cmp.Or(o.SHA256, "(none given)"))
+	}
+	next, err := reference.ComputeBytes(data, o.UKI, reference.Options{Phases: []string{"enter-initrd"}})
+	if err != nil {
+		return nil, "", fmt.Errorf("the new UKI: %w", err)
+	}
 	part, err := findPartition(o.SysDir, o.DevDir)
 	if err != nil {
 		return nil, "", err
@@ -245,9 +275,14 @@ func Enroll(o EnrollOptions) (*Request, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("%s: %w", o.FirmwareLog, err)
 	}
-	next, err := reference.Compute(o.UKI, reference.Options{Phases: []string{"enter-initrd"}})
+	tpm, closeTPM, err := o.TPMs.Open()
 	if err != nil {
-		return nil, "", fmt.Errorf("the new UKI: %w", err)
+		return nil, "", err
+	}
+	now, err := tpmseal.ReadPCRs(tpm, PolicyPCRs)
+	closeTPM()
+	if err != nil {
+		return nil, "", err
 	}
 	var errs []error
 	for _, id := range sortedKeys(h.Metadata.Tokens) {
@@ -255,7 +290,7 @@ func Enroll(o EnrollOptions) (*Request, string, error) {
 		if err != nil || tok.PCRValues == nil {
 			continue
 		}
-		values, err := Predict(tok, fw, next)
+		values, err := Predict(tok, fw, next, now)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("token %d: %w", id, err))
 			continue
@@ -330,7 +365,12 @@ func writeSynced(path string, data []byte) error {
 		os.Remove(tmp)
 		return err
 	}
-	d, err := os.Open(filepath.Dir(path))
+	return syncDir(filepath.Dir(path))
+}
+
+// syncDir flushes a directory's entries.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}

@@ -115,6 +115,14 @@ func tokenOfBoot(t *testing.T, fw []evidence.FirmwareEvent, ref *reference.Value
 	return tok
 }
 
+// nowOf is what the TPM holds in the booted system after a boot that sealed tok: the same
+// PCRs 2, 4, 9 and 12, PCR 11 moved on (leave-initrd).
+func nowOf(tok *tpmseal.Token) [][]byte {
+	now := slices.Clone(tok.PCRValues)
+	now[3] = bytes.Repeat([]byte{0x77}, 32)
+	return now
+}
+
 // Predicting the UKI that booted gives back the values its token records: the prediction
 // and the boot agree on every PCR.
 func TestPredictSameUKI(t *testing.T) {
@@ -124,7 +132,7 @@ func TestPredictSameUKI(t *testing.T) {
 		t.Fatal(err)
 	}
 	tok := tokenOfBoot(t, fw, ref)
-	got, err := Predict(tok, fw, ref)
+	got, err := Predict(tok, fw, ref, nowOf(tok))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +154,7 @@ func TestPredictOtherUKI(t *testing.T) {
 	next.UKI.LinuxAuthenticodeSHA256 = strings.Repeat("bb", 32)
 	next.PCR9.Value = strings.Repeat("99", 32)
 	next.PCR11.Phases = []reference.PhaseEvent{{Phase: "enter-initrd", Value: strings.Repeat("11", 32)}}
-	got, err := Predict(tok, fw, &next)
+	got, err := Predict(tok, fw, &next, nowOf(tok))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,14 +187,24 @@ func TestPredictRefuses(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		edit func(tok *tpmseal.Token, fw *[]evidence.FirmwareEvent, next *reference.Values)
+		now  func(now [][]byte)
 		want string
 	}{
+		{"a token the host wrote (PCR 2 of its choosing)", func(tok *tpmseal.Token, _ *[]evidence.FirmwareEvent, _ *reference.Values) {
+			tok.PCRValues[0] = bytes.Repeat([]byte{0x66}, 32)
+		}, nil, "PCR 2: the TPM holds"},
+		{"PCR 12 of the host's choosing", func(tok *tpmseal.Token, _ *[]evidence.FirmwareEvent, _ *reference.Values) {
+			tok.PCRValues[4] = bytes.Repeat([]byte{0x66}, 32)
+		}, nil, "PCR 12: the TPM holds"},
+		{"a log that is not this boot's", func(*tpmseal.Token, *[]evidence.FirmwareEvent, *reference.Values) {}, func(now [][]byte) {
+			now[2] = bytes.Repeat([]byte{0x99}, 32)
+		}, "PCR 9: the firmware log replay to"},
 		{"another boot's token", func(tok *tpmseal.Token, _ *[]evidence.FirmwareEvent, _ *reference.Values) {
 			tok.PCRValues[1] = make([]byte, 32)
-		}, "PCR 4: the firmware log replay to"},
+		}, nil, "PCR 4: the firmware log replay to"},
 		{"a phase more in PCR 11", func(tok *tpmseal.Token, _ *[]evidence.FirmwareEvent, _ *reference.Values) {
 			tok.PCRValues[3] = make([]byte, 32)
-		}, "PCR 11: the firmware log and cvmboot's enter-initrd phase replay to"},
+		}, nil, "PCR 11: the firmware log and cvmboot's enter-initrd phase replay to"},
 		{"a boot loader before the UKI", func(tok *tpmseal.Token, fw *[]evidence.FirmwareEvent, _ *reference.Values) {
 			var extra []evidence.FirmwareEvent
 			for _, e := range *fw {
@@ -197,20 +215,27 @@ func TestPredictRefuses(t *testing.T) {
 			}
 			*fw = extra
 			tok.PCRValues[1] = replayPCR(t, extra, 4)
-		}, "PCR 4 holds 4 boot applications, expected 2"},
+		}, func(now [][]byte) { now[1] = nil }, "PCR 4 holds 4 boot applications, expected 2"},
 		{"PCR 9 not predicted", func(_ *tpmseal.Token, _ *[]evidence.FirmwareEvent, next *reference.Values) {
 			next.PCR9.Value, next.PCR9.Note = "", "stub 254 is not predicted"
-		}, "the new UKI's PCR 9 cannot be predicted: stub 254"},
+		}, nil, "the new UKI's PCR 9 cannot be predicted: stub 254"},
 		{"sealed to other PCRs", func(tok *tpmseal.Token, _ *[]evidence.FirmwareEvent, _ *reference.Values) {
 			tok.PCRs = []int{7, 11}
-		}, "sealed to PCRs [7 11]"},
+		}, nil, "sealed to PCRs [7 11]"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			tok := tokenOfBoot(t, fw, ref)
 			events := slices.Clone(fw)
 			next := *ref
+			now := nowOf(tokenOfBoot(t, fw, ref))
 			tt.edit(tok, &events, &next)
-			if _, err := Predict(tok, events, &next); err == nil || !strings.Contains(err.Error(), tt.want) {
+			if tt.now != nil {
+				tt.now(now)
+			}
+			if now[1] == nil { // the TPM went the way of the edited log
+				now[1] = tok.PCRValues[1]
+			}
+			if _, err := Predict(tok, events, &next, now); err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("Predict: %v, want an error containing %q", err, tt.want)
 			}
 		})

@@ -44,6 +44,9 @@ func readFirmwareLog(b []byte) ([]evidence.FirmwareEvent, error) {
 		}
 		e := evidence.FirmwareEvent{Seq: seq, Index: int(r.u32()), Type: r.u32()}
 		n := r.u32()
+		if r.err == nil && n > uint32(len(sizes)) {
+			return nil, fmt.Errorf("firmware log: event %d has %d digests, the Spec ID event lists %d banks", seq, n, len(sizes))
+		}
 		for range n {
 			alg := r.u16()
 			size, ok := sizes[alg]

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"go.uber.org/zap"
 
@@ -62,7 +63,7 @@ func (s *Stage) maintainKeys(target string, facts map[string]string) (*eventlog.
 		facts["retired_keyslots"] = joinInts(ev.Retired)
 	}
 
-	enrolled, err := s.enroll(tpm, target, tokens, maxGen, facts)
+	enrolled, err := s.enroll(tpm, target, tokens, maxGen, now, facts)
 	if err != nil {
 		return nil, err
 	}
@@ -75,23 +76,35 @@ func (s *Stage) maintainKeys(target string, facts map[string]string) (*eventlog.
 
 // enroll carries out the request at target/RequestPath, if any: a fresh secret sealed to its
 // values in a new keyslot of the next generation, then the request removed. A request that
-// does not parse is renamed *.refused and reported, not fatal: only the root writes it, and a
-// boot that stopped here would lock its owner out. A request already carried out (a token
-// with the same values: the boot stopped before removing it) is only removed.
-func (s *Stage) enroll(tpm tpmseal.TPM, target string, tokens map[int]*tpmseal.Token, maxGen int, facts map[string]string) (*eventlog.EnrolledKeyslot, error) {
+// cannot be carried out (it does not parse, root did not write it, its PCR 2 or 12 is not
+// this machine's, the seal or the header write fails) is renamed *.refused and reported, not
+// fatal: a boot that stopped here would stop at every later boot too. A request already
+// carried out (a token with the same values: the boot stopped before removing it) is only
+// removed.
+func (s *Stage) enroll(tpm tpmseal.TPM, target string, tokens map[int]*tpmseal.Token, maxGen int, now [][]byte, facts map[string]string) (*eventlog.EnrolledKeyslot, error) {
 	path := filepath.Join(target, RequestPath)
-	raw, err := os.ReadFile(path)
+	raw, err := readRootsFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
+	setAside := func(err error) error {
+		s.log().Warn("enrollment request not carried out: renamed", zap.String("path", path+".refused"), zap.Error(err))
+		facts["enroll_refused"] = err.Error()
+		return os.Rename(path, path+".refused")
+	}
 	if err != nil {
-		return nil, fmt.Errorf("reading the enrollment request %s: %w", path, err)
+		return nil, setAside(err)
 	}
 	req, values, err := ParseRequest(raw)
 	if err != nil {
-		s.log().Warn("enrollment request refused: renamed", zap.String("path", path), zap.Error(err))
-		facts["enroll_refused"] = err.Error()
-		return nil, os.Rename(path, path+".refused")
+		return nil, setAside(err)
+	}
+	for i, p := range PolicyPCRs {
+		// What stays from UKI to UKI: drivers (2) and what the stub takes from outside
+		// the UKI (12). A request asking otherwise is not this machine's.
+		if (p == 2 || p == 12) && !bytes.Equal(values[i], now[i]) {
+			return nil, setAside(fmt.Errorf("the request seals PCR %d to %x, this machine's is %x", p, values[i], now[i]))
+		}
 	}
 	for slot, tok := range tokens {
 		if samePCRs(tok.PCRValues, values) {
@@ -106,7 +119,7 @@ func (s *Stage) enroll(tpm tpmseal.TPM, target string, tokens map[int]*tpmseal.T
 	}
 	gen := maxGen + 1
 	if err := s.addSealedKeyslot(tpm, h.part, h.hdr, h.key, slot, values, gen); err != nil {
-		return nil, fmt.Errorf("enrolling UKI %s in keyslot %d of the persistent root %s: %w", req.UKISHA256, slot, h.part.Path, err)
+		return nil, setAside(fmt.Errorf("enrolling UKI %s in keyslot %d of the persistent root %s: %w", req.UKISHA256, slot, h.part.Path, err))
 	}
 	if err := removeSynced(path); err != nil {
 		return nil, err
@@ -115,6 +128,27 @@ func (s *Stage) enroll(tpm tpmseal.TPM, target string, tokens map[int]*tpmseal.T
 	s.log().Info("persistent root: a secret sealed for another UKI, from the enrollment request",
 		zap.Int("keyslot", slot), zap.Int("generation", gen), zap.String("uki_sha256", req.UKISHA256), zap.Strings("pcr_values", req.Values))
 	return &eventlog.EnrolledKeyslot{Keyslot: slot, Generation: gen, UKISHA256: req.UKISHA256, PCRValues: req.Values}, nil
+}
+
+// readRootsFile reads a request only root could have written: a regular file, owned (as its
+// directory) by this process's user (root, in the initramfs) and writable by no one else.
+func readRootsFile(path string) ([]byte, error) {
+	for _, p := range []string{filepath.Dir(path), path} {
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return nil, err
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		switch {
+		case p == path && !fi.Mode().IsRegular():
+			return nil, fmt.Errorf("%s is not a regular file", p)
+		case !ok || int(st.Uid) != os.Geteuid():
+			return nil, fmt.Errorf("%s is not owned by uid %d", p, os.Geteuid())
+		case fi.Mode().Perm()&0o022 != 0:
+			return nil, fmt.Errorf("%s is writable by group or others (%v)", p, fi.Mode().Perm())
+		}
+	}
+	return os.ReadFile(path)
 }
 
 // removeKeyslot removes a keyslot and its token while dm-integrity holds the partition.
@@ -136,15 +170,7 @@ func removeSynced(path string) error {
 	if err := os.Remove(path); err != nil {
 		return err
 	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return syncDir(filepath.Dir(path))
 }
 
 func samePCRs(a, b [][]byte) bool {

@@ -3,6 +3,7 @@ package persist
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"maps"
 	"os"
 	"path/filepath"
@@ -110,8 +111,9 @@ func TestEnrollThenRetire(t *testing.T) {
 	}
 }
 
-// A request that does not parse is set aside, not fatal; one already carried out (the boot
-// stopped before removing it) is only removed.
+// A request that does not parse, asks for another machine's PCR 2, or that others could have
+// written is set aside, not fatal; one already carried out (the boot stopped before removing
+// it) is only removed.
 func TestEnrollRequestEdges(t *testing.T) {
 	m := newMachine(t)
 	target := t.TempDir()
@@ -128,6 +130,24 @@ func TestEnrollRequestEdges(t *testing.T) {
 		t.Fatal(err)
 	}
 	now, _ := tpmseal.ReadPCRs(m.tpm, PolicyPCRs)
+	// PCR 2 (drivers) of another machine: set aside.
+	other := slices.Clone(now)
+	other[0] = make([]byte, 32)
+	other[0][0] = 1
+	writeRequest(t, target, other)
+	res = m.boot(t, target)
+	if res.Keys != nil || !strings.Contains(res.Facts["enroll_refused"], "the request seals PCR 2 to") {
+		t.Fatalf("request with another PCR 2: keys %+v, facts %v", res.Keys, res.Facts)
+	}
+	// A request others could have written: set aside.
+	writeRequest(t, target, now)
+	if err := os.Chmod(path, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	res = m.boot(t, target)
+	if res.Keys != nil || !strings.Contains(res.Facts["enroll_refused"], "writable by group or others") {
+		t.Fatalf("world-writable request: keys %+v, facts %v", res.Keys, res.Facts)
+	}
 	writeRequest(t, target, now) // the values keyslot 0 is already sealed to
 	res = m.boot(t, target)
 	if res.Keys != nil || res.Facts["enrolled_keyslot"] != "0 (before)" || len(m.header(t).Metadata.Keyslots) != 1 {
@@ -162,7 +182,13 @@ func TestEnrollRefusesAnotherBoot(t *testing.T) {
 	if err := os.WriteFile(uki, ukitest.UKI(ukitest.Magic252, ukitest.S(".cmdline", "quiet"), ukitest.S(".linux", "k"), ukitest.S(".initrd", "i")).Build(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	o := EnrollOptions{UKI: uki, Root: target, SysDir: sys, DevDir: dev, FirmwareLog: testFirmwareLog}
+	data, _ := os.ReadFile(uki)
+	sum := sha256.Sum256(data)
+	o := EnrollOptions{UKI: uki, SHA256: strings.Repeat("00", 32), TPMs: tpms{m}, Root: target, SysDir: sys, DevDir: dev, FirmwareLog: testFirmwareLog}
+	if _, _, err := Enroll(o); err == nil || !strings.Contains(err.Error(), "the one to enroll is "+strings.Repeat("00", 32)+": refusing") {
+		t.Fatalf("Enroll of a UKI with another SHA-256: %v", err)
+	}
+	o.SHA256 = hex.EncodeToString(sum[:])
 	_, _, err := Enroll(o)
 	if err == nil || !strings.Contains(err.Error(), "no token of the persistent root "+filepath.Join(dev, "vda4")+" is this boot's: token 0: PCR 4: the firmware log replay to") {
 		t.Fatalf("Enroll: %v", err)

@@ -96,6 +96,10 @@ type held struct {
 	generation int // of the token that opened the root (1: the conversion's)
 }
 
+// Forget wipes what Open keeps for MountRoot (the volume key), when the boot stops between
+// them; MountRoot does it itself.
+func (s *Stage) Forget() { s.forget() }
+
 // forget wipes the held key.
 func (s *Stage) forget() {
 	if s.held != nil {

@@ -16,6 +16,10 @@ type Token struct {
 	Generation int
 }
 
+// MaxGeneration bounds a token's generation: far more UKI updates than a machine sees, far
+// from overflowing the next one.
+const MaxGeneration = 1 << 20
+
 // Primary key algorithms of the token's "tpm2-primary-alg".
 const (
 	PrimaryECC = "ecc"

@@ -120,8 +120,8 @@ func ParseToken(raw []byte) (*Token, error) {
 		}
 	}
 	if generation != nil {
-		if *generation < 1 {
-			return nil, fmt.Errorf("systemd-tpm2 token: cvmboot_generation %d: want 1 or more", *generation)
+		if *generation < 1 || *generation > MaxGeneration {
+			return nil, fmt.Errorf("systemd-tpm2 token: cvmboot_generation %d: want 1 to %d", *generation, MaxGeneration)
 		}
 		t.Generation = *generation
 	}

@@ -63,7 +63,8 @@ func TestParseTokenRefuses(t *testing.T) {
 		}},
 		{"policy hash short", `tpm2-policy-hash has 4 bytes`, func(m map[string]any) { m["tpm2-policy-hash"] = "00112233" }},
 		{"unknown primary", `tpm2-primary-alg "dsa"`, func(m map[string]any) { m["tpm2-primary-alg"] = "dsa" }},
-		{"generation zero", `cvmboot_generation 0: want 1 or more`, func(m map[string]any) { m["cvmboot_generation"] = 0 }},
+		{"generation zero", `cvmboot_generation 0: want 1 to 1048576`, func(m map[string]any) { m["cvmboot_generation"] = 0 }},
+		{"generation huge", `cvmboot_generation 9223372036854775807: want 1 to`, func(m map[string]any) { m["cvmboot_generation"] = int64(1<<63 - 1) }},
 		{"generation text", `field "cvmboot_generation": wrong JSON type`, func(m map[string]any) { m["cvmboot_generation"] = "2" }},
 		{"wrong expected values", `cvmboot_pcr_values give the policy`, func(m map[string]any) {
 			m["cvmboot_pcr_values"] = []string{strings.Repeat("00", 32), strings.Repeat("11", 32)}

@@ -43,8 +43,8 @@ func (t *Token) check() error {
 	if t.Keyslot < 0 || t.Keyslot > 31 {
 		return fmt.Errorf("systemd-tpm2 token: keyslot %d out of range 0-31", t.Keyslot)
 	}
-	if t.Generation < 0 {
-		return fmt.Errorf("systemd-tpm2 token: cvmboot_generation %d is negative", t.Generation)
+	if t.Generation < 0 || t.Generation > MaxGeneration {
+		return fmt.Errorf("systemd-tpm2 token: cvmboot_generation %d out of range 0-%d", t.Generation, MaxGeneration)
 	}
 	if t.PrimaryAlg != PrimaryECC && t.PrimaryAlg != PrimaryRSA {
 		return fmt.Errorf("systemd-tpm2 token: tpm2-primary-alg %q: want %q or %q", t.PrimaryAlg, PrimaryECC, PrimaryRSA)

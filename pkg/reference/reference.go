@@ -9,6 +9,7 @@
 package reference
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/sha256"
 	"crypto/sha512"
@@ -257,6 +258,17 @@ type Options struct {
 	// StubMajor, when not zero, is the systemd-stub version to apply instead of the one
 	// .sdmagic names.
 	StubMajor int
+}
+
+// ComputeBytes computes the reference values of a UKI held in memory; name is what
+// UKI.File says.
+func ComputeBytes(uki []byte, name string, opts Options) (*Values, error) {
+	v, err := compute(bytes.NewReader(uki), int64(len(uki)), opts)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	v.UKI.File = name
+	return v, nil
 }
 
 // Compute reads the UKI at path and computes its reference values. A file that is not a UKI

@@ -413,13 +413,34 @@ func nextUKI(e *env, sc scenario, img *harness.Image) (string, error) {
 	return uki, nil
 }
 
-// addNextUKI puts UKI B on the ESP before the first boot.
+// addNextUKI puts UKI B on the ESP before the first boot, with its SHA-256 (the owner's
+// word, which rootcheck passes on as `cvmboot enroll --sha256`) in NEXT.SHA.
 func addNextUKI(img *harness.Image) error {
 	uki, err := nextUKI(sharedEnv, scenarioNamed("persistent-enroll-update"), img)
 	if err != nil {
 		return err
 	}
-	return harness.AddESPFile(img.Disk.Path, nextUKIOnESP, uki)
+	if err := harness.AddESPFile(img.Disk.Path, nextUKIOnESP, uki); err != nil {
+		return err
+	}
+	sum, err := fileSHA256(uki)
+	if err != nil {
+		return err
+	}
+	shaFile := uki + ".sha"
+	if err := os.WriteFile(shaFile, []byte(sum+"\n"), 0o644); err != nil {
+		return err
+	}
+	return harness.AddESPFile(img.Disk.Path, strings.TrimSuffix(nextUKIOnESP, ".EFI")+".SHA", shaFile)
+}
+
+func fileSHA256(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	d := sha256.Sum256(b)
+	return fmt.Sprintf("%x", d), nil
 }
 
 // persistentEnrollUpdate boots A again (the request is carried out: keyslot 1, sealed for

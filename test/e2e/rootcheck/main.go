@@ -325,7 +325,9 @@ func marker(path string) error {
 }
 
 // enroll mounts dev and leaves an enrollment request for the UKI at path on it, as `cvmboot
-// enroll --uki` does (persist.Enroll), and prints the predicted values.
+// enroll --uki --sha256` does (persist.Enroll), and prints the predicted values. The UKI's
+// SHA-256 is the owner's to give; here it is read from path with the extension .SHA next to
+// it, where the harness, playing both host and owner, puts it.
 func enroll(dev, path string) error {
 	dir := "/run/rootcheck-enroll"
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -335,7 +337,11 @@ func enroll(dev, path string) error {
 		return fmt.Errorf("mount %s on %s: %w", dev, dir, err)
 	}
 	defer unix.Unmount(dir, 0)
-	req, part, err := persist.Enroll(persist.EnrollOptions{UKI: filepath.Join(dir, path), FirmwareLog: tee.FirmwareLogPath})
+	sum, err := os.ReadFile(filepath.Join(dir, strings.TrimSuffix(path, filepath.Ext(path))+".SHA"))
+	if err != nil {
+		return err
+	}
+	req, part, err := persist.Enroll(persist.EnrollOptions{UKI: filepath.Join(dir, path), SHA256: strings.TrimSpace(string(sum)), FirmwareLog: tee.FirmwareLogPath})
 	if err != nil {
 		return err
 	}
