@@ -49,7 +49,7 @@ lint:
 # Boots real images under qemu. RUN=name runs one scenario.
 e2e: deps build
 	@mkdir -p test/e2e/artifacts
-	CVMBOOT_E2E=1 $(GO) test -count=1 -timeout 55m -v ./test/e2e -run 'TestE2E$(if $(RUN),/$(RUN))' 2>&1 | tee test/e2e/artifacts/e2e.log | grep -E '^(=== RUN|--- |\s+--- |PASS|FAIL|ok|e2e:)|scenario' ; \
+	CVMBOOT_E2E=1 $(GO) test -count=1 -timeout 70m -v ./test/e2e -run 'TestE2E$(if $(RUN),/$(RUN))' 2>&1 | tee test/e2e/artifacts/e2e.log | grep -E '^(=== RUN|--- |\s+--- |PASS|FAIL|ok|e2e:)|scenario' ; \
 	 rc=$${PIPESTATUS[0]}; if [ $$rc -ne 0 ]; then echo "e2e: what failed, with the console's last lines:"; \
 	 awk '/_test.go:[0-9]+: scenario .* failed:$$/ {on=1; print; next} on && /^        / {print; next} {on=0}' test/e2e/artifacts/e2e.log; fi; exit $$rc
 
