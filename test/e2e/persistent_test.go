@@ -112,22 +112,8 @@ func checkBoot(sc scenario, b *harness.BootResult, what string, o outcome, expec
 // and the refusal names the PCRs.
 func persistentOtherUKI(t *testing.T, e *env, first *harness.BootResult, img *harness.Image) []string {
 	sc := scenarioNamed("persistent-other-uki")
-	work := filepath.Join(filepath.Dir(img.Disk.Path), "other-uki")
-	if err := os.MkdirAll(work, 0o755); err != nil {
-		return []string{err.Error()}
-	}
-	cmdline := img.Cmdline + " cvmboot.log=info"
-	cfgPath := filepath.Join(work, "config.yaml")
-	initrd, uki := filepath.Join(work, "initramfs.img"), filepath.Join(work, "BOOTX64.EFI")
-	if err := os.WriteFile(cfgPath, []byte(sc.config), 0o644); err != nil {
-		return []string{err.Error()}
-	}
-	out, err := exec.Command(e.tools.Cvmboot, "initramfs", "--kernel-modules", e.kernel.ModulesDir, "--modules", strings.Join(harness.DefaultModules, ","),
-		"--config", cfgPath, "-o", initrd, "--cmdline", cmdline).CombinedOutput()
+	uki, err := nextUKI(e, sc, img)
 	if err != nil {
-		return []string{fmt.Sprintf("cvmboot initramfs: %v\n%s", err, out)}
-	}
-	if _, err := harness.BuildUKI(context.Background(), harness.UKISpec{Kernel: e.kernel.Vmlinuz, Initrd: initrd, Cmdline: cmdline}, uki); err != nil {
 		return []string{err.Error()}
 	}
 	if err := harness.ReplaceESPFile(img.Disk.Path, "EFI/BOOT/BOOTX64.EFI", uki); err != nil {
