@@ -26,6 +26,21 @@ import (
 // what changed, for the caller to measure, or nil.
 func (s *Stage) maintainKeys(target string, facts map[string]string) (*eventlog.PersistentRootKeys, error) {
 	h := s.held
+	tokens := map[int]*tpmseal.Token{} // by keyslot: cvmboot's tokens
+	maxGen, older := 0, false
+	for _, id := range sortedKeys(h.hdr.Metadata.Tokens) {
+		tok, err := tpmseal.ParseToken(h.hdr.Metadata.Tokens[id].JSON)
+		if err != nil || tok.PCRValues == nil {
+			continue // not cvmboot's: never touched here
+		}
+		tokens[tok.Keyslot] = tok
+		maxGen = max(maxGen, generation(tok))
+		older = older || generation(tok) < h.generation
+	}
+	// Most boots have neither an older token nor a request: they leave the TPM alone.
+	if _, err := os.Lstat(filepath.Join(target, RequestPath)); !older && errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
 	tpm, closeTPM, err := s.TPMs.Open()
 	if err != nil {
 		return nil, err
@@ -36,28 +51,18 @@ func (s *Stage) maintainKeys(target string, facts map[string]string) (*eventlog.
 		return nil, err
 	}
 	ev := &eventlog.PersistentRootKeys{LUKSUUID: h.hdr.UUID}
-	tokens := map[int]*tpmseal.Token{} // by keyslot: cvmboot's tokens
-	maxGen := 0
-	for _, id := range sortedKeys(h.hdr.Metadata.Tokens) {
-		tok, err := tpmseal.ParseToken(h.hdr.Metadata.Tokens[id].JSON)
-		if err != nil || tok.PCRValues == nil {
-			continue // not cvmboot's: never touched here
-		}
-		tokens[tok.Keyslot] = tok
-		maxGen = max(maxGen, tok.Generation, 1)
-	}
 	for _, slot := range sortedKeys(tokens) {
 		tok := tokens[slot]
-		if max(tok.Generation, 1) >= h.generation || samePCRs(tok.PCRValues, now) {
+		if generation(tok) >= h.generation || samePCRs(tok.PCRValues, now) {
 			continue
 		}
 		if err := s.removeKeyslot(slot); err != nil {
-			return nil, fmt.Errorf("retiring keyslot %d (generation %d) of the persistent root %s: %w", slot, max(tok.Generation, 1), h.part.Path, err)
+			return nil, fmt.Errorf("retiring keyslot %d (generation %d) of the persistent root %s: %w", slot, generation(tok), h.part.Path, err)
 		}
 		delete(tokens, slot)
 		ev.Retired = append(ev.Retired, slot)
 		s.log().Info("persistent root: keyslot of an older UKI removed, a newer one opened the root",
-			zap.Int("keyslot", slot), zap.Int("generation", max(tok.Generation, 1)), zap.Int("opened_generation", h.generation))
+			zap.Int("keyslot", slot), zap.Int("generation", generation(tok)), zap.Int("opened_generation", h.generation))
 	}
 	if len(ev.Retired) > 0 {
 		facts["retired_keyslots"] = joinInts(ev.Retired)
@@ -173,9 +178,11 @@ func removeSynced(path string) error {
 	return syncDir(filepath.Dir(path))
 }
 
-func samePCRs(a, b [][]byte) bool {
-	return slices.EqualFunc(a, b, func(x, y []byte) bool { return bytes.Equal(x, y) })
-}
+func samePCRs(a, b [][]byte) bool { return slices.EqualFunc(a, b, bytes.Equal) }
+
+// generation is a cvmboot token's generation; tokens written before the field are the
+// conversion's, 1.
+func generation(t *tpmseal.Token) int { return max(t.Generation, 1) }
 
 func joinInts(v []int) string {
 	s := make([]string, len(v))

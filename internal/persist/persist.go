@@ -97,11 +97,8 @@ type held struct {
 }
 
 // Forget wipes what Open keeps for MountRoot (the volume key), when the boot stops between
-// them; MountRoot does it itself.
-func (s *Stage) Forget() { s.forget() }
-
-// forget wipes the held key.
-func (s *Stage) forget() {
+// them; Open's failures and MountRoot do it themselves.
+func (s *Stage) Forget() {
 	if s.held != nil {
 		s.held.key.Wipe()
 		s.held = nil
@@ -243,7 +240,7 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 		res, err = s.unlock(part, h, facts)
 	}
 	if err != nil {
-		s.forget()
+		s.Forget()
 		return nil, err
 	}
 	res.Event.TPM = vouch
@@ -449,7 +446,7 @@ func (s *Stage) unlock(part *disk.Partition, h *luks2.Header, facts map[string]s
 		return nil, err
 	}
 	lap(facts, "activate_ms", t, s.now)
-	s.held = &held{key: key, part: part, hdr: h, generation: max(tok.Generation, 1)}
+	s.held = &held{key: key, part: part, hdr: h, generation: generation(tok)}
 	facts["action"], facts["luks_uuid"], facts["device"], facts["keyslot"] = "unlocked", h.UUID, vol.path, strconv.Itoa(slot)
 	s.log().Info("persistent root unlocked", zap.String("device", vol.path), zap.String("luks_uuid", h.UUID), zap.Int("keyslot", slot))
 	return &Result{Device: vol.path, Facts: facts, Event: eventlog.PersistentRoot{Action: "unlocked", LUKSUUID: h.UUID}}, nil
@@ -596,7 +593,7 @@ func lap(facts map[string]string, key string, since time.Time, now func() time.T
 // the partition when it is smaller (after the conversion; a partition is not grown). Then it
 // maintains the keyslots (maintainKeys) and forgets the volume key.
 func (s *Stage) MountRoot(res *Result, target string) (map[string]string, error) {
-	defer s.forget()
+	defer s.Forget()
 	fstype, err := s.FS.Mount(res.Device, target)
 	if err != nil {
 		return nil, err
