@@ -196,13 +196,8 @@ func hexDigests(a, b string) ([]byte, []byte, error) {
 	return x, y, nil
 }
 
-// NewRequest is the request for next's predicted values.
-func NewRequest(next *reference.Values, values [][]byte) ([]byte, error) {
-	return NewRequestFor(next.UKI.SHA256, values)
-}
-
-// NewRequestFor is the request for the UKI of SHA-256 ukiSHA256 (hex) and the values.
-func NewRequestFor(ukiSHA256 string, values [][]byte) ([]byte, error) {
+// NewRequest is the request for the UKI of SHA-256 ukiSHA256 (hex) and the values.
+func NewRequest(ukiSHA256 string, values [][]byte) ([]byte, error) {
 	r := Request{Version: RequestVersion, UKISHA256: ukiSHA256, PCRs: PolicyPCRs}
 	for _, v := range values {
 		r.Values = append(r.Values, hex.EncodeToString(v))
@@ -295,7 +290,7 @@ func Enroll(o EnrollOptions) (*Request, string, error) {
 			errs = append(errs, fmt.Errorf("token %d: %w", id, err))
 			continue
 		}
-		raw, err := NewRequest(next, values)
+		raw, err := NewRequest(next.UKI.SHA256, values)
 		if err != nil {
 			return nil, "", err
 		}

@@ -248,7 +248,7 @@ func TestParseRequest(t *testing.T) {
 	for i := range values {
 		values[i] = bytes.Repeat([]byte{byte(i)}, 32)
 	}
-	raw, err := NewRequest(ref, values)
+	raw, err := NewRequest(ref.UKI.SHA256, values)
 	if err != nil {
 		t.Fatal(err)
 	}

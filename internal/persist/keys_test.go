@@ -49,7 +49,7 @@ func (m *machine) header(t *testing.T) *luks2.Header {
 // writeRequest leaves a request for values on the root at target, as `cvmboot enroll` does.
 func writeRequest(t *testing.T, target string, values [][]byte) {
 	t.Helper()
-	raw, err := NewRequestFor(strings.Repeat("ab", 32), values)
+	raw, err := NewRequest(strings.Repeat("ab", 32), values)
 	if err != nil {
 		t.Fatal(err)
 	}
