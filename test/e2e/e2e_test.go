@@ -100,9 +100,12 @@ type scenario struct {
 	testhook  bool
 	memoryMiB int // 1024 when 0
 	// killOn, a regular expression, makes the host kill qemu at a random moment within
-	// killWithin of the first console line it matches.
+	// killWithin of the first console line it matches — and at once when a line matches
+	// killBy first, so the kill always lands before the step killBy marks, however fast
+	// the machine runs.
 	killOn     string
 	killWithin time.Duration
+	killBy     string
 	// debianPackages are installed in the Debian root on top of DefaultDebianInclude (a
 	// root cached of its own).
 	debianPackages []string
@@ -604,11 +607,15 @@ func runScenario(t *testing.T, e *env, sc scenario) result {
 // cancels the boot; nil leaves killOn out.
 func bootSpec(t *testing.T, e *env, sc scenario, work string, img *harness.Image, kill func()) harness.BootSpec {
 	stream := os.Getenv("CVMBOOT_E2E_STREAM") == "1"
-	var killRe *regexp.Regexp
+	var killRe, killByRe *regexp.Regexp
 	if sc.killOn != "" && kill != nil {
 		killRe = regexp.MustCompile(sc.killOn)
+		if sc.killBy != "" {
+			killByRe = regexp.MustCompile(sc.killBy)
+		}
 	}
-	var killOnce sync.Once
+	var killOnce, killNow sync.Once
+	var killTimer *time.Timer
 	extra := sc.qemuArgs
 	if sc.initdata != nil {
 		disk := filepath.Join(work, "initdata.img")
@@ -631,8 +638,15 @@ func bootSpec(t *testing.T, e *env, sc scenario, work string, img *harness.Image
 			if killRe != nil && killRe.MatchString(l) {
 				killOnce.Do(func() {
 					delay := time.Duration(mathrand.Int64N(int64(sc.killWithin) + 1))
-					t.Logf("kill: qemu killed %s after %q", delay.Round(time.Millisecond), l)
-					time.AfterFunc(delay, kill)
+					t.Logf("kill: qemu to be killed %s after %q", delay.Round(time.Millisecond), l)
+					killTimer = time.AfterFunc(delay, func() { killNow.Do(kill) })
+				})
+			}
+			if killByRe != nil && killTimer != nil && killByRe.MatchString(l) {
+				killNow.Do(func() {
+					killTimer.Stop()
+					t.Logf("kill: qemu killed at once on %q, before its random moment", l)
+					kill()
 				})
 			}
 		},

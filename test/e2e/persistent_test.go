@@ -52,7 +52,8 @@ func persistentScenarios() []scenario {
 			// The host kills the VM at a random moment of the conversion (header, copy, seal,
 			// grow); the next boot, with the same TPM, ends with a working root either way.
 			name: "persistent-killed-midway", root: rootTiny, config: persistentConfig, recipe: persistentDisk,
-			cmdline: persistentCmdline, killOn: `persistent root: LUKS2 header written`, killWithin: 10 * time.Second,
+			cmdline: persistentCmdline, killOn: `persistent root: LUKS2 header written`, killWithin: 4 * time.Second,
+			killBy: `stage ok stage=root `,
 			reject: []string{`{fatal}`, `Kernel panic`}, outcome: killedMidway, timeLimit: 4 * time.Minute,
 			after: persistentAfterKill,
 		},
