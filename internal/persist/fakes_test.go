@@ -4,18 +4,22 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/cvmboot/cvmboot/internal/disk"
 	"github.com/cvmboot/cvmboot/internal/dm"
 	"github.com/cvmboot/cvmboot/internal/measure/swtpmtest"
 	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/tpmseal"
+	"golang.org/x/sys/unix"
 )
 
 // machine is a fake of everything the stage touches but the TPM (swtpm): the partition and
@@ -30,6 +34,12 @@ type machine struct {
 	prepared []disk.Request
 	keys     [][]byte // what dm-crypt was given, in order
 	tables   []string
+
+	mu   sync.Mutex
+	held bool // a dm-integrity device holds the partition: exclusive opens fail, as the kernel's
+	// tpmAfterHold makes the TPM answer only once dm-integrity holds the partition (or
+	// after a second): the order the VM shows, where the TPM is slower than the table load.
+	tpmAfterHold bool
 }
 
 const partSize = 64 << 20
@@ -67,7 +77,11 @@ func newMachine(t *testing.T) *machine {
 	return m
 }
 
+// stage is the stage of a new boot: no device-mapper device holds the partition yet.
 func (m *machine) stage() *Stage {
+	m.mu.Lock()
+	m.held = false
+	m.mu.Unlock()
 	return &Stage{AllowUnvouchedTPM: true, DevDir: m.devDir, Disk: m, Devices: m, DM: m, Keyring: m, Random: storage.Getrandom{},
 		TPMs: tpms{m}, Copier: m, FS: m, OpenShared: func(p string) (storage.Device, error) { return os.OpenFile(p, os.O_RDWR, 0) }}
 }
@@ -85,7 +99,14 @@ func (m *machine) Size(p string) (int64, error) {
 	}
 	return fi.Size(), nil
 }
-func (m *machine) Open(p string) (storage.Device, error) { return os.OpenFile(p, os.O_RDWR, 0) }
+func (m *machine) Open(p string) (storage.Device, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.held && p == m.part {
+		return nil, fmt.Errorf("opening %s exclusively: %w", p, unix.EBUSY)
+	}
+	return os.OpenFile(p, os.O_RDWR, 0)
+}
 func (m *machine) ReadDirect(p string, off int64, b []byte) error {
 	f, err := os.Open(p)
 	if err != nil {
@@ -102,7 +123,12 @@ func (m *machine) Written(string) (int64, error)         { return 0, nil }
 // the partition file, as the kernel formats a zeroed one (a sixty-fourth for tags).
 func (m *machine) CreateAndLoad(name, uuid string, targets []dm.Target, _ bool) (dm.Device, error) {
 	t := targets[0]
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.tables = append(m.tables, name+" "+t.String())
+	if t.Type == "integrity" && t.Length != 8 {
+		m.held = true
+	}
 	if t.Type == "integrity" && t.Length == 8 {
 		off, _ := strconv.ParseInt(strings.Fields(t.Params)[1], 10, 64)
 		sectors := uint64(partSize-off*512) / 512
@@ -137,7 +163,15 @@ func (m *machine) CreateAndLoad(name, uuid string, targets []dm.Target, _ bool) 
 	}
 	return dm.Device{Name: name, UUID: uuid, Major: 253, Minor: uint32(len(m.tables))}, nil
 }
-func (m *machine) Remove(name string) error { m.tables = append(m.tables, "remove "+name); return nil }
+func (m *machine) Remove(name string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.tables = append(m.tables, "remove "+name)
+	if strings.HasSuffix(name, "_dif") {
+		m.held = false
+	}
+	return nil
+}
 
 func (m *machine) AddLogon(_ string, payload []byte) (int, error) {
 	m.keys = append(m.keys, append([]byte(nil), payload...))
@@ -152,6 +186,14 @@ func (t tpms) Open() (tpmseal.TPM, func(), error) {
 	m := t.m
 	if m.tpmErr != nil {
 		return nil, nil, m.tpmErr
+	}
+	for deadline := time.Now().Add(time.Second); m.tpmAfterHold && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		m.mu.Lock()
+		held := m.held
+		m.mu.Unlock()
+		if held {
+			break
+		}
 	}
 	return m.tpm, func() {}, nil
 }

@@ -90,8 +90,30 @@ func TestConvertThenUnlock(t *testing.T) {
 	if strings.Join(modes, " ") != "D J J" {
 		t.Fatalf("dm-integrity modes %v: want D for the copy, J for the root", modes)
 	}
+	// The journal the conversion formats is JournalSectors, not the kernel's default.
+	if !strings.Contains(m.tables[0], " journal_sectors:16384 ") || !strings.Contains(m.tables[0], " 8 integrity ") {
+		t.Fatalf("the first table %q does not format an 8 MiB journal", m.tables[0])
+	}
 	if string(again.Facts["tpm"]) != TPMInsecureUnvouched {
 		t.Fatalf("facts %v do not say the TPM is unvouched", again.Facts)
+	}
+}
+
+// A later boot brings dm-integrity up while the TPM unseals: the keyslot is read from the
+// partition dm-integrity holds by then, which an exclusive open could not.
+func TestUnlockWhileIntegrityHoldsPartition(t *testing.T) {
+	m := newMachine(t)
+	if _, err := m.stage().Open(context.Background(), m.verity, "00ff"); err != nil {
+		t.Fatal(err)
+	}
+	st := m.stage()
+	m.tpmAfterHold = true
+	res, err := st.Open(context.Background(), m.verity, "00ff")
+	if err != nil {
+		t.Fatalf("unlock: %v", err)
+	}
+	if res.Event.Action != "unlocked" || res.Facts["integrity_ms"] == "" || res.Facts["crypt_ms"] == "" {
+		t.Fatalf("unlock: %+v %v", res.Event, res.Facts)
 	}
 }
 
@@ -109,6 +131,11 @@ func TestUnlockRefusesOtherPCRs(t *testing.T) {
 	t.Logf("refusal: %v", err)
 	if len(m.keys) != 2 {
 		t.Fatal("dm-crypt got a key after the refusal")
+	}
+	// dm-integrity came up while the TPM refused; the refusal removed it.
+	last := m.tables[len(m.tables)-2:]
+	if !strings.HasPrefix(last[0], DeviceName+"_dif ") || last[1] != "remove "+DeviceName+"_dif" {
+		t.Fatalf("the refused unlock left %q", last)
 	}
 }
 

@@ -155,19 +155,16 @@ func LoadCrypt(dmc DeviceMapper, kr Keyring, log *zap.Logger, key *secret.Locked
 
 // formatIntegrity formats this stage's dm-integrity superblock (FormatIntegrity).
 func (s *Stage) formatIntegrity(dmc DeviceMapper, path, dev string, offset int64, tagSize int, maxSectors uint64, luksUUID string) (uint64, error) {
-	return FormatIntegrity(dmc, s.Devices, path, dev, offset, tagSize, maxSectors, luksUUID, false)
+	return FormatIntegrity(dmc, s.Devices, path, dev, offset, tagSize, maxSectors, luksUUID, formatJournalSectors)
 }
 
 // FormatIntegrity lets the kernel write a fresh dm-integrity superblock through a temporary
-// 8-sector device, then reads the data size it chose. With journal the kernel sizes the
-// journal as for a volume that runs in mode J; without, the journal is the smallest.
-func FormatIntegrity(dmc DeviceMapper, devs Devices, path, dev string, offset int64, tagSize int, maxSectors uint64, luksUUID string, journal bool) (uint64, error) {
+// 8-sector device, then reads the data size it chose. The journal holds journalSectors
+// (512-byte sectors; the kernel rounds up to whole sections); 0 leaves its size to the
+// kernel (1/128 of the device, at most 64 MiB).
+func FormatIntegrity(dmc DeviceMapper, devs Devices, path, dev string, offset int64, tagSize int, maxSectors uint64, luksUUID string, journalSectors int) (uint64, error) {
 	name := "temporary-cvmboot-" + luksUUID
-	sectors := formatJournalSectors
-	if journal {
-		sectors = 0
-	}
-	if _, err := dmc.CreateAndLoad(name, "", []dm.Target{integrityFormatTarget(dev, offset, tagSize, sectors)}, false); err != nil {
+	if _, err := dmc.CreateAndLoad(name, "", []dm.Target{integrityFormatTarget(dev, offset, tagSize, journalSectors)}, false); err != nil {
 		return 0, fmt.Errorf("formatting dm-integrity on %s: %w", path, err)
 	}
 	if err := dmc.Remove(name); err != nil {
