@@ -150,14 +150,20 @@ func (m *machine) CreateAndLoad(name, uuid string, targets []dm.Target, _ bool) 
 		}
 	}
 	if t.Type == "crypt" {
-		// The volume: a file as large as the table says, whose bytes stay between
-		// activations (as the partition's do).
-		f, err := os.OpenFile(filepath.Join(m.devDir, "mapper", name), os.O_CREATE|os.O_WRONLY, 0o600)
+		// The volume: mapper/NAME links to one file as large as the table says, whose
+		// bytes stay between activations under any name (as the partition's do).
+		backing := filepath.Join(m.devDir, "volume")
+		f, err := os.OpenFile(backing, os.O_CREATE|os.O_WRONLY, 0o600)
 		if err != nil {
 			return dm.Device{}, err
 		}
 		f.Close()
-		if err := os.Truncate(filepath.Join(m.devDir, "mapper", name), int64(t.Length)*512); err != nil {
+		if err := os.Truncate(backing, int64(t.Length)*512); err != nil {
+			return dm.Device{}, err
+		}
+		link := filepath.Join(m.devDir, "mapper", name)
+		os.Remove(link)
+		if err := os.Symlink(backing, link); err != nil {
 			return dm.Device{}, err
 		}
 	}

@@ -33,6 +33,10 @@ const (
 	Label      = "cvmboot-root" // GPT partition name and LUKS2 label
 	Subsystem  = "cvmboot-root" // LUKS2 subsystem
 	DeviceName = "cvmboot-root" // /dev/mapper/cvmboot-root; its dm-integrity device is cvmboot-root_dif
+	// CopyDeviceName is the volume the conversion copies into (dm-integrity without journal):
+	// /dev/mapper/cvmboot-root appears once, finished, for whatever waits for it (systemd's
+	// sysroot.mount in a systemd initrd).
+	CopyDeviceName = "cvmboot-root-copy"
 	// TypeGUID is the partition type: Linux filesystem data. Not the discoverable root type:
 	// the booted system must not take the partition for a root of its own.
 	TypeGUID = "0fc63daf-8483-4772-8e79-3d69d8477de4"
@@ -304,7 +308,7 @@ func (s *Stage) convert(ctx context.Context, part *disk.Partition, verity string
 	s.log().Info("persistent root: LUKS2 header written, no keyslot yet", zap.String("partition", part.Path), zap.String("luks_uuid", hdr.UUID))
 	t = lap(facts, "header_ms", t, s.now)
 
-	vol, err := s.activate(part, hdr, key, true, 'D')
+	vol, err := s.activate(CopyDeviceName, part, hdr, key, true, 'D')
 	if err != nil {
 		return nil, err
 	}
@@ -330,11 +334,16 @@ func (s *Stage) convert(ctx context.Context, part *disk.Partition, verity string
 		return nil, err
 	}
 	t = lap(facts, "seal_ms", t, s.now)
-	// From here on the root runs journaled.
-	s.teardown(vol)
-	if vol, err = s.activate(part, hdr, key, false, 'J'); err != nil {
+	// From here on the root runs journaled. A copy device left live beside it would write
+	// the same sectors without the journal: its removal must succeed.
+	if err := s.teardownStrict(vol); err != nil {
+		return nil, fmt.Errorf("removing the conversion's copy device %s: %w; refusing to activate the root beside it", vol.name, err)
+	}
+	root, err := s.activate(DeviceName, part, hdr, key, false, 'J')
+	if err != nil {
 		return nil, err
 	}
+	vol = root
 	lap(facts, "reactivate_ms", t, s.now)
 	ok, kept = true, true
 	s.held = &held{key: key, part: part, hdr: hdr, generation: 1}
@@ -452,7 +461,7 @@ func (s *Stage) unlock(part *disk.Partition, h *luks2.Header, facts map[string]s
 	}
 	difc := make(chan integrity, 1)
 	go func() {
-		vol, err := s.activateIntegrity(part, h, false, 'J')
+		vol, err := s.activateIntegrity(DeviceName, part, h, false, 'J')
 		difc <- integrity{vol, s.now().Sub(t).Milliseconds(), err}
 	}()
 	key, tok, err := s.unseal(part, h, facts)
@@ -553,6 +562,7 @@ func (s *Stage) openToken(tpm tpmseal.TPM, dev storage.Device, h *luks2.Header, 
 
 // volume is the activated stack.
 type volume struct {
+	name    string // its dm-crypt device's; dm-integrity's is name_dif
 	path    string
 	size    int64     // what dm-integrity provides, in bytes
 	dif     dm.Device // dm-integrity, under dm-crypt
@@ -565,8 +575,8 @@ type volume struct {
 // journal would write everything twice); the root runs in mode J, so that a sector and its
 // tag are written together or not at all: a VM killed mid-write must not leave sectors
 // that fail their tags. It uses a copy of key: the caller's stays for the commit.
-func (s *Stage) activate(part *disk.Partition, hdr *luks2.Header, key *secret.Locked, fresh bool, mode byte) (*volume, error) {
-	vol, err := s.activateIntegrity(part, hdr, fresh, mode)
+func (s *Stage) activate(name string, part *disk.Partition, hdr *luks2.Header, key *secret.Locked, fresh bool, mode byte) (*volume, error) {
+	vol, err := s.activateIntegrity(name, part, hdr, fresh, mode)
 	if err != nil {
 		return nil, err
 	}
@@ -578,14 +588,14 @@ func (s *Stage) activate(part *disk.Partition, hdr *luks2.Header, key *secret.Lo
 
 // activateIntegrity builds the dm-integrity half of the stack. It needs no key: a later
 // boot runs it (and the replay of the journal it holds) while the TPM unseals.
-func (s *Stage) activateIntegrity(part *disk.Partition, hdr *luks2.Header, fresh bool, mode byte) (*volume, error) {
+func (s *Stage) activateIntegrity(name string, part *disk.Partition, hdr *luks2.Header, fresh bool, mode byte) (*volume, error) {
 	maj, min, err := s.Devices.Number(part.Path)
 	if err != nil {
 		return nil, err
 	}
 	partDev := fmt.Sprintf("%d:%d", maj, min)
 	dmc := s.dmc
-	vol := &volume{path: filepath.Join(cmp.Or(s.DevDir, "/dev"), "mapper", DeviceName), dmc: dmc}
+	vol := &volume{name: name, path: filepath.Join(cmp.Or(s.DevDir, "/dev"), "mapper", name), dmc: dmc}
 	offset := int64(hdr.DataOffset())
 	l := storage.LayoutHMACSHA256
 	maxSectors := uint64(part.Size-offset) / 512
@@ -598,12 +608,12 @@ func (s *Stage) activateIntegrity(part *disk.Partition, hdr *luks2.Header, fresh
 	if err != nil {
 		return nil, err
 	}
-	dif, err := dmc.CreateAndLoad(storage.IntegrityName(DeviceName), storage.IntegrityUUID(hdr.UUID, DeviceName),
+	dif, err := dmc.CreateAndLoad(storage.IntegrityName(name), storage.IntegrityUUID(hdr.UUID, name),
 		[]dm.Target{storage.IntegrityTargetMode(partDev, offset, l.TagSize, provided, mode)}, false)
 	if err != nil {
-		return nil, fmt.Errorf("activating dm-integrity %s: %w", storage.IntegrityName(DeviceName), err)
+		return nil, fmt.Errorf("activating dm-integrity %s: %w", storage.IntegrityName(name), err)
 	}
-	vol.removes = []string{storage.IntegrityName(DeviceName)}
+	vol.removes = []string{storage.IntegrityName(name)}
 	vol.dif, vol.size = dif, int64(provided)*512
 	return vol, nil
 }
@@ -617,13 +627,25 @@ func (s *Stage) activateCrypt(vol *volume, hdr *luks2.Header, key *secret.Locked
 		return err
 	}
 	copy(k.Bytes(), key.Bytes())
-	if err := storage.LoadCrypt(vol.dmc, s.Keyring, s.log(), k, storage.LayoutHMACSHA256, DeviceName, hdr.UUID, vol.dif.ID(), 0, uint64(vol.size)/512); err != nil {
+	if err := storage.LoadCrypt(vol.dmc, s.Keyring, s.log(), k, storage.LayoutHMACSHA256, vol.name, hdr.UUID, vol.dif.ID(), 0, uint64(vol.size)/512); err != nil {
 		k.Wipe()
 		s.teardown(vol)
-		return fmt.Errorf("activating dm-crypt %s: %w", DeviceName, err)
+		return fmt.Errorf("activating dm-crypt %s: %w", vol.name, err)
 	}
-	vol.removes = append([]string{DeviceName}, vol.removes...)
+	vol.removes = append([]string{vol.name}, vol.removes...)
 	return nil
+}
+
+// teardownStrict is teardown that fails when a device stays.
+func (s *Stage) teardownStrict(vol *volume) error {
+	var errs []error
+	for _, name := range vol.removes {
+		if err := vol.dmc.Remove(name); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+		}
+	}
+	vol.removes = nil
+	return errors.Join(errs...)
 }
 
 func (s *Stage) teardown(vol *volume) {
@@ -641,6 +663,35 @@ func lap(facts map[string]string, key string, since time.Time, now func() time.T
 	return t
 }
 
+// GrowMounted grows the file system of the persistent root dev, mounted read-write at target,
+// to its device when it is smaller. In a systemd initrd, sysroot.mount mounted it and no key
+// is held: an enrollment request is set aside (renamed *.refused) rather than left for a
+// boot of the next UKI that could not unlock.
+func (s *Stage) GrowMounted(dev, target string) (map[string]string, error) {
+	before, after, err := s.FS.Grow(dev, target)
+	if err != nil {
+		return nil, err
+	}
+	facts := map[string]string{"device": dev, "target": target, "mode": "rw", "filesystem_bytes": strconv.FormatInt(after, 10)}
+	if s.held == nil {
+		path := filepath.Join(target, RequestPath)
+		if _, err := os.Lstat(path); err == nil {
+			reason := "enrollment requests are carried out only with cvmboot as PID 1 (initramfs mode): in a systemd initrd the volume key is not held until the root is mounted"
+			s.log().Warn("enrollment request not carried out: renamed", zap.String("path", path+".refused"), zap.String("reason", reason))
+			facts["enroll_refused"] = reason
+			if err := os.Rename(path, path+".refused"); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if after > before {
+		facts["grown_from_bytes"] = strconv.FormatInt(before, 10)
+		s.log().Info("persistent root's file system grown to its partition", zap.String("device", dev),
+			zap.Int64("from_bytes", before), zap.Int64("to_bytes", after))
+	}
+	return facts, nil
+}
+
 // MountRoot mounts the activated root read-write at target and grows its file system to
 // the partition when it is smaller (after the conversion; a partition is not grown). Then it
 // maintains the keyslots (maintainKeys) and forgets the volume key.
@@ -650,17 +701,11 @@ func (s *Stage) MountRoot(res *Result, target string) (map[string]string, error)
 	if err != nil {
 		return nil, err
 	}
-	before, after, err := s.FS.Grow(res.Device, target)
+	facts, err := s.GrowMounted(res.Device, target)
 	if err != nil {
 		return nil, err
 	}
-	facts := map[string]string{"device": res.Device, "fstype": fstype, "target": target, "mode": "rw",
-		"filesystem_bytes": strconv.FormatInt(after, 10)}
-	if after > before {
-		facts["grown_from_bytes"] = strconv.FormatInt(before, 10)
-		s.log().Info("persistent root's file system grown to its partition", zap.String("device", res.Device),
-			zap.Int64("from_bytes", before), zap.Int64("to_bytes", after))
-	}
+	facts["fstype"] = fstype
 	if s.held != nil {
 		keys, err := s.maintainKeys(target, facts)
 		if err != nil {

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -83,12 +86,22 @@ func TestConvertThenUnlock(t *testing.T) {
 	}
 	var modes []string
 	for _, tb := range m.tables {
-		if f := strings.Fields(tb); len(f) > 7 && f[0] == DeviceName+"_dif" && f[3] == "integrity" {
+		if f := strings.Fields(tb); len(f) > 7 && strings.HasSuffix(f[0], "_dif") && f[3] == "integrity" {
 			modes = append(modes, f[7])
 		}
 	}
 	if strings.Join(modes, " ") != "D J J" {
 		t.Fatalf("dm-integrity modes %v: want D for the copy, J for the root", modes)
+	}
+	// The copy has a device of its own: cvmboot-root appears once per boot, finished.
+	var crypts []string
+	for _, tb := range m.tables {
+		if f := strings.Fields(tb); len(f) > 3 && f[3] == "crypt" {
+			crypts = append(crypts, f[0])
+		}
+	}
+	if want := []string{CopyDeviceName, DeviceName, DeviceName}; !slices.Equal(crypts, want) {
+		t.Fatalf("dm-crypt devices %v, want %v", crypts, want)
 	}
 	// The journal the conversion formats is JournalSectors, not the kernel's default.
 	if !strings.Contains(m.tables[0], " journal_sectors:16384 ") || !strings.Contains(m.tables[0], " 8 integrity ") {
@@ -223,5 +236,29 @@ func TestRefusesUnvouchedTPM(t *testing.T) {
 	_, err := st.Open(context.Background(), m.verity, "00ff")
 	if err == nil || !strings.Contains(err.Error(), "root.insecure_unvouched_tpm") || len(m.prepared) != 0 {
 		t.Fatalf("Open: %v (disk prepared %d times)", err, len(m.prepared))
+	}
+}
+
+// In a systemd initrd no key is held when the root is grown: an enrollment request is set
+// aside, named as refused, not left for a boot of the next UKI that could not unlock.
+func TestGrowMountedSetsRequestAside(t *testing.T) {
+	m := newMachine(t)
+	target := t.TempDir()
+	req := filepath.Join(target, RequestPath)
+	if err := os.MkdirAll(filepath.Dir(req), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(req, []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	facts, err := m.stage().GrowMounted("/dev/mapper/cvmboot-root", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(req + ".refused"); err != nil || !strings.Contains(facts["enroll_refused"], "only with cvmboot as PID 1") {
+		t.Fatalf("request not set aside: %v, facts %v", err, facts)
+	}
+	if _, err := os.Stat(req); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the request is still there: %v", err)
 	}
 }
