@@ -89,6 +89,7 @@ type StorageSetup interface {
 type PersistentRoot interface {
 	Open(ctx context.Context, verityDevice, rootHash string) (*persist.Result, error)
 	MountRoot(res *persist.Result, target string) (map[string]string, error)
+	GrowMounted(dev, target string) (map[string]string, error)
 	// Forget wipes what Open keeps for MountRoot, when the boot stops between them.
 	Forget()
 }
@@ -260,7 +261,14 @@ func (b *Boot) persist(ctx context.Context) (stage.Facts, error) {
 		st.Forget()
 		return nil, err
 	}
-	b.persistSt, b.persistRes = st, res
+	b.dec.Persistent = &PersistentDecision{Device: res.Device, LUKSUUID: res.Event.LUKSUUID, Action: res.Event.Action}
+	if b.Mode == ModeSystemdInitrd {
+		// sysroot.mount mounts it (root= names it) and the root step, another process,
+		// checks and grows it: the key goes with this one.
+		st.Forget()
+	} else {
+		b.persistSt, b.persistRes = st, res
+	}
 	facts := stage.Facts(res.Facts)
 	if res.Event.TPM == persist.TPMInsecureUnvouched {
 		facts["warning"] = "INSECURE: the root's key is sealed to a TPM no TEE vouches for (root.insecure_unvouched_tpm); a host-emulated TPM can unseal it"
@@ -275,6 +283,12 @@ func (b *Boot) persist(ctx context.Context) (stage.Facts, error) {
 func (b *Boot) root(ctx context.Context) (stage.Facts, error) {
 	switch b.Mode {
 	case ModeSystemdInitrd:
+		if b.dec.Persistent != nil {
+			return b.checkPersistentSysroot()
+		}
+		if b.Plan.Persistent {
+			return nil, errors.New("root.persistent is set but no persistent-root step activated the encrypted root in this boot (is cvmboot-persistent-root.service in the initrd?)")
+		}
 		return b.checkSysroot()
 	case ModeSystemd:
 		dev, err := b.bootedRootDevice(ctx)
@@ -382,6 +396,34 @@ func (b *Boot) checkSysroot() (stage.Facts, error) {
 	}
 	b.rootDevice = src
 	return stage.Facts{"device": src, "target": NewRoot, "mounted_by": "systemd (sysroot.mount)"}, nil
+}
+
+// checkPersistentSysroot is checkSysroot for root.persistent: systemd mounted /sysroot, and
+// it must be the encrypted root the persistent-root step activated; its file system is grown
+// here (the first boot's copy is the verified root's size), which fails on a read-only mount.
+func (b *Boot) checkPersistentSysroot() (stage.Facts, error) {
+	p := b.dec.Persistent
+	src, err := b.Mounts.MountedAt(NewRoot)
+	if err != nil {
+		return nil, err
+	}
+	if src == "" {
+		return nil, errors.New("nothing is mounted at " + NewRoot + ": the root step must run after sysroot.mount")
+	}
+	if !sameDevice(src, p.Device) {
+		return nil, fmt.Errorf("%s is mounted from %s, not from the persistent root %s (LUKS2 %s): the command line's root= must name %s",
+			NewRoot, src, p.Device, p.LUKSUUID, p.Device)
+	}
+	if b.Persist == nil {
+		return nil, errors.New("root.persistent is set but this environment cannot grow a persistent root")
+	}
+	facts, err := b.Persist().GrowMounted(p.Device, NewRoot)
+	if err != nil {
+		return nil, err
+	}
+	b.rootDevice = src
+	facts["mounted_by"] = "systemd (sysroot.mount)"
+	return stage.Facts(facts), nil
 }
 
 // checkSysrootUsr is checkSysroot for usrhash= in a systemd initrd: systemd mounted
@@ -513,7 +555,7 @@ func (b *Boot) overlay(context.Context) (stage.Facts, error) {
 		return nil, err
 	}
 	cfg := b.Config.Overlay
-	if b.persistRes != nil {
+	if b.persistRes != nil || b.dec.Persistent != nil {
 		if err := b.measure(eventlog.Overlay{Enabled: false}.Event()); err != nil {
 			return nil, err
 		}

@@ -375,14 +375,14 @@ func TestSequence(t *testing.T) {
 	}
 	for mode, want := range map[Mode]string{
 		ModeInitramfs:     "early-mounts modules attest initdata verity persistent-root root storage overlay usr binds evidence handoff",
-		ModeSystemdInitrd: "modules attest initdata verity root storage overlay binds evidence",
+		ModeSystemdInitrd: "modules attest initdata verity persistent-root root storage overlay binds evidence",
 		ModeSystemd:       "modules attest initdata root storage binds",
 	} {
 		if got := names(mode); got != want {
 			t.Errorf("%s: %s\nwant %s", mode, got, want)
 		}
 	}
-	if got := UnitStepNames(); got != "modules, attest, initdata, verity, root, storage, overlay, binds, evidence" {
+	if got := UnitStepNames(); got != "modules, attest, initdata, verity, persistent-root, root, storage, overlay, binds, evidence" {
 		t.Errorf("unit steps %q", got)
 	}
 	for _, tt := range []struct {
@@ -525,7 +525,8 @@ func TestPeakRSS(t *testing.T) {
 	}
 }
 
-// root.persistent is resolved in the plan: PID 1 mode with a verified root only.
+// root.persistent is resolved in the plan: in the initrd (PID 1 or units) with a verified
+// root only.
 func TestPlanPersistent(t *testing.T) {
 	hash := strings.Repeat("00", 32)
 	cfg := config.Default()
@@ -536,7 +537,8 @@ func TestPlanPersistent(t *testing.T) {
 		line, want string
 	}{
 		{ModeInitramfs, "roothash=" + hash, ""},
-		{ModeSystemdInitrd, "roothash=" + hash, "only supported with cvmboot as PID 1"},
+		{ModeSystemdInitrd, "roothash=" + hash, ""},
+		{ModeSystemd, "roothash=" + hash, "is made in the initrd"},
 		{ModeInitramfs, "root=/dev/vda2", "the command line has no roothash="},
 		{ModeInitramfs, "roothash=" + hash + " usrhash=" + hash, "with usrhash= is not supported"},
 	} {
@@ -558,15 +560,66 @@ func TestPlanPersistent(t *testing.T) {
 	}
 }
 
-// fakePersist records whether the persistent root was opened.
-type fakePersist struct{ opened int }
+// fakePersist records whether the persistent root was opened and grown, and forgotten.
+type fakePersist struct {
+	opened, forgotten int
+	grown             []string
+}
 
 func (f *fakePersist) Open(context.Context, string, string) (*persist.Result, error) {
 	f.opened++
 	return &persist.Result{Device: "/dev/mapper/cvmboot-root", Facts: map[string]string{}}, nil
 }
 func (f *fakePersist) MountRoot(*persist.Result, string) (map[string]string, error) { return nil, nil }
-func (f *fakePersist) Forget()                                                      {}
+func (f *fakePersist) Forget()                                                      { f.forgotten++ }
+func (f *fakePersist) GrowMounted(dev, target string) (map[string]string, error) {
+	f.grown = append(f.grown, dev+" "+target)
+	return map[string]string{"device": dev}, nil
+}
+
+// In a systemd initrd the persistent-root unit opens the root, forgets the key, and leaves
+// the device to sysroot.mount; the root unit (another process, reading the decisions) checks
+// that /sysroot is that device and grows it, and the overlay stays off.
+func TestPersistSystemdInitrd(t *testing.T) {
+	fp, att := &fakePersist{}, &fakeAttest{present: true}
+	dec := &Decisions{Attested: true, Measuring: true, Verity: []VerityVolume{{Name: "root", Device: "/dev/mapper/root", RootHash: "00"}}}
+	b := &Boot{Config: config.Default(), Mode: ModeSystemdInitrd, Attest: att, Plan: &Plan{Persistent: true}, CmdlinePin: "sha256:00",
+		measuring: true, Persist: func() PersistentRoot { return fp }, dec: dec}
+	if _, err := b.persist(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if fp.forgotten != 1 || b.persistRes != nil || dec.Persistent == nil || dec.Persistent.Device != "/dev/mapper/cvmboot-root" {
+		t.Fatalf("after the persistent-root step: forgotten %d, held %v, decision %+v", fp.forgotten, b.persistRes != nil, dec.Persistent)
+	}
+	noStep := &Boot{Config: config.Default(), Mode: ModeSystemdInitrd, Plan: &Plan{Persistent: true},
+		Mounts: &fakeMachine{mountedAt: map[string]string{NewRoot: "/dev/mapper/root"}}, dec: &Decisions{}}
+	if _, err := noStep.root(context.Background()); err == nil || !strings.Contains(err.Error(), "no persistent-root step activated") {
+		t.Errorf("root.persistent without the persistent-root step: %v", err)
+	}
+	for _, tt := range []struct{ mounted, want string }{
+		{"/dev/mapper/root", "not from the persistent root /dev/mapper/cvmboot-root"},
+		{"", "nothing is mounted at /sysroot"},
+		{"/dev/mapper/cvmboot-root", ""},
+	} {
+		m := &fakeMachine{mountedAt: map[string]string{NewRoot: tt.mounted}}
+		fp.grown = nil
+		root := &Boot{Config: config.Default(), Mode: ModeSystemdInitrd, Plan: &Plan{Persistent: true}, Mounts: m, Attest: att,
+			Persist: func() PersistentRoot { return fp }, dec: dec}
+		facts, err := root.root(context.Background())
+		switch {
+		case tt.want == "" && (err != nil || len(fp.grown) != 1 || facts["mounted_by"] == ""):
+			t.Errorf("/sysroot from %q: %v, grown %v", tt.mounted, err, fp.grown)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want) || len(fp.grown) != 0):
+			t.Errorf("/sysroot from %q: %v, grown %v; want %q", tt.mounted, err, fp.grown, tt.want)
+		}
+		if tt.want == "" {
+			var skip *stage.SkipError
+			if _, err := root.overlay(context.Background()); !errors.As(err, &skip) {
+				t.Errorf("overlay over the persistent root: %v", err)
+			}
+		}
+	}
+}
 
 // The persistent root is never opened for a command line the host may change, nor when
 // cvmboot's leave-initrd will not reach the TPM.

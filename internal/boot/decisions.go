@@ -29,6 +29,16 @@ type Decisions struct {
 	Measuring bool `json:"measuring"`
 	// Verity are the volumes the verity step activated, root first.
 	Verity []VerityVolume `json:"verity,omitempty"`
+	// Persistent is the encrypted root the persistent-root step activated (root.persistent),
+	// which sysroot.mount must have mounted.
+	Persistent *PersistentDecision `json:"persistent,omitempty"`
+}
+
+// PersistentDecision is the activated persistent root.
+type PersistentDecision struct {
+	Device   string `json:"device"` // /dev/mapper/cvmboot-root
+	LUKSUUID string `json:"luks_uuid"`
+	Action   string `json:"action"` // converted or unlocked
 }
 
 // VerityVolume is an activated dm-verity volume.

@@ -56,8 +56,8 @@ func NewPlan(mode Mode, cfg *config.Config, cl *cmdline.Cmdline) (*Plan, error) 
 	}
 	if cfg.Root.Persistent == config.PersistentEncryptOnFirstBoot {
 		switch {
-		case mode != ModeInitramfs:
-			return nil, fmt.Errorf("root.persistent: %s is only supported with cvmboot as PID 1 (initramfs mode) in this version, not in %s mode", cfg.Root.Persistent, mode)
+		case mode == ModeSystemd:
+			return nil, fmt.Errorf("root.persistent: %s is made in the initrd (cvmboot as PID 1 or its systemd-initrd units), not in %s mode", cfg.Root.Persistent, mode)
 		case p.RootVolume == nil:
 			return nil, fmt.Errorf("root.persistent: %s copies the verified root, but the command line has no roothash=", cfg.Root.Persistent)
 		case p.UsrVolume != nil:

@@ -77,7 +77,7 @@ func Sequence() []Step {
 		{Name: StageAttest, Modes: allModes, Unit: "cvmboot-attest.service", Does: "find the TEE/TPM, open the event log; measure phase, config, command line", run: (*Boot).attest},
 		{Name: StageInitdata, Modes: allModes, Unit: "cvmboot-attest.service", Does: "take Confidential Containers' initdata (initdata.source), check it against SEV-SNP HOST_DATA / TDX MRCONFIGID, measure it (vTPM: PCR 8 once), write its files", run: (*Boot).initdata},
 		{Name: StageVerity, Modes: initrdModes, Unit: "cvmboot-verity.service", Does: "activate the roothash=/usrhash= dm-verity volumes, refusing any mismatch; measure them", run: (*Boot).verity},
-		{Name: StagePersist, Modes: pid1Mode, Does: "root.persistent: make the encrypted root from the verified one (first boot) or unlock it with the TPM; measure it", run: (*Boot).persist},
+		{Name: StagePersist, Modes: initrdModes, Unit: "cvmboot-persistent-root.service", Does: "root.persistent: make the encrypted root from the verified one (first boot) or unlock it with the TPM; measure it", run: (*Boot).persist},
 		{Name: StageRoot, Modes: allModes, Unit: "cvmboot-root.service", Does: "mount the root read-only at /sysroot (PID 1); check what systemd mounted (initrd); find the root's device", run: (*Boot).root},
 		{Name: StageStorage, Modes: allModes, Unit: "cvmboot-root.service", Does: "encrypted storage on the root disk's free space, mounted under /run; measure it", run: (*Boot).storage},
 		{Name: StageOverlay, Modes: initrdModes, Unit: "cvmboot-root.service", Does: "overlay a tmpfs (or the storage) over the read-only root; measure it", run: (*Boot).overlay},

@@ -74,9 +74,10 @@ func TestUnitFiles(t *testing.T) {
 	}
 	// The initrd units are ordered as the steps are.
 	for unit, deps := range map[string][]string{
-		"cvmboot-verity.service":   {"cvmboot-attest.service"},
-		"cvmboot-root.service":     {"sysroot.mount", "cvmboot-attest.service", "cvmboot-verity.service"},
-		"cvmboot-evidence.service": {"cvmboot-verity.service", "cvmboot-root.service"},
+		"cvmboot-verity.service":          {"cvmboot-attest.service"},
+		"cvmboot-persistent-root.service": {"cvmboot-verity.service"},
+		"cvmboot-root.service":            {"sysroot.mount", "cvmboot-attest.service", "cvmboot-verity.service", "cvmboot-persistent-root.service"},
+		"cvmboot-evidence.service":        {"cvmboot-verity.service", "cvmboot-persistent-root.service", "cvmboot-root.service"},
 	} {
 		for _, d := range deps {
 			if !strings.Contains(read(unit, "After"), d) {

@@ -33,7 +33,7 @@ func SystemdFailureAction(a failaction.Action) string {
 
 // UnitNames are cvmboot's systemd units (systemd/), which the generator gives their
 // FailureAction=.
-var UnitNames = []string{"cvmboot-attest.service", "cvmboot-verity.service", "cvmboot-root.service",
+var UnitNames = []string{"cvmboot-attest.service", "cvmboot-verity.service", "cvmboot-persistent-root.service", "cvmboot-root.service",
 	"cvmboot-evidence.service", "cvmboot-scratch-storage.service"}
 
 // GeneratorDropIn is the drop-in `cvmboot systemd-generator` writes for each unit.

@@ -46,7 +46,7 @@ func TestUnitsInitrdSequence(t *testing.T) {
 	m := &fakeMachine{devices: map[string]string{"/dev/mapper/root": "/dev/mapper/root"},
 		mountedAt: map[string]string{NewRoot: "/dev/mapper/root"}}
 	h, att, _ := unitHarness(t, "roothash="+goodHash+" root=/dev/mapper/root", unitsYAML, m, true)
-	units := [][]string{{"modules", "attest", "initdata"}, {"verity"}, {"root", "storage", "overlay", "binds"}, {"evidence"}}
+	units := [][]string{{"modules", "attest", "initdata"}, {"verity"}, {"persistent-root"}, {"root", "storage", "overlay", "binds"}, {"evidence"}}
 	for i, unit := range units {
 		var stderr bytes.Buffer
 		if code := RunUnits(h.env, unit, &stderr); code != 0 {
@@ -93,7 +93,7 @@ func TestUnitsInitrdSequence(t *testing.T) {
 	for _, st := range rep.Stages {
 		names = append(names, st.Name+"="+string(st.Status))
 	}
-	if got := strings.Join(names, " "); got != "modules=skipped attest=ok initdata=skipped verity=ok root=ok storage=ok overlay=ok binds=skipped evidence=ok" {
+	if got := strings.Join(names, " "); got != "modules=skipped attest=ok initdata=skipped verity=ok persistent-root=skipped root=ok storage=ok overlay=ok binds=skipped evidence=ok" {
 		t.Errorf("report stages %s", got)
 	}
 	if rep.Mode != "systemd-initrd" || rep.Outcome != report.OutcomeOK {
@@ -119,7 +119,7 @@ func TestUnitsSysrootUsr(t *testing.T) {
 			m := &fakeMachine{devices: map[string]string{"/dev/mapper/root": "/dev/mapper/root"},
 				mountedAt: map[string]string{NewRoot: "/dev/mapper/root", NewRoot + "/usr": tt.usr}}
 			h, _, _ := unitHarness(t, "roothash="+goodHash+" usrhash="+usrHash+" root=/dev/mapper/root", unitsYAML, m, true)
-			for _, unit := range [][]string{{"modules", "attest", "initdata"}, {"verity"}, {"root", "storage", "overlay", "binds"}} {
+			for _, unit := range [][]string{{"modules", "attest", "initdata"}, {"verity"}, {"persistent-root"}, {"root", "storage", "overlay", "binds"}} {
 				var stderr bytes.Buffer
 				if code := RunUnits(h.env, unit, &stderr); code != 0 {
 					t.Fatalf("cvmboot run %v: exit %d: %s", unit, code, stderr.String())
@@ -390,7 +390,7 @@ func TestUnitsDecisionsCannotWaive(t *testing.T) {
 		}
 		var stderr bytes.Buffer
 		if code := RunUnits(h.env, []string{"evidence"}, &stderr); code != 1 ||
-			!strings.Contains(stderr.String(), "the steps verity, root, storage, overlay, binds did not run in this boot") {
+			!strings.Contains(stderr.String(), "the steps verity, persistent-root, root, storage, overlay, binds did not run in this boot") {
 			t.Errorf("exit %d: %s", code, stderr.String())
 		}
 		if att.evidence {

@@ -73,7 +73,7 @@ func mkosiScenarios() []scenario {
 			`E2E-CHECK: storage-stack=cvmboot-storage crypt cvmboot-storage_dif crypt vda\d part vda disk`,
 			`E2E-CHECK: analyze=Startup finished in .* \(kernel\) \+ .* \(initrd\) \+ .* \(userspace\)`,
 			`E2E-CHECK: journal=.*CVMBOOT_STAGE=attest.*CVMBOOT_STAGE=binds.*CVMBOOT_STAGE=evidence.*CVMBOOT_STAGE=modules.*CVMBOOT_STAGE=overlay.*CVMBOOT_STAGE=root.*CVMBOOT_STAGE=storage.*CVMBOOT_STAGE=verity`,
-			`E2E-CHECK: cvmboot-status=exit 0 8 ok, 0 failed`, // modules attest verity root storage overlay binds evidence; initdata skipped
+			`E2E-CHECK: cvmboot-status=exit 0 8 ok, 0 failed`, // modules attest verity root storage overlay binds evidence; initdata, persistent-root skipped
 			`E2E-CHECK: evidence=.*tpm-quote`,
 			`E2E-CHECK: outcome=cvmboot \S+ \(systemd-initrd mode\), boot ok`,
 			`E2E-CHECK: eventlog=cvmboot.phase cvmboot.config cvmboot.cmdline .*cvmboot.verity cvmboot.storage cvmboot.overlay cvmboot.phase `,

@@ -35,6 +35,65 @@ func persistentDisk(r *harness.DiskRecipe) { bigFree(r); r.Verity = &harness.Ver
 // converted is what a first boot that converted prints.
 var converted = []string{`stage ok stage=persistent-root .*action=converted`, `ROOTCHECK: DONE pass=\d+ fail=0`}
 
+// persistentDracutCheckScript is what the booted Debian of persistent-dracut checks: the root
+// is the encrypted partition, read-write, and what an earlier boot wrote is still there.
+const persistentDracutCheckScript = harness.CheckPrelude + `say "root=$(findmnt -n -o SOURCE,FSTYPE,OPTIONS / 2>&1)"
+say "persisted=$(cat /cvmboot-e2e-persist 2>&1)"
+say "write=$(echo "written at boot $(cat /proc/sys/kernel/random/boot_id)" > /cvmboot-e2e-persist && sync && echo ok)"
+say "root-stack=$(lsblk -s -n -r -o NAME,TYPE /dev/mapper/cvmboot-root | tr '\n' ' ')"
+say "root-size=$(df -B1M --output=size / | tail -1 | tr -d ' ')"
+say "persistent-root=$(grep -o '"action": *"[a-z]*"' /run/cvmboot/report.json | head -1)"
+say "journal=$(journalctl -b SYSLOG_IDENTIFIER=cvmboot -o export --no-pager | grep -a '^CVMBOOT_STAGE=' | sort -u | tr '\n' ' ')"
+cvmboot status > /tmp/status 2>&1
+say "cvmboot-status=exit $? $(awk '$2=="ok"{n++} END{print n+0}' /tmp/status) ok, $(awk '$2=="failed"{n++} END{print n+0}' /tmp/status) failed"
+sed 's/^/E2E-CHECK: status: /' /tmp/status | head -20
+say "outcome=$(head -1 /tmp/status)"
+say "eventlog=$(grep -o '"type":"cvmboot[.][a-z-]*"' /run/cvmboot/eventlog | cut -d'"' -f4 | tr '\n' ' ')"
+say DONE
+sync
+systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
+`
+
+// persistentDracut is the systemd-initrd mode's persistent root: dracut's initrd with
+// cvmboot's units converts at the first boot (cvmboot-persistent-root.service, then systemd's
+// own sysroot.mount of root=/dev/mapper/cvmboot-root rw) and unlocks at the second.
+func persistentDracut() scenario {
+	return scenario{
+		name: "persistent-dracut", root: rootDebian, debianPackages: dracutPackages,
+		config: persistentConfig, recipe: func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{}; r.FreeSpace = 1536 * harness.MiB },
+		initramfs: dracutInitramfsChecking(persistentConfig, persistentDracutCheckScript),
+		cmdline:   "roothash={roothash} root=/dev/mapper/cvmboot-root rw",
+		expect: []string{`E2E-CHECK: persistent-root="action": *"converted"`, `E2E-CHECK: root-size=1[0-9]{3}\s*$`,
+			`E2E-CHECK: root=/dev/mapper/cvmboot-root ext4\s+rw`, `E2E-CHECK: persisted=cat: /cvmboot-e2e-persist: No such file`,
+			`E2E-CHECK: write=ok`, `E2E-CHECK: root-stack=cvmboot-root crypt cvmboot-root_dif crypt vda4 part vda disk`,
+			`E2E-CHECK: cvmboot-status=exit 0 \d+ ok, 0 failed`, `E2E-CHECK: outcome=cvmboot \S+ \(systemd-initrd mode\), boot ok`,
+			`E2E-CHECK: eventlog=cvmboot.phase cvmboot.config cvmboot.cmdline cvmboot.verity cvmboot.persistent-root cvmboot.storage cvmboot.overlay cvmboot.phase `,
+			`E2E-CHECK: journal=.*CVMBOOT_STAGE=persistent-root.*CVMBOOT_STAGE=root`},
+		reject:  []string{`{fatal}`, `Kernel panic`, `emergency mode`, `Give root password`, `sulogin`, `Entering emergency`},
+		outcome: bootedAndChecked, timeLimit: 8 * time.Minute,
+		after: persistentDracutSecondBoot,
+	}
+}
+
+// persistentDracutSecondBoot boots the converted disk again with its TPM: unlocked, and the
+// file the first boot wrote is there.
+func persistentDracutSecondBoot(t *testing.T, e *env, first *harness.BootResult, img *harness.Image) []string {
+	sc := scenarioNamed("persistent-dracut")
+	b, err := bootAgain(t, e, sc, first, img, "boot2")
+	if err != nil {
+		return []string{err.Error()}
+	}
+	problems := checkBoot(sc, b, "the second boot", bootedAndChecked, []string{
+		`E2E-CHECK: persistent-root="action": *"unlocked"`,
+		`E2E-CHECK: root=/dev/mapper/cvmboot-root ext4\s+rw`, `E2E-CHECK: persisted=written at boot `,
+		`E2E-CHECK: outcome=cvmboot \S+ \(systemd-initrd mode\), boot ok`, `E2E-CHECK: DONE`,
+	}, sc.reject)
+	if len(problems) == 0 {
+		t.Logf("second boot: %s", firstMatch(b.Serial, "E2E-CHECK: persisted="))
+	}
+	return problems
+}
+
 func persistentScenarios() []scenario {
 	// Each converts at its first boot; after boots the disk again once the host has moved.
 	refused := func(name string, after func(*testing.T, *env, *harness.BootResult, *harness.Image) []string) scenario {
@@ -45,6 +104,7 @@ func persistentScenarios() []scenario {
 		}
 	}
 	return []scenario{
+		persistentDracut(),
 		refused("persistent-other-uki", persistentOtherUKI),
 		refused("persistent-header-tamper", persistentHeaderTamper),
 		refused("persistent-ciphertext-tamper", persistentCiphertextTamper),

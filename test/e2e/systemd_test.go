@@ -58,12 +58,17 @@ systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
 
 // dracutInitramfs builds the scenario's initramfs with the tree's dracut.
 func dracutInitramfs(config string) func(t *testing.T, e *env, tree, work string) (func(string) (string, error), error) {
+	return dracutInitramfsChecking(config, dracutCheckScript)
+}
+
+// dracutInitramfsChecking is dracutInitramfs with the booted system running script.
+func dracutInitramfsChecking(config, script string) func(t *testing.T, e *env, tree, work string) (func(string) (string, error), error) {
 	return func(t *testing.T, e *env, tree, work string) (func(string) (string, error), error) {
 		repo, err := harness.RepoRoot()
 		if err != nil {
 			return nil, err
 		}
-		if err := harness.InstallCheckUnit(tree, dracutCheckScript); err != nil {
+		if err := harness.InstallCheckUnit(tree, script); err != nil {
 			return nil, err
 		}
 		spec := harness.DracutSpec{Tree: tree, Kernel: e.kernel, Cvmboot: filepath.Join(repo, "bin", "cvmboot"), Config: config,

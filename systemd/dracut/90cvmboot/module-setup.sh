@@ -11,6 +11,7 @@ cvmboot_config() { echo "${dracutsysrootdir-}/etc/cvmboot/config.yaml"; }
 check() {
     local f
     for f in "$(cvmboot_bin)" "${dracutsysrootdir-}$systemdsystemunitdir/cvmboot-verity.service" \
+        "${dracutsysrootdir-}$systemdsystemunitdir/cvmboot-persistent-root.service" \
         "${dracutsysrootdir-}$systemdutildir/system-generators/cvmboot-generator"; do
         [[ -e "$f" ]] || {
             derror "cvmboot: $f is missing (make install puts it there)"
@@ -97,8 +98,8 @@ install() {
         mv "$initdir/etc/cvmboot/modules.load.tmp" "$initdir/etc/cvmboot/modules.load"
 
     local unit
-    for unit in cvmboot-attest.service cvmboot-verity.service cvmboot-root.service \
-        cvmboot-evidence.service; do
+    for unit in cvmboot-attest.service cvmboot-verity.service cvmboot-persistent-root.service \
+        cvmboot-root.service cvmboot-evidence.service; do
         inst_simple "$systemdsystemunitdir/$unit"
         $SYSTEMCTL -q --root "$initdir" enable "$unit"
     done
