@@ -533,10 +533,14 @@ func (s *Stage) openToken(tpm tpmseal.TPM, dev storage.Device, h *luks2.Header, 
 	}
 	defer sealed.Wipe()
 	t := s.now()
-	n, err := tpmseal.Unseal(tpm, tok, sealed.Bytes(), s.ek)
+	n, flushAll, err := tpmseal.UnsealThenFlush(tpm, tok, sealed.Bytes(), s.ek)
 	if err != nil {
 		return nil, err
 	}
+	// The TPM flushes its handles while the keyslot opens; it is free again on return.
+	flushed := make(chan struct{})
+	go func() { flushAll(); close(flushed) }()
+	defer func() { <-flushed }()
 	t = lap(facts, "tpm_unseal_ms", t, s.now)
 	defer lap(facts, "keyslot_ms", t, s.now)
 	pass, err := passphrase(sealed.Bytes()[:n])

@@ -155,3 +155,59 @@ func TestDigestMatchesSystemd(t *testing.T) {
 		t.Fatalf("digest %x, token %+v", d, tok)
 	}
 }
+
+// UnsealThenFlush leaves the primary, the sealed object and the session loaded until
+// flushAll runs (the caller overlaps those commands with its own work); then none is left.
+func TestUnsealThenFlush(t *testing.T) {
+	tpm := swtpmtest.Start(t)
+	values, err := ReadPCRs(tpm, []int{11})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := newSecret(t)
+	tok, err := Seal(tpm, PCRPolicy{PCRs: []int{11}, Values: values}, secret, 0, PrimaryECC, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loaded := func() int {
+		t.Helper()
+		n := 0
+		// Transient objects, and the loaded sessions of both kinds (0x02).
+		for _, first := range []tpm2.TPMHandle{tpm2.TPMHandle(tpm2.TPMHTTransient) << 24, tpm2.TPMHandle(tpm2.TPMHTHMACSession) << 24} {
+			rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(first), PropertyCount: 16}).Execute(tpm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hs, err := rsp.CapabilityData.Data.Handles()
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += len(hs.Handle)
+		}
+		return n
+	}
+	if n := loaded(); n != 0 {
+		t.Fatalf("%d handles loaded before the unseal", n)
+	}
+	dst := make([]byte, 64)
+	n, flushAll, err := UnsealThenFlush(tpm, tok, dst, nil)
+	if err != nil || !bytes.Equal(dst[:n], secret) {
+		t.Fatalf("unseal: %v", err)
+	}
+	if got := loaded(); got != 3 {
+		t.Fatalf("%d handles loaded after the unseal, want the primary, the object and the session", got)
+	}
+	flushAll()
+	if got := loaded(); got != 0 {
+		t.Fatalf("%d handles left after flushAll", got)
+	}
+	// A refused unseal flushes before it returns.
+	extend(t, tpm, 11, []byte("another UKI"))
+	if _, flushAll, err = UnsealThenFlush(tpm, tok, dst, nil); err == nil {
+		t.Fatal("unsealed under other PCRs")
+	}
+	if got := loaded(); got != 0 {
+		t.Fatalf("%d handles left after a refusal", got)
+	}
+	flushAll()
+}

@@ -42,54 +42,79 @@ func (e *PolicyMismatchError) Error() string {
 // caller's locked memory), returning its length. With ek (a TEE-vouched endorsement key), the
 // policy session is salted to ek: a TPM without ek's private half cannot answer it.
 func Unseal(tpm TPM, t *Token, dst []byte, ek *tpm2.TPMTPublic) (int, error) {
+	n, flushAll, err := UnsealThenFlush(tpm, t, dst, ek)
+	flushAll()
+	return n, err
+}
+
+// UnsealThenFlush is Unseal that leaves the flushing of the primary key, the sealed object and
+// the session (three TPM commands, after the secret is out) to flushAll, which the caller runs
+// before the TPM's next use or close — meanwhile, for instance, while it opens the keyslot.
+// flushAll is never nil; on an error everything is flushed already.
+func UnsealThenFlush(tpm TPM, t *Token, dst []byte, ek *tpm2.TPMTPublic) (n int, flushAll func(), err error) {
+	var handles []tpm2.TPMHandle
+	flushAll = func() {
+		for i := len(handles) - 1; i >= 0; i-- {
+			flush(tpm, handles[i])
+		}
+		handles = nil
+	}
+	defer func() {
+		if err != nil {
+			flushAll()
+		}
+	}()
 	obj, err := parseBlob(t.Blob, t.PolicyHash)
 	if err != nil {
-		return 0, err
+		return 0, flushAll, err
 	}
 	s := &scrubbing{tpm: tpm}
 	defer s.wipe()
 	prim, err := createPrimary(s, t.PrimaryAlg)
 	if err != nil {
-		return 0, fmt.Errorf("unseal: %w", err)
+		return 0, flushAll, fmt.Errorf("unseal: %w", err)
 	}
-	defer flush(s, prim.handle)
+	handles = append(handles, prim.handle)
 	loaded, err := (tpm2.Load{
 		ParentHandle: tpm2.AuthHandle{Handle: prim.handle, Name: prim.name, Auth: tpm2.PasswordAuth(nil)},
 		InPrivate:    obj.private,
 		InPublic:     obj.public,
 	}).Execute(s)
 	if err != nil {
-		return 0, fmt.Errorf("unseal: load the sealed object under the %s primary key (sealed by another TPM?): %w", t.PrimaryAlg, err)
+		return 0, flushAll, fmt.Errorf("unseal: load the sealed object under the %s primary key (sealed by another TPM?): %w", t.PrimaryAlg, err)
 	}
-	defer flush(s, loaded.ObjectHandle)
-	salt, unsalt, err := saltKey(s, prim, ek)
+	handles = append(handles, loaded.ObjectHandle)
+	salt, _, err := saltKey(s, prim, ek) // its handle is flushed with the others
 	if err != nil {
-		return 0, fmt.Errorf("unseal: %w", err)
+		return 0, flushAll, fmt.Errorf("unseal: %w", err)
 	}
-	defer unsalt()
+	if salt != prim {
+		handles = append(handles, salt.handle)
+	}
 
-	sess, closeSession, err := tpm2.PolicySession(s, tpm2.TPMAlgSHA256, 16, salt.salt(tpm2.AESEncryption(128, tpm2.EncryptOut))...)
+	sess, _, err := tpm2.PolicySession(s, tpm2.TPMAlgSHA256, 16, salt.salt(tpm2.AESEncryption(128, tpm2.EncryptOut))...)
 	if err != nil {
-		return 0, fmt.Errorf("unseal: start a policy session%s: %w", saltNote(ek), err)
+		return 0, flushAll, fmt.Errorf("unseal: start a policy session%s: %w", saltNote(ek), err)
 	}
-	defer closeSession()
+	handles = append(handles, sess.Handle())
 	if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: selection(t.PCRs)}).Execute(s); err != nil {
-		return 0, fmt.Errorf("unseal: PolicyPCR over PCRs %v: %w", t.PCRs, err)
+		return 0, flushAll, fmt.Errorf("unseal: PolicyPCR over PCRs %v: %w", t.PCRs, err)
 	}
 	rsp, err := (tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: loaded.ObjectHandle, Name: loaded.Name, Auth: sess}}).Execute(s)
 	if errors.Is(err, tpm2.TPMRCPolicyFail) {
 		// The PCRs are not the policy's (one command fewer than asking for the session's
 		// digest first, which every boot would pay for).
-		return 0, mismatch(s, t)
+		flushAll()
+		return 0, flushAll, mismatch(tpm, t)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("unseal: %w", err)
+		return 0, flushAll, fmt.Errorf("unseal: %w", err)
 	}
 	defer clear(rsp.OutData.Buffer)
 	if len(rsp.OutData.Buffer) > len(dst) {
-		return 0, fmt.Errorf("unseal: the secret has %d bytes, more than the %d expected", len(rsp.OutData.Buffer), len(dst))
+		return 0, flushAll, fmt.Errorf("unseal: the secret has %d bytes, more than the %d expected", len(rsp.OutData.Buffer), len(dst))
 	}
-	return copy(dst, rsp.OutData.Buffer), nil
+	return copy(dst, rsp.OutData.Buffer), flushAll, nil
 }
 
 // mismatch names the PCRs whose current values are not the token's expected ones.
