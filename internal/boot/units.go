@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/cvmboot/cvmboot/internal/config"
 	"github.com/cvmboot/cvmboot/internal/failaction"
 )
 
@@ -50,6 +51,7 @@ const GeneratorDropIn = "50-cvmboot-failure-action.conf"
 // failure action of the config file (the command line's overrides are the host's) at once.
 func Generate(env Env, dir string, stderr io.Writer) error {
 	action, source := failaction.Poweroff, "default (the config could not be read)"
+	persistent := false
 	cl, raw, err := readCmdline(env.CmdlinePath)
 	var pinErr error
 	if err == nil {
@@ -72,10 +74,16 @@ func Generate(env Env, dir string, stderr io.Writer) error {
 		} else {
 			action = failaction.Select(string(cfg.Failure.Action), cfg.Debug.Enabled)
 			source = "failure.action: " + string(cfg.Failure.Action)
+			persistent = cfg.Root.Persistent == config.PersistentEncryptOnFirstBoot
 		}
 	}
 	if err := writeDropIns(dir, source, action); err != nil {
 		return err
+	}
+	if persistent {
+		if err := writeInitqueueDropIn(dir); err != nil {
+			return err
+		}
 	}
 	if pinErr == nil {
 		return nil
@@ -93,6 +101,21 @@ func Generate(env Env, dir string, stderr io.Writer) error {
 		action = failaction.Poweroff // a generator's exit panics nothing (poweroff-immediate)
 	}
 	return failaction.Execute(action, env.System)
+}
+
+// InitqueueDropIn orders dracut's initqueue after the persistent root. The initqueue waits
+// for root= (/dev/mapper/cvmboot-root) rd.retry seconds (180 by default), then gives up and
+// the boot powers off; the first boot's copy of a large root takes longer. Started after
+// the conversion, its clock runs only from then on. Only with root.persistent: other roots
+// (LVM, MD, network) may need the initqueue before cvmboot's units find them.
+const InitqueueDropIn = "dracut-initqueue.service.d/50-cvmboot-persistent-root.conf"
+
+func writeInitqueueDropIn(dir string) error {
+	path := filepath.Join(dir, InitqueueDropIn)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte("# Written by cvmboot systemd-generator: root.persistent.\n[Unit]\nAfter=cvmboot-persistent-root.service\n"), 0o644)
 }
 
 // writeDropIns gives every cvmboot unit the FailureAction= of action.

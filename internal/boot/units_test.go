@@ -281,6 +281,31 @@ func TestGenerate(t *testing.T) {
 	}
 }
 
+// With root.persistent the generator orders dracut's initqueue after the conversion, whose
+// copy may outlast the initqueue's wait for root=; without it, it leaves the initqueue alone.
+func TestGenerateOrdersInitqueueAfterPersistentRoot(t *testing.T) {
+	for _, tt := range []struct {
+		yaml string
+		want bool
+	}{
+		{"root: {persistent: encrypt-on-first-boot}\nstorage: {enabled: false}\n", true},
+		{"", false},
+	} {
+		h := newInitHarness(t, "quiet", tt.yaml, &fakeMachine{})
+		dir := t.TempDir()
+		if err := Generate(h.env, dir, &bytes.Buffer{}); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(dir, InitqueueDropIn))
+		switch {
+		case tt.want && (err != nil || !strings.Contains(string(b), "[Unit]\nAfter=cvmboot-persistent-root.service\n")):
+			t.Errorf("%q: %v %s", tt.yaml, err, b)
+		case !tt.want && err == nil:
+			t.Errorf("%q: the initqueue is ordered after the persistent root: %s", tt.yaml, b)
+		}
+	}
+}
+
 func writeTemp(t *testing.T, content string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "config.yaml")

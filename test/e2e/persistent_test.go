@@ -56,13 +56,15 @@ systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
 
 // persistentDracut is the systemd-initrd mode's persistent root: dracut's initrd with
 // cvmboot's units converts at the first boot (cvmboot-persistent-root.service, then systemd's
-// own sysroot.mount of root=/dev/mapper/cvmboot-root rw) and unlocks at the second.
+// own sysroot.mount of root=/dev/mapper/cvmboot-root rw) and unlocks at the second. rd.retry=5
+// is shorter than the copy (about 15 s here): dracut's initqueue, which gives up on a root=
+// that has not appeared after rd.retry seconds, must start only after the conversion.
 func persistentDracut() scenario {
 	return scenario{
 		name: "persistent-dracut", root: rootDebian, debianPackages: dracutPackages,
 		config: persistentConfig, recipe: func(r *harness.DiskRecipe) { r.Verity = &harness.VeritySpec{}; r.FreeSpace = 1536 * harness.MiB },
 		initramfs: dracutInitramfsChecking(persistentConfig, persistentDracutCheckScript),
-		cmdline:   "roothash={roothash} root=/dev/mapper/cvmboot-root rw",
+		cmdline:   "roothash={roothash} root=/dev/mapper/cvmboot-root rw rd.retry=5",
 		expect: []string{`E2E-CHECK: persistent-root="action": *"converted"`, `E2E-CHECK: root-size=1[0-9]{3}\s*$`,
 			`E2E-CHECK: root=/dev/mapper/cvmboot-root ext4\s+rw`, `E2E-CHECK: persisted=cat: /cvmboot-e2e-persist: No such file`,
 			`E2E-CHECK: write=ok`, `E2E-CHECK: root-stack=cvmboot-root crypt cvmboot-root_dif crypt vda4 part vda disk`,
