@@ -47,8 +47,9 @@ func Unseal(tpm TPM, t *Token, dst []byte, ek *tpm2.TPMTPublic) (int, error) {
 	return n, err
 }
 
-// UnsealThenFlush is Unseal that leaves the flushing of the primary key, the sealed object and
-// the session (three TPM commands, after the secret is out) to flushAll, which the caller runs
+// UnsealThenFlush is Unseal that leaves the flushing of the primary key, the sealed object, the
+// endorsement key when ek is given, and the session (a TPM command each, after the secret is
+// out) to flushAll, which the caller runs
 // before the TPM's next use or close — meanwhile, for instance, while it opens the keyslot.
 // flushAll is never nil; on an error everything is flushed already.
 func UnsealThenFlush(tpm TPM, t *Token, dst []byte, ek *tpm2.TPMTPublic) (n int, flushAll func(), err error) {
