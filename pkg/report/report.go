@@ -44,7 +44,7 @@ const (
 type Report struct {
 	Schema   string    `json:"schema"`
 	Version  string    `json:"version"`           // cvmboot version that wrote it
-	Mode     string    `json:"mode"`              // "initramfs" (PID 1) or "systemd" (units)
+	Mode     string    `json:"mode"`              // "initramfs" (PID 1), "systemd-initrd" (the initrd units) or "systemd" (the booted system's)
 	Started  time.Time `json:"started"`           // wall clock when cvmboot started
 	Finished time.Time `json:"finished"`          // wall clock when the last stage ended
 	Uptime   float64   `json:"uptime_s"`          // kernel uptime (CLOCK_BOOTTIME) when cvmboot started
