@@ -90,6 +90,8 @@ type PersistentRoot interface {
 	Open(ctx context.Context, verityDevice, rootHash string) (*persist.Result, error)
 	MountRoot(res *persist.Result, target string) (map[string]string, error)
 	GrowMounted(dev, target string) (map[string]string, error)
+	// SetAsideRequest sets an enrollment request aside where no key is held (the units).
+	SetAsideRequest(target string, facts map[string]string) error
 	// Forget wipes what Open keeps for MountRoot, when the boot stops between them.
 	Forget()
 }
@@ -261,7 +263,7 @@ func (b *Boot) persist(ctx context.Context) (stage.Facts, error) {
 		st.Forget()
 		return nil, err
 	}
-	b.dec.Persistent = &PersistentDecision{Device: res.Device, LUKSUUID: res.Event.LUKSUUID, Action: res.Event.Action}
+	b.dec.Persistent = &PersistentDecision{Device: res.Device, LUKSUUID: res.Event.LUKSUUID}
 	if b.Mode == ModeSystemdInitrd {
 		// sysroot.mount mounts it (root= names it) and the root step, another process,
 		// checks and grows it: the key goes with this one.
@@ -379,12 +381,9 @@ func (b *Boot) usr(context.Context) (stage.Facts, error) {
 // it must be the verified volume: root=PARTUUID=… would mount the unverified partition
 // while the verity event says otherwise.
 func (b *Boot) checkSysroot() (stage.Facts, error) {
-	src, err := b.Mounts.MountedAt(NewRoot)
+	src, err := b.sysrootSource()
 	if err != nil {
 		return nil, err
-	}
-	if src == "" {
-		return nil, errors.New("nothing is mounted at " + NewRoot + ": the root step must run after sysroot.mount")
 	}
 	v := b.dec.volume("root")
 	if b.Plan.RootVolume != nil && v == nil {
@@ -398,17 +397,26 @@ func (b *Boot) checkSysroot() (stage.Facts, error) {
 	return stage.Facts{"device": src, "target": NewRoot, "mounted_by": "systemd (sysroot.mount)"}, nil
 }
 
+// sysrootSource is the device systemd mounted at /sysroot.
+func (b *Boot) sysrootSource() (string, error) {
+	src, err := b.Mounts.MountedAt(NewRoot)
+	if err != nil {
+		return "", err
+	}
+	if src == "" {
+		return "", errors.New("nothing is mounted at " + NewRoot + ": the root step must run after sysroot.mount")
+	}
+	return src, nil
+}
+
 // checkPersistentSysroot is checkSysroot for root.persistent: systemd mounted /sysroot, and
 // it must be the encrypted root the persistent-root step activated; its file system is grown
 // here (the first boot's copy is the verified root's size), which fails on a read-only mount.
 func (b *Boot) checkPersistentSysroot() (stage.Facts, error) {
 	p := b.dec.Persistent
-	src, err := b.Mounts.MountedAt(NewRoot)
+	src, err := b.sysrootSource()
 	if err != nil {
 		return nil, err
-	}
-	if src == "" {
-		return nil, errors.New("nothing is mounted at " + NewRoot + ": the root step must run after sysroot.mount")
 	}
 	if !sameDevice(src, p.Device) {
 		return nil, fmt.Errorf("%s is mounted from %s, not from the persistent root %s (LUKS2 %s): the command line's root= must name %s",
@@ -417,8 +425,12 @@ func (b *Boot) checkPersistentSysroot() (stage.Facts, error) {
 	if b.Persist == nil {
 		return nil, errors.New("root.persistent is set but this environment cannot grow a persistent root")
 	}
-	facts, err := b.Persist().GrowMounted(p.Device, NewRoot)
+	st := b.Persist()
+	facts, err := st.GrowMounted(p.Device, NewRoot)
 	if err != nil {
+		return nil, err
+	}
+	if err := st.SetAsideRequest(NewRoot, facts); err != nil {
 		return nil, err
 	}
 	b.rootDevice = src

@@ -563,7 +563,7 @@ func TestPlanPersistent(t *testing.T) {
 // fakePersist records whether the persistent root was opened and grown, and forgotten.
 type fakePersist struct {
 	opened, forgotten int
-	grown             []string
+	grown, setAside   []string
 }
 
 func (f *fakePersist) Open(context.Context, string, string) (*persist.Result, error) {
@@ -575,6 +575,10 @@ func (f *fakePersist) Forget()                                                  
 func (f *fakePersist) GrowMounted(dev, target string) (map[string]string, error) {
 	f.grown = append(f.grown, dev+" "+target)
 	return map[string]string{"device": dev}, nil
+}
+func (f *fakePersist) SetAsideRequest(target string, _ map[string]string) error {
+	f.setAside = append(f.setAside, target)
+	return nil
 }
 
 // In a systemd initrd the persistent-root unit opens the root, forgets the key, and leaves
@@ -602,13 +606,13 @@ func TestPersistSystemdInitrd(t *testing.T) {
 		{"/dev/mapper/cvmboot-root", ""},
 	} {
 		m := &fakeMachine{mountedAt: map[string]string{NewRoot: tt.mounted}}
-		fp.grown = nil
+		fp.grown, fp.setAside = nil, nil
 		root := &Boot{Config: config.Default(), Mode: ModeSystemdInitrd, Plan: &Plan{Persistent: true}, Mounts: m, Attest: att,
 			Persist: func() PersistentRoot { return fp }, dec: dec}
 		facts, err := root.root(context.Background())
 		switch {
-		case tt.want == "" && (err != nil || len(fp.grown) != 1 || facts["mounted_by"] == ""):
-			t.Errorf("/sysroot from %q: %v, grown %v", tt.mounted, err, fp.grown)
+		case tt.want == "" && (err != nil || len(fp.grown) != 1 || len(fp.setAside) != 1 || facts["mounted_by"] == ""):
+			t.Errorf("/sysroot from %q: %v, grown %v, requests set aside %v", tt.mounted, err, fp.grown, fp.setAside)
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want) || len(fp.grown) != 0):
 			t.Errorf("/sysroot from %q: %v, grown %v; want %q", tt.mounted, err, fp.grown, tt.want)
 		}

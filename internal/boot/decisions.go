@@ -38,7 +38,6 @@ type Decisions struct {
 type PersistentDecision struct {
 	Device   string `json:"device"` // /dev/mapper/cvmboot-root
 	LUKSUUID string `json:"luks_uuid"`
-	Action   string `json:"action"` // converted or unlocked
 }
 
 // VerityVolume is an activated dm-verity volume.

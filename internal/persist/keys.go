@@ -92,11 +92,7 @@ func (s *Stage) enroll(tpm tpmseal.TPM, target string, tokens map[int]*tpmseal.T
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
-	setAside := func(err error) error {
-		s.log().Warn("enrollment request not carried out: renamed", zap.String("path", path+".refused"), zap.Error(err))
-		facts["enroll_refused"] = err.Error()
-		return os.Rename(path, path+".refused")
-	}
+	setAside := func(err error) error { return s.setAsideRequest(path, err, facts) }
 	if err != nil {
 		return nil, setAside(err)
 	}
@@ -133,6 +129,15 @@ func (s *Stage) enroll(tpm tpmseal.TPM, target string, tokens map[int]*tpmseal.T
 	s.log().Info("persistent root: a secret sealed for another UKI, from the enrollment request",
 		zap.Int("keyslot", slot), zap.Int("generation", gen), zap.String("uki_sha256", req.UKISHA256), zap.Strings("pcr_values", req.Values))
 	return &eventlog.EnrolledKeyslot{Keyslot: slot, Generation: gen, UKISHA256: req.UKISHA256, PCRValues: req.Values}, nil
+}
+
+// setAsideRequest renames the request at path to *.refused for why, which facts and the log
+// record: a request that cannot be carried out is reported, not fatal (a boot that stopped
+// here would stop at every later boot too).
+func (s *Stage) setAsideRequest(path string, why error, facts map[string]string) error {
+	s.log().Warn("enrollment request not carried out: renamed", zap.String("path", path+".refused"), zap.Error(why))
+	facts["enroll_refused"] = why.Error()
+	return os.Rename(path, path+".refused")
 }
 
 // readRootsFile reads a request only root could have written: a regular file, owned (as its

@@ -640,25 +640,24 @@ func (s *Stage) activateCrypt(vol *volume, hdr *luks2.Header, key *secret.Locked
 	return nil
 }
 
-// teardownStrict is teardown that fails when a device stays.
+// teardownStrict removes vol's devices, top first, and says which stayed (device-mapper's
+// errors name the device).
 func (s *Stage) teardownStrict(vol *volume) error {
 	var errs []error
 	for _, name := range vol.removes {
 		if err := vol.dmc.Remove(name); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			errs = append(errs, err)
 		}
 	}
 	vol.removes = nil
 	return errors.Join(errs...)
 }
 
+// teardown is teardownStrict after a failure, which the caller reports: what stays is logged.
 func (s *Stage) teardown(vol *volume) {
-	for _, name := range vol.removes {
-		if err := vol.dmc.Remove(name); err != nil {
-			s.log().Warn("could not remove device after a failed persistent root setup", zap.String("device", name), zap.Error(err))
-		}
+	if err := s.teardownStrict(vol); err != nil {
+		s.log().Warn("could not remove a device after a failed persistent root setup", zap.Error(err))
 	}
-	vol.removes = nil
 }
 
 func lap(facts map[string]string, key string, since time.Time, now func() time.Time) time.Time {
@@ -668,32 +667,34 @@ func lap(facts map[string]string, key string, since time.Time, now func() time.T
 }
 
 // GrowMounted grows the file system of the persistent root dev, mounted read-write at target,
-// to its device when it is smaller. In a systemd initrd, sysroot.mount mounted it and no key
-// is held: an enrollment request is set aside (renamed *.refused) rather than left for a
-// boot of the next UKI that could not unlock.
+// to its device when it is smaller. In a systemd initrd, sysroot.mount mounted it.
 func (s *Stage) GrowMounted(dev, target string) (map[string]string, error) {
 	before, after, err := s.FS.Grow(dev, target)
 	if err != nil {
 		return nil, err
 	}
 	facts := map[string]string{"device": dev, "target": target, "mode": "rw", "filesystem_bytes": strconv.FormatInt(after, 10)}
-	if s.held == nil {
-		path := filepath.Join(target, RequestPath)
-		if _, err := os.Lstat(path); err == nil {
-			reason := "enrollment requests are carried out only with cvmboot as PID 1 (initramfs mode): in a systemd initrd the volume key is not held until the root is mounted"
-			s.log().Warn("enrollment request not carried out: renamed", zap.String("path", path+".refused"), zap.String("reason", reason))
-			facts["enroll_refused"] = reason
-			if err := os.Rename(path, path+".refused"); err != nil {
-				return nil, err
-			}
-		}
-	}
 	if after > before {
 		facts["grown_from_bytes"] = strconv.FormatInt(before, 10)
 		s.log().Info("persistent root's file system grown to its partition", zap.String("device", dev),
 			zap.Int64("from_bytes", before), zap.Int64("to_bytes", after))
 	}
 	return facts, nil
+}
+
+// ErrNoKeyForRequest is why a boot that holds no volume key (the systemd-initrd units) sets
+// an enrollment request aside.
+var ErrNoKeyForRequest = errors.New("enrollment requests are carried out only with cvmboot as PID 1 (initramfs mode): in a systemd initrd the volume key is not held until the root is mounted")
+
+// SetAsideRequest renames an enrollment request on the root mounted at target to *.refused
+// when there is one, with ErrNoKeyForRequest in facts: left in place, the boot of the next
+// UKI could not unlock. For boots that hold no key.
+func (s *Stage) SetAsideRequest(target string, facts map[string]string) error {
+	path := filepath.Join(target, RequestPath)
+	if _, err := os.Lstat(path); err != nil {
+		return nil // none (root reads its own root: no other error to expect)
+	}
+	return s.setAsideRequest(path, ErrNoKeyForRequest, facts)
 }
 
 // MountRoot mounts the activated root read-write at target and grows its file system to

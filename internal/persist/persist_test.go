@@ -239,9 +239,9 @@ func TestRefusesUnvouchedTPM(t *testing.T) {
 	}
 }
 
-// In a systemd initrd no key is held when the root is grown: an enrollment request is set
-// aside, named as refused, not left for a boot of the next UKI that could not unlock.
-func TestGrowMountedSetsRequestAside(t *testing.T) {
+// In a systemd initrd no key is held: an enrollment request is set aside, named as refused,
+// not left for a boot of the next UKI that could not unlock.
+func TestSetAsideRequest(t *testing.T) {
 	m := newMachine(t)
 	target := t.TempDir()
 	req := filepath.Join(target, RequestPath)
@@ -251,8 +251,8 @@ func TestGrowMountedSetsRequestAside(t *testing.T) {
 	if err := os.WriteFile(req, []byte("{}"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	facts, err := m.stage().GrowMounted("/dev/mapper/cvmboot-root", target)
-	if err != nil {
+	facts := map[string]string{}
+	if err := m.stage().SetAsideRequest(target, facts); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(req + ".refused"); err != nil || !strings.Contains(facts["enroll_refused"], "only with cvmboot as PID 1") {
@@ -260,5 +260,9 @@ func TestGrowMountedSetsRequestAside(t *testing.T) {
 	}
 	if _, err := os.Stat(req); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the request is still there: %v", err)
+	}
+	none := map[string]string{}
+	if err := m.stage().SetAsideRequest(t.TempDir(), none); err != nil || len(none) != 0 {
+		t.Fatalf("without a request: %v, facts %v", err, none)
 	}
 }
