@@ -107,6 +107,7 @@ func persistentScenarios() []scenario {
 	}
 	return []scenario{
 		persistentDracut(),
+		persistentSystemdCryptsetup(),
 		refused("persistent-other-uki", persistentOtherUKI),
 		refused("persistent-header-tamper", persistentHeaderTamper),
 		refused("persistent-ciphertext-tamper", persistentCiphertextTamper),
@@ -299,25 +300,31 @@ func firstMatch(serial, substr string) string {
 
 // partitionStart is the byte offset of the GPT partition named label.
 func partitionStart(diskPath, label string) (int64, error) {
+	start, _, err := partitionRange(diskPath, label)
+	return start, err
+}
+
+// partitionRange is the byte offset and size of the GPT partition named label.
+func partitionRange(diskPath, label string) (start, size int64, err error) {
 	f, err := os.Open(diskPath)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	tab, err := disk.ReadTable(f, 512, st.Size())
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	for _, e := range tab.Entries {
 		if e.Name == label {
-			return int64(e.FirstLBA) * 512, nil
+			return int64(e.FirstLBA) * 512, int64(e.LastLBA-e.FirstLBA+1) * 512, nil
 		}
 	}
-	return 0, fmt.Errorf("%s has no partition named %q", diskPath, label)
+	return 0, 0, fmt.Errorf("%s has no partition named %q", diskPath, label)
 }
 
 // editLUKS2JSON rewrites the JSON text of both LUKS2 header copies (16 KiB each) of the

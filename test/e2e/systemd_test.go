@@ -61,8 +61,16 @@ func dracutInitramfs(config string) func(t *testing.T, e *env, tree, work string
 	return dracutInitramfsChecking(config, dracutCheckScript)
 }
 
-// dracutInitramfsChecking is dracutInitramfs with the booted system running script.
-func dracutInitramfsChecking(config, script string) func(t *testing.T, e *env, tree, work string) (func(string) (string, error), error) {
+// testDracutModule is a dracut module a scenario adds to its initrd (--add name), written
+// into the tree as modules.d/99name.
+type testDracutModule struct {
+	name  string
+	files map[string]string // module-setup.sh and what it installs
+}
+
+// dracutInitramfsChecking is dracutInitramfs with the booted system running script, and the
+// initrd with the modules added.
+func dracutInitramfsChecking(config, script string, modules ...testDracutModule) func(t *testing.T, e *env, tree, work string) (func(string) (string, error), error) {
 	return func(t *testing.T, e *env, tree, work string) (func(string) (string, error), error) {
 		repo, err := harness.RepoRoot()
 		if err != nil {
@@ -73,6 +81,12 @@ func dracutInitramfsChecking(config, script string) func(t *testing.T, e *env, t
 		}
 		spec := harness.DracutSpec{Tree: tree, Kernel: e.kernel, Cvmboot: filepath.Join(repo, "bin", "cvmboot"), Config: config,
 			Repo: repo, Out: filepath.Join(work, "dracut-initramfs.img")}
+		for _, m := range modules {
+			if err := writeDracutModule(tree, "99"+m.name, m.files); err != nil {
+				return nil, err
+			}
+			spec.Add = append(spec.Add, m.name)
+		}
 		if err := harness.InstallCvmboot(context.Background(), spec); err != nil {
 			return nil, err
 		}
