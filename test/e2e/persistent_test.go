@@ -56,7 +56,7 @@ systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
 
 // persistentDracut is the systemd-initrd mode's persistent root: dracut's initrd with
 // cvmboot's units converts at the first boot (cvmboot-persistent-root.service, then systemd's
-// own sysroot.mount of root=/dev/mapper/cvmboot-root rw) and unlocks at the second. rd.retry=5
+// own sysroot.mount of root=/dev/mapper/cvmboot-root rw) and unlocks at the second; the host's moves follow (persistentDracutAttacks). rd.retry=5
 // is shorter than the copy (about 15 s here): dracut's initqueue, which gives up on a root=
 // that has not appeared after rd.retry seconds, must start only after the conversion.
 func persistentDracut() scenario {
@@ -90,10 +90,81 @@ func persistentDracutSecondBoot(t *testing.T, e *env, first *harness.BootResult,
 		`E2E-CHECK: root=/dev/mapper/cvmboot-root ext4\s+rw`, `E2E-CHECK: persisted=written at boot `,
 		`E2E-CHECK: outcome=cvmboot \S+ \(systemd-initrd mode\), boot ok`, `E2E-CHECK: DONE`,
 	}, sc.reject)
+	if len(problems) > 0 {
+		return problems
+	}
+	t.Logf("second boot: %s", firstMatch(b.Serial, "E2E-CHECK: persisted="))
+	return persistentDracutAttacks(t, e, sc, first, img)
+}
+
+// persistentDracutAttacks are the host's moves against the converted disk in the
+// systemd-initrd mode, each refused by cvmboot-persistent-root.service before anything is
+// activated, and the boot powered off by its FailureAction=, no shell: first another UKI (the
+// same command line, so the pin holds, and the initrd with one more file appended, so PCRs
+// 4, 9 and 11 differ); then, with that UKI still there, cipher_null written into the header.
+func persistentDracutAttacks(t *testing.T, e *env, sc scenario, first *harness.BootResult, img *harness.Image) []string {
+	work := filepath.Dir(img.Disk.Path)
+	initrd, other := filepath.Join(work, "dracut-initramfs.img"), filepath.Join(work, "other-initramfs.img")
+	if err := appendToInitramfs(initrd, other, "etc/cvmboot-e2e-other-uki", "another UKI\n"); err != nil {
+		return []string{err.Error()}
+	}
+	uki := filepath.Join(work, "OTHER.EFI")
+	if _, err := harness.BuildUKI(context.Background(), harness.UKISpec{Kernel: e.kernel.Vmlinuz, Initrd: other, Cmdline: img.Cmdline}, uki); err != nil {
+		return []string{err.Error()}
+	}
+	if err := harness.ReplaceESPFile(img.Disk.Path, "EFI/BOOT/BOOTX64.EFI", uki); err != nil {
+		return []string{err.Error()}
+	}
+	refused := []string{`E2E-CHECK:`, `stage ok stage=persistent-root`, `persistent root unlocked`, `Could not boot`,
+		`Kernel panic`, `emergency mode`, `Give root password`, `sulogin`, `Entering emergency`}
+	b, err := bootAgain(t, e, sc, first, img, "boot-other-uki")
+	if err != nil {
+		return []string{err.Error()}
+	}
+	problems := checkBoot(sc, b, "the other UKI's boot", failureAction, []string{
+		`{fatal}: stage persistent-root failed: persistent root /dev/vda4 .*no token opens it: token 0 \(keyslot 0\): the TPM's PCRs do not match the token's policy: PCR 4 expected [0-9a-f]{64} found [0-9a-f]{64}; PCR 9 expected [0-9a-f]{64} found [0-9a-f]{64}; PCR 11 expected [0-9a-f]{64} found [0-9a-f]{64}\s*$`,
+		`cvmboot: failure action: poweroff \(FailureAction=poweroff-force\)`,
+	}, refused)
+	if len(problems) > 0 {
+		return problems
+	}
+	t.Logf("other UKI refused: %s", firstMatch(b.Serial, "cvmboot: FATAL"))
+	if err := editLUKS2JSON(img.Disk.Path, "cvmboot-root", cipherNull); err != nil {
+		return []string{err.Error()}
+	}
+	b, err = bootAgain(t, e, sc, first, img, "boot-tampered")
+	if err != nil {
+		return []string{err.Error()}
+	}
+	problems = checkBoot(sc, b, "the tampered header's boot", failureAction, []string{
+		`{fatal}: stage persistent-root failed: persistent root /dev/vda4 \(PARTUUID [0-9a-f-]{36}\): LUKS2 header [0-9a-f-]{36}: segments.0.encryption is "cipher_null-ecb", cvmboot writes "aes-xts-plain64"; refusing to activate it`,
+		`cvmboot: failure action: poweroff \(FailureAction=poweroff-force\)`,
+	}, append([]string{`device-mapper: .*cvmboot-root`}, refused...))
 	if len(problems) == 0 {
-		t.Logf("second boot: %s", firstMatch(b.Serial, "E2E-CHECK: persisted="))
+		t.Logf("tampered header refused: %s", firstMatch(b.Serial, "cvmboot: FATAL"))
 	}
 	return problems
+}
+
+// appendToInitramfs writes src with a second (newc) cpio archive appended that holds one
+// file; the kernel unpacks both.
+func appendToInitramfs(src, out, name, content string) error {
+	dir, err := os.MkdirTemp("", "initramfs-extra-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	if err := os.MkdirAll(filepath.Join(dir, filepath.Dir(name)), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+		return err
+	}
+	cmd := exec.Command("sh", "-c", `cat "$1" > "$3" && cd "$2" && find . | cpio --quiet -o -H newc -R 0:0 >> "$3"`, "sh", src, dir, out)
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("append to %s: %v\n%s", src, err, o)
+	}
+	return nil
 }
 
 func persistentScenarios() []scenario {
@@ -201,15 +272,7 @@ func persistentOtherUKI(t *testing.T, e *env, first *harness.BootResult, img *ha
 // the field.
 func persistentHeaderTamper(t *testing.T, e *env, first *harness.BootResult, img *harness.Image) []string {
 	sc := scenarioNamed("persistent-header-tamper")
-	err := editLUKS2JSON(img.Disk.Path, "cvmboot-root", func(text string) (string, error) {
-		i := strings.Index(text, `"segments"`)
-		j := strings.Index(text[i:], `"encryption":"aes-xts-plain64"`)
-		if i < 0 || j < 0 {
-			return "", fmt.Errorf("no segment encryption in %s", text)
-		}
-		return text[:i+j] + `"encryption":"cipher_null-ecb"` + text[i+j+len(`"encryption":"aes-xts-plain64"`):], nil
-	})
-	if err != nil {
+	if err := editLUKS2JSON(img.Disk.Path, "cvmboot-root", cipherNull); err != nil {
 		return []string{err.Error()}
 	}
 	b, err := bootAgain(t, e, sc, first, img, "boot-tampered")
@@ -223,6 +286,19 @@ func persistentHeaderTamper(t *testing.T, e *env, first *harness.BootResult, img
 		t.Logf("tampered header refused: %s", firstMatch(b.Serial, "cvmboot: FATAL"))
 	}
 	return problems
+}
+
+// cipherNull puts cipher_null into the segment of a LUKS2 JSON text.
+func cipherNull(text string) (string, error) {
+	i := strings.Index(text, `"segments"`)
+	j := -1
+	if i >= 0 {
+		j = strings.Index(text[i:], `"encryption":"aes-xts-plain64"`)
+	}
+	if j < 0 {
+		return "", fmt.Errorf("no segment encryption in %s", text)
+	}
+	return text[:i+j] + `"encryption":"cipher_null-ecb"` + text[i+j+len(`"encryption":"aes-xts-plain64"`):], nil
 }
 
 // persistentCiphertextTamper: the host overwrites the start of the encrypted data: the
