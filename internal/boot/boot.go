@@ -20,6 +20,7 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/disk"
 	"github.com/cvmboot/cvmboot/internal/persist"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/storage"
@@ -90,8 +91,9 @@ type PersistentRoot interface {
 	Open(ctx context.Context, verityDevice, rootHash string) (*persist.Result, error)
 	MountRoot(res *persist.Result, target string) (map[string]string, error)
 	GrowMounted(dev, target string) (map[string]string, error)
-	// SetAsideRequest sets an enrollment request aside where no key is held (the units).
-	SetAsideRequest(target string, facts map[string]string) error
+	// MaintainMounted is MountRoot's key maintenance where no key is held (the units): it
+	// unseals again when there is work.
+	MaintainMounted(part *disk.Partition, luksUUID, target string, facts map[string]string) (*eventlog.PersistentRootKeys, error)
 	// Forget wipes what Open keeps for MountRoot, when the boot stops between them.
 	Forget()
 }
@@ -263,7 +265,8 @@ func (b *Boot) persist(ctx context.Context) (stage.Facts, error) {
 		st.Forget()
 		return nil, err
 	}
-	b.dec.Persistent = &PersistentDecision{Device: res.Device, LUKSUUID: res.Event.LUKSUUID}
+	b.dec.Persistent = &PersistentDecision{Device: res.Device, LUKSUUID: res.Event.LUKSUUID,
+		Partition: res.Facts["partition"], PartUUID: res.Event.PartUUID}
 	if b.Mode == ModeSystemdInitrd {
 		// sysroot.mount mounts it (root= names it) and the root step, another process,
 		// checks and grows it: the key goes with this one.
@@ -430,8 +433,21 @@ func (b *Boot) checkPersistentSysroot() (stage.Facts, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := st.SetAsideRequest(NewRoot, facts); err != nil {
+	if p.Partition == "" {
+		return nil, fmt.Errorf("the persistent-root step's decision names no partition for %s", p.Device)
+	}
+	// What the key maintenance changes is measured: the measurements resume before it.
+	if err := b.resumeMeasuring(); err != nil {
 		return nil, err
+	}
+	keys, err := st.MaintainMounted(&disk.Partition{Path: p.Partition, PartUUID: p.PartUUID}, p.LUKSUUID, NewRoot, facts)
+	if err != nil {
+		return nil, err
+	}
+	if keys != nil {
+		if err := b.measure(keys.Event()); err != nil {
+			return nil, err
+		}
 	}
 	b.rootDevice = src
 	facts["mounted_by"] = "systemd (sysroot.mount)"

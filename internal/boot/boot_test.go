@@ -6,12 +6,14 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cvmboot/cvmboot/internal/cmdline"
 	"github.com/cvmboot/cvmboot/internal/config"
+	"github.com/cvmboot/cvmboot/internal/disk"
 	"github.com/cvmboot/cvmboot/internal/persist"
 	"github.com/cvmboot/cvmboot/internal/stage"
 	"github.com/cvmboot/cvmboot/internal/storage"
@@ -563,12 +565,14 @@ func TestPlanPersistent(t *testing.T) {
 // fakePersist records whether the persistent root was opened and grown, and forgotten.
 type fakePersist struct {
 	opened, forgotten int
-	grown, setAside   []string
+	grown, maintained []string
+	keys              *eventlog.PersistentRootKeys // what MaintainMounted changed
 }
 
 func (f *fakePersist) Open(context.Context, string, string) (*persist.Result, error) {
 	f.opened++
-	return &persist.Result{Device: "/dev/mapper/cvmboot-root", Facts: map[string]string{}}, nil
+	return &persist.Result{Device: "/dev/mapper/cvmboot-root", Facts: map[string]string{"partition": "/dev/vda4"},
+		Event: eventlog.PersistentRoot{LUKSUUID: "6f1c0d52-0000-4000-8000-000000000001", PartUUID: "0fc2a1b6-7c0e-4d6a-9c1e-2a4f5b6c7d8e"}}, nil
 }
 func (f *fakePersist) MountRoot(*persist.Result, string) (map[string]string, error) { return nil, nil }
 func (f *fakePersist) Forget()                                                      { f.forgotten++ }
@@ -576,9 +580,9 @@ func (f *fakePersist) GrowMounted(dev, target string) (map[string]string, error)
 	f.grown = append(f.grown, dev+" "+target)
 	return map[string]string{"device": dev}, nil
 }
-func (f *fakePersist) SetAsideRequest(target string, _ map[string]string) error {
-	f.setAside = append(f.setAside, target)
-	return nil
+func (f *fakePersist) MaintainMounted(part *disk.Partition, luksUUID, target string, _ map[string]string) (*eventlog.PersistentRootKeys, error) {
+	f.maintained = append(f.maintained, part.Path+" "+part.PartUUID+" "+luksUUID+" "+target)
+	return f.keys, nil
 }
 
 // In a systemd initrd the persistent-root unit opens the root, forgets the key, and leaves
@@ -600,19 +604,23 @@ func TestPersistSystemdInitrd(t *testing.T) {
 	if _, err := noStep.root(context.Background()); err == nil || !strings.Contains(err.Error(), "no persistent-root step activated") {
 		t.Errorf("root.persistent without the persistent-root step: %v", err)
 	}
+	// The root unit retires a keyslot: measured.
+	fp.keys = &eventlog.PersistentRootKeys{LUKSUUID: dec.Persistent.LUKSUUID, Retired: []int{0}}
 	for _, tt := range []struct{ mounted, want string }{
 		{"/dev/mapper/root", "not from the persistent root /dev/mapper/cvmboot-root"},
 		{"", "nothing is mounted at /sysroot"},
 		{"/dev/mapper/cvmboot-root", ""},
 	} {
 		m := &fakeMachine{mountedAt: map[string]string{NewRoot: tt.mounted}}
-		fp.grown, fp.setAside = nil, nil
+		fp.grown, fp.maintained, att.measured = nil, nil, nil
 		root := &Boot{Config: config.Default(), Mode: ModeSystemdInitrd, Plan: &Plan{Persistent: true}, Mounts: m, Attest: att,
 			Persist: func() PersistentRoot { return fp }, dec: dec}
 		facts, err := root.root(context.Background())
 		switch {
-		case tt.want == "" && (err != nil || len(fp.grown) != 1 || len(fp.setAside) != 1 || facts["mounted_by"] == ""):
-			t.Errorf("/sysroot from %q: %v, grown %v, requests set aside %v", tt.mounted, err, fp.grown, fp.setAside)
+		case tt.want == "" && (err != nil || len(fp.grown) != 1 || facts["mounted_by"] == "" ||
+			!slices.Equal(fp.maintained, []string{"/dev/vda4 0fc2a1b6-7c0e-4d6a-9c1e-2a4f5b6c7d8e 6f1c0d52-0000-4000-8000-000000000001 " + NewRoot}) ||
+			!slices.Equal(att.measured, []string{eventlog.TypePersistentRootKeys})):
+			t.Errorf("/sysroot from %q: %v, grown %v, keys maintained %v, measured %v", tt.mounted, err, fp.grown, fp.maintained, att.measured)
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want) || len(fp.grown) != 0):
 			t.Errorf("/sysroot from %q: %v, grown %v; want %q", tt.mounted, err, fp.grown, tt.want)
 		}

@@ -36,8 +36,10 @@ type Decisions struct {
 
 // PersistentDecision is the activated persistent root.
 type PersistentDecision struct {
-	Device   string `json:"device"` // /dev/mapper/cvmboot-root
-	LUKSUUID string `json:"luks_uuid"`
+	Device    string `json:"device"` // /dev/mapper/cvmboot-root
+	LUKSUUID  string `json:"luks_uuid"`
+	Partition string `json:"partition"` // the LUKS2 partition, /dev/vda4
+	PartUUID  string `json:"partuuid"`
 }
 
 // VerityVolume is an activated dm-verity volume.

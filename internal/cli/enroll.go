@@ -6,11 +6,7 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/persist"
 	"github.com/cvmboot/cvmboot/internal/tee"
-	"github.com/cvmboot/cvmboot/pkg/report"
 )
-
-// enrollReportPath is the boot's report, which says the mode that booted.
-var enrollReportPath = report.DefaultPath
 
 func enrollCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("enroll", "enroll --uki FILE --sha256 HEX", `
@@ -22,9 +18,9 @@ boot, still with the current UKI, seals a new secret to those values in a new ke
 first boot of the new UKI opens the root with it and removes the keyslots of older UKIs (a
 host that saved the header can restore them: see SECURITY.md). --sha256 is the UKI's
 SHA-256 as the owner knows it: the file may come from where the host writes (the ESP), and
-a key sealed for the host's UKI is the host's. Run it as root in the booted system. Only a
-boot with cvmboot as PID 1 carries requests out: in a system booted by cvmboot's
-systemd-initrd units it refuses.`, stderr)
+a key sealed for the host's UKI is the host's. Run it as root in the booted system. Boots
+with cvmboot as PID 1 and with its systemd-initrd units (cvmboot-root.service) both carry
+requests out.`, stderr)
 	uki := fs.String("uki", "", "the UKI that will boot next")
 	sum := fs.String("sha256", "", "the SHA-256 of the UKI file, from its builder (hex)")
 	if code, ok := parse(fs, args, stdout, stderr); !ok {
@@ -35,10 +31,6 @@ systemd-initrd units it refuses.`, stderr)
 	}
 	if *uki == "" || *sum == "" {
 		return usageError(fs, stderr, "--uki and --sha256 are required")
-	}
-	if rep, err := report.ReadFile(enrollReportPath); err == nil && rep.Mode == "systemd-initrd" {
-		fmt.Fprintf(stderr, "cvmboot enroll: this system was booted by cvmboot's systemd-initrd units (%s), which do not carry enrollment requests out (the volume key is not held until the root is mounted): the new UKI could not open the root\n", enrollReportPath)
-		return ExitFailed
 	}
 	req, part, err := persist.Enroll(persist.EnrollOptions{UKI: *uki, SHA256: *sum, FirmwareLog: tee.FirmwareLogPath})
 	if err != nil {

@@ -32,7 +32,9 @@
 // stage keeps the volume key in locked memory until the root is mounted (MountRoot), then
 // carries the request out (a keyslot for the new UKI, its token one generation newer) and,
 // when a newer generation opened the root, removes cvmboot's older keyslots that this boot's
-// PCRs do not satisfy (maintainKeys).
+// PCRs do not satisfy (maintainKeys). In a systemd initrd the unit that unlocks forgets the
+// key; the root unit, when there is such work, reads the header again, checks it and unseals
+// once more before cvmboot's leave-initrd measurement (MaintainMounted).
 //
 // # Which TPM may seal
 //

@@ -82,6 +82,12 @@ func (m *machine) stage() *Stage {
 	m.mu.Lock()
 	m.held = false
 	m.mu.Unlock()
+	return m.laterUnit()
+}
+
+// laterUnit is the stage of a later process of the same boot (the systemd-initrd units'
+// root unit): the devices stay as they are.
+func (m *machine) laterUnit() *Stage {
 	return &Stage{AllowUnvouchedTPM: true, DevDir: m.devDir, Disk: m, Devices: m, DM: m, Keyring: m, Random: storage.Getrandom{},
 		TPMs: tpms{m}, Copier: m, FS: m, OpenShared: func(p string) (storage.Device, error) { return os.OpenFile(p, os.O_RDWR, 0) }}
 }

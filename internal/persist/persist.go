@@ -1,15 +1,14 @@
 package persist
 
 import (
-	"os"
-
 	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"golang.org/x/sys/unix"
+	"io/fs"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/cvmboot/cvmboot/internal/disk"
 	"github.com/cvmboot/cvmboot/internal/dm"
@@ -682,19 +682,53 @@ func (s *Stage) GrowMounted(dev, target string) (map[string]string, error) {
 	return facts, nil
 }
 
-// ErrNoKeyForRequest is why a boot that holds no volume key (the systemd-initrd units) sets
-// an enrollment request aside.
-var ErrNoKeyForRequest = errors.New("enrollment requests are carried out only with cvmboot as PID 1 (initramfs mode): in a systemd initrd the volume key is not held until the root is mounted")
-
-// SetAsideRequest renames an enrollment request on the root mounted at target to *.refused
-// when there is one, with ErrNoKeyForRequest in facts: left in place, the boot of the next
-// UKI could not unlock. For boots that hold no key.
-func (s *Stage) SetAsideRequest(target string, facts map[string]string) error {
-	path := filepath.Join(target, RequestPath)
-	if _, err := os.Lstat(path); err != nil {
-		return nil // none (root reads its own root: no other error to expect)
+// MaintainMounted is MountRoot's key maintenance for a boot that holds no key: in a systemd
+// initrd the persistent-root unit forgot it, and systemd mounted the root at target. When
+// there is work (an enrollment request on the root, or more than one of cvmboot's tokens) it
+// reads the header of part again and checks it (the host may have written it since the
+// unlock), unseals as the unlock did (cvmboot's leave-initrd has not changed PCR 11 yet),
+// maintains the keyslots (maintainKeys) and forgets the key. It returns what changed, for
+// the caller to measure, or nil.
+func (s *Stage) MaintainMounted(part *disk.Partition, luksUUID, target string, facts map[string]string) (*eventlog.PersistentRootKeys, error) {
+	// dm-integrity holds the partition: not exclusive.
+	dev, err := s.openShared(part.Path)
+	if err != nil {
+		return nil, err
 	}
-	return s.setAsideRequest(path, ErrNoKeyForRequest, facts)
+	h, err := luks2.Read(dev)
+	if cerr := dev.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): reading its LUKS2 header again: %w", part.Path, part.PartUUID, err)
+	}
+	if h.UUID != luksUUID {
+		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): the LUKS2 header is %s, the unlocked volume is %s: refusing it", part.Path, part.PartUUID, h.UUID, luksUUID)
+	}
+	if err := CheckHeader(h); err != nil {
+		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): %w; refusing it", part.Path, part.PartUUID, err)
+	}
+	ours := 0
+	for _, t := range h.Metadata.Tokens {
+		if tok, err := tpmseal.ParseToken(t.JSON); err == nil && tok.PCRValues != nil {
+			ours++
+		}
+	}
+	// Most boots have one token and no request: they leave the TPM alone.
+	if _, err := os.Lstat(filepath.Join(target, RequestPath)); ours < 2 && errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if _, _, err := s.checkTPM(facts); err != nil {
+		return nil, err
+	}
+	key, tok, err := s.unseal(part, h, facts)
+	if err != nil {
+		return nil, err
+	}
+	s.held = &held{key: key, part: part, hdr: h, generation: generation(tok)}
+	defer s.Forget()
+	facts["maintenance_keyslot"] = strconv.Itoa(tok.Keyslot)
+	return s.maintainKeys(target, facts)
 }
 
 // MountRoot mounts the activated root read-write at target and grows its file system to

@@ -13,7 +13,10 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/cvmboot/cvmboot/internal/disk"
 	"github.com/cvmboot/cvmboot/internal/luks2"
+	"github.com/cvmboot/cvmboot/internal/tpmseal"
+	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
 
 func readHeader(t *testing.T, path string) *luks2.Header {
@@ -239,30 +242,67 @@ func TestRefusesUnvouchedTPM(t *testing.T) {
 	}
 }
 
-// In a systemd initrd no key is held: an enrollment request is set aside, named as refused,
-// not left for a boot of the next UKI that could not unlock.
-func TestSetAsideRequest(t *testing.T) {
+// In a systemd initrd the persistent-root unit forgets the key, and the root unit, another
+// process, maintains the keyslots: it unseals again only when there is work. A request is
+// carried out at the next boot, as in PID 1 mode; the new UKI's first boot retires the old
+// keyslot; then there is nothing to do.
+func TestMaintainMounted(t *testing.T) {
 	m := newMachine(t)
 	target := t.TempDir()
-	req := filepath.Join(target, RequestPath)
-	if err := os.MkdirAll(filepath.Dir(req), 0o700); err != nil {
+	part := &disk.Partition{Path: m.part, PartUUID: "0fc2a1b6-7c0e-4d6a-9c1e-2a4f5b6c7d8e"}
+	boot := func(luksUUID string) (*Result, map[string]string, *eventlog.PersistentRootKeys, error) {
+		t.Helper()
+		st := m.stage()
+		res, err := st.Open(context.Background(), m.verity, "00ff")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Forget()
+		if luksUUID == "" {
+			luksUUID = res.Event.LUKSUUID
+		}
+		root := m.laterUnit()
+		facts := map[string]string{}
+		keys, err := root.MaintainMounted(part, luksUUID, target, facts)
+		if root.held != nil {
+			t.Fatal("the volume key is still held after MaintainMounted")
+		}
+		return res, facts, keys, err
+	}
+	if res, facts, keys, err := boot(""); err != nil || keys != nil || !res.Converted || facts["maintenance_keyslot"] != "" {
+		t.Fatalf("first boot: converted %v, keys %+v, facts %v, %v", res.Converted, keys, facts, err)
+	}
+	now, err := tpmseal.ReadPCRs(m.tpm, PolicyPCRs)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(req, []byte("{}"), 0o600); err != nil {
-		t.Fatal(err)
+	next := slices.Clone(now)
+	d := sha256.Sum256([]byte("another UKI"))
+	p11 := sha256.Sum256(append(slices.Clone(now[3]), d[:]...))
+	next[3] = p11[:]
+	writeRequest(t, target, next)
+	_, facts, keys, err := boot("")
+	if err != nil || keys == nil || keys.Enrolled == nil || keys.Enrolled.Keyslot != 1 || keys.Enrolled.Generation != 2 ||
+		facts["maintenance_keyslot"] != "0" || facts["enrolled_keyslot"] != "1" {
+		t.Fatalf("boot with a request: keys %+v, facts %v, %v", keys, facts, err)
 	}
-	facts := map[string]string{}
-	if err := m.stage().SetAsideRequest(target, facts); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(req + ".refused"); err != nil || !strings.Contains(facts["enroll_refused"], "only with cvmboot as PID 1") {
-		t.Fatalf("request not set aside: %v, facts %v", err, facts)
-	}
-	if _, err := os.Stat(req); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(target, RequestPath)); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the request is still there: %v", err)
 	}
-	none := map[string]string{}
-	if err := m.stage().SetAsideRequest(t.TempDir(), none); err != nil || len(none) != 0 {
-		t.Fatalf("without a request: %v, facts %v", err, none)
+	// Another process of the boot finds a header other than the one the unlock used.
+	if _, _, _, err := boot("6f1c0d52-0000-4000-8000-000000000000"); err == nil || !strings.Contains(err.Error(), "the unlocked volume is 6f1c0d52") {
+		t.Fatalf("another LUKS2 UUID: %v", err)
+	}
+	extendPCR(t, m, 11) // the new UKI boots
+	res, facts, keys, err := boot("")
+	if err != nil || res.Facts["keyslot"] != "1" || keys == nil || !slices.Equal(keys.Retired, []int{0}) || keys.Enrolled != nil ||
+		facts["maintenance_keyslot"] != "1" {
+		t.Fatalf("new UKI: keys %+v, facts %v, %v", keys, facts, err)
+	}
+	if h := m.header(t); len(h.Metadata.Keyslots) != 1 || CheckHeader(h) != nil {
+		t.Fatalf("after the retirement: %d keyslots, check %v", len(h.Metadata.Keyslots), CheckHeader(h))
+	}
+	if _, facts, keys, err := boot(""); err != nil || keys != nil || facts["maintenance_keyslot"] != "" {
+		t.Fatalf("new UKI again: keys %+v, facts %v, %v", keys, facts, err)
 	}
 }

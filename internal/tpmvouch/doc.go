@@ -17,6 +17,10 @@
 // another, is likewise the verifier's to judge; it is logged here.
 //
 // Other TEEs (TDX with a paravisor or TD-partitioning vTPM, Azure's paravisor vTPM) are not
-// checked by this version: Refused says so. Only a machine that is no TEE at all is
+// checked by this version: Refused says so. Azure's paravisor publishes the report that binds
+// its vTPM's keys (HCLAkPub, HCLEkPub) in the vTPM's own NV index 0x01400001: it reaches the
+// guest through the very TPM it would vouch for, so a host-emulated TPM could serve a report
+// it made up. Unlike the SVSM's, it is authentic only once its signature is checked (the
+// VCEK's chain on SEV-SNP), and the initramfs has no network to fetch those certificates. Only a machine that is no TEE at all is
 // Unavailable (ErrUnavailable), the one case a test setting may let an unvouched TPM seal.
 package tpmvouch

@@ -49,6 +49,14 @@ say "cvmboot-status=exit $? $(awk '$2=="ok"{n++} END{print n+0}' /tmp/status) ok
 sed 's/^/E2E-CHECK: status: /' /tmp/status | head -20
 say "outcome=$(head -1 /tmp/status)"
 say "eventlog=$(grep -o '"type":"cvmboot[.][a-z-]*"' /run/cvmboot/eventlog | cut -d'"' -f4 | tr '\n' ' ')"
+say "luks=$(cryptsetup luksDump /dev/disk/by-partlabel/cvmboot-root | awk '/^Keyslots:/{s="keyslot"} /^Tokens:/{s="token"} /^Digests:/{s=""} s && /^  [0-9]+: /{printf "%s %s%s ", s, $1, $2}')"
+say "keys=$(grep -o '"\(maintenance_keyslot\|enrolled_keyslot\|retired_keyslots\|enroll_refused\)": *"[^"]*"' /run/cvmboot/report.json | tr '\n' ' ')"
+# The host attached the next UKI (an ext4 disk labelled cvmboot-next): ask for it.
+if [ -b /dev/disk/by-label/cvmboot-next ] && mkdir -p /run/next && mount -o ro /dev/disk/by-label/cvmboot-next /run/next; then
+  cvmboot enroll --uki /run/next/NEXT.EFI --sha256 "$(cat /run/next/NEXT.SHA)" > /tmp/enroll 2>&1
+  say "enroll=exit $? $(head -1 /tmp/enroll)"
+  umount /run/next
+fi
 say DONE
 sync
 systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
@@ -56,8 +64,9 @@ systemctl start poweroff.target --job-mode=replace-irreversibly --no-block
 
 // persistentDracut is the systemd-initrd mode's persistent root: dracut's initrd with
 // cvmboot's units converts at the first boot (cvmboot-persistent-root.service, then systemd's
-// own sysroot.mount of root=/dev/mapper/cvmboot-root rw) and unlocks at the second; the host's moves follow (persistentDracutAttacks). rd.retry=5
-// is shorter than the copy (about 15 s here): dracut's initqueue, which gives up on a root=
+// own sysroot.mount of root=/dev/mapper/cvmboot-root rw) and unlocks at the second; a UKI
+// update and the host's moves follow (persistentDracutSecondBoot). rd.retry=5 is shorter
+// than the copy (about 15 s here): dracut's initqueue, which gives up on a root=
 // that has not appeared after rd.retry seconds, must start only after the conversion.
 func persistentDracut() scenario {
 	return scenario{
@@ -78,38 +87,124 @@ func persistentDracut() scenario {
 }
 
 // persistentDracutSecondBoot boots the converted disk again with its TPM: unlocked, and the
-// file the first boot wrote is there.
+// file the first boot wrote is there. Then a UKI update, as an operator does it in this mode:
+// the second boot's system asks for UKI B (`cvmboot enroll`, B on a disk the host attached);
+// the third boot, still A, seals B's keyslot in cvmboot-root.service; the fourth, B, opens
+// with it and retires A's. Then the host's moves (persistentDracutAttacks).
 func persistentDracutSecondBoot(t *testing.T, e *env, first *harness.BootResult, img *harness.Image) []string {
 	sc := scenarioNamed("persistent-dracut")
-	b, err := bootAgain(t, e, sc, first, img, "boot2")
+	work := filepath.Dir(img.Disk.Path)
+	ukiB, err := dracutOtherUKI(e, img, "B", "UKI B\n")
+	if err != nil {
+		return []string{err.Error()}
+	}
+	nextDisk := filepath.Join(work, "next.img")
+	if err := nextUKIDisk(ukiB, nextDisk); err != nil {
+		return []string{err.Error()}
+	}
+	spec := bootSpec(t, e, sc, filepath.Join(work, "boot2"), img, nil)
+	spec.TPMStateDir = first.TPMStateDir
+	spec.ExtraArgs = append(slices.Clone(spec.ExtraArgs), "-drive", "if=none,id=next,format=raw,readonly=on,file="+nextDisk,
+		"-device", "virtio-blk-pci,drive=next")
+	b, err := harness.Boot(context.Background(), spec)
 	if err != nil {
 		return []string{err.Error()}
 	}
 	problems := checkBoot(sc, b, "the second boot", bootedAndChecked, []string{
 		`E2E-CHECK: persistent-root="action": *"unlocked"`,
 		`E2E-CHECK: root=/dev/mapper/cvmboot-root ext4\s+rw`, `E2E-CHECK: persisted=written at boot `,
+		`E2E-CHECK: outcome=cvmboot \S+ \(systemd-initrd mode\), boot ok`,
+		`E2E-CHECK: enroll=exit 0 enrollment request for UKI /run/next/NEXT.EFI \(sha256 [0-9a-f]{64}\) written to /`,
+		`E2E-CHECK: luks=keyslot 0:luks2 token 0:systemd-tpm2\s*$`, `E2E-CHECK: keys=\s*$`, `E2E-CHECK: DONE`,
+	}, sc.reject)
+	if len(problems) > 0 {
+		return problems
+	}
+	t.Logf("second boot: %s", firstMatch(b.Serial, "E2E-CHECK: enroll="))
+	if b, err = bootAgain(t, e, sc, first, img, "boot3-seal-B"); err != nil {
+		return []string{err.Error()}
+	}
+	problems = checkBoot(sc, b, "the third boot (A seals B's keyslot)", bootedAndChecked, []string{
+		`E2E-CHECK: keys="enrolled_keyslot": *"1" "maintenance_keyslot": *"0"\s*$`,
+		`E2E-CHECK: eventlog=.* cvmboot.persistent-root .*cvmboot.persistent-root-keys `,
+		`E2E-CHECK: persistent-root="action": *"unlocked"`, `E2E-CHECK: persisted=written at boot `,
+		`E2E-CHECK: luks=keyslot 0:luks2 keyslot 1:luks2 token 0:systemd-tpm2 token 1:systemd-tpm2\s*$`,
+		`E2E-CHECK: outcome=cvmboot \S+ \(systemd-initrd mode\), boot ok`, `E2E-CHECK: DONE`,
+	}, append([]string{`E2E-CHECK: enroll=`}, sc.reject...))
+	if len(problems) > 0 {
+		return problems
+	}
+	t.Logf("third boot: %s", firstMatch(b.Serial, "E2E-CHECK: keys="))
+	if err := harness.ReplaceESPFile(img.Disk.Path, "EFI/BOOT/BOOTX64.EFI", ukiB); err != nil {
+		return []string{err.Error()}
+	}
+	if b, err = bootAgain(t, e, sc, first, img, "boot4-uki-B"); err != nil {
+		return []string{err.Error()}
+	}
+	problems = checkBoot(sc, b, "the fourth boot (B opens, A's keyslot retired)", bootedAndChecked, []string{
+		`E2E-CHECK: keys="maintenance_keyslot": *"1" "retired_keyslots": *"0"\s*$`,
+		`E2E-CHECK: eventlog=.* cvmboot.persistent-root .*cvmboot.persistent-root-keys `,
+		`E2E-CHECK: persistent-root="action": *"unlocked"`, `E2E-CHECK: persisted=written at boot `,
+		`E2E-CHECK: luks=keyslot 1:luks2 token 1:systemd-tpm2\s*$`,
 		`E2E-CHECK: outcome=cvmboot \S+ \(systemd-initrd mode\), boot ok`, `E2E-CHECK: DONE`,
 	}, sc.reject)
 	if len(problems) > 0 {
 		return problems
 	}
-	t.Logf("second boot: %s", firstMatch(b.Serial, "E2E-CHECK: persisted="))
+	t.Logf("fourth boot: %s", firstMatch(b.Serial, "E2E-CHECK: keys="))
 	return persistentDracutAttacks(t, e, sc, first, img)
+}
+
+// dracutOtherUKI builds another UKI for img's dracut initrd: the same command line (the pin
+// holds) and the initrd with one more file appended, so PCRs 4, 9 and 11 differ.
+func dracutOtherUKI(e *env, img *harness.Image, name, content string) (string, error) {
+	work := filepath.Dir(img.Disk.Path)
+	initrd, other := filepath.Join(work, "dracut-initramfs.img"), filepath.Join(work, "initramfs-"+name+".img")
+	if err := appendToInitramfs(initrd, other, "etc/cvmboot-e2e-uki-"+name, content); err != nil {
+		return "", err
+	}
+	uki := filepath.Join(work, "UKI-"+name+".EFI")
+	if _, err := harness.BuildUKI(context.Background(), harness.UKISpec{Kernel: e.kernel.Vmlinuz, Initrd: other, Cmdline: img.Cmdline}, uki); err != nil {
+		return "", err
+	}
+	return uki, nil
+}
+
+// nextUKIDisk writes an ext4 image labelled cvmboot-next holding uki as NEXT.EFI and its
+// SHA-256 (hex) in NEXT.SHA, as the owner hands a new UKI to the booted system.
+func nextUKIDisk(uki, out string) error {
+	dir, err := os.MkdirTemp("", "next-uki-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	data, err := os.ReadFile(uki)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(data)
+	if err := os.WriteFile(filepath.Join(dir, "NEXT.EFI"), data, 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "NEXT.SHA"), []byte(fmt.Sprintf("%x", sum)), 0o644); err != nil {
+		return err
+	}
+	_ = os.Remove(out)
+	if o, err := exec.Command("mkfs.ext4", "-q", "-F", "-L", "cvmboot-next", "-d", dir, out, "64M").CombinedOutput(); err != nil {
+		return fmt.Errorf("mkfs.ext4 %s: %v\n%s", out, err, o)
+	}
+	return nil
 }
 
 // persistentDracutAttacks are the host's moves against the converted disk in the
 // systemd-initrd mode, each refused by cvmboot-persistent-root.service before anything is
-// activated, and the boot powered off by its FailureAction=, no shell: first another UKI (the
-// same command line, so the pin holds, and the initrd with one more file appended, so PCRs
-// 4, 9 and 11 differ); then, with that UKI still there, cipher_null written into the header.
+// activated, and the boot powered off by its FailureAction=, no shell: first another UKI (C:
+// the same command line, so the pin holds, and the initrd with one more file appended, so
+// PCRs 4, 9 and 11 differ); then, with that UKI still there, cipher_null written into the
+// header.
 func persistentDracutAttacks(t *testing.T, e *env, sc scenario, first *harness.BootResult, img *harness.Image) []string {
-	work := filepath.Dir(img.Disk.Path)
-	initrd, other := filepath.Join(work, "dracut-initramfs.img"), filepath.Join(work, "other-initramfs.img")
-	if err := appendToInitramfs(initrd, other, "etc/cvmboot-e2e-other-uki", "another UKI\n"); err != nil {
-		return []string{err.Error()}
-	}
-	uki := filepath.Join(work, "OTHER.EFI")
-	if _, err := harness.BuildUKI(context.Background(), harness.UKISpec{Kernel: e.kernel.Vmlinuz, Initrd: other, Cmdline: img.Cmdline}, uki); err != nil {
+	uki, err := dracutOtherUKI(e, img, "C", "another UKI\n")
+	if err != nil {
 		return []string{err.Error()}
 	}
 	if err := harness.ReplaceESPFile(img.Disk.Path, "EFI/BOOT/BOOTX64.EFI", uki); err != nil {
@@ -122,7 +217,7 @@ func persistentDracutAttacks(t *testing.T, e *env, sc scenario, first *harness.B
 		return []string{err.Error()}
 	}
 	problems := checkBoot(sc, b, "the other UKI's boot", failureAction, []string{
-		`{fatal}: stage persistent-root failed: persistent root /dev/vda4 .*no token opens it: token 0 \(keyslot 0\): the TPM's PCRs do not match the token's policy: PCR 4 expected [0-9a-f]{64} found [0-9a-f]{64}; PCR 9 expected [0-9a-f]{64} found [0-9a-f]{64}; PCR 11 expected [0-9a-f]{64} found [0-9a-f]{64}\s*$`,
+		`{fatal}: stage persistent-root failed: persistent root /dev/vda4 .*no token opens it: token 1 \(keyslot 1\): the TPM's PCRs do not match the token's policy: PCR 4 expected [0-9a-f]{64} found [0-9a-f]{64}; PCR 9 expected [0-9a-f]{64} found [0-9a-f]{64}; PCR 11 expected [0-9a-f]{64} found [0-9a-f]{64}\s*$`,
 		`cvmboot: failure action: poweroff \(FailureAction=poweroff-force\)`,
 	}, refused)
 	if len(problems) > 0 {
