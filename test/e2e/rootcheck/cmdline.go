@@ -56,7 +56,11 @@ const (
 	expectNoFile expectKind = "nofile" // nofile:PATH is absent
 	// marker:PATH writes PATH when it is absent and says which it found: a writable root
 	// that keeps what a boot wrote (root.persistent) shows the marker at the next boot.
-	expectMarker  expectKind = "marker"
+	expectMarker expectKind = "marker"
+	// churn:DIR reads back every file an earlier boot wrote in DIR (a read that fails its
+	// dm-integrity tag returns EIO), then writes new files there for a while: a host kills
+	// the VM meanwhile, and the next boot reads them.
+	expectChurn   expectKind = "churn"
 	expectReport  expectKind = "report"  // report:KEY.PATH or report:KEY.PATH=VALUE
 	expectCmdline expectKind = "cmdline" // cmdline:WORD appears on /proc/cmdline
 	// enroll:DEV=PATH mounts DEV (vfat, read-only) and runs what `cvmboot enroll --uki`
@@ -136,7 +140,7 @@ func parseExpectation(raw string) (expectation, error) {
 			return expectation{}, fmt.Errorf("rootcheck.expect %q: root wants ro or rw, found %q", raw, arg)
 		}
 	case expectRootFS, expectCmdline:
-	case expectFile, expectNoFile, expectMarker:
+	case expectFile, expectNoFile, expectMarker, expectChurn:
 		if !strings.HasPrefix(arg, "/") {
 			return expectation{}, fmt.Errorf("rootcheck.expect %q: path must be absolute", raw)
 		}
@@ -152,7 +156,7 @@ func parseExpectation(raw string) (expectation, error) {
 			return expectation{}, fmt.Errorf("rootcheck.expect %q: mount point must be absolute", raw)
 		}
 	default:
-		return expectation{}, fmt.Errorf("rootcheck.expect %q: unknown kind %q (want root, rootfs, mount, file, nofile, marker, report, cmdline)", raw, kind)
+		return expectation{}, fmt.Errorf("rootcheck.expect %q: unknown kind %q (want root, rootfs, mount, file, nofile, marker, churn, report, cmdline)", raw, kind)
 	}
 	return e, nil
 }

@@ -12,6 +12,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -324,6 +325,80 @@ func marker(path string) error {
 	return nil
 }
 
+// churnFor is how long churn writes: longer than the host waits before it kills the VM.
+const churnFor = 15 * time.Second
+
+// churnFile is one file churn writes: 256 KiB of its name's SHA-256, repeated.
+func churnFile(name string) []byte {
+	sum := sha256.Sum256([]byte(name))
+	return bytes.Repeat(sum[:], 256<<10/len(sum))
+}
+
+// churn reads back every file in dir, then writes files there for d, each to a temporary
+// name, synced, renamed and the directory synced. A file under its final name must hold
+// what churnFile gives; a temporary one (the write was cut) must read without error.
+func churn(dir string, d time.Duration) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	done, cut := 0, 0
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return fmt.Errorf("reading back %s: %w", e.Name(), err)
+		}
+		if strings.HasPrefix(e.Name(), ".tmp-") {
+			cut++
+			continue
+		}
+		if !bytes.Equal(b, churnFile(e.Name())) {
+			return fmt.Errorf("%s: %d bytes that are not what was written and synced", e.Name(), len(b))
+		}
+		done++
+	}
+	fmt.Printf("ROOTCHECK: churn read back %d files, %d cut short\n", done, cut)
+	fmt.Printf("ROOTCHECK: churn writing in %s for %s\n", dir, d)
+	df, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer df.Close()
+	n := 0
+	for start := time.Now(); time.Since(start) < d && n < 400; n++ {
+		name := fmt.Sprintf("f-%d-%03d", time.Now().UnixNano(), n)
+		tmp := filepath.Join(dir, ".tmp-"+name)
+		f, err := os.Create(tmp)
+		if err != nil {
+			return err
+		}
+		_, err = f.Write(churnFile(name))
+		if err == nil {
+			err = f.Sync()
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(tmp, filepath.Join(dir, name))
+		}
+		if err == nil {
+			err = df.Sync()
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			fmt.Printf("ROOTCHECK: churn synced its first file %s\n", name)
+		}
+	}
+	fmt.Printf("ROOTCHECK: churn wrote %d files\n", n)
+	return nil
+}
+
 // enroll mounts dev and leaves an enrollment request for the UKI at path on it, as `cvmboot
 // enroll --uki --sha256` does (persist.Enroll), and prints the predicted values. The UKI's
 // SHA-256 is the owner's to give; here it is read from path with the extension .SHA next to
@@ -382,6 +457,8 @@ func evalExpectation(e expectation, mounts []mount, report any, reportErr error,
 		return marker(e.Arg)
 	case expectEnroll:
 		return enroll(e.Arg, e.Value)
+	case expectChurn:
+		return churn(e.Arg, churnFor)
 	case expectReport:
 		if reportErr != nil {
 			return reportErr

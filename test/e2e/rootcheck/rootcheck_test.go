@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseCmdline(t *testing.T) {
@@ -209,4 +210,32 @@ func FuzzLookupJSON(f *testing.F) {
 			jsonScalarString(got)
 		}
 	})
+}
+
+// churn reads back what an earlier run wrote: whole files, and temporary ones left by a cut
+// write; a file whose bytes are not what was written fails.
+func TestChurn(t *testing.T) {
+	dir := t.TempDir()
+	if err := churn(dir, 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) == 0 {
+		t.Fatalf("churn wrote %d files: %v", len(entries), err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ".tmp-f-1-000"), []byte("cut"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := churn(dir, 0); err != nil {
+		t.Fatalf("a cut write: %v", err)
+	}
+	victim := filepath.Join(dir, entries[0].Name())
+	b, _ := os.ReadFile(victim)
+	b[len(b)/2] ^= 1
+	if err := os.WriteFile(victim, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := churn(dir, 0); err == nil || !strings.Contains(err.Error(), "not what was written") {
+		t.Fatalf("a changed file: %v", err)
+	}
 }
