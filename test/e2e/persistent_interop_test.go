@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -139,11 +138,7 @@ func persistentSystemdCryptsetupLater(t *testing.T, e *env, first *harness.BootR
 	if err := copyPartition(img.Disk.Path, "cvmboot-root", copyPath); err != nil {
 		return []string{err.Error()}
 	}
-	spec := bootSpec(t, e, sc, filepath.Join(work, "boot2"), img, nil)
-	spec.TPMStateDir = first.TPMStateDir
-	spec.ExtraArgs = append(slices.Clone(spec.ExtraArgs), "-drive", "if=none,id=copy,format=raw,file="+copyPath,
-		"-device", "virtio-blk-pci,drive=copy")
-	b, err := harness.Boot(context.Background(), spec)
+	b, err := bootAgain(t, e, sc, first, img, "boot2", copyPath)
 	if err != nil {
 		return []string{err.Error()}
 	}

@@ -102,11 +102,7 @@ func persistentDracutSecondBoot(t *testing.T, e *env, first *harness.BootResult,
 	if err := nextUKIDisk(ukiB, nextDisk); err != nil {
 		return []string{err.Error()}
 	}
-	spec := bootSpec(t, e, sc, filepath.Join(work, "boot2"), img, nil)
-	spec.TPMStateDir = first.TPMStateDir
-	spec.ExtraArgs = append(slices.Clone(spec.ExtraArgs), "-drive", "if=none,id=next,format=raw,readonly=on,file="+nextDisk,
-		"-device", "virtio-blk-pci,drive=next")
-	b, err := harness.Boot(context.Background(), spec)
+	b, err := bootAgain(t, e, sc, first, img, "boot2", nextDisk)
 	if err != nil {
 		return []string{err.Error()}
 	}
@@ -331,10 +327,16 @@ func persistentScenarios() []scenario {
 		}}
 }
 
-// bootAgain boots the converted disk again with the first boot's TPM, in work/name.
-func bootAgain(t *testing.T, e *env, sc scenario, first *harness.BootResult, img *harness.Image, name string) (*harness.BootResult, error) {
+// bootAgain boots the converted disk again with the first boot's TPM, in work/name, with
+// the disk images in disks attached after it (raw, virtio).
+func bootAgain(t *testing.T, e *env, sc scenario, first *harness.BootResult, img *harness.Image, name string, disks ...string) (*harness.BootResult, error) {
 	spec := bootSpec(t, e, sc, filepath.Join(filepath.Dir(img.Disk.Path), name), img, nil)
 	spec.TPMStateDir = first.TPMStateDir
+	spec.ExtraArgs = slices.Clone(spec.ExtraArgs)
+	for i, d := range disks {
+		id := fmt.Sprintf("extra%d", i)
+		spec.ExtraArgs = append(spec.ExtraArgs, "-drive", "if=none,id="+id+",format=raw,file="+d, "-device", "virtio-blk-pci,drive="+id)
+	}
 	return harness.Boot(context.Background(), spec)
 }
 
