@@ -93,7 +93,7 @@ type PersistentRoot interface {
 	GrowMounted(dev, target string) (map[string]string, error)
 	// MaintainMounted is MountRoot's key maintenance where no key is held (the units): it
 	// unseals again when there is work.
-	MaintainMounted(part *disk.Partition, luksUUID, target string, facts map[string]string) (*eventlog.PersistentRootKeys, error)
+	MaintainMounted(part *disk.Partition, luksUUID, keyDigest, target string, facts map[string]string) (*eventlog.PersistentRootKeys, error)
 	// Forget wipes what Open keeps for MountRoot, when the boot stops between them.
 	Forget()
 }
@@ -265,8 +265,10 @@ func (b *Boot) persist(ctx context.Context) (stage.Facts, error) {
 		st.Forget()
 		return nil, err
 	}
-	b.dec.Persistent = &PersistentDecision{Device: res.Device, LUKSUUID: res.Event.LUKSUUID,
-		Partition: res.Facts["partition"], PartUUID: res.Event.PartUUID}
+	b.dec.Persistent = &PersistentDecision{Device: res.Device, LUKSUUID: res.Event.LUKSUUID, KeyDigest: res.KeyDigest}
+	if res.Partition != nil {
+		b.dec.Persistent.Partition, b.dec.Persistent.PartUUID = res.Partition.Path, res.Partition.PartUUID
+	}
 	if b.Mode == ModeSystemdInitrd {
 		// sysroot.mount mounts it (root= names it) and the root step, another process,
 		// checks and grows it: the key goes with this one.
@@ -428,19 +430,23 @@ func (b *Boot) checkPersistentSysroot() (stage.Facts, error) {
 	if b.Persist == nil {
 		return nil, errors.New("root.persistent is set but this environment cannot grow a persistent root")
 	}
+	if p.Partition == "" || p.KeyDigest == "" {
+		return nil, fmt.Errorf("the persistent-root step's decision names no partition or key digest for %s", p.Device)
+	}
+	// What the key maintenance changes is measured: the measurements resume before it, and
+	// a boot that measures nothing changes no keyslot (the persistent-root step refuses one).
+	if err := b.resumeMeasuring(); err != nil {
+		return nil, err
+	}
+	if !b.measuring {
+		return nil, errors.New("root.persistent needs cvmboot's measurements in the TPM, but this boot measures nothing")
+	}
 	st := b.Persist()
 	facts, err := st.GrowMounted(p.Device, NewRoot)
 	if err != nil {
 		return nil, err
 	}
-	if p.Partition == "" {
-		return nil, fmt.Errorf("the persistent-root step's decision names no partition for %s", p.Device)
-	}
-	// What the key maintenance changes is measured: the measurements resume before it.
-	if err := b.resumeMeasuring(); err != nil {
-		return nil, err
-	}
-	keys, err := st.MaintainMounted(&disk.Partition{Path: p.Partition, PartUUID: p.PartUUID}, p.LUKSUUID, NewRoot, facts)
+	keys, err := st.MaintainMounted(&disk.Partition{Path: p.Partition, PartUUID: p.PartUUID}, p.LUKSUUID, p.KeyDigest, NewRoot, facts)
 	if err != nil {
 		return nil, err
 	}

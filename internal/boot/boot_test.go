@@ -571,8 +571,9 @@ type fakePersist struct {
 
 func (f *fakePersist) Open(context.Context, string, string) (*persist.Result, error) {
 	f.opened++
-	return &persist.Result{Device: "/dev/mapper/cvmboot-root", Facts: map[string]string{"partition": "/dev/vda4"},
-		Event: eventlog.PersistentRoot{LUKSUUID: "6f1c0d52-0000-4000-8000-000000000001", PartUUID: "0fc2a1b6-7c0e-4d6a-9c1e-2a4f5b6c7d8e"}}, nil
+	return &persist.Result{Device: "/dev/mapper/cvmboot-root", Facts: map[string]string{},
+		Partition: &disk.Partition{Path: "/dev/vda4", PartUUID: "0fc2a1b6-7c0e-4d6a-9c1e-2a4f5b6c7d8e"}, KeyDigest: "d1",
+		Event: eventlog.PersistentRoot{LUKSUUID: "6f1c0d52-0000-4000-8000-000000000001"}}, nil
 }
 func (f *fakePersist) MountRoot(*persist.Result, string) (map[string]string, error) { return nil, nil }
 func (f *fakePersist) Forget()                                                      { f.forgotten++ }
@@ -580,8 +581,8 @@ func (f *fakePersist) GrowMounted(dev, target string) (map[string]string, error)
 	f.grown = append(f.grown, dev+" "+target)
 	return map[string]string{"device": dev}, nil
 }
-func (f *fakePersist) MaintainMounted(part *disk.Partition, luksUUID, target string, _ map[string]string) (*eventlog.PersistentRootKeys, error) {
-	f.maintained = append(f.maintained, part.Path+" "+part.PartUUID+" "+luksUUID+" "+target)
+func (f *fakePersist) MaintainMounted(part *disk.Partition, luksUUID, keyDigest, target string, _ map[string]string) (*eventlog.PersistentRootKeys, error) {
+	f.maintained = append(f.maintained, part.Path+" "+part.PartUUID+" "+luksUUID+" "+keyDigest+" "+target)
 	return f.keys, nil
 }
 
@@ -618,7 +619,7 @@ func TestPersistSystemdInitrd(t *testing.T) {
 		facts, err := root.root(context.Background())
 		switch {
 		case tt.want == "" && (err != nil || len(fp.grown) != 1 || facts["mounted_by"] == "" ||
-			!slices.Equal(fp.maintained, []string{"/dev/vda4 0fc2a1b6-7c0e-4d6a-9c1e-2a4f5b6c7d8e 6f1c0d52-0000-4000-8000-000000000001 " + NewRoot}) ||
+			!slices.Equal(fp.maintained, []string{"/dev/vda4 0fc2a1b6-7c0e-4d6a-9c1e-2a4f5b6c7d8e 6f1c0d52-0000-4000-8000-000000000001 d1 " + NewRoot}) ||
 			!slices.Equal(att.measured, []string{eventlog.TypePersistentRootKeys})):
 			t.Errorf("/sysroot from %q: %v, grown %v, keys maintained %v, measured %v", tt.mounted, err, fp.grown, fp.maintained, att.measured)
 		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want) || len(fp.grown) != 0):
@@ -629,6 +630,29 @@ func TestPersistSystemdInitrd(t *testing.T) {
 			if _, err := root.overlay(context.Background()); !errors.As(err, &skip) {
 				t.Errorf("overlay over the persistent root: %v", err)
 			}
+		}
+	}
+	// A decision without the key digest, and a boot that measures nothing: refused before
+	// the root is grown or a keyslot touched.
+	noMeasure := config.Default()
+	noMeasure.Attest.Require = config.AttestNone
+	full := *dec.Persistent
+	noDigest := full
+	noDigest.KeyDigest = ""
+	for _, tt := range []struct {
+		cfg  *config.Config
+		dec  *Decisions
+		want string
+	}{
+		{config.Default(), &Decisions{Attested: true, Measuring: true, Persistent: &noDigest}, "no partition or key digest"},
+		{noMeasure, &Decisions{Attested: true, Persistent: &full}, "this boot measures nothing"},
+	} {
+		fp.grown, fp.maintained = nil, nil
+		root := &Boot{Config: tt.cfg, Mode: ModeSystemdInitrd, Plan: &Plan{Persistent: true}, Attest: att,
+			Mounts:  &fakeMachine{mountedAt: map[string]string{NewRoot: "/dev/mapper/cvmboot-root"}},
+			Persist: func() PersistentRoot { return fp }, dec: tt.dec}
+		if _, err := root.root(context.Background()); err == nil || !strings.Contains(err.Error(), tt.want) || len(fp.grown)+len(fp.maintained) != 0 {
+			t.Errorf("root: %v (grown %v, maintained %v), want %q", err, fp.grown, fp.maintained, tt.want)
 		}
 	}
 }

@@ -40,6 +40,7 @@ type PersistentDecision struct {
 	LUKSUUID  string `json:"luks_uuid"`
 	Partition string `json:"partition"` // the LUKS2 partition, /dev/vda4
 	PartUUID  string `json:"partuuid"`
+	KeyDigest string `json:"key_digest"` // persist.KeyDigest of the unlocked header
 }
 
 // VerityVolume is an activated dm-verity volume.

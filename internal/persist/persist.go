@@ -3,7 +3,9 @@ package persist
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -126,6 +128,26 @@ type Result struct {
 	// Keys is what MountRoot changed in the keyslots (an enrollment, older tokens retired),
 	// for the caller to measure; nil when nothing changed.
 	Keys *eventlog.PersistentRootKeys
+	// Partition holds the volume; KeyDigest fingerprints the header's digest of its volume
+	// key (KeyDigest): what another process of the boot checks a header it reads again
+	// against (MaintainMounted).
+	Partition *disk.Partition
+	KeyDigest string
+}
+
+// KeyDigest is the hex SHA-256 of the header's digest of the data segment's volume key (its
+// hash, iterations, salt and value): two headers with the same one verify the same key.
+func KeyDigest(h *luks2.Header) (string, error) {
+	_, d, err := h.Metadata.DigestForSegment(0)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.New()
+	fmt.Fprintf(sum, "%s\x00%d\x00", d.Hash, d.Iterations)
+	sum.Write(d.Salt)
+	sum.Write([]byte{0})
+	sum.Write(d.Digest)
+	return hex.EncodeToString(sum.Sum(nil)), nil
 }
 
 func (s *Stage) log() *zap.Logger {
@@ -255,6 +277,11 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 		s.Forget()
 		return nil, err
 	}
+	if res.KeyDigest, err = KeyDigest(s.held.hdr); err != nil {
+		s.Forget()
+		return nil, err
+	}
+	res.Partition = part
 	res.Event.TPM = vouch
 	if binding != nil {
 		res.Event.TPMVouchedBy, res.Event.TPMEKSHA256, res.Event.TEEMeasurement = binding.By, binding.EKSHA256, binding.Measurement
@@ -687,9 +714,11 @@ func (s *Stage) GrowMounted(dev, target string) (map[string]string, error) {
 // there is work (an enrollment request on the root, or more than one of cvmboot's tokens) it
 // reads the header of part again and checks it (the host may have written it since the
 // unlock), unseals as the unlock did (cvmboot's leave-initrd has not changed PCR 11 yet),
-// maintains the keyslots (maintainKeys) and forgets the key. It returns what changed, for
-// the caller to measure, or nil.
-func (s *Stage) MaintainMounted(part *disk.Partition, luksUUID, target string, facts map[string]string) (*eventlog.PersistentRootKeys, error) {
+// maintains the keyslots (maintainKeys) and forgets the key. The header must be the unlocked
+// volume's: its UUID and its volume key digest (keyDigest, the unlock's Result.KeyDigest),
+// so that the key unsealed here is the running volume's whatever else the host wrote; its
+// keyslots may have changed. It returns what changed, for the caller to measure, or nil.
+func (s *Stage) MaintainMounted(part *disk.Partition, luksUUID, keyDigest, target string, facts map[string]string) (*eventlog.PersistentRootKeys, error) {
 	// dm-integrity holds the partition: not exclusive.
 	dev, err := s.openShared(part.Path)
 	if err != nil {
@@ -707,6 +736,10 @@ func (s *Stage) MaintainMounted(part *disk.Partition, luksUUID, target string, f
 	}
 	if err := CheckHeader(h); err != nil {
 		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): %w; refusing it", part.Path, part.PartUUID, err)
+	}
+	if d, err := KeyDigest(h); err != nil || d != keyDigest {
+		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): the LUKS2 header's volume key digest is %s, the unlocked volume's %s (%v): another volume's header; refusing it",
+			part.Path, part.PartUUID, d, keyDigest, err)
 	}
 	ours := 0
 	for _, t := range h.Metadata.Tokens {

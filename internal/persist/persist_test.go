@@ -15,6 +15,7 @@ import (
 
 	"github.com/cvmboot/cvmboot/internal/disk"
 	"github.com/cvmboot/cvmboot/internal/luks2"
+	"github.com/cvmboot/cvmboot/internal/secret"
 	"github.com/cvmboot/cvmboot/internal/tpmseal"
 	"github.com/cvmboot/cvmboot/pkg/eventlog"
 )
@@ -261,9 +262,12 @@ func TestMaintainMounted(t *testing.T) {
 		if luksUUID == "" {
 			luksUUID = res.Event.LUKSUUID
 		}
+		if res.Partition == nil || res.Partition.Path != m.part || res.KeyDigest == "" {
+			t.Fatalf("the result names partition %+v, key digest %q", res.Partition, res.KeyDigest)
+		}
 		root := m.laterUnit()
 		facts := map[string]string{}
-		keys, err := root.MaintainMounted(part, luksUUID, target, facts)
+		keys, err := root.MaintainMounted(part, luksUUID, res.KeyDigest, target, facts)
 		if root.held != nil {
 			t.Fatal("the volume key is still held after MaintainMounted")
 		}
@@ -304,5 +308,71 @@ func TestMaintainMounted(t *testing.T) {
 	}
 	if _, facts, keys, err := boot(""); err != nil || keys != nil || facts["maintenance_keyslot"] != "" {
 		t.Fatalf("new UKI again: keys %+v, facts %v, %v", keys, facts, err)
+	}
+}
+
+// Between the unit that unlocked and the root unit, the host writes another header over the
+// partition with the live volume's UUID: another volume key, sealed to this same TPM and
+// these PCRs (as an earlier conversion's header would be), or one cvmboot never writes. The
+// root unit refuses both before it unseals, and leaves the request.
+func TestMaintainMountedRefusesSwappedHeader(t *testing.T) {
+	m := newMachine(t)
+	target := t.TempDir()
+	st := m.stage()
+	res, err := st.Open(context.Background(), m.verity, "00ff")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Forget()
+	now, err := tpmseal.ReadPCRs(m.tpm, PolicyPCRs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeRequest(t, target, now)
+	for _, tt := range []struct {
+		name, want string
+		key        []byte
+	}{
+		{"another key", "another volume's header", bytes.Repeat([]byte{7}, KeySize)},
+		{"not cvmboot's", `label is "data"`, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := os.OpenFile(m.part, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			opts := luks2.Options{UUID: res.Event.LUKSUUID, Label: "data", VolumeKey: make([]byte, 64),
+				Keyslots: []luks2.KeyslotSpec{{Passphrase: []byte("x"), KDF: luks2.KDFPBKDF2, Iterations: 1000}}}
+			if tt.key != nil {
+				opts = luks2.Options{UUID: res.Event.LUKSUUID, Label: Label, Subsystem: Subsystem, Cipher: Cipher, KeySize: KeySize,
+					SectorSize: SectorSize, Integrity: Integrity, VolumeKey: tt.key}
+			}
+			hdr, err := luks2.Format(f, partSize, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.key != nil {
+				key, err := secret.New(KeySize)
+				if err != nil {
+					t.Fatal(err)
+				}
+				copy(key.Bytes(), tt.key)
+				if err := m.laterUnit().addSealedKeyslot(m.tpm, res.Partition, hdr, key, 0, now, 1); err != nil {
+					t.Fatal(err)
+				}
+				if err := CheckHeader(m.header(t)); err != nil {
+					t.Fatalf("the host's header is not one cvmboot writes: %v", err)
+				}
+			}
+			root := m.laterUnit()
+			keys, err := root.MaintainMounted(res.Partition, res.Event.LUKSUUID, res.KeyDigest, target, map[string]string{})
+			if err == nil || !strings.Contains(err.Error(), tt.want) || keys != nil || root.held != nil {
+				t.Fatalf("MaintainMounted: %v, keys %+v, want %q", err, keys, tt.want)
+			}
+			if _, err := os.Stat(filepath.Join(target, RequestPath)); err != nil {
+				t.Fatalf("the request is gone: %v", err)
+			}
+		})
 	}
 }
