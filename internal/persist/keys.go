@@ -84,8 +84,8 @@ func (s *Stage) maintainKeys(target string, facts map[string]string) (*eventlog.
 // cannot be carried out (it does not parse, root did not write it, its PCR 2 or 12 is not
 // this machine's, the seal or the header write fails) is renamed *.refused and reported, not
 // fatal: a boot that stopped here would stop at every later boot too. A request already
-// carried out (a token with the same values: the boot stopped before removing it) is only
-// removed.
+// carried out (a token with the same values: the boot stopped before removing it) is
+// removed and reported as Earlier, so that it is measured.
 func (s *Stage) enroll(tpm tpmseal.TPM, target string, tokens map[int]*tpmseal.Token, maxGen int, now [][]byte, facts map[string]string) (*eventlog.EnrolledKeyslot, error) {
 	path := filepath.Join(target, RequestPath)
 	raw, err := readRootsFile(path)
@@ -109,8 +109,13 @@ func (s *Stage) enroll(tpm tpmseal.TPM, target string, tokens map[int]*tpmseal.T
 	}
 	for slot, tok := range tokens {
 		if samePCRs(tok.PCRValues, values) {
+			// A boot stopped between the header write and the request's removal: its
+			// measurement may never have been made. Measured here.
 			facts["enrolled_keyslot"] = strconv.Itoa(slot) + " (before)"
-			return nil, removeSynced(path)
+			if err := removeSynced(path); err != nil {
+				return nil, err
+			}
+			return &eventlog.EnrolledKeyslot{Keyslot: slot, Generation: generation(tok), UKISHA256: req.UKISHA256, PCRValues: req.Values, Earlier: true}, nil
 		}
 	}
 	h := s.held

@@ -113,7 +113,7 @@ func TestEnrollThenRetire(t *testing.T) {
 
 // A request that does not parse, asks for another machine's PCR 2, or that others could have
 // written is set aside, not fatal; one already carried out (the boot stopped before removing
-// it) is only removed.
+// it) is removed and measured, marked Earlier.
 func TestEnrollRequestEdges(t *testing.T) {
 	m := newMachine(t)
 	target := t.TempDir()
@@ -150,7 +150,8 @@ func TestEnrollRequestEdges(t *testing.T) {
 	}
 	writeRequest(t, target, now) // the values keyslot 0 is already sealed to
 	res = m.boot(t, target)
-	if res.Keys != nil || res.Facts["enrolled_keyslot"] != "0 (before)" || len(m.header(t).Metadata.Keyslots) != 1 {
+	if e := res.Keys; e == nil || e.Enrolled == nil || !e.Enrolled.Earlier || e.Enrolled.Keyslot != 0 || e.Enrolled.Generation != 1 ||
+		res.Facts["enrolled_keyslot"] != "0 (before)" || len(m.header(t).Metadata.Keyslots) != 1 {
 		t.Fatalf("request already carried out: keys %+v, facts %v", res.Keys, res.Facts)
 	}
 	if _, err := os.Stat(path); !os.IsNotExist(err) {

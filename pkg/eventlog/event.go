@@ -172,6 +172,9 @@ type EnrolledKeyslot struct {
 	Generation int      `json:"generation"`
 	UKISHA256  string   `json:"uki_sha256"`
 	PCRValues  []string `json:"pcr_values"`
+	// Earlier: an earlier boot added the keyslot and stopped before it removed the request
+	// (and before its measurement reached the log); this boot found it and measures it.
+	Earlier bool `json:"earlier,omitempty"`
 }
 
 // Event returns the cvmboot.persistent-root-keys event.
