@@ -61,23 +61,40 @@ func deriveKeyslotKey(kdf KDF, passphrase []byte, keyLen uint32) ([]byte, error)
 	return nil, fmt.Errorf("kdf type %q", kdf.Type) // not reached: checked above
 }
 
-// afDiffuse is the LUKS1 AF diffusion: each digest-sized block is replaced by
-// H(be32(index) || block), the last partial block by a truncated hash.
-func afDiffuse(newHash func() hash.Hash, buf []byte) {
+// afDiffuser is the LUKS1 AF diffusion: each digest-sized block is replaced by
+// H(be32(index) || block), the last partial block by a truncated hash. One hash and one sum
+// buffer serve every stripe of a split or merge (4000 of them).
+type afDiffuser struct {
+	h   hash.Hash
+	sum []byte
+}
+
+func newAFDiffuser(newHash func() hash.Hash) *afDiffuser {
 	h := newHash()
-	ds := h.Size()
+	return &afDiffuser{h: h, sum: make([]byte, 0, h.Size())}
+}
+
+func (d *afDiffuser) diffuse(buf []byte) {
+	ds := d.h.Size()
 	var idx [4]byte
-	sum := make([]byte, 0, ds)
 	for i, off := 0, 0; off < len(buf); i, off = i+1, off+ds {
 		end := min(off+ds, len(buf))
-		h.Reset()
+		d.h.Reset()
 		binary.BigEndian.PutUint32(idx[:], uint32(i))
-		h.Write(idx[:])
-		h.Write(buf[off:end])
-		sum = h.Sum(sum[:0])
-		copy(buf[off:end], sum)
+		d.h.Write(idx[:])
+		d.h.Write(buf[off:end])
+		d.sum = d.h.Sum(d.sum[:0])
+		copy(buf[off:end], d.sum)
 	}
-	clear(sum[:ds])
+}
+
+// wipe clears the last sum and, as far as the hash lets anyone, its buffered block (both
+// key material): a write one byte short of a block lands in that buffer.
+func (d *afDiffuser) wipe() {
+	clear(d.sum[:cap(d.sum)])
+	d.h.Reset()
+	d.h.Write(make([]byte, d.h.BlockSize()-1))
+	d.h.Reset()
 }
 
 func xorInto(dst, a, b []byte) {
@@ -93,13 +110,15 @@ func afSplit(newHash func() hash.Hash, key []byte, stripes int, dst []byte, rand
 	n := len(key)
 	acc := make([]byte, n)
 	defer clear(acc)
+	d := newAFDiffuser(newHash)
+	defer d.wipe()
 	for i := 0; i < stripes-1; i++ {
 		s := dst[i*n : (i+1)*n]
 		if err := random(s); err != nil {
 			return err
 		}
 		xorInto(acc, acc, s)
-		afDiffuse(newHash, acc)
+		d.diffuse(acc)
 	}
 	xorInto(dst[(stripes-1)*n:stripes*n], key, acc)
 	return nil
@@ -110,9 +129,11 @@ func afMerge(newHash func() hash.Hash, src []byte, stripes int, dst []byte) {
 	n := len(dst)
 	acc := make([]byte, n)
 	defer clear(acc)
+	d := newAFDiffuser(newHash)
+	defer d.wipe()
 	for i := 0; i < stripes-1; i++ {
 		xorInto(acc, acc, src[i*n:(i+1)*n])
-		afDiffuse(newHash, acc)
+		d.diffuse(acc)
 	}
 	xorInto(dst, src[(stripes-1)*n:stripes*n], acc)
 }
