@@ -737,9 +737,13 @@ func (s *Stage) MaintainMounted(part *disk.Partition, luksUUID, keyDigest, targe
 	if err := CheckHeader(h); err != nil {
 		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): %w; refusing it", part.Path, part.PartUUID, err)
 	}
-	if d, err := KeyDigest(h); err != nil || d != keyDigest {
-		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): the LUKS2 header's volume key digest is %s, the unlocked volume's %s (%v): another volume's header; refusing it",
-			part.Path, part.PartUUID, d, keyDigest, err)
+	d, err := KeyDigest(h)
+	if err != nil {
+		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): %w; refusing it", part.Path, part.PartUUID, err)
+	}
+	if d != keyDigest {
+		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): the LUKS2 header's volume key digest is %s, the unlocked volume's %s: another volume's header; refusing it",
+			part.Path, part.PartUUID, d, keyDigest)
 	}
 	ours := 0
 	for _, t := range h.Metadata.Tokens {
