@@ -63,9 +63,10 @@ func TestAFSplitMerge(t *testing.T) {
 	}{
 		{"sha256", 64, 4000},
 		{"sha256", 96, 4000},
-		{"sha1", 32, 4000}, // 32 is not a multiple of 20: partial diffuse block
-		{"sha512", 17, 3},  // odd sizes
-		{"sha256", 64, 1},  // a single stripe is key XOR nothing
+		{"sha512", 96, 4000}, // the persistent root's keyslot: two chains merged side by side
+		{"sha1", 32, 4000},   // 32 is not a multiple of 20: partial diffuse block
+		{"sha512", 17, 3},    // odd sizes
+		{"sha256", 64, 1},    // a single stripe is key XOR nothing
 	} {
 		h, err := newHash(tc.hash)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"crypto/sha512"
 	"fmt"
 	"os"
 	"os/exec"
@@ -198,4 +199,63 @@ func indexMasked(data, masked []byte) int {
 		}
 	}
 	return -1
+}
+
+// The AF merge runs each digest-sized block's chain on a goroutine of its own: neither the
+// key nor the last chain value (key XOR the last stripe) may stay behind in those goroutines'
+// freed stacks or in the hashes.
+func TestAFMergeLeavesNoKeyCopy(t *testing.T) {
+	if os.Getenv("CVMBOOT_AF_SCAN") != "" {
+		afScanChild()
+		return
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAFMergeLeavesNoKeyCopy$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "CVMBOOT_AF_SCAN=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "clean:") {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Log(strings.TrimSpace(string(out)))
+}
+
+func afScanChild() {
+	const n, stripes = 96, 4000 // the persistent root's key under SHA-512: two chains
+	key := make([]byte, n)
+	src := make([]byte, n*stripes)
+	random := func(b []byte) error { _, err := unix.Getrandom(b, 0); return err }
+	if err := random(key); err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	if err := afSplit(sha512.New, key, stripes, src, random); err != nil {
+		fmt.Println(err)
+		os.Exit(1)
+	}
+	last := make([]byte, n)
+	xorInto(last, key, src[(stripes-1)*n:])
+	var pats []pattern
+	for _, p := range []struct {
+		name string
+		b    []byte
+	}{{"key block 0", key[:64]}, {"key block 1", key[64:]}, {"last chain value, block 0", last[:64]}, {"last chain value, block 1", last[64:]}} {
+		m := make([]byte, len(p.b))
+		for i := range p.b {
+			m[i] = p.b[i] ^ mask
+		}
+		pats = append(pats, pattern{p.name, m})
+	}
+	clear(key)
+	clear(last)
+	dst := make([]byte, n)
+	for range 3 {
+		afMerge(sha512.New, src, stripes, dst)
+	}
+	clear(dst)
+	clear(src)
+	found, scanned := scanMemory(pats)
+	if len(found) > 0 {
+		fmt.Printf("left in memory after the merge (%d MiB scanned):\n%s\n", scanned>>20, strings.Join(found, "\n"))
+		os.Exit(1)
+	}
+	fmt.Printf("clean: %d patterns, %d MiB scanned\n", len(pats), scanned>>20)
 }
