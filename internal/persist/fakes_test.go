@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"github.com/cvmboot/cvmboot/internal/measure/swtpmtest"
 	"github.com/cvmboot/cvmboot/internal/storage"
 	"github.com/cvmboot/cvmboot/internal/tpmseal"
+	"github.com/google/go-tpm/tpm2"
 	"golang.org/x/sys/unix"
 )
 
@@ -199,15 +201,56 @@ func (t tpms) Open() (tpmseal.TPM, func(), error) {
 	if m.tpmErr != nil {
 		return nil, nil, m.tpmErr
 	}
-	for deadline := time.Now().Add(time.Second); m.tpmAfterHold && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
-		m.mu.Lock()
-		held := m.held
-		m.mu.Unlock()
-		if held {
-			break
+	c := &rmConn{tpm: m.tpm, m: m}
+	return c, c.close, nil
+}
+
+// rmConn is a connection as the kernel's resource manager (/dev/tpmrm0) keeps it: closing it
+// flushes the objects and sessions it made and did not flush.
+// With the machine's tpmAfterHold, TPM2_Load (the first command that needs the token) waits
+// until dm-integrity holds the partition, so that the keyslot is read then.
+type rmConn struct {
+	tpm     tpmseal.TPM
+	m       *machine
+	mu      sync.Mutex
+	handles []uint32
+}
+
+func (c *rmConn) Send(cmd []byte) ([]byte, error) {
+	if len(cmd) >= 10 && binary.BigEndian.Uint32(cmd[6:]) == uint32(tpm2.TPMCCLoad) && c.m.tpmAfterHold {
+		for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			c.m.mu.Lock()
+			held := c.m.held
+			c.m.mu.Unlock()
+			if held {
+				break
+			}
 		}
 	}
-	return m.tpm, func() {}, nil
+	rsp, err := c.tpm.Send(cmd)
+	if err != nil || len(cmd) < 14 || len(rsp) < 14 || binary.BigEndian.Uint32(rsp[6:]) != 0 {
+		return rsp, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch binary.BigEndian.Uint32(cmd[6:]) {
+	case uint32(tpm2.TPMCCCreatePrimary), uint32(tpm2.TPMCCLoad), uint32(tpm2.TPMCCStartAuthSession), uint32(tpm2.TPMCCLoadExternal), uint32(tpm2.TPMCCCreateLoaded):
+		c.handles = append(c.handles, binary.BigEndian.Uint32(rsp[10:]))
+	case uint32(tpm2.TPMCCFlushContext):
+		h := binary.BigEndian.Uint32(cmd[10:])
+		c.handles = slices.DeleteFunc(c.handles, func(x uint32) bool { return x == h })
+	}
+	return rsp, nil
+}
+
+func (c *rmConn) close() {
+	c.mu.Lock()
+	hs := c.handles
+	c.handles = nil
+	c.mu.Unlock()
+	for _, h := range hs {
+		_, _ = (tpm2.FlushContext{FlushHandle: tpm2.TPMHandle(h)}).Execute(c.tpm)
+	}
 }
 
 // Copy copies the file, as far as the fake volume goes.

@@ -11,7 +11,9 @@ import (
 
 // TPMs opens the TPM that seals the key.
 type TPMs interface {
-	// Open returns a connection and how to close it.
+	// Open returns a connection and how to close it. Closing flushes the objects and
+	// sessions the connection still holds, as the kernel's resource manager does for
+	// /dev/tpmrm0: the unlock leaves its handles to the close.
 	Open() (tpmseal.TPM, func(), error)
 }
 

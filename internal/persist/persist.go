@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -219,6 +220,10 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 	if err != nil {
 		return nil, err
 	}
+	// The TPM's primary key and policy session need nothing from the disk: they are made
+	// while the partition and its header are read. A conversion flushes them unused.
+	primed := s.primeTPM()
+	defer primed.release()
 	srcSize, err := s.Devices.Size(verity)
 	if err != nil {
 		return nil, err
@@ -257,6 +262,7 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 	var res *Result
 	switch {
 	case errors.Is(err, luks2.ErrNotLUKS2):
+		primed.release()
 		res, err = s.convert(ctx, part, verity, srcSize, rootHash, facts)
 	case err != nil:
 		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): the LUKS2 header does not read: %w; refusing to convert over it", part.Path, part.PartUUID, err)
@@ -266,12 +272,13 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 		s.log().Warn("the persistent root's conversion did not finish in an earlier boot (no keyslot was committed): starting it again",
 			zap.String("partition", part.Path), zap.String("luks_uuid", h.UUID))
 		facts["restarted"] = "true"
+		primed.release()
 		res, err = s.convert(ctx, part, verity, srcSize, rootHash, facts)
 		if err == nil {
 			res.Event.Restarted = true
 		}
 	default:
-		res, err = s.unlock(part, h, facts)
+		res, err = s.unlock(part, h, facts, primed)
 	}
 	if err != nil {
 		s.Forget()
@@ -473,7 +480,7 @@ func passphrase(sealed []byte) (*secret.Locked, error) {
 }
 
 // unlock checks the header, unseals a token's secret and activates the volume.
-func (s *Stage) unlock(part *disk.Partition, h *luks2.Header, facts map[string]string) (*Result, error) {
+func (s *Stage) unlock(part *disk.Partition, h *luks2.Header, facts map[string]string, primed *primedTPM) (*Result, error) {
 	if err := CheckHeader(h); err != nil {
 		return nil, fmt.Errorf("persistent root %s (PARTUUID %s): %w; refusing to activate it", part.Path, part.PartUUID, err)
 	}
@@ -491,7 +498,7 @@ func (s *Stage) unlock(part *disk.Partition, h *luks2.Header, facts map[string]s
 		vol, err := s.activateIntegrity(DeviceName, part, h, false, 'J')
 		difc <- integrity{vol, s.now().Sub(t).Milliseconds(), err}
 	}()
-	key, tok, err := s.unseal(part, h, facts)
+	key, tok, err := s.unseal(part, h, facts, primed)
 	lap(facts, "unseal_ms", t, s.now)
 	dif := <-difc
 	facts["integrity_ms"] = strconv.FormatInt(dif.ms, 10)
@@ -520,13 +527,27 @@ func (s *Stage) unlock(part *disk.Partition, h *luks2.Header, facts map[string]s
 }
 
 // unseal tries the tokens in order and returns the volume key (locked) and the token that
-// opened it.
-func (s *Stage) unseal(part *disk.Partition, h *luks2.Header, facts map[string]string) (*secret.Locked, *tpmseal.Token, error) {
-	tpm, closeTPM, err := s.TPMs.Open()
-	if err != nil {
-		return nil, nil, err
+// opened it. The first token unseals with primed's connection and session when given (nil:
+// a connection of its own).
+func (s *Stage) unseal(part *disk.Partition, h *luks2.Header, facts map[string]string, primed *primedTPM) (*secret.Locked, *tpmseal.Token, error) {
+	var tpm tpmseal.TPM
+	var first *tpmseal.Primed
+	if primed != nil {
+		var err error
+		if tpm, first, err = primed.take(facts); err != nil {
+			return nil, nil, err
+		}
+		if first == nil {
+			s.log().Warn("the TPM could not be primed ahead of the header: the first token unseals without it", zap.Error(primed.err))
+		}
+	} else {
+		t, closeTPM, err := s.TPMs.Open()
+		if err != nil {
+			return nil, nil, err
+		}
+		defer closeTPM()
+		tpm = t
 	}
-	defer closeTPM()
 	// Not exclusive: dm-integrity takes the partition meanwhile (unlock).
 	dev, err := s.openShared(part.Path)
 	if err != nil {
@@ -543,7 +564,8 @@ func (s *Stage) unseal(part *disk.Partition, h *luks2.Header, facts map[string]s
 			errs = append(errs, fmt.Errorf("token %d: %w", id, err))
 			continue
 		}
-		key, err := s.openToken(tpm, dev, h, tok, facts)
+		key, err := s.openToken(tpm, first, dev, h, tok, facts)
+		first = nil // a session serves one token
 		if err != nil {
 			errs = append(errs, fmt.Errorf("token %d (keyslot %d): %w", id, tok.Keyslot, err))
 			continue
@@ -553,21 +575,36 @@ func (s *Stage) unseal(part *disk.Partition, h *luks2.Header, facts map[string]s
 	return nil, nil, fmt.Errorf("persistent root %s (PARTUUID %s): no token opens it: %w", part.Path, part.PartUUID, errors.Join(errs...))
 }
 
-func (s *Stage) openToken(tpm tpmseal.TPM, dev storage.Device, h *luks2.Header, tok *tpmseal.Token, facts map[string]string) (*secret.Locked, error) {
+// openToken unseals tok (with primed's session when given) and opens its keyslot.
+func (s *Stage) openToken(tpm tpmseal.TPM, primed *tpmseal.Primed, dev storage.Device, h *luks2.Header, tok *tpmseal.Token, facts map[string]string) (*secret.Locked, error) {
 	sealed, err := secret.New(64)
 	if err != nil {
 		return nil, err
 	}
 	defer sealed.Wipe()
 	t := s.now()
-	n, flushAll, err := tpmseal.UnsealThenFlush(tpm, tok, sealed.Bytes(), s.ek)
-	if err != nil {
-		return nil, err
+	var n int
+	if primed != nil {
+		// The primed connection's handles go when it is closed at the end of the stage
+		// (primedTPM.release): one command per session, where flushing them one by one
+		// costs a load and save of everything the connection holds per handle.
+		n, _, err = primed.UnsealThenFlush(tok, sealed.Bytes())
+		if r := primed.Redone(); r != "" {
+			facts["tpm_prime_redone"] = r
+		}
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		var flushAll func()
+		if n, flushAll, err = tpmseal.UnsealThenFlush(tpm, tok, sealed.Bytes(), s.ek); err != nil {
+			return nil, err
+		}
+		// The TPM flushes its handles while the keyslot opens; it is free again on return.
+		flushed := make(chan struct{})
+		go func() { flushAll(); close(flushed) }()
+		defer func() { <-flushed }()
 	}
-	// The TPM flushes its handles while the keyslot opens; it is free again on return.
-	flushed := make(chan struct{})
-	go func() { flushAll(); close(flushed) }()
-	defer func() { <-flushed }()
 	t = lap(facts, "tpm_unseal_ms", t, s.now)
 	defer lap(facts, "keyslot_ms", t, s.now)
 	pass, err := passphrase(sealed.Bytes()[:n])
@@ -589,6 +626,58 @@ func (s *Stage) openToken(tpm tpmseal.TPM, dev storage.Device, h *luks2.Header, 
 	}
 	copy(key.Bytes(), k)
 	return key, nil
+}
+
+// primedTPM is a TPM connection with its primary key and policy session made ahead
+// (tpmseal.Prime), in a goroutine of its own.
+type primedTPM struct {
+	done     chan struct{}
+	tpm      tpmseal.TPM
+	closeTPM func()
+	p        *tpmseal.Primed
+	err      error
+	ms       int64
+	once     sync.Once
+}
+
+func (s *Stage) primeTPM() *primedTPM {
+	pt := &primedTPM{done: make(chan struct{})}
+	go func() {
+		defer close(pt.done)
+		t := s.now()
+		if pt.tpm, pt.closeTPM, pt.err = s.TPMs.Open(); pt.err != nil {
+			return
+		}
+		pt.p, pt.err = tpmseal.Prime(pt.tpm, tpmseal.PrimaryECC, s.ek, PolicyPCRs)
+		pt.ms = s.now().Sub(t).Milliseconds()
+	}()
+	return pt
+}
+
+// take waits for the priming and returns its connection (kept open until release) and
+// session. A failed Prime leaves the session nil: the first token then unseals as the others
+// do, and reports the failure as its own.
+func (pt *primedTPM) take(facts map[string]string) (tpmseal.TPM, *tpmseal.Primed, error) {
+	<-pt.done
+	if pt.tpm == nil {
+		return nil, nil, pt.err
+	}
+	facts["tpm_prime_ms"] = strconv.FormatInt(pt.ms, 10)
+	return pt.tpm, pt.p, nil
+}
+
+// release closes the connection, which flushes what was primed (TPMs.Open's contract). It
+// may run more than once.
+func (pt *primedTPM) release() {
+	<-pt.done
+	pt.once.Do(func() {
+		if pt.p != nil {
+			pt.p.Forget()
+		}
+		if pt.closeTPM != nil {
+			pt.closeTPM()
+		}
+	})
 }
 
 // volume is the activated stack.
@@ -758,7 +847,7 @@ func (s *Stage) MaintainMounted(part *disk.Partition, luksUUID, keyDigest, targe
 	if _, _, err := s.checkTPM(facts); err != nil {
 		return nil, err
 	}
-	key, tok, err := s.unseal(part, h, facts)
+	key, tok, err := s.unseal(part, h, facts, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -63,6 +63,8 @@ func TestConvertThenUnlock(t *testing.T) {
 	if !res.Converted || res.Event.Action != "converted" || res.Event.SourceRootHash != "00ff" || !m.prepared[0].Keep {
 		t.Fatalf("first boot: %+v, request %+v", res, m.prepared[0])
 	}
+	// The primary key and session made ahead of the header read go unused by a conversion.
+	checkNoHandles(t, m, "the conversion")
 	h := readHeader(t, m.part)
 	if err := CheckHeader(h); err != nil {
 		t.Fatalf("the header the conversion wrote fails its own check: %v", err)
@@ -83,6 +85,10 @@ func TestConvertThenUnlock(t *testing.T) {
 	if again.Converted || again.Event.Action != "unlocked" || again.Event.LUKSUUID != h.UUID {
 		t.Fatalf("second boot: %+v", again.Event)
 	}
+	if again.Facts["tpm_prime_ms"] == "" {
+		t.Fatalf("the unlock did not use the primed session: %v", again.Facts)
+	}
+	checkNoHandles(t, m, "the unlock")
 	// The copy ran on one activation, the converted root on a second (journaled), the
 	// unlocked one on a third: all with the one key.
 	if len(m.keys) != 3 || !bytes.Equal(m.keys[0], m.keys[2]) || !bytes.Equal(m.keys[1], m.keys[2]) || len(m.keys[0]) != KeySize {
@@ -149,6 +155,7 @@ func TestUnlockRefusesOtherPCRs(t *testing.T) {
 	if len(m.keys) != 2 {
 		t.Fatal("dm-crypt got a key after the refusal")
 	}
+	checkNoHandles(t, m, "the refusal")
 	// dm-integrity came up while the TPM refused; the refusal removed it.
 	last := m.tables[len(m.tables)-2:]
 	if !strings.HasPrefix(last[0], DeviceName+"_dif ") || last[1] != "remove "+DeviceName+"_dif" {
@@ -216,6 +223,7 @@ func TestRefusesOtherHeaders(t *testing.T) {
 			if fileSum(t, m.part) != before || len(m.keys) != 0 {
 				t.Fatal("the partition changed or a volume was activated")
 			}
+			checkNoHandles(t, m, "the refusal")
 		})
 	}
 }
@@ -374,5 +382,23 @@ func TestMaintainMountedRefusesSwappedHeader(t *testing.T) {
 				t.Fatalf("the request is gone: %v", err)
 			}
 		})
+	}
+}
+
+// checkNoHandles fails when the TPM still holds a transient object or a session.
+func checkNoHandles(t *testing.T, m *machine, after string) {
+	t.Helper()
+	for _, first := range []tpm2.TPMHandle{tpm2.TPMHandle(tpm2.TPMHTTransient) << 24, tpm2.TPMHandle(tpm2.TPMHTHMACSession) << 24} {
+		rsp, err := (tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(first), PropertyCount: 16}).Execute(m.tpm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs, err := rsp.CapabilityData.Data.Handles()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(hs.Handle) != 0 {
+			t.Fatalf("after %s the TPM still holds handles %v", after, hs.Handle)
+		}
 	}
 }
