@@ -181,7 +181,9 @@ func parsePersistBench(first, second string) (persistBenchRun, error) {
 	if r.Unlock.Seconds, err = msFact(unl, "total_ms"); err != nil {
 		return r, err
 	}
-	r.Unlock.Steps = fmt.Sprintf("unseal:%s(tpm:%s,keyslot:%s)|integrity:%s,crypt:%s", unl["unseal_ms"], unl["tpm_unseal_ms"], unl["keyslot_ms"], unl["integrity_ms"], unl["crypt_ms"])
+	// The TPM's primary key and session are made beside the header read (tpm_prime); the
+	// unseal's TPM part is what is left once the token is known.
+	r.Unlock.Steps = fmt.Sprintf("prime:%s|unseal:%s(tpm:%s,keyslot:%s)|integrity:%s,crypt:%s", unl["tpm_prime_ms"], unl["unseal_ms"], unl["tpm_unseal_ms"], unl["keyslot_ms"], unl["integrity_ms"], unl["crypt_ms"])
 	m := plainCopyRe.FindStringSubmatch(first)
 	if m == nil {
 		return r, fmt.Errorf("the booted system printed no plain-copy line")
@@ -198,13 +200,13 @@ func parsePersistBench(first, second string) (persistBenchRun, error) {
 func TestParsePersistBench(t *testing.T) {
 	first := "[ 27.4] cvmboot[1]: stage ok stage=persistent-root duration_ms=17658.4 action=converted activate_ms=555 copy_ms=13408 header_ms=1741 reactivate_ms=288 seal_ms=1271 source_bytes=2147483648 total_ms=17541 tpm=insecure-unvouched tpm_unvouched_reason=\"no TEE\"\r\n" +
 		"BENCH: plain-copy source=/dev/mapper/root bytes=2147483648 ms=9000\r\n"
-	second := "[ 7.7] cvmboot[1]: stage ok stage=persistent-root duration_ms=1228.3 action=unlocked crypt_ms=25 integrity_ms=500 keyslot_ms=343 total_ms=1191 tpm_unseal_ms=198 unseal_ms=565\r\n"
+	second := "[ 7.7] cvmboot[1]: stage ok stage=persistent-root duration_ms=1228.3 action=unlocked crypt_ms=25 integrity_ms=500 keyslot_ms=343 total_ms=1191 tpm_prime_ms=61 tpm_unseal_ms=198 unseal_ms=565\r\n"
 	r, err := parsePersistBench(first, second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if r.Conversion.Seconds != 17.541 || r.PlainCopy.Seconds != 9 || r.Unlock.Seconds != 1.191 || r.Bytes != 2<<30 ||
-		r.Unlock.Steps != "unseal:565(tpm:198,keyslot:343)|integrity:500,crypt:25" {
+		r.Unlock.Steps != "prime:61|unseal:565(tpm:198,keyslot:343)|integrity:500,crypt:25" {
 		t.Fatalf("parsed %+v", r)
 	}
 	if _, err := parsePersistBench(first, first); err == nil {
