@@ -161,15 +161,7 @@ func TestDigestMatchesSystemd(t *testing.T) {
 // flushAll runs (the caller overlaps those commands with its own work); then none is left.
 func TestUnsealThenFlush(t *testing.T) {
 	tpm := swtpmtest.Start(t)
-	values, err := ReadPCRs(tpm, []int{11})
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret := newSecret(t)
-	tok, err := Seal(tpm, PCRPolicy{PCRs: []int{11}, Values: values}, secret, 0, PrimaryECC, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok, secret := sealToPCR11(t, tpm, nil)
 	loaded := func() int { return loadedHandles(t, tpm) }
 	if n := loaded(); n != 0 {
 		t.Fatalf("%d handles loaded before the unseal", n)
@@ -219,15 +211,7 @@ func loadedHandles(t *testing.T, tpm TPM) int {
 // them, a second is refused, and Flush leaves nothing loaded whether they were used or not.
 func TestPrime(t *testing.T) {
 	tpm := swtpmtest.Start(t)
-	values, err := ReadPCRs(tpm, []int{11})
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret := newSecret(t)
-	tok, err := Seal(tpm, PCRPolicy{PCRs: []int{11}, Values: values}, secret, 0, PrimaryECC, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok, secret := sealToPCR11(t, tpm, nil)
 	dst := make([]byte, 64)
 
 	unused, err := Prime(tpm, PrimaryECC, nil, []int{11})
@@ -387,15 +371,7 @@ func (c *pcrChanging) Send(cmd []byte) ([]byte, error) {
 func TestPrimeRedoBounded(t *testing.T) {
 	tpm := swtpmtest.Start(t)
 	ek := ekOf(t, tpm, tpm2.RSAEKTemplate)
-	values, err := ReadPCRs(tpm, []int{11})
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret := newSecret(t)
-	tok, err := Seal(tpm, PCRPolicy{PCRs: []int{11}, Values: values}, secret, 0, PrimaryECC, ek)
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok, secret := sealToPCR11(t, tpm, ek)
 	dst := make([]byte, 64)
 
 	once := &pcrChanging{TPM: tpm, eks: map[uint32]bool{}}
@@ -425,4 +401,19 @@ func TestPrimeRedoBounded(t *testing.T) {
 	if got := loadedHandles(t, tpm); got != 0 {
 		t.Fatalf("%d handles left", got)
 	}
+}
+
+// sealToPCR11 seals a new secret to PCR 11's value of now (salted to ek when given).
+func sealToPCR11(t *testing.T, tpm TPM, ek *tpm2.TPMTPublic) (*Token, []byte) {
+	t.Helper()
+	values, err := ReadPCRs(tpm, []int{11})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := newSecret(t)
+	tok, err := Seal(tpm, PCRPolicy{PCRs: []int{11}, Values: values}, secret, 0, PrimaryECC, ek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok, secret
 }
