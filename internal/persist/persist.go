@@ -221,7 +221,7 @@ func (s *Stage) Open(ctx context.Context, verity, rootHash string) (*Result, err
 		return nil, err
 	}
 	// The TPM's primary key and policy session need nothing from the disk: they are made
-	// while the partition and its header are read. A conversion flushes them unused.
+	// while the partition and its header are read. A conversion closes them unused.
 	primed := s.primeTPM()
 	defer primed.release()
 	srcSize, err := s.Devices.Size(verity)
