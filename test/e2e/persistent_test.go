@@ -43,6 +43,7 @@ say "write=$(echo "written at boot $(cat /proc/sys/kernel/random/boot_id)" > /cv
 say "root-stack=$(lsblk -s -n -r -o NAME,TYPE /dev/mapper/cvmboot-root | tr '\n' ' ')"
 say "root-size=$(df -B1M --output=size / | tail -1 | tr -d ' ')"
 say "persistent-root=$(grep -o '"action": *"[a-z]*"' /run/cvmboot/report.json | head -1)"
+say "unlock-ms=$(grep -oE '"(total_ms|tpm_prime_ms|tpm_unseal_ms|keyslot_ms|integrity_ms|crypt_ms|tpm_prime_redone)": *"[^"]*"' /run/cvmboot/report.json | tr -d '" ' | tr '\n' ' ')"
 say "journal=$(journalctl -b SYSLOG_IDENTIFIER=cvmboot -o export --no-pager | grep -a '^CVMBOOT_STAGE=' | sort -u | tr '\n' ' ')"
 cvmboot status > /tmp/status 2>&1
 say "cvmboot-status=exit $? $(awk '$2=="ok"{n++} END{print n+0}' /tmp/status) ok, $(awk '$2=="failed"{n++} END{print n+0}' /tmp/status) failed"
