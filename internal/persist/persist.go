@@ -583,27 +583,20 @@ func (s *Stage) openToken(tpm tpmseal.TPM, primed *tpmseal.Primed, dev storage.D
 	}
 	defer sealed.Wipe()
 	t := s.now()
+	// The handles an unseal leaves go when its connection closes (TPMs.Open's contract; the
+	// primed one at the end of the stage): one command per session, where flushing them one
+	// by one costs a load and save of everything the connection holds per handle.
 	var n int
 	if primed != nil {
-		// The primed connection's handles go when it is closed at the end of the stage
-		// (primedTPM.release): one command per session, where flushing them one by one
-		// costs a load and save of everything the connection holds per handle.
 		n, _, err = primed.UnsealThenFlush(tok, sealed.Bytes())
 		if r := primed.Redone(); r != "" {
 			facts["tpm_prime_redone"] = r
 		}
-		if err != nil {
-			return nil, err
-		}
 	} else {
-		var flushAll func()
-		if n, flushAll, err = tpmseal.UnsealThenFlush(tpm, tok, sealed.Bytes(), s.ek); err != nil {
-			return nil, err
-		}
-		// The TPM flushes its handles while the keyslot opens; it is free again on return.
-		flushed := make(chan struct{})
-		go func() { flushAll(); close(flushed) }()
-		defer func() { <-flushed }()
+		n, _, err = tpmseal.UnsealThenFlush(tpm, tok, sealed.Bytes(), s.ek)
+	}
+	if err != nil {
+		return nil, err
 	}
 	t = lap(facts, "tpm_unseal_ms", t, s.now)
 	defer lap(facts, "keyslot_ms", t, s.now)

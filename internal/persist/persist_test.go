@@ -279,6 +279,7 @@ func TestMaintainMounted(t *testing.T) {
 		if root.held != nil {
 			t.Fatal("the volume key is still held after MaintainMounted")
 		}
+		checkNoHandles(t, m, "MaintainMounted")
 		return res, facts, keys, err
 	}
 	if res, facts, keys, err := boot(""); err != nil || keys != nil || !res.Converted || facts["maintenance_keyslot"] != "" {
